@@ -1,0 +1,268 @@
+"""Turn a pretrained model into a GLoRA supernet: wrap target ``nn.Linear`` layers, freeze the backbone.
+
+Works on any ``nn.Module``; timm models get their classifier head(s) found from ``pretrained_cfg``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+
+from torch import nn
+
+from .gift import GiftBank, gift_group
+from .layer import GLoRALinear
+from .space import SearchSpace
+
+__all__ = ["inject", "glora_layers", "get_space", "head_names", "GIFT_ATTR"]
+
+_logger = logging.getLogger(__name__)
+
+GIFT_ATTR = "glora_gift"  # where the shared GIFT generators live on the model root
+# Fallback head names for non-timm models, by priority; the first group present wins.
+_HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("fc",), ("last_linear",))
+
+
+def inject(
+    model: nn.Module,
+    space: SearchSpace,
+    targets: str | Sequence[str] | None = None,
+    *,
+    heads: Sequence[str] | None = None,
+) -> nn.Module:
+    """Wrap target linear layers of ``model`` in place with :class:`GLoRALinear` and freeze the backbone.
+
+    Args:
+        model: a pretrained model (timm or any ``nn.Module``).
+        space: the search space every adapted layer offers.
+        targets: ``None`` = every ``nn.Linear`` except the classifier head(s); a string = regex that must match
+            the whole layer name; a list = layer-name suffixes (``["qkv", "fc1"]`` or ``["attn.proj"]``).
+        heads: names of the classifier head module(s); found automatically for timm models
+            (``pretrained_cfg["classifier"]``) or from common names (head, classifier, fc, ...).
+
+    Returns:
+        ``model`` itself. Only the support tensors, the GIFT generators and the head(s) require grad.
+
+    Example:
+        >>> import timm, glora
+        >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+        >>> model = glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))
+        >>> len(glora.glora_layers(model))
+        48
+    """
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a glora.SearchSpace, got {type(space).__name__}")
+    if any(isinstance(m, GLoRALinear) for m in model.modules()):
+        raise ValueError("model already holds GLoRA layers; inject once per model")
+    head_list = _resolve_heads(model, heads)
+    names = _select_targets(model, targets, head_list)
+
+    bank: GiftBank | None = None
+    if space.offers("A", "gift"):
+        bank = GiftBank()
+        model.add_module(GIFT_ATTR, bank)
+    gift_rank = space.max_rank("A", "gift")
+    for name in names:
+        parent, child = _parent_of(model, name)
+        base = getattr(parent, child)
+        gift = None
+        if bank is not None:
+            group = gift_group(name, base.in_features, space.gift_sharing)
+            gift = bank.get_or_create(group, base.in_features, gift_rank, base.weight)
+        setattr(parent, child, GLoRALinear(base, space, gift=gift, name=name))
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in glora_layers(model).values():
+        for p in layer.support_params():
+            p.requires_grad_(True)
+    if bank is not None:
+        bank.requires_grad_(True)
+    for h in head_list:
+        model.get_submodule(h).requires_grad_(True)
+    _logger.info(
+        "GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(head_list) or "none"
+    )
+    return model
+
+
+def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:
+    """The supernet layers of ``model`` in model order, keyed by their name at injection time.
+
+    Keys stay the same when the model is later wrapped (DDP's ``module.``, ``torch.compile``).
+    """
+    return {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
+
+
+def get_space(model: nn.Module) -> SearchSpace:
+    """The search space ``model`` was injected with."""
+    for m in model.modules():
+        if isinstance(m, GLoRALinear):
+            return m.space
+    raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Names of the classifier head module(s) that injection keeps trainable and never adapts."""
+    return _resolve_heads(model, None)
+
+
+# ---------------------------------------------------------------------- heads
+def _resolve_heads(model: nn.Module, heads: Sequence[str] | None) -> list[str]:
+    modules = dict(model.named_modules())
+    if heads is not None:
+        if isinstance(heads, str):
+            heads = [heads]
+        for h in heads:
+            if h not in modules or h == "":
+                raise ValueError(f"heads: no module named {h!r} in this model")
+        return list(heads)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("classifier"):
+        names = cfg["classifier"]
+        names = [names] if isinstance(names, str) else list(names)
+        found = [n for n in names if n in modules and _has_params(modules[n])]
+        if found:
+            return found
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        try:
+            picked = get_classifier()
+        except Exception:
+            picked = None
+        picked = picked if isinstance(picked, (tuple, list)) else [picked]
+        by_id = {id(m): n for n, m in modules.items() if n}
+        found = [by_id[id(m)] for m in picked if isinstance(m, nn.Module) and id(m) in by_id and _has_params(m)]
+        if found:
+            return found
+    for group in _HEAD_ATTRS:
+        found = [n for n in group if n in model._modules and _has_params(modules[n])]
+        if found:
+            return found
+    return []
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+# ---------------------------------------------------------------------- targets
+def _select_targets(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> list[str]:
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if targets is None:
+        picked = linears
+    elif isinstance(targets, str):
+        try:
+            rx = re.compile(targets)
+        except re.error as e:
+            raise ValueError(f"targets regex {targets!r} does not compile: {e}") from None
+        picked = [n for n in linears if rx.fullmatch(n)]
+    elif isinstance(targets, Sequence) and all(isinstance(t, str) and t for t in targets):
+        picked = [n for n in linears if any(n == t or n.endswith("." + t) for t in targets)]
+    else:
+        raise ValueError(f"targets must be None, a regex string or a list of name suffixes; got {targets!r}")
+
+    def in_head(n: str) -> bool:
+        return any(n == h or n.startswith(h + ".") for h in heads)
+
+    if targets is not None:
+        for n in picked:
+            if in_head(n):
+                warnings.warn(f"GLoRA: not adapting {n!r}: it is a classifier head, trained in full", stacklevel=3)
+    picked = [n for n in picked if not in_head(n)]
+
+    shared = {n for n, c in Counter(_module_ids(model)).items() if c > 1}
+    out = []
+    for n in picked:
+        module = model.get_submodule(n)
+        reason = None
+        if id(module) in shared:
+            reason = "the same module is registered under several names, so one wrapper cannot replace it everywhere"
+        elif not _plain_forward(module):
+            reason = f"{type(module).__name__} overrides nn.Linear.forward"
+        else:
+            reason = _direct_read(model, n)
+        if reason:
+            warnings.warn(f"GLoRA: not adapting {n!r}: {reason}", stacklevel=3)
+            continue
+        out.append(n)
+    if not out:
+        sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
+        raise ValueError(
+            f"targets {targets!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
+            f"linear layers here: {sample or 'none'}"
+        )
+    return out
+
+
+def _module_ids(model: nn.Module) -> list[int]:
+    return [id(m) for _, m in model.named_modules(remove_duplicate=False)]
+
+
+def _plain_forward(module: nn.Module) -> bool:
+    forward = type(module).forward
+    if forward is nn.Linear.forward:
+        return True
+    try:
+        from timm.layers import Linear as TimmLinear  # same math; casts only under torchscript
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return forward is TimmLinear.forward
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _direct_read(model: nn.Module, name: str) -> str | None:
+    """Why wrapping ``name`` would be bypassed (an ancestor reads its weight itself), or None.
+
+    Scans the source of each ancestor's ``forward`` and the methods it calls for ``self.<path>.weight``.
+    timm attention blocks that do so (BEiT, EVA, Swin V2) offer ``qkv_bias_separate``; switching it on makes
+    them call the layer, with identical results, so those layers are adapted exactly instead of skipped.
+    """
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        ancestor_name = ".".join(parts[:depth])
+        ancestor = model.get_submodule(ancestor_name) if ancestor_name else model
+        rel = ".".join(parts[depth:])
+        source = _forward_source(type(ancestor))
+        if not re.search(r"self\." + re.escape(rel) + r"\.(weight|bias)\b", source):
+            continue
+        if depth == len(parts) - 1 and rel == "qkv" and isinstance(getattr(ancestor, "qkv_bias_separate", None), bool):
+            if not ancestor.qkv_bias_separate:
+                ancestor.qkv_bias_separate = True
+                _logger.info("GLoRA: %s.qkv_bias_separate=True so %r is called as a module", ancestor_name, name)
+            continue
+        where = ancestor_name or "the model root"
+        return f"{where} ({type(ancestor).__name__}) reads its weight directly, so a wrapper would be bypassed"
+    return None
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    """Source of ``cls.forward`` and of the methods it calls on ``self``, transitively; '' when unavailable."""
+    sources: list[str] = []
+    seen: set[str] = set()
+    todo = ["forward"]
+    while todo:
+        meth = todo.pop()
+        if meth in seen:
+            continue
+        seen.add(meth)
+        fn = getattr(cls, meth, None)
+        if not inspect.isfunction(fn) or fn is getattr(nn.Module, meth, None):
+            continue
+        try:
+            src = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        sources.append(src)
+        todo.extend(re.findall(r"self\.(\w+)\(", src))
+    return "\n".join(sources)

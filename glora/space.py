@@ -1,0 +1,236 @@
+"""The GLoRA search space: which choice each support tensor A-E may take.
+
+A choice is one of ``lora_<r>``, ``gift_<r>`` (A only), ``vector``, ``scalar`` or ``none`` (paper Eq. 11).
+Names are parsed once into :class:`Choice` so hot paths never look at strings.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+__all__ = ["SUPPORTS", "GIFT_SHARING", "Choice", "LayerChoice", "SearchSpace"]
+
+SUPPORTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+GIFT_SHARING: tuple[str, ...] = ("type", "width", "layer")
+
+# Which kinds of choice each support may take (paper Eq. 11; GIFT is one more way to scale W for A).
+_KINDS: dict[str, tuple[str, ...]] = {
+    "A": ("lora", "gift", "vector", "scalar", "none"),
+    "B": ("lora", "vector", "scalar", "none"),
+    "C": ("lora", "vector", "none"),
+    "D": ("vector", "scalar", "none"),
+    "E": ("vector", "scalar", "none"),
+}
+
+
+class Choice(NamedTuple):
+    """One parsed choice: ``kind`` in {lora, gift, vector, scalar, none}; ``rank`` > 0 for lora/gift."""
+
+    kind: str
+    rank: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.rank}" if self.kind in ("lora", "gift") else self.kind
+
+    @staticmethod
+    def parse(name: str) -> Choice:
+        """Parse a choice name such as ``lora_8`` or ``vector``; raises ``ValueError`` if malformed."""
+        return _parse_choice(name)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_choice(name: str) -> Choice:
+    if not isinstance(name, str):
+        raise ValueError(f"choice must be a string such as 'lora_8' or 'vector', got {name!r}")
+    if name in ("vector", "scalar", "none"):
+        return Choice(name)
+    kind, sep, rank = name.partition("_")
+    if sep and kind in ("lora", "gift") and rank.isdigit() and int(rank) > 0 and rank == str(int(rank)):
+        return Choice(kind, int(rank))
+    raise ValueError(
+        f"unknown choice {name!r}; choices are 'lora_<r>', 'gift_<r>' (r a positive integer), "
+        "'vector', 'scalar' or 'none'"
+    )
+
+
+class LayerChoice(NamedTuple):
+    """The five parsed choices of one layer."""
+
+    A: Choice
+    B: Choice
+    C: Choice
+    D: Choice
+    E: Choice
+
+    def names(self) -> dict[str, str]:
+        return {s: c.name for s, c in zip(SUPPORTS, self)}
+
+
+def _ranks(value: Iterable[int], what: str) -> tuple[int, ...]:
+    try:
+        ranks = tuple(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a sequence of positive integers, got {value!r}") from None
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise ValueError(f"{what} must hold positive integers, got {r!r} in {value!r}")
+    if len(set(ranks)) != len(ranks):
+        raise ValueError(f"{what} has repeated ranks: {value!r}")
+    return tuple(sorted(ranks, reverse=True))
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSpace:
+    """Choices per support tensor, shared by every adapted layer.
+
+    Args:
+        lora_ranks: LoRA ranks offered to A, B and C (paper presets: (8, 4), (4, 2), (2,)). Stored largest first.
+        gift_ranks: GIFT generator ranks offered to A (empty: no GIFT).
+        gift_sharing: which layers share one GIFT generator: ``type`` (names equal once numeric parts are
+            wildcarded), ``width`` (same input width) or ``layer`` (one per layer).
+        choices: optional per-support restriction, e.g. ``{"C": ["none"]}``; each name must be a choice the
+            ranks above allow. Supports not named keep the full list.
+
+    Example:
+        >>> SearchSpace(lora_ranks=(8, 4)).choice_names("C")
+        ('lora_8', 'lora_4', 'vector', 'none')
+    """
+
+    lora_ranks: tuple[int, ...] = (8, 4)
+    gift_ranks: tuple[int, ...] = ()
+    gift_sharing: str = "type"
+    choices: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False)
+    _table: tuple[tuple[Choice, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_ranks", _ranks(self.lora_ranks, "lora_ranks"))
+        object.__setattr__(self, "gift_ranks", _ranks(self.gift_ranks, "gift_ranks"))
+        if self.gift_sharing not in GIFT_SHARING:
+            raise ValueError(f"gift_sharing must be one of {', '.join(GIFT_SHARING)}; got {self.gift_sharing!r}")
+        full = {s: self._full(s) for s in SUPPORTS}
+        table = dict(full)
+        if self.choices is not None:
+            if not isinstance(self.choices, Mapping):
+                raise ValueError(f"choices must map a support (A-E) to a list of choice names, got {self.choices!r}")
+            for support, names in self.choices.items():
+                if support not in SUPPORTS:
+                    raise ValueError(f"choices: unknown support {support!r}; supports are {', '.join(SUPPORTS)}")
+                if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+                    raise ValueError(f"choices[{support!r}] must be a non-empty list of choice names, got {names!r}")
+                allowed = [c.name for c in full[support]]
+                picked = []
+                for name in names:
+                    if name not in allowed:
+                        raise ValueError(
+                            f"choices[{support!r}]: {name!r} is not allowed for support {support} in this space; "
+                            f"allowed: {', '.join(allowed)}"
+                        )
+                    picked.append(name)
+                if len(set(picked)) != len(picked):
+                    raise ValueError(f"choices[{support!r}] has repeated names: {list(names)!r}")
+                # Keep the canonical order so gene indices do not depend on how the user listed them.
+                table[support] = tuple(c for c in full[support] if c.name in picked)
+            frozen = {s: tuple(c.name for c in table[s]) for s in SUPPORTS if s in self.choices}
+            object.__setattr__(self, "choices", frozen)
+        object.__setattr__(self, "_table", tuple(table[s] for s in SUPPORTS))
+
+    def _full(self, support: str) -> tuple[Choice, ...]:
+        out: list[Choice] = []
+        for kind in _KINDS[support]:
+            if kind == "lora":
+                out += [Choice("lora", r) for r in self.lora_ranks]
+            elif kind == "gift":
+                out += [Choice("gift", r) for r in self.gift_ranks]
+            else:
+                out.append(Choice(kind))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ queries
+    def choices_for(self, support: str) -> tuple[Choice, ...]:
+        """Parsed choices of ``support`` in canonical order (lora largest first, gift, vector, scalar, none)."""
+        try:
+            return self._table[SUPPORTS.index(support)]
+        except ValueError:
+            raise ValueError(f"unknown support {support!r}; supports are {', '.join(SUPPORTS)}") from None
+
+    def choice_names(self, support: str) -> tuple[str, ...]:
+        return tuple(c.name for c in self.choices_for(support))
+
+    def max_rank(self, support: str, kind: str = "lora") -> int:
+        """Largest rank of ``kind`` offered to ``support`` (0 if none): the size of its entangled storage."""
+        return max((c.rank for c in self.choices_for(support) if c.kind == kind), default=0)
+
+    def offers(self, support: str, *kinds: str) -> bool:
+        return any(c.kind in kinds for c in self.choices_for(support))
+
+    @property
+    def layer_size(self) -> int:
+        """Number of distinct configurations of one layer (|A|·|B|·|C|·|D|·|E|)."""
+        n = 1
+        for s in SUPPORTS:
+            n *= len(self.choices_for(s))
+        return n
+
+    def check(self, support: str, name: str) -> Choice:
+        """Parse ``name`` and check that this space offers it for ``support``; ``ValueError`` otherwise."""
+        allowed = self.choice_names(support)
+        try:
+            choice = Choice.parse(name)
+        except ValueError:
+            raise ValueError(f"unknown choice {name!r} for support {support}; allowed: {', '.join(allowed)}") from None
+        if choice.name in allowed:
+            return choice
+        if choice.kind in ("lora", "gift"):
+            largest = self.max_rank(support, choice.kind)
+            if largest and choice.rank > largest:
+                raise ValueError(
+                    f"choice {name!r} for support {support} has rank {choice.rank}, above the supernet's largest "
+                    f"{choice.kind} rank {largest}; allowed: {', '.join(allowed)}"
+                )
+        raise ValueError(
+            f"choice {name!r} is not in this search space for support {support}; allowed: {', '.join(allowed)}"
+        )
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (YAML/JSON friendly) for checkpoints and configs."""
+        out: dict[str, Any] = {
+            "lora_ranks": list(self.lora_ranks),
+            "gift_ranks": list(self.gift_ranks),
+            "gift_sharing": self.gift_sharing,
+        }
+        if self.choices is not None:
+            out["choices"] = {s: list(v) for s, v in self.choices.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a search space must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"lora_ranks", "gift_ranks", "gift_sharing", "choices"}
+        if unknown:
+            raise ValueError(
+                f"unknown search-space keys: {', '.join(sorted(map(str, unknown)))}; "
+                "allowed: lora_ranks, gift_ranks, gift_sharing, choices"
+            )
+        return cls(**dict(data))
+
+    def __hash__(self) -> int:
+        return hash((self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchSpace):
+            return NotImplemented
+        return (self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table) == (
+            other.lora_ranks,
+            other.gift_ranks,
+            other.gift_sharing,
+            other._table,
+        )

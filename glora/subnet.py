@@ -1,0 +1,170 @@
+"""Subnets: one choice per (layer, support), as plain data that round-trips through YAML.
+
+{"blocks.0.attn.qkv": {"A": "lora_8", "B": "vector", "C": "none", "D": "scalar", "E": "vector"}, ...}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from ._io import atomic_write_text
+from ._text import first_of
+from .gift import gift_group
+from .inject import get_space, glora_layers
+from .space import SUPPORTS, LayerChoice
+
+__all__ = [
+    "Subnet",
+    "sample_subnet",
+    "set_subnet",
+    "parse_subnet",
+    "make_subnet",
+    "count_params",
+    "save_subnet",
+    "load_subnet",
+]
+
+Subnet = dict[str, dict[str, str]]
+
+
+def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
+    """Validate ``subnet`` against ``model`` and parse it; ``ValueError`` names the layer and the bad choice."""
+    layers = glora_layers(model)
+    if not layers:
+        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+    if not isinstance(subnet, Mapping):
+        raise ValueError(f"a subnet must map layer names to their choices, got {type(subnet).__name__}")
+    unknown = [n for n in subnet if n not in layers]
+    if unknown:
+        raise ValueError(
+            f"subnet names layer {first_of(unknown)}, which is not a GLoRA layer of this model; "
+            f"model layers look like {next(iter(layers))!r} ({len(layers)} in all)"
+        )
+    missing = [n for n in layers if n not in subnet]
+    if missing:
+        raise ValueError(f"subnet is missing layer {first_of(missing)}; every GLoRA layer needs a choice")
+    parsed = {}
+    for name, layer in layers.items():
+        entry = subnet[name]
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"layer {name!r}: expected a mapping of supports A-E to choices, got {entry!r}")
+        extra = [k for k in entry if k not in SUPPORTS]
+        if extra:
+            raise ValueError(f"layer {name!r}: unknown support {extra[0]!r}; supports are {', '.join(SUPPORTS)}")
+        lacking = [s for s in SUPPORTS if s not in entry]
+        if lacking:
+            raise ValueError(f"layer {name!r}: no choice for support {lacking[0]!r}; every layer needs A-E")
+        choices = []
+        for s in SUPPORTS:
+            try:
+                choices.append(layer.space.check(s, entry[s]))
+            except ValueError as e:
+                raise ValueError(f"layer {name!r}: {e}") from None
+        parsed[name] = LayerChoice(*choices)
+    return parsed
+
+
+def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> None:
+    """Make every GLoRA layer of ``model`` compute its choice in ``subnet`` (validated first)."""
+    parsed = parse_subnet(model, subnet)
+    for name, layer in glora_layers(model).items():
+        layer.set_choice(parsed[name])
+
+
+def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:
+    """Draw every (layer, support) choice uniformly and independently, from ``rng`` only."""
+    if not isinstance(rng, random.Random):
+        raise TypeError(f"rng must be a random.Random (explicit seeding), got {type(rng).__name__}")
+    return {
+        name: {s: rng.choice(layer.space.choice_names(s)) for s in SUPPORTS}
+        for name, layer in _layers_or_raise(model).items()
+    }
+
+
+def make_subnet(model: nn.Module, **choices: str) -> Subnet:
+    """The same choice in every layer, e.g. ``make_subnet(model, B="lora_8")`` for plain LoRA.
+
+    Supports not given are ``none``. Validated against the model's space.
+    """
+    bad = [k for k in choices if k not in SUPPORTS]
+    if bad:
+        raise ValueError(f"unknown support {bad[0]!r}; supports are {', '.join(SUPPORTS)}")
+    entry = {s: choices.get(s, "none") for s in SUPPORTS}
+    subnet = {name: dict(entry) for name in _layers_or_raise(model)}
+    parse_subnet(model, subnet)
+    return subnet
+
+
+def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> int:
+    """The paper's "# params" of ``subnet``: support tensors it uses, head excluded.
+
+    lora_r: r·(out+in) for A/B, r·(in+1) for C; vector: out (in for C); scalar: 1; none: 0; a GIFT generator
+    counts 2·r·in once per group, r the largest gift rank used in that group.
+    """
+    parsed = parse_subnet(model, subnet)
+    layers = glora_layers(model)
+    space = get_space(model)
+    total = 0
+    gift_rank: dict[str, tuple[int, int]] = {}
+    for name, layer in layers.items():
+        choice = parsed[name]
+        total += layer.count(choice)
+        if choice.A.kind == "gift":
+            group = gift_group(name, layer.in_features, space.gift_sharing)
+            prev = gift_rank.get(group, (0, layer.in_features))[0]
+            gift_rank[group] = (max(prev, choice.A.rank), layer.in_features)
+    total += sum(2 * r * in_f for r, in_f in gift_rank.values())
+    return total
+
+
+def save_subnet(subnet: Mapping[str, Mapping[str, str]], path: str | os.PathLike) -> None:
+    """Write ``subnet`` as YAML (one line per layer), atomically."""
+    data = _check_structure(subnet, str(path))
+    ordered = {name: {s: c[s] for s in SUPPORTS if s in c} | c for name, c in data.items()}
+    text = yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None, width=1000)
+    atomic_write_text(Path(path), text)
+
+
+def load_subnet(path: str | os.PathLike) -> Subnet:
+    """Read a subnet YAML written by :func:`save_subnet` (or by hand); checked against a model at set time."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"subnet file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read subnet file {str(p)!r}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"subnet file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return _check_structure(data, str(p))
+
+
+def _check_structure(data: Any, where: str) -> Subnet:
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(f"{where}: a subnet must be a non-empty mapping of layer names to choices")
+    out: Subnet = {}
+    for name, entry in data.items():
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: layer names must be strings, got {name!r}")
+        if not isinstance(entry, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
+        ):
+            raise ValueError(f"{where}: layer {name!r} must map supports A-E to choice names, got {entry!r}")
+        out[name] = {str(k): str(v) for k, v in entry.items()}
+    return out
+
+
+def _layers_or_raise(model: nn.Module) -> dict:
+    layers = glora_layers(model)
+    if not layers:
+        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+    return layers

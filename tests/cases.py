@@ -1,0 +1,164 @@
+"""A flat list of (model, space) cases shared by the tests, plus small helpers.
+
+Models are tiny random-init versions of real timm families, so every test runs in float64 on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from timm.models.mlp_mixer import MlpMixer
+from torch import nn
+
+import glora
+
+
+class ToyMLP(nn.Module):
+    """Two hidden linears (one without bias) and a head; acts on (batch, tokens, features)."""
+
+    def __init__(self, d_in: int = 12, hidden: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, hidden, bias=False)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc2(self.act(self.fc1(x))))
+
+
+def _timm(name: str, **kw) -> Callable[[], nn.Module]:
+    return lambda: timm.create_model(name, pretrained=False, num_classes=5, **kw)
+
+
+VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+@dataclass
+class Case:
+    id: str
+    make: Callable[[], nn.Module]
+    space: glora.SearchSpace
+    input_shape: tuple[int, ...]
+    n_layers: int  # adapted layers expected by default targeting
+    heads: tuple[str, ...] = ("head",)
+    kwargs: dict = field(default_factory=dict)
+
+    def input(self, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(*self.input_shape, generator=g, dtype=torch.float64)
+
+
+CASES: list[Case] = [
+    Case("toy-mlp", ToyMLP, glora.SearchSpace(lora_ranks=(4, 2)), (3, 5, 12), 2),
+    Case("vit", _timm("vit_tiny_patch16_224", **VIT), glora.SearchSpace(lora_ranks=(8, 4)), (2, 3, 32, 32), 8),
+    Case(
+        "vit-gift-type",
+        _timm("vit_tiny_patch16_224", **VIT),
+        glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(4, 2)),
+        (2, 3, 32, 32),
+        8,
+    ),
+    Case(
+        "deit-distilled-gift-layer",
+        _timm("deit_tiny_distilled_patch16_224", **VIT),
+        glora.SearchSpace(lora_ranks=(2,), gift_ranks=(2,), gift_sharing="layer"),
+        (2, 3, 32, 32),
+        8,
+        heads=("head", "head_dist"),
+    ),
+    Case(
+        "swin-gift-width",
+        _timm(
+            "swin_tiny_patch4_window7_224",
+            img_size=32,
+            patch_size=2,
+            window_size=4,
+            embed_dim=8,
+            depths=(1, 1),
+            num_heads=(1, 2),
+        ),
+        glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,), gift_sharing="width"),
+        (2, 3, 32, 32),
+        9,
+        heads=("head.fc",),
+    ),
+    Case(
+        "mixer",
+        lambda: MlpMixer(num_classes=5, img_size=32, patch_size=8, embed_dim=16, num_blocks=2),
+        glora.SearchSpace(lora_ranks=(2,)),
+        (2, 3, 32, 32),
+        8,
+    ),
+    Case(
+        "convnext-linear-mlp",
+        _timm("convnext_atto", dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), conv_mlp=False),
+        glora.SearchSpace(lora_ranks=(8, 4)),
+        (2, 3, 32, 32),
+        8,
+        heads=("head.fc",),
+    ),
+    Case(  # BEiT reads qkv.weight directly (bias-free qkv with its own q/v biases)
+        "beit-direct-qkv",
+        _timm("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2),
+        glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,)),
+        (2, 3, 32, 32),
+        8,
+    ),
+    Case(  # EVA-02: rotary embeddings, SwiGLU MLP, qkv read directly as well
+        "eva02-direct-qkv",
+        _timm("eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=16, depth=2, num_heads=2),
+        glora.SearchSpace(lora_ranks=(2,), choices={"D": ["vector", "none"]}),
+        (2, 3, 28, 28),
+        -1,
+    ),
+]
+
+CASE_IDS = [c.id for c in CASES]
+
+
+def perturb(model: nn.Module, seed: int, scale: float = 0.05) -> None:
+    """Stand in for pretrained weights: timm zero-inits biases, which would hide D's effect."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def randomize_supports(model: nn.Module, seed: int, scale: float = 0.1) -> None:
+    """Give every support tensor and GIFT generator non-zero values (they start at zero by design)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        params = [p for layer in glora.glora_layers(model).values() for p in layer.support_params()]
+        params += [p for m in model.modules() if isinstance(m, glora.GiftBank) for p in m.parameters()]
+        for p in params:
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def build(case: Case, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(base model, injected supernet) in float64, sharing the same perturbed backbone weights."""
+    torch.manual_seed(seed)
+    base = case.make().double().eval()
+    perturb(base, seed)
+    supernet = case.make().double().eval()
+    supernet.load_state_dict(base.state_dict())
+    glora.inject(supernet, case.space, **case.kwargs)
+    return base, supernet
+
+
+def extreme_subnets(model: nn.Module) -> dict[str, glora.Subnet]:
+    """Every support at its first (largest) choice, at its last (none), and, if offered, all-gift A."""
+    space = glora.get_space(model)
+    first = {s: space.choice_names(s)[0] for s in glora.SUPPORTS}
+    last = {s: space.choice_names(s)[-1] for s in glora.SUPPORTS}
+    out = {"largest": glora.make_subnet(model, **first), "none": glora.make_subnet(model, **last)}
+    if space.offers("A", "gift"):
+        out["gift"] = glora.make_subnet(model, **(first | {"A": f"gift_{space.max_rank('A', 'gift')}"}))
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
