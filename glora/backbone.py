@@ -1,0 +1,100 @@
+"""Build the frozen backbone from a small, serialisable description, and fingerprint its weights.
+
+Checkpoints store how to rebuild the backbone (timm name + pretrained source, or a local folder/file), never the
+frozen weights; the fingerprint makes sure the rebuilt backbone is the one the supernet was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_local_dir", "PROJECT_ROOT"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BackboneSpec:
+    """How to rebuild a backbone.
+
+    Args:
+        model: a timm model name (``vit_base_patch16_224.augreg_in21k``), ``hf-hub:<repo>`` or
+            ``local-dir:<folder>`` (a timm export: config.json + model.safetensors).
+        pretrained: load pretrained weights from the model's source.
+        pretrained_file: load pretrained weights from this local file instead (offline use of a timm name).
+        num_classes: classes of the new head.
+        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``drop_path_rate``).
+    """
+
+    model: str
+    num_classes: int
+    pretrained: bool = True
+    pretrained_file: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
+        return cls(**data)
+
+
+def resolve_local_dir(name: str) -> str:
+    """Make a relative ``local-dir:`` path work from any folder (tries the cwd, then the project root)."""
+    if not name.startswith("local-dir:"):
+        return name
+    path = Path(name.removeprefix("local-dir:")).expanduser()
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"local-dir model folder {str(path)!r} has no config.json (a timm export is expected)")
+    return f"local-dir:{path}"
+
+
+def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") -> nn.Module:
+    """``timm.create_model`` for ``spec``; raises ``ValueError`` for unknown names or unreadable weight files."""
+    name = resolve_local_dir(spec.model)
+    kwargs: dict[str, Any] = dict(spec.model_kwargs)
+    pretrained = spec.pretrained
+    if spec.pretrained_file:
+        weights = Path(spec.pretrained_file).expanduser()
+        if not weights.is_file():
+            raise FileNotFoundError(f"pretrained file {str(weights)!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        pretrained = True
+    bare = name.split(":", 1)[-1] if not name.startswith(("local-dir:", "hf-hub:")) else None
+    if bare is not None and not timm.is_model(bare):
+        close = timm.list_models(f"*{bare.split('.')[0][:12]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm model {spec.model!r}{hint}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes, **kwargs)
+    except (RuntimeError, OSError) as e:
+        if "Unknown model" in str(e):
+            raise ValueError(f"unknown timm model {spec.model!r}") from None
+        raise
+    if pretrained:
+        # The classifier is always new (paper: the head is new and trainable), even if the class count matches.
+        model.reset_classifier(spec.num_classes)
+    return model.to(device)
+
+
+def fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of the given (default: all frozen) parameters."""
+    h = hashlib.sha256()
+    params = dict(model.named_parameters())
+    if names is None:
+        names = [n for n, p in params.items() if not p.requires_grad]
+    for n in sorted(names):
+        t = params[n].detach().to("cpu").contiguous()
+        h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,123 @@
+"""Supernet checkpoints: trainable tensors + everything needed to rebuild and resume, loaded safely.
+
+A checkpoint never holds the frozen backbone; it holds how to rebuild it (:class:`BackboneSpec`) and a fingerprint
+of its weights. Loading always uses ``torch.load(..., weights_only=True)``: a file carrying arbitrary pickled
+objects is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_save
+from .backbone import BackboneSpec, build_backbone, fingerprint
+from .inject import inject
+from .space import SearchSpace
+
+__all__ = ["CHECKPOINT_FORMAT", "read_checkpoint", "write_checkpoint", "load_supernet", "trainable_state"]
+
+CHECKPOINT_FORMAT = "glora-supernet"
+CHECKPOINT_VERSION = 1
+_REQUIRED = ("format", "version", "backbone", "fingerprint", "space", "trainable")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors training changes (supports, GIFT generators, head), detached on the CPU."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Save atomically (temp + rename); refuses non-finite tensors so a diverged run never replaces a good file."""
+    for name, t in payload.get("trainable", {}).items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"refusing to write {str(path)!r}: tensor {name!r} holds NaN or inf")
+    data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    atomic_save(path, lambda f: torch.save(data, f))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a supernet checkpoint (weights_only); ``ValueError`` says what is wrong with the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"supernet checkpoint {str(p)!r} does not exist")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise ValueError(
+                f"refusing to load {str(p)!r}: it holds Python objects other than tensors and plain data "
+                "(a checkpoint from another tool, or a malicious file); nothing in it was run"
+            ) from None
+        raise ValueError(f"supernet checkpoint {str(p)!r} is corrupt: {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"supernet checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(p)!r} is not a GLoRA supernet checkpoint (written by train_supernet.py)")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"supernet checkpoint {str(p)!r} lacks {', '.join(missing)}")
+    if data["version"] > CHECKPOINT_VERSION:
+        raise ValueError(f"supernet checkpoint {str(p)!r} has format version {data['version']}; upgrade glora")
+    data["path"] = str(p)
+    return data
+
+
+def load_supernet(
+    path_or_checkpoint: str | os.PathLike | Mapping[str, Any], *, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """Rebuild the backbone, inject the saved space, load the trained tensors; returns the supernet in eval mode.
+
+    Raises ``ValueError`` if the rebuilt backbone's weights differ from the ones it was trained on, or the
+    checkpoint's tensors do not fit the model (another architecture or search space).
+
+    Example:
+        >>> model = glora.load_supernet("runs/default/supernet/last.pt")
+        >>> glora.set_subnet(model, glora.load_subnet("runs/default/search/subnet.yaml"))
+    """
+    ckpt = path_or_checkpoint if isinstance(path_or_checkpoint, Mapping) else read_checkpoint(path_or_checkpoint)
+    where = ckpt.get("path", "checkpoint")
+    try:
+        spec = BackboneSpec.from_dict(dict(ckpt["backbone"]))
+        space = SearchSpace.from_dict(dict(ckpt["space"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: invalid backbone or search-space record: {e}") from None
+    model = build_backbone(spec, device="cpu")
+    inject(model, space, ckpt.get("targets"), heads=ckpt.get("heads"))
+    found = fingerprint(model)
+    if found != ckpt["fingerprint"]:
+        raise ValueError(
+            f"{where}: the rebuilt backbone ({spec.model}) has weight fingerprint {found}, but the supernet was "
+            f"trained on {ckpt['fingerprint']}: different pretrained weights"
+        )
+    load_trainable(model, ckpt["trainable"], where)
+    return model.to(device).eval()
+
+
+def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Copy saved trainable tensors into ``model``; names and shapes must match exactly."""
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n in own if n not in tensors]
+    unknown = [n for n in tensors if n not in own]
+    if missing or unknown:
+        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unknown[0]!r}"
+        raise ValueError(
+            f"{where}: saved tensors do not match this model ({detail}; {len(missing)} missing, {len(unknown)} "
+            "unexpected): another architecture, target set or search space?"
+        )
+    for n, p in own.items():
+        t = tensors[n]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"{where}: tensor {n!r} has shape {tuple(t.shape)}, this model expects {tuple(p.shape)}")
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(tensors[n])

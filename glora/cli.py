@@ -1,0 +1,53 @@
+"""Run a command's ``main(argv)`` the way users expect: one readable line on error, ``--debug`` for a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["run", "setup_logging", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("timm", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call ``main``; turn any exception into ``error: ...`` on stderr and a non-zero exit code.
+
+    Ctrl-C exits with 130 after ``main`` has had the chance to save (it sees KeyboardInterrupt first).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    setup_logging()
+    try:
+        return int(main(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename:
+        text = f"{e.strerror}: {e.filename}"
+    if not isinstance(e, ValueError):
+        text = f"{type(e).__name__}: {text}" if not text.startswith(type(e).__name__) else text
+    return " ".join(text.split())

@@ -1,0 +1,382 @@
+"""Datasets: the embedded digits transfer task, VTAB-1k (the paper's list-file layout), any ImageFolder tree.
+
+Images are resized once (squash to the model's input size, bicubic, as the paper's VTAB pipeline does) and kept
+as uint8 tensors; normalisation with the model's mean/std happens on the device, batch by batch. That keeps a
+VTAB-1k task (1000 images) in ~150 MB and makes 500 epochs cheap on a CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = [
+    "DATASETS",
+    "VTAB_TASKS",
+    "VTAB_SMALL_LR_TASKS",
+    "DIGITS_PRETRAIN_CLASSES",
+    "DIGITS_TRANSFER_CLASSES",
+    "DataSpec",
+    "ImageSet",
+    "Normalizer",
+    "input_config",
+    "load_digits",
+    "load_vtab",
+    "load_folder",
+    "make_loader",
+]
+
+DATASETS = ("digits", "vtab", "folder")
+
+# VTAB-1k: task -> number of classes (DESIGN.md).
+VTAB_TASKS: dict[str, int] = {
+    "cifar": 100,
+    "caltech101": 102,
+    "dtd": 47,
+    "oxford_flowers102": 102,
+    "oxford_iiit_pet": 37,
+    "svhn": 10,
+    "sun397": 397,
+    "patch_camelyon": 2,
+    "eurosat": 10,
+    "resisc45": 45,
+    "diabetic_retinopathy": 5,
+    "clevr_count": 8,
+    "clevr_dist": 6,
+    "dmlab": 6,
+    "kitti": 4,
+    "dsprites_loc": 16,
+    "dsprites_ori": 16,
+    "smallnorb_azi": 18,
+    "smallnorb_ele": 9,
+}
+# The paper's supernet lr is 1e-4 for these, 5e-4 for the rest (Appendix A).
+VTAB_SMALL_LR_TASKS = ("diabetic_retinopathy", "clevr_count", "clevr_dist", "smallnorb_ele")
+
+DIGITS_PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
+DIGITS_TRANSFER_CLASSES = (5, 6, 7, 8, 9)
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageSet:
+    """Images of one split: uint8 tensors (N, C, H, W) in memory, or files resized on access."""
+
+    labels: torch.Tensor
+    num_classes: int
+    images: torch.Tensor | None = None
+    files: list[Path] | None = None
+    size: tuple[int, int, int] = (3, 224, 224)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def dataset(self) -> Dataset:
+        if self.images is not None:
+            return TensorDataset(self.images, self.labels)
+        return _FileDataset(self.files or [], self.labels, self.size)
+
+    def subset(self, n: int) -> ImageSet:
+        """The first ``n`` items (e.g. a few real inputs for verification)."""
+        return ImageSet(
+            labels=self.labels[:n],
+            num_classes=self.num_classes,
+            images=None if self.images is None else self.images[:n],
+            files=None if self.files is None else self.files[:n],
+            size=self.size,
+        )
+
+
+class Normalizer(nn.Module):
+    """uint8 batch -> float, normalised with the model's mean/std; runs on the model's device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) * self.inv_std
+
+
+def input_config(model: nn.Module) -> dict:
+    """The model's real input size (channels, H, W) and its mean/std."""
+    from timm.data import resolve_data_config
+    from timm.models import get_model_input_config
+
+    cfg = resolve_data_config({}, model=model)
+    size = tuple(get_model_input_config(model)["input_size"])
+    channels = size[0]
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(mean) != channels:  # e.g. a 1-channel model whose config kept RGB statistics
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return {"input_size": size, "mean": mean, "std": std}
+
+
+# ---------------------------------------------------------------------- image decoding
+def _load_image(path: Path, size: tuple[int, int, int]) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if size[0] == 1 else "RGB").resize((size[2], size[1]), Image.BICUBIC)
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {str(path)!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+    return data.view(size[1], size[2], size[0]).permute(2, 0, 1).contiguous()
+
+
+class _FileDataset(Dataset):
+    def __init__(self, files: list[Path], labels: torch.Tensor, size: tuple[int, int, int]) -> None:
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return _load_image(self.files[i], self.size), self.labels[i]
+
+
+def _materialise(files: list[Path], labels: list[int], num_classes: int, size, cache: bool, desc: str) -> ImageSet:
+    label_t = torch.tensor(labels, dtype=torch.long)
+    if not cache:
+        return ImageSet(labels=label_t, num_classes=num_classes, files=files, size=size)
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        images = list(tqdm(pool.map(lambda f: _load_image(f, size), files), total=len(files), desc=desc, leave=False))
+    stacked = torch.stack(images) if images else torch.empty((0, *size), dtype=torch.uint8)
+    return ImageSet(labels=label_t, num_classes=num_classes, images=stacked, size=size)
+
+
+# ---------------------------------------------------------------------- embedded digits
+def load_digits(part: str = "transfer", split: str = "train") -> ImageSet:
+    """scikit-learn's handwritten digits (8x8, 16 grey levels), split into two disjoint tasks.
+
+    ``pretrain``: classes 0-4 (train / val); ``transfer``: classes 5-9 relabelled 0-4 (train / val / test: 40 and
+    60 images per class held out). Splits are fixed (seeded by the dataset, not the run) so every run and every
+    command sees the same images.
+    """
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError:
+        raise ImportError(
+            "the embedded default task needs scikit-learn (it ships the digits images): pip install -e '.[demo]'"
+        ) from None
+    if part not in ("pretrain", "transfer"):
+        raise ValueError(f"digits part must be pretrain or transfer, got {part!r}")
+    allowed = ("train", "val") if part == "pretrain" else ("train", "val", "test")
+    if split not in allowed:
+        raise ValueError(f"digits {part} split must be one of {', '.join(allowed)}; got {split!r}")
+    bunch = _sk_digits()
+    images = torch.from_numpy(bunch.images).float().mul(255.0 / 16.0).round().clamp(0, 255).to(torch.uint8)
+    targets = torch.from_numpy(bunch.target).long()
+    classes = DIGITS_PRETRAIN_CLASSES if part == "pretrain" else DIGITS_TRANSFER_CLASSES
+    n_val, n_test = (50, 0) if part == "pretrain" else (40, 60)
+    rng = random.Random(0)
+    picked: list[int] = []
+    for c in classes:
+        idx = [int(i) for i in torch.nonzero(targets == c).flatten()]
+        rng.shuffle(idx)
+        bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(idx))}
+        lo, hi = bounds[split]
+        picked += idx[lo:hi]
+    picked.sort()
+    sel = torch.tensor(picked, dtype=torch.long)
+    return ImageSet(
+        labels=targets[sel] - classes[0],
+        num_classes=len(classes),
+        images=images[sel].unsqueeze(1).contiguous(),
+        size=(1, 8, 8),
+    )
+
+
+# ---------------------------------------------------------------------- VTAB-1k
+def load_vtab(root: str | Path, task: str, split_file: str, size, *, cache: bool = True) -> ImageSet:
+    """One split of a VTAB-1k task: ``<root>/<task>/<split_file>`` lines ``relative/path.jpg label``."""
+    if task not in VTAB_TASKS:
+        raise ValueError(f"unknown VTAB-1k task {task!r}; tasks: {', '.join(VTAB_TASKS)}")
+    base = Path(root).expanduser() / task
+    if not base.is_dir():
+        raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist (expected <data-root>/{task})")
+    listing = base / split_file
+    if not listing.is_file():
+        raise FileNotFoundError(f"split file {str(listing)!r} does not exist")
+    num_classes = VTAB_TASKS[task]
+    files, labels = [], []
+    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{listing}:{lineno}: expected 'relative/path.jpg label', got {line.strip()!r}")
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            raise ValueError(f"{listing}:{lineno}: label {label} out of range for {task} ({num_classes} classes)")
+        files.append(base / parts[0])
+        labels.append(label)
+    if not files:
+        raise ValueError(f"split file {str(listing)!r} lists no images")
+    return _materialise(files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}")
+
+
+# ---------------------------------------------------------------------- ImageFolder
+def _scan_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"image folder {str(root)!r} has no class sub-folders (expected <root>/<class>/<image>)")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        found = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in _IMAGE_EXTENSIONS and p.is_file())
+        files += found
+        labels += [i] * len(found)
+    if not files:
+        raise ValueError(f"image folder {str(root)!r} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+    return classes, files, labels
+
+
+def load_folder(
+    root: str | Path,
+    split: str,
+    size,
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    split_seed: int = 0,
+    cache: bool = True,
+) -> ImageSet:
+    """An ImageFolder tree. With ``train/``, ``val/`` (and ``test/``) sub-trees those are used as they are;
+    otherwise one tree is split per class (stratified) into train / val / test by the given fractions."""
+    root = Path(root).expanduser()
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test; got {split!r}")
+    if (root / "train").is_dir():
+        sub = root / split
+        if not sub.is_dir():
+            raise FileNotFoundError(f"image folder {str(root)!r} has train/ but no {split}/ sub-tree")
+        classes, files, labels = _scan_folder(sub)
+        train_classes = _scan_folder(root / "train")[0]
+        if classes != train_classes:
+            raise ValueError(f"{str(sub)!r} has classes {classes}, train/ has {train_classes}")
+        return _materialise(files, labels, len(classes), tuple(size), cache, f"{root.name}/{split}")
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val-fraction ({val_fraction}) must be in (0, 1), test-fraction ({test_fraction}) in [0, 1), "
+            "and together below 1"
+        )
+    classes, files, labels = _scan_folder(root)
+    rng = random.Random(split_seed)
+    picked: list[int] = []
+    for c in range(len(classes)):
+        idx = [i for i, lab in enumerate(labels) if lab == c]
+        rng.shuffle(idx)
+        n_test = round(len(idx) * test_fraction)
+        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(idx))}
+        lo, hi = bounds[split]
+        picked += idx[lo:hi]
+    picked.sort()
+    if not picked:
+        raise ValueError(f"the {split} split of {str(root)!r} is empty (too few images per class?)")
+    return _materialise(
+        [files[i] for i in picked],
+        [labels[i] for i in picked],
+        len(classes),
+        tuple(size),
+        cache,
+        f"{root.name}/{split}",
+    )
+
+
+# ---------------------------------------------------------------------- loading
+def make_loader(
+    data: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, drop_last: bool = False
+) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (a fresh generator per call: resumable per epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    in_memory = data.images is not None
+    return DataLoader(
+        data.dataset(),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=0 if in_memory else workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+
+
+@dataclass
+class DataSpec:
+    """Which data a run uses; stored in checkpoints so search and export see the same splits.
+
+    ``train_split`` / ``val_split`` / ``test_split`` name VTAB-1k list files (train800, val200, test) or, for the
+    other datasets, the split (train, val, test). The supernet trains on train, the search ranks on val, and
+    test is looked at once, for the final pick.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    task: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    cache_images: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        if self.dataset in ("vtab", "folder") and not self.data_root:
+            raise ValueError(f"dataset {self.dataset!r} needs --data-root")
+        if self.dataset == "vtab" and self.task not in VTAB_TASKS:
+            raise ValueError(f"dataset vtab needs --task, one of: {', '.join(VTAB_TASKS)}; got {self.task!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataSpec:
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def num_classes(self) -> int | None:
+        """Known without reading images: digits and VTAB-1k; None for a folder (count its classes)."""
+        if self.dataset == "digits":
+            return len(DIGITS_TRANSFER_CLASSES)
+        if self.dataset == "vtab":
+            return VTAB_TASKS[self.task]
+        root = Path(self.data_root).expanduser()
+        return len(_scan_folder(root / "train" if (root / "train").is_dir() else root)[0])
+
+    def load(self, split: str, input_size: Sequence[int]) -> ImageSet:
+        """Load ``split`` (train / val / test) at the model's input size."""
+        name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
+        size = tuple(input_size)
+        if self.dataset == "digits":
+            if size != (1, 8, 8):
+                raise ValueError(f"the digits task has 1x8x8 images, but the model expects {'x'.join(map(str, size))}")
+            return load_digits("transfer", name)
+        if self.dataset == "vtab":
+            return load_vtab(self.data_root, self.task, name, size, cache=self.cache_images)
+        return load_folder(
+            self.data_root,
+            name,
+            size,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            split_seed=self.split_seed,
+            cache=self.cache_images,
+        )
