@@ -7,6 +7,8 @@ glora.set_subnet(model, glora.sample_subnet(model, random.Random(0)))
 plain = glora.fold(model, subnet)                       # plain model, zero overhead
 """
 
+from .backbone import BackboneSpec, build_backbone
+from .checkpoint import load_supernet, read_checkpoint
 from .fold import fold, fold_layer
 from .gift import GiftBank, GiftGenerator, gift_group
 from .inject import GIFT_ATTR, get_space, glora_layers, head_names, inject
@@ -51,6 +53,10 @@ __all__ = [
     "load_subnet",
     "fold",
     "fold_layer",
+    "load_supernet",
+    "read_checkpoint",
+    "BackboneSpec",
+    "build_backbone",
     "load_reference_state_dict",
     "convert_reference_subnet",
     "reference_choice_name",

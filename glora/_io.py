@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_writer", "atomic_save"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_writer", "atomic_save", "default_mode", "publish_tree"]
 
 
 @contextlib.contextmanager
@@ -51,14 +51,26 @@ def atomic_save(path: str | os.PathLike, save: Callable[[IO], None]) -> None:
         save(f)
 
 
+def default_mode(directory: bool = False) -> int:
+    """What ``open``/``mkdir`` would give: 0o666 / 0o777 minus the umask (mkstemp and mkdtemp use 0o600 / 0o700)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def publish_tree(folder: str | os.PathLike) -> None:
+    """Give a folder built in a private temp dir (and its files) the usual permissions before it is renamed."""
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, default_mode(path.is_dir()))
+
+
 def _mode_for(target: Path) -> int:
-    """Keep an existing file's permissions; new files get the usual 0o666 minus the umask (mkstemp uses 0o600)."""
+    """Keep an existing file's permissions; new files get the usual ones."""
     try:
         return target.stat().st_mode & 0o777
     except FileNotFoundError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return default_mode()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -77,9 +77,16 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
         raise ValueError(f"unknown timm model {spec.model!r}{hint}")
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes, **kwargs)
+    except TypeError as e:  # an architecture argument the model does not take
+        raise ValueError(f"cannot build {spec.model!r} with {kwargs or 'its defaults'}: {e}") from None
     except (RuntimeError, OSError) as e:
-        if "Unknown model" in str(e):
+        text = str(e)
+        if "Unknown model" in text:
             raise ValueError(f"unknown timm model {spec.model!r}") from None
+        if "loading state_dict" in text:
+            detail = next((line.strip() for line in text.splitlines()[1:] if line.strip()), text)
+            source = spec.pretrained_file or spec.model
+            raise ValueError(f"pretrained weights of {source!r} do not fit the model ({detail})") from None
         raise
     if pretrained:
         # The classifier is always new (paper: the head is new and trainable), even if the class count matches.

@@ -23,6 +23,7 @@ __all__ = [
     "make_parser",
     "parse_args",
     "explicit_options",
+    "merge_for_resume",
     "read_yaml",
     "save_config",
     "args_to_dict",
@@ -32,6 +33,7 @@ __all__ = [
     "nonneg_float",
     "probability",
     "optional",
+    "yaml_mapping",
 ]
 
 
@@ -61,6 +63,17 @@ nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def yaml_mapping(text: str) -> dict[str, Any]:
+    """A mapping given inline as YAML/JSON, e.g. ``'{embed_dim: 32, depth: 2}'``."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{drop_rate: 0.1}}', got {text!r}")
+    return value
+
+
 def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     """Also accept ``none``/``null`` (meaning: not set)."""
 
@@ -72,10 +85,15 @@ def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 # ---------------------------------------------------------------------- parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (``error: ...``), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument(
         "-c",
         "--config",
@@ -129,12 +147,14 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         if action.nargs == "+" and not items:
             raise ConfigError(f"{where}: expected at least one value")
         return [_coerce_one(action, v, where) for v in items]
-    if isinstance(value, (list, dict)):
+    if isinstance(value, list) or (isinstance(value, dict) and action.type is not yaml_mapping):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
     return _coerce_one(action, value, where)
 
 
 def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
+    if action.type is yaml_mapping and isinstance(value, dict):
+        return yaml_mapping(yaml.safe_dump(value))
     if isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
     if action.type is None:
@@ -188,6 +208,36 @@ def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None
         probe.add_argument(*action.option_strings, **kwargs)
     seen, _ = probe.parse_known_args(argv)
     return set(vars(seen))
+
+
+def merge_for_resume(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    saved: Mapping[str, Any],
+    resumable: Iterable[str],
+) -> argparse.Namespace:
+    """The options a run was saved with, plus only the ``resumable`` ones this command line sets.
+
+    Setting any other option to a different value is an error: a resumed run computes what it started computing.
+    """
+    resumable = set(resumable) | {"config", "debug", "resume"}
+    explicit = explicit_options(parser, argv)
+    changed = sorted(
+        k for k in explicit if k not in resumable and _plain(getattr(args, k)) != saved.get(k.replace("_", "-"))
+    )
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(resumable - {"config", "debug", "resume"}))
+        raise ConfigError(
+            f"cannot change {names} when resuming (a resumed run keeps its options); may change: {allowed}"
+        )
+    merged = argparse.Namespace(**{k.replace("-", "_"): v for k, v in saved.items()})
+    for k in vars(args):
+        if (k in explicit and k in resumable) or not hasattr(merged, k):
+            setattr(merged, k, getattr(args, k))
+    merged.resume = True
+    return merged
 
 
 def args_to_dict(args: argparse.Namespace | Mapping[str, Any], drop: Iterable[str] = ("config", "debug")) -> dict:

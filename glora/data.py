@@ -208,9 +208,7 @@ def load_vtab(root: str | Path, task: str, split_file: str, size, *, cache: bool
     base = Path(root).expanduser() / task
     if not base.is_dir():
         raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist (expected <data-root>/{task})")
-    listing = base / split_file
-    if not listing.is_file():
-        raise FileNotFoundError(f"split file {str(listing)!r} does not exist")
+    listing = _vtab_list(base, split_file)
     num_classes = VTAB_TASKS[task]
     files, labels = [], []
     for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
@@ -227,6 +225,18 @@ def load_vtab(root: str | Path, task: str, split_file: str, size, *, cache: bool
     if not files:
         raise ValueError(f"split file {str(listing)!r} lists no images")
     return _materialise(files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}")
+
+
+_VTAB_ALIASES = {"train": "train800", "val": "val200", "trainval": "train800val200", "test": "test"}
+
+
+def _vtab_list(base: Path, name: str) -> Path:
+    """``train800``, ``train800.txt`` or an alias (train, val, trainval, test) -> the list file."""
+    stem = _VTAB_ALIASES.get(name, name)
+    for candidate in (base / stem, base / f"{stem}.txt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"split file {base / stem!s}.txt does not exist")
 
 
 # ---------------------------------------------------------------------- ImageFolder

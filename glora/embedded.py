@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import publish_tree
 from .data import ImageSet, Normalizer, load_digits
 
 __all__ = ["ARCH", "ARCH_ARGS", "MEAN", "STD", "pretrain", "save_timm_folder", "transfer_headroom"]
@@ -81,6 +82,7 @@ def save_timm_folder(model: nn.Module, folder: str | Path) -> None:
         model_config={"pretrained_cfg": {"tag": "glora_digits_0to4"}},
         data_config={"mean": MEAN, "std": STD, "crop_pct": 1.0},
     )
+    publish_tree(folder)
 
 
 def transfer_headroom(backbone: nn.Module, *, epochs: int = 30, seed: int = 0) -> dict[str, float]:

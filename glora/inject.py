@@ -85,7 +85,7 @@ def inject(
         bank.requires_grad_(True)
     for h in head_list:
         model.get_submodule(h).requires_grad_(True)
-    _logger.info(
+    _logger.debug(
         "GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(head_list) or "none"
     )
     return model

@@ -27,8 +27,8 @@ from .checkpoint import load_trainable, read_checkpoint, trainable_state, write_
 from .config import (
     ConfigError,
     args_to_dict,
-    explicit_options,
     make_parser,
+    merge_for_resume,
     nonneg_float,
     nonneg_int,
     optional,
@@ -37,6 +37,7 @@ from .config import (
     positive_int,
     probability,
     save_config,
+    yaml_mapping,
 )
 from .data import DATASETS, DataSpec, Normalizer, input_config, make_loader
 from .evaluate import accuracy, autocast, resolve_device
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained-file", default=None, help="load pretrained weights from this local file (offline)")
     g.add_argument("--img-size", type=optional(positive_int), default=None, help="input size, if not the model's")
     g.add_argument("--drop-path", type=probability, default=0.0, help="stochastic depth rate of the backbone")
+    g.add_argument(
+        "--model-kwargs",
+        type=yaml_mapping,
+        default={},
+        help="more timm.create_model arguments as a YAML/JSON mapping, e.g. '{embed_dim: 32, depth: 2}'",
+    )
 
     g = p.add_argument_group("search space")
     g.add_argument(
@@ -156,31 +163,6 @@ def _targets(args: argparse.Namespace) -> str | list[str] | None:
     return args.targets_regex or (list(args.targets) if args.targets else None)
 
 
-def _resume_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace, saved: dict[str, Any]
-) -> argparse.Namespace:
-    """The saved options, with only the resumable ones taken from this command line."""
-    explicit = explicit_options(parser, argv)
-    changed = [
-        k
-        for k in explicit
-        if k not in RESUMABLE_OPTIONS
-        and k not in ("config", "debug")
-        and args_to_dict({k: getattr(args, k)}).popitem()[1] != saved.get(k.replace("_", "-"))
-    ]
-    if changed:
-        names = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
-        raise ConfigError(
-            f"cannot change {names} when resuming (the run continues with its saved options); "
-            f"resumable options: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_OPTIONS))}"
-        )
-    merged = argparse.Namespace(**{k.replace("-", "_"): v for k, v in saved.items()})
-    for k in RESUMABLE_OPTIONS | {"debug", "config"}:
-        if k in explicit or not hasattr(merged, k):
-            setattr(merged, k, getattr(args, k))
-    return merged
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -190,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--resume and --force contradict each other")
     if args.resume:
         ckpt = read_checkpoint(out / "last.pt")
-        args = _resume_args(parser, argv or [], args, ckpt.get("config", {}))
+        args = merge_for_resume(parser, argv, args, ckpt.get("config", {}), RESUMABLE_OPTIONS)
     elif (out / "last.pt").exists() and not args.force:
         raise FileExistsError(
             f"{str(out)!r} already holds a supernet checkpoint; use --resume to continue it or --force to start over"
@@ -214,7 +196,7 @@ class Trainer:
         space = space_from_args(args)
         self.targets = _targets(args)
         num_classes = data_spec.num_classes()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(args.model_kwargs)
         if args.img_size:
             kwargs["img_size"] = args.img_size
         if args.drop_path:

@@ -1,0 +1,6 @@
+"""Evolutionary search (deap) over GLoRA subnets under a parameter budget."""
+
+from .evolution import Evolution, SearchSettings, pareto_front
+from .genome import BudgetError, Genome
+
+__all__ = ["BudgetError", "Evolution", "Genome", "SearchSettings", "pareto_front"]

@@ -1,0 +1,364 @@
+"""Evolutionary search over a supernet's subnets with deap (paper §2.5; AutoFormer-style loop).
+
+Accuracy objective (the paper's): each generation keeps the top ``parents`` candidates seen so far (a deap
+HallOfFame), makes ``mutations`` children with ``mutUniformInt`` and ``crossovers`` with ``cxUniform``, and fills
+the population with random candidates. Pareto objective: NSGA-II (``varOr`` + ``selNSGA2``) over (accuracy,
+params). Every operator returns candidates inside the budget; every evaluated candidate is cached; the whole
+state is a JSON file written after each generation, so a search resumes exactly where it stopped.
+
+deap's operators draw from Python's global ``random``; ``Evolution._seeded`` lends them the search's own
+``random.Random`` for the duration of each call, so runs are reproducible and global state is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deap import algorithms, base, creator, tools
+
+from glora._io import atomic_write_text
+
+from .genome import Genome
+
+__all__ = ["SearchSettings", "Evolution", "pareto_front"]
+
+_logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+# Fitness = (val accuracy, params): maximise the first, minimise the second. deap compares fitnesses
+# lexicographically, so the accuracy objective breaks accuracy ties by fewer parameters; NSGA-II uses both.
+if not hasattr(creator, "GLoRAFitness"):
+    creator.create("GLoRAFitness", base.Fitness, weights=(1.0, -1.0))
+if not hasattr(creator, "GLoRAIndividual"):
+    creator.create("GLoRAIndividual", list, fitness=creator.GLoRAFitness)
+
+
+@dataclass
+class SearchSettings:
+    population: int = 50
+    parents: int = 10
+    mutations: int = 25
+    mutation_prob: float = 0.2
+    crossovers: int = 25
+    generations: int = 20
+    min_params: int = 0
+    max_params: int = 10**12
+    objective: str = "accuracy"  # or "pareto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("accuracy", "pareto"):
+            raise ValueError(f"objective must be accuracy or pareto, got {self.objective!r}")
+        if self.parents > self.population:
+            raise ValueError(f"--parents ({self.parents}) cannot exceed --population ({self.population})")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(
+                f"--mutations + --crossovers ({self.mutations + self.crossovers}) cannot exceed --population "
+                f"({self.population})"
+            )
+
+
+def pareto_front(points: list[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
+    """Non-dominated (params, accuracy, payload) points, fewest params first (2 objectives: one sweep)."""
+    front: list[tuple[int, float, Any]] = []
+    best = float("-inf")
+    for params, acc, payload in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((params, acc, payload))
+            best = acc
+    return front
+
+
+class Evolution:
+    """One search run. ``evaluate(genes) -> accuracy`` is only called for candidates not in the cache."""
+
+    def __init__(
+        self,
+        genome: Genome,
+        settings: SearchSettings,
+        evaluate: Callable[[list[int]], float],
+        *,
+        state_path: Path | None = None,
+        meta: dict[str, Any] | None = None,
+        map_fn: Callable = map,
+    ) -> None:
+        self.genome = genome
+        self.s = settings
+        self._evaluate = evaluate
+        self.state_path = state_path
+        self.meta = meta or {}
+        genome.check_budget(settings.min_params, settings.max_params)
+        self.rng = random.Random(settings.seed)
+        self._draw: Any = self.rng  # where draws come from: the module while deap holds our stream (see _seeded)
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.log: list[dict[str, Any]] = []
+        self.generation = 0
+        self.population: list = []
+        tb = base.Toolbox()
+        tb.register("clone", lambda ind: creator.GLoRAIndividual(list(ind)))
+        tb.register("mate", self._mate)
+        tb.register("mutate", self._mutate)
+        tb.register("map", map_fn)
+        self.toolbox = tb
+
+    @contextlib.contextmanager
+    def _seeded(self) -> Iterator[None]:
+        """Lend deap's operators (global ``random``) this search's stream; restore the global state after.
+
+        Inside, our own sampling/repair draws from the module too, so the one stream is never forked.
+        """
+        if self._draw is not self.rng:  # already inside
+            yield
+            return
+        saved = random.getstate()
+        random.setstate(self.rng.getstate())
+        self._draw = random
+        try:
+            yield
+        finally:
+            self._draw = self.rng
+            self.rng.setstate(random.getstate())
+            random.setstate(saved)
+
+    # ------------------------------------------------------------------ operators (always feasible)
+    def _individual(self, genes: list[int]):
+        return creator.GLoRAIndividual(genes)
+
+    def _feasible(self, genes) -> bool:
+        return self.s.min_params <= self.genome.cost(genes) <= self.s.max_params
+
+    def _fix(self, ind):
+        """Keep ``ind`` if feasible; else repair it (or replace it by a fresh feasible sample)."""
+        if self._feasible(ind):
+            return ind
+        lo, hi = self.s.min_params, self.s.max_params
+        fixed = self.genome.repair(list(ind), self._draw, lo, hi)
+        ind[:] = fixed if fixed is not None else self.genome.sample(self._draw, lo, hi)
+        return ind
+
+    def _mutate(self, ind):
+        with self._seeded():
+            return self._mutate_seeded(ind)
+
+    def _mutate_seeded(self, ind):
+        for _ in range(10):
+            cand = self.toolbox.clone(ind)
+            tools.mutUniformInt(cand, self.genome.low, self.genome.up, self.s.mutation_prob)
+            if self._feasible(cand):
+                break
+        ind[:] = self._fix(cand)
+        del ind.fitness.values
+        return (ind,)
+
+    def _mate(self, a, b):
+        with self._seeded():
+            return self._mate_seeded(a, b)
+
+    def _mate_seeded(self, a, b):
+        for _ in range(10):
+            c1, c2 = self.toolbox.clone(a), self.toolbox.clone(b)
+            tools.cxUniform(c1, c2, 0.5)
+            if self._feasible(c1) and self._feasible(c2):
+                break
+        a[:], b[:] = self._fix(c1), self._fix(c2)
+        del a.fitness.values, b.fitness.values
+        return a, b
+
+    def _random(self):
+        return self._individual(self.genome.sample(self._draw, self.s.min_params, self.s.max_params))
+
+    # ------------------------------------------------------------------ evaluation
+    def _score(self, individuals: list) -> int:
+        """Give every individual its fitness, evaluating only uncached candidates; returns how many were new."""
+        todo = []
+        for ind in individuals:
+            key = tuple(ind)
+            if key not in self.cache and key not in {tuple(t) for t in todo}:
+                todo.append(ind)
+        for ind, acc in zip(todo, self.toolbox.map(self._evaluate, [list(t) for t in todo])):
+            self.cache[tuple(ind)] = float(acc)
+        for ind in individuals:
+            ind.fitness.values = (self.cache[tuple(ind)], float(self.genome.cost(ind)))
+        return len(todo)
+
+    def ranked(self) -> list[tuple[tuple[int, ...], float, int]]:
+        """All evaluated candidates as (genes, accuracy, params), best first (ties: fewer params, then order)."""
+        items = [(k, acc, self.genome.cost(k)) for k, acc in self.cache.items()]
+        return sorted(items, key=lambda t: (-t[1], t[2]))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
+        s = self.s
+        if not self.population:
+            self.population = self._fresh(s.population)
+        while self.generation < s.generations:
+            start = time.time()
+            step = self._step_accuracy if s.objective == "accuracy" else self._step_pareto
+            new, accs = step()
+            self.generation += 1
+            self._record(new, accs, time.time() - start)
+            self.save()
+            if progress:
+                progress(self.generation, s.generations)
+
+    def _fresh(self, n: int, exclude: set | None = None) -> list:
+        """``n`` feasible random individuals, unseen ones preferred."""
+        seen = set(self.cache) | (exclude or set())
+        out = []
+        for _ in range(n * 20):
+            if len(out) == n:
+                break
+            ind = self._random()
+            if tuple(ind) not in seen:
+                seen.add(tuple(ind))
+                out.append(ind)
+        while len(out) < n:  # the feasible region is small: duplicates are free (cached)
+            out.append(self._random())
+        return out
+
+    def _accs(self, individuals: list) -> list[float]:
+        return [self.cache[tuple(ind)] for ind in individuals]
+
+    def _step_accuracy(self) -> tuple[int, list[float]]:
+        """Evaluate this generation; breed the next one from the top-k seen so far.
+
+        The next population is bred even after the last generation, so a run resumed with more generations
+        continues exactly as an uninterrupted one would.
+        """
+        s = self.s
+        new = self._score(self.population)
+        accs = self._accs(self.population)
+        parents = tools.HallOfFame(s.parents)
+        parents.update([self._with_fitness(k) for k in self.cache])  # top-k over everything seen so far
+        pool = list(parents)
+        children: list = []
+        seen = set(self.cache)
+
+        def add(make: Callable[[], Any], count: int) -> None:
+            made = 0
+            for _ in range(count * 10):
+                if made == count:
+                    break
+                child = make()
+                if tuple(child) not in seen:
+                    seen.add(tuple(child))
+                    children.append(child)
+                    made += 1
+
+        def mutant():
+            parent = self.rng.choice(pool)
+            return self.toolbox.mutate(self.toolbox.clone(parent))[0]
+
+        def crossed():
+            if len(pool) < 2:
+                return self.toolbox.mutate(self.toolbox.clone(pool[0]))[0]
+            a, b = self.rng.sample(pool, 2)
+            return self.toolbox.mate(self.toolbox.clone(a), self.toolbox.clone(b))[0]
+
+        add(mutant, s.mutations)
+        add(crossed, s.crossovers)
+        children += self._fresh(s.population - len(children), exclude=seen)
+        self.population = children
+        return new, accs
+
+    def _step_pareto(self) -> tuple[int, list[float]]:
+        """Offspring by varOr, then NSGA-II survivor selection (population stays evaluated)."""
+        s = self.s
+        new = 0
+        if self.generation == 0:
+            new += self._score(self.population)
+            self.population = tools.selNSGA2(self.population, s.population)
+        with self._seeded():
+            offspring = algorithms.varOr(self.population, self.toolbox, s.population, cxpb=0.5, mutpb=0.5)
+        new += self._score(offspring)
+        self.population = tools.selNSGA2(self.population + offspring, s.population)
+        return new, self._accs(self.population)
+
+    def _with_fitness(self, key: tuple[int, ...]):
+        ind = self._individual(list(key))
+        ind.fitness.values = (self.cache[key], float(self.genome.cost(key)))
+        return ind
+
+    def _record(self, new: int, pop_acc: list[float], seconds: float) -> None:
+        _, best_acc, best_params = self.ranked()[0]
+        record = {
+            "generation": self.generation,
+            "evaluated": new,
+            "cache_size": len(self.cache),
+            "best_acc": round(best_acc, 6),
+            "best_params": best_params,
+            "gen_best_acc": round(max(pop_acc), 6),
+            "gen_mean_acc": round(sum(pop_acc) / len(pop_acc), 6),
+            "seconds": round(seconds, 3),
+        }
+        self.log.append(record)
+        _logger.info(
+            "generation %d/%d  best %.4f (%d params)  mean %.4f  new %d  cached %d  %.1fs",
+            self.generation,
+            self.s.generations,
+            best_acc,
+            best_params,
+            record["gen_mean_acc"],
+            new,
+            len(self.cache),
+            seconds,
+        )
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "settings": asdict(self.s),
+            "generation": self.generation,
+            "population": [list(ind) for ind in self.population],
+            "cache": [[list(k), acc] for k, acc in self.cache.items()],
+            "rng": _jsonable(self.rng.getstate()),
+            "log": self.log,
+            **self.meta,
+        }
+
+    def save(self) -> None:
+        if self.state_path is not None:
+            atomic_write_text(self.state_path, json.dumps(self.state()))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (written by :meth:`save`); settings must be the ones it was run with."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"search state has version {state.get('version')}, expected {STATE_VERSION}")
+        saved = dict(state.get("settings", {}))
+        saved.pop("generations", None)  # may grow on resume
+        mine = asdict(self.s)
+        mine.pop("generations")
+        if saved != mine:
+            diff = ", ".join(sorted(k for k in mine if saved.get(k) != mine[k]))
+            raise ValueError(f"cannot resume with different search settings ({diff})")
+        n = len(self.genome)
+        self.cache = {}
+        for genes, acc in state["cache"]:
+            if len(genes) != n:
+                raise ValueError("search state does not match this supernet's genome length")
+            self.cache[tuple(genes)] = float(acc)
+        self.population = [self._individual(list(g)) for g in state["population"]]
+        for ind in self.population:
+            if tuple(ind) in self.cache:
+                ind.fitness.values = (self.cache[tuple(ind)], float(self.genome.cost(ind)))
+        self.rng.setstate(_tuple(state["rng"]))
+        self.generation = int(state["generation"])
+        self.log = list(state["log"])
+
+
+def _jsonable(x: Any) -> Any:
+    return [_jsonable(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def _tuple(x: Any) -> Any:
+    return tuple(_tuple(v) for v in x) if isinstance(x, list) else x

@@ -1,0 +1,216 @@
+"""Subnets as integer genomes: one gene per (layer, support), the index of its choice in the space.
+
+Parameter cost is additive per gene except GIFT, whose generator counts once per group at the largest rank any
+member uses; both are computed exactly here. Sampling and repair only ever return candidates inside the budget,
+and a budget no candidate can meet is reported at once, never searched for forever.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from torch import nn
+
+from glora import SUPPORTS, Choice, LayerChoice, Subnet, get_space, gift_group, glora_layers
+
+__all__ = ["Genome", "BudgetError"]
+
+_NONE = Choice("none")
+
+
+class BudgetError(ValueError):
+    """The parameter budget is inverted or no subnet of the space can meet it."""
+
+
+class Genome:
+    """Encoding of a model's subnets; ``low``/``up`` are the per-gene bounds deap's mutUniformInt takes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = glora_layers(model)
+        if not layers:
+            raise ValueError("model has no GLoRA layers")
+        space = get_space(model)
+        self.layer_names = list(layers)
+        self.genes: list[tuple[str, str]] = [(n, s) for n in self.layer_names for s in SUPPORTS]
+        self.options: list[tuple[str, ...]] = [space.choice_names(s) for _, s in self.genes]
+        self.low = [0] * len(self.genes)
+        self.up = [len(o) - 1 for o in self.options]
+        self._index = [{name: i for i, name in enumerate(o)} for o in self.options]
+        # Own cost of each (gene, option): count() of a layer choice with only that support set (it is additive).
+        self.cost_table: list[list[int]] = []
+        # GIFT: for A genes, (group id, in_features) and the rank of each option (0 = not gift).
+        self.gift_rank: list[list[int]] = []
+        self.group_of: list[int] = []
+        groups: dict[str, int] = {}
+        self.group_width: list[int] = []
+        for (name, support), options in zip(self.genes, self.options):
+            layer = layers[name]
+            row, ranks = [], []
+            for opt in options:
+                choice = Choice.parse(opt)
+                lc = LayerChoice(*(choice if s == support else _NONE for s in SUPPORTS))
+                row.append(0 if choice.kind == "gift" else layer.count(lc))
+                ranks.append(choice.rank if choice.kind == "gift" else 0)
+            self.cost_table.append(row)
+            self.gift_rank.append(ranks)
+            if support == "A" and any(ranks):
+                key = gift_group(name, layer.in_features, space.gift_sharing)
+                if key not in groups:
+                    groups[key] = len(groups)
+                    self.group_width.append(layer.in_features)
+                self.group_of.append(groups[key])
+            else:
+                self.group_of.append(-1)
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    # ------------------------------------------------------------------ encode / decode
+    def decode(self, genes: Sequence[int]) -> Subnet:
+        out: Subnet = {n: {} for n in self.layer_names}
+        for (name, support), options, g in zip(self.genes, self.options, genes):
+            out[name][support] = options[g]
+        return out
+
+    def encode(self, subnet: Subnet) -> list[int]:
+        try:
+            return [self._index[i][subnet[n][s]] for i, (n, s) in enumerate(self.genes)]
+        except KeyError as e:
+            raise ValueError(f"subnet does not fit this search space ({e})") from None
+
+    # ------------------------------------------------------------------ cost
+    def cost(self, genes: Sequence[int]) -> int:
+        """The paper's "# params" of the subnet (equal to glora.count_params)."""
+        total = 0
+        best: dict[int, int] = {}
+        for i, g in enumerate(genes):
+            total += self.cost_table[i][g]
+            r = self.gift_rank[i][g]
+            if r:
+                grp = self.group_of[i]
+                best[grp] = max(best.get(grp, 0), r)
+        return total + sum(2 * r * self.group_width[grp] for grp, r in best.items())
+
+    def min_cost(self) -> int:
+        return sum(min(row) for row in self.cost_table)
+
+    def max_cost(self) -> int:
+        """Exact: a GIFT group pays off only if one member gives up its own most expensive A choice for it."""
+        total = 0
+        members: dict[int, list[int]] = {}
+        for i, row in enumerate(self.cost_table):
+            grp = self.group_of[i]
+            own = (
+                max(c for c, r in zip(row, self.gift_rank[i]) if not r) if any(not r for r in self.gift_rank[i]) else 0
+            )
+            total += own
+            if grp >= 0:
+                members.setdefault(grp, []).append(own)
+        for grp, owns in members.items():
+            top = max(r for i in range(len(self.genes)) if self.group_of[i] == grp for r in self.gift_rank[i])
+            total += max(0, 2 * top * self.group_width[grp] - min(owns))
+        return total
+
+    def check_budget(self, lo: int, hi: int) -> None:
+        """Raise BudgetError naming the numbers when [lo, hi] is inverted or out of reach."""
+        if lo > hi:
+            raise BudgetError(
+                f"inverted budget: --min-param-limit ({lo / 1e6:g}M) is above --param-limit ({hi / 1e6:g}M)"
+            )
+        smallest, largest = self.min_cost(), self.max_cost()
+        if hi < smallest:
+            raise BudgetError(
+                f"no subnet fits --param-limit {hi / 1e6:g}M: the smallest has {smallest / 1e6:g}M params"
+            )
+        if lo > largest:
+            raise BudgetError(
+                f"no subnet reaches --min-param-limit {lo / 1e6:g}M: the largest has {largest / 1e6:g}M params"
+            )
+
+    # ------------------------------------------------------------------ sampling and repair
+    def random(self, rng: random.Random) -> list[int]:
+        return [rng.randint(0, u) for u in self.up]
+
+    def sample(self, rng: random.Random, lo: int, hi: int, tries: int = 200) -> list[int]:
+        """A feasible candidate: uniform rejection sampling first, then repair of random draws."""
+        for _ in range(tries):
+            genes = self.random(rng)
+            if lo <= self.cost(genes) <= hi:
+                return genes
+        for _ in range(tries):
+            genes = self.repair(self.random(rng), rng, lo, hi)
+            if genes is not None:
+                return genes
+        raise BudgetError(
+            f"found no subnet with {lo / 1e6:g}M-{hi / 1e6:g}M params in {2 * tries} attempts; widen the budget"
+        )
+
+    def repair(self, genes: list[int], rng: random.Random, lo: int, hi: int) -> list[int] | None:
+        """Move ``genes`` into [lo, hi] by random single-gene changes (in place); None if it gets stuck."""
+        state = _CostState(self, genes)
+        order = list(range(len(genes)))
+        while state.total > hi or state.total < lo:
+            rng.shuffle(order)
+            too_big = state.total > hi
+            for i in order:
+                options = []
+                for o in range(len(self.options[i])):
+                    if o == genes[i]:
+                        continue
+                    d = state.delta(i, o)
+                    if (d < 0) if too_big else (d > 0 and state.total + d <= hi):
+                        options.append(o)
+                if options:
+                    state.set(i, rng.choice(options))
+                    break
+            else:
+                return None
+        return genes
+
+
+class _CostState:
+    """Running cost of a genome under single-gene changes (GIFT group maxima kept as rank counters)."""
+
+    def __init__(self, genome: Genome, genes: list[int]) -> None:
+        self.g, self.genes = genome, genes
+        self.own = sum(genome.cost_table[i][x] for i, x in enumerate(genes))
+        self.ranks: dict[int, Counter] = {}
+        for i, x in enumerate(genes):
+            r = genome.gift_rank[i][x]
+            if r:
+                self.ranks.setdefault(genome.group_of[i], Counter())[r] += 1
+        self.total = genome.cost(genes)
+
+    def _gift(self, grp: int, counter: Counter) -> int:
+        top = max((r for r, n in counter.items() if n > 0), default=0)
+        return 2 * top * self.g.group_width[grp]
+
+    def delta(self, i: int, new: int) -> int:
+        g, old = self.g, self.genes[i]
+        d = g.cost_table[i][new] - g.cost_table[i][old]
+        r_old, r_new = g.gift_rank[i][old], g.gift_rank[i][new]
+        if r_old != r_new:
+            grp = g.group_of[i]
+            counter = self.ranks.get(grp, Counter())
+            after = Counter(counter)
+            if r_old:
+                after[r_old] -= 1
+            if r_new:
+                after[r_new] += 1
+            d += self._gift(grp, after) - self._gift(grp, counter)
+        return d
+
+    def set(self, i: int, new: int) -> None:
+        d = self.delta(i, new)
+        g, old = self.g, self.genes[i]
+        r_old, r_new = g.gift_rank[i][old], g.gift_rank[i][new]
+        if r_old != r_new:
+            counter = self.ranks.setdefault(g.group_of[i], Counter())
+            if r_old:
+                counter[r_old] -= 1
+            if r_new:
+                counter[r_new] += 1
+        self.genes[i] = new
+        self.total += d

@@ -1,0 +1,428 @@
+"""The three commands end to end on the embedded default (reduced sizes), configs, resume, budgets, export."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+import glora
+from glora import config as cfg
+from glora.cli import run
+from glora.data import DataSpec, Normalizer, load_digits
+from glora.export import main as reparam_main
+from glora.train import build_parser as train_parser
+from glora.train import main as train_main
+from search.cli import build_parser as search_parser
+from search.cli import main as search_main
+from search.genome import Genome
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]
+
+
+def _train(out: Path, *extra: str) -> int:
+    return run(train_main, ["--epochs", "3", "--out", str(out), *extra])
+
+
+def _search(supernet: Path, out: Path, *extra: str) -> int:
+    return run(search_main, ["--supernet", str(supernet), "--out", str(out), *SMALL_SEARCH, *extra])
+
+
+def _state(path: Path) -> dict:
+    """A search state without what may differ between equal runs (timings, the output folder)."""
+    state = json.loads(path.read_text())
+    for r in state["log"]:
+        r.pop("seconds")
+    state["config"].pop("out")
+    return state
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One reduced run of the three commands, shared by the checks below."""
+    root = tmp_path_factory.mktemp("pipeline")
+    assert _train(root / "supernet") == 0
+    assert _search(root / "supernet" / "last.pt", root / "search") == 0
+    code = run(
+        reparam_main,
+        [
+            "--supernet",
+            str(root / "supernet" / "last.pt"),
+            "--subnet",
+            str(root / "search" / "subnet.yaml"),
+            "--out",
+            str(root / "export"),
+        ],
+    )
+    assert code == 0
+    return root
+
+
+# ---------------------------------------------------------------------- configs
+def test_default_config_files_equal_the_builtin_defaults():
+    for parser, path in ((train_parser, "configs/default.yaml"), (search_parser, "configs/search/default.yaml")):
+        plain = vars(cfg.parse_args(parser(), []))
+        from_file = vars(cfg.parse_args(parser(), ["-c", str(ROOT / path)]))
+        from_file.pop("config"), plain.pop("config")
+        assert from_file == plain, path
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_parses(path):
+    parser = search_parser() if path.startswith("configs/search/") else train_parser()
+    args = cfg.parse_args(parser, ["-c", str(ROOT / path)])
+    if path.startswith("configs/vtab/"):
+        task = Path(path).stem
+        assert (args.dataset, args.task, args.epochs, args.batch_size) == ("vtab", task, 500, 64)
+        assert args.lr == (1e-4 if task in glora.data.VTAB_SMALL_LR_TASKS else 5e-4)
+        assert args.model == "vit_base_patch16_224.orig_in21k"
+
+
+def test_all_19_vtab_tasks_have_a_config():
+    assert sorted(p.stem for p in (ROOT / "configs" / "vtab").glob("*.yaml")) == sorted(glora.data.VTAB_TASKS)
+
+
+def test_stacked_configs_and_command_line_override(tmp_path):
+    args = cfg.parse_args(
+        train_parser(),
+        [
+            "-c",
+            str(ROOT / "configs/vtab/cifar.yaml"),
+            "-c",
+            str(ROOT / "configs/spaces/glora-4-2.yaml"),
+            "--lr",
+            "1e-3",
+        ],
+    )
+    assert args.lora_ranks == [4, 2] and args.lr == 1e-3 and args.task == "cifar"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("epochs: 10\nbogus: 1\n", "unknown key 'bogus'"),
+        ("epochs: ten\n", "epochs: expected a positive integer, got 'ten'"),
+        ("epochs: 0\n", "epochs: expected a positive integer"),
+        ("lr: -1\n", "lr: expected a positive number"),
+        ("lora-ranks: [8, x]\n", "lora-ranks: expected a positive integer"),
+        ("dataset: mnist\n", "dataset: 'mnist' is not allowed; choose from digits, vtab, folder"),
+        ("resume: 1\n", "resume: expected true or false"),
+        ("epochs: [1, 2]\n", "epochs: expected a single value"),
+        ("- a\n", "must be a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError, match=match):
+        cfg.parse_args(train_parser(), ["-c", str(path)])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.parse_args(train_parser(), ["-c", str(tmp_path / "none.yaml")])
+
+
+# ---------------------------------------------------------------------- training
+def test_training_outputs(pipeline):
+    out = pipeline / "supernet"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "seconds"}
+    ckpt = glora.read_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["backbone"]["model"] == "local-dir:assets/digits-vit"
+    assert all(not k.endswith((".weight", ".bias")) or k.startswith("head.") for k in ckpt["trainable"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 3 and saved["out"] == str(out)
+    model = glora.load_supernet(out / "last.pt")
+    assert len(glora.glora_layers(model)) == 16  # 4 blocks x qkv, proj, fc1, fc2
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, pipeline):
+    assert _train(tmp_path / "a", "--stop-after", "2") == 0
+    assert glora.read_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 2
+    assert run(train_main, ["--resume", "--out", str(tmp_path / "a")]) == 0
+    full = glora.read_checkpoint(pipeline / "supernet" / "last.pt")
+    resumed = glora.read_checkpoint(tmp_path / "a" / "last.pt")
+    assert full["trainable"].keys() == resumed["trainable"].keys()
+    for k, v in full["trainable"].items():
+        assert torch.equal(v, resumed["trainable"][k]), k
+    strip = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
+    assert strip(full["log"]) == strip(resumed["log"])
+
+
+def test_resume_refuses_changed_options(tmp_path, capsys):
+    assert _train(tmp_path / "a", "--stop-after", "1") == 0
+    assert run(train_main, ["--resume", "--out", str(tmp_path / "a"), "--lr", "0.1"]) == 2
+    assert "cannot change --lr when resuming" in capsys.readouterr().err
+
+
+def test_training_refuses_to_overwrite(pipeline, capsys):
+    before = (pipeline / "supernet" / "last.pt").read_bytes()
+    assert _train(pipeline / "supernet") == 2
+    assert "already holds a supernet checkpoint" in capsys.readouterr().err
+    assert (pipeline / "supernet" / "last.pt").read_bytes() == before
+
+
+# ---------------------------------------------------------------------- search
+def test_search_outputs_and_budget(pipeline):
+    out = pipeline / "search"
+    for name in ("subnet.yaml", "search_log.jsonl", "pareto.json", "config.yaml", "search_state.json"):
+        assert (out / name).is_file(), name
+    for name in ("progress.png", "accuracy_vs_params.png", "choices.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    limit = 0.03e6
+    subnet = glora.load_subnet(out / "subnet.yaml")
+    assert glora.count_params(model, subnet) <= limit
+    genome = Genome(model)
+    state = json.loads((out / "search_state.json").read_text())
+    assert state["cache"] and all(genome.cost(g) <= limit for g, _ in state["cache"])
+    lines = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in lines[:-1]] == [1, 2, 3]
+    final = lines[-1]
+    assert final["final"] and final["params"] == glora.count_params(model, subnet) and 0 <= final["test_acc"] <= 1
+    best = max(acc for _, acc in state["cache"])
+    assert final["val_acc"] == round(best, 6)
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    params = [p["params"] for p in front]
+    accs = [p["val_acc"] for p in front]
+    assert params == sorted(params) and accs == sorted(accs) and all(p <= limit for p in params)
+
+
+def test_search_is_reproducible_and_resumes_exactly(pipeline, tmp_path):
+    supernet = pipeline / "supernet" / "last.pt"
+    assert _search(supernet, tmp_path / "again") == 0
+    assert _state(tmp_path / "again" / "search_state.json") == _state(pipeline / "search" / "search_state.json")
+    assert (tmp_path / "again" / "subnet.yaml").read_text() == (pipeline / "search" / "subnet.yaml").read_text()
+    args = [a if a != "3" or i != len(SMALL_SEARCH) - 1 else "2" for i, a in enumerate(SMALL_SEARCH)]
+    assert run(search_main, ["--supernet", str(supernet), "--out", str(tmp_path / "r"), *args]) == 0
+    assert run(search_main, ["--resume", "--out", str(tmp_path / "r"), "--generations", "3"]) == 0
+    resumed = _state(tmp_path / "r" / "search_state.json")
+    full = _state(pipeline / "search" / "search_state.json")
+    for key in ("cache", "population", "rng", "log", "generation"):
+        assert resumed[key] == full[key], key
+
+
+def test_pareto_objective(pipeline, tmp_path):
+    out = tmp_path / "pareto"
+    assert _search(pipeline / "supernet" / "last.pt", out, "--objective", "pareto", "--param-limit", "none") == 0
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    for a, b in itertools.pairwise(front):
+        assert a["params"] < b["params"] and a["val_acc"] < b["val_acc"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--param-limit", "0.001", "--min-param-limit", "0.002"], "inverted budget"),
+        (["--min-param-limit", "5", "--param-limit", "none"], "no subnet reaches --min-param-limit 5M"),
+        (["--param-limit", "0.03", "--min-param-limit", "0.04"], "inverted budget"),
+        (["--parents", "9"], "cannot exceed --population"),
+    ],
+)
+def test_search_budget_errors(pipeline, tmp_path, capsys, extra, match):
+    assert _search(pipeline / "supernet" / "last.pt", tmp_path / "s", *extra) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not (tmp_path / "s" / "search_state.json").exists()
+
+
+def test_narrow_budget_is_met_exactly(pipeline, tmp_path):
+    """A window far from where uniform samples land still yields only feasible candidates (repair)."""
+    out = tmp_path / "narrow"
+    assert _search(pipeline / "supernet" / "last.pt", out, "--param-limit", "0.003", "--min-param-limit", "0.002") == 0
+    model = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    genome = Genome(model)
+    state = json.loads((out / "search_state.json").read_text())
+    assert all(2000 <= genome.cost(g) <= 3000 for g, _ in state["cache"])
+
+
+# ---------------------------------------------------------------------- export
+def test_export_loads_with_plain_timm_and_matches_the_supernet(pipeline):
+    out = pipeline / "export"
+    assert {"config.json", "model.safetensors", "subnet.yaml", "glora_export.json"} <= {p.name for p in out.iterdir()}
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert not any(isinstance(m, glora.GLoRALinear) for m in plain.modules())
+    supernet = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    glora.set_subnet(supernet, glora.load_subnet(pipeline / "search" / "subnet.yaml"))
+    images = load_digits("transfer", "test").images
+    x = Normalizer((0.5,), (0.5,))(images)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), supernet(x), rtol=1e-5, atol=1e-5)
+    stats = json.loads((out / "glora_export.json").read_text())
+    assert stats["params"] == stats["base_params"] and stats["flops"] == stats["base_flops"]
+    assert sum(p.numel() for p in plain.parameters()) == stats["base_params"]
+
+
+def test_export_refuses_to_overwrite_unless_forced(pipeline, capsys):
+    out = pipeline / "export"
+    before = (out / "model.safetensors").read_bytes()
+    argv = [
+        "--supernet",
+        str(pipeline / "supernet" / "last.pt"),
+        "--subnet",
+        str(pipeline / "search" / "subnet.yaml"),
+        "--out",
+        str(out),
+    ]
+    assert run(reparam_main, argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert run(reparam_main, [*argv, "--force"]) == 0
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".export")]  # no temp folders left
+
+
+def test_export_rejects_a_subnet_that_does_not_fit(pipeline, tmp_path, capsys):
+    bad = glora.load_subnet(pipeline / "search" / "subnet.yaml")
+    bad["blocks.0.attn.qkv"]["A"] = "lora_16"
+    glora.save_subnet(bad, tmp_path / "bad.yaml")
+    code = run(
+        reparam_main,
+        [
+            "--supernet",
+            str(pipeline / "supernet" / "last.pt"),
+            "--subnet",
+            str(tmp_path / "bad.yaml"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert code == 2
+    assert "layer 'blocks.0.attn.qkv'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------- data and backbones
+def test_embedded_backbone_is_really_pretrained():
+    model = timm.create_model(f"local-dir:{ROOT / 'assets/digits-vit'}", pretrained=True).eval()
+    val = load_digits("pretrain", "val")
+    with torch.no_grad():
+        acc = (model(Normalizer((0.5,), (0.5,))(val.images)).argmax(-1) == val.labels).float().mean().item()
+    assert acc > 0.9  # trained on digits 0-4; a random init would be near 0.2
+
+
+def test_digits_splits_are_disjoint_and_fixed():
+    seen = set()
+    for split in ("train", "val", "test"):
+        s = load_digits("transfer", split)
+        keys = {bytes(img.numpy().tobytes()) + bytes([lab]) for img, lab in zip(s.images, s.labels.tolist())}
+        assert not keys & seen
+        seen |= keys
+        assert torch.equal(s.labels, load_digits("transfer", split).labels)
+    assert len(load_digits("transfer", "val")) == 200 and len(load_digits("transfer", "test")) == 300
+
+
+def _fake_vtab(root: Path, task: str = "eurosat", n_classes: int = 10) -> Path:
+    from PIL import Image
+
+    rng = random.Random(0)
+    (root / task / "images").mkdir(parents=True)
+    lines = {"train800": [], "val200": [], "test": []}
+    for i in range(60):
+        name = f"images/{i}.png"
+        Image.new("RGB", (20 + i % 7, 24), tuple(rng.randrange(256) for _ in range(3))).save(root / task / name)
+        split = "train800" if i < 36 else ("val200" if i < 48 else "test")
+        lines[split].append(f"{name} {i % n_classes}")
+    for split, ls in lines.items():
+        (root / task / f"{split}.txt").write_text("\n".join(ls) + "\n")
+    return root
+
+
+def test_vtab_layout_with_a_local_pretrained_file(tmp_path):
+    """The VTAB-1k list-file layout, and a timm model name whose pretrained weights come from a local file."""
+    root = _fake_vtab(tmp_path / "vtab")
+    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, **kw)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    out = tmp_path / "supernet"
+    argv = [
+        "--pretrained-file",
+        str(tmp_path / "weights.pth"),
+        "--model-kwargs",
+        json.dumps(kw),
+        "--data-root",
+        str(root),
+    ]
+    argv += (
+        "--model vit_tiny_patch16_224 --dataset vtab --task eurosat --train-split train800 --val-split val200".split()
+    )
+    code = run(train_main, [*argv, "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    ckpt = glora.read_checkpoint(out / "last.pt")
+    assert ckpt["data"]["task"] == "eurosat" and ckpt["input"]["input_size"] == [3, 32, 32]
+    with pytest.raises(ValueError, match="backbone"):
+        glora.load_supernet(ckpt | {"backbone": ckpt["backbone"] | {"pretrained_file": None, "pretrained": False}})
+    model = glora.load_supernet(ckpt)
+    backbone = {k: v for k, v in model.state_dict().items() if k.endswith((".weight", ".bias")) and "head" not in k}
+    for k, v in backbone.items():
+        assert torch.equal(v, source.state_dict()[k]), k
+    data = DataSpec.from_dict(ckpt["data"])
+    assert len(data.load("train", (3, 32, 32))) == 36 and len(data.load("test", (3, 32, 32))) == 12
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda r: (r / "eurosat" / "val200.txt").unlink(), "val200.txt does not exist"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png 12\n"), "label 12 out of range"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png\n"), "expected 'relative/path.jpg label'"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("\n"), "lists no images"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/nope.png 1\n"), "does not exist"),
+    ],
+)
+def test_bad_vtab_data(tmp_path, capsys, change, match):
+    root = _fake_vtab(tmp_path / "vtab")
+    change(root)
+    kw = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}"
+    argv = ["--model-kwargs", kw, "--data-root", str(root), "--out", str(tmp_path / "out")]
+    argv += "--model vit_tiny_patch16_224 --no-pretrained --dataset vtab --task eurosat --epochs 1".split()
+    code = run(train_main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_image_folder_stratified_split(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog", "emu"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / "imgs" / c / f"{i}.jpg")
+    spec = DataSpec(dataset="folder", data_root=str(tmp_path / "imgs"), val_fraction=0.2, test_fraction=0.1)
+    splits = {s: spec.load(s, (3, 8, 8)) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 6, 3]
+    for s in splits.values():
+        assert sorted(s.labels.tolist()) == sorted([0, 1, 2] * (len(s) // 3))
+    assert spec.num_classes() == 3
+
+
+# ---------------------------------------------------------------------- the commands as users run them
+@pytest.mark.parametrize(
+    "script, args, match",
+    [
+        ("train_supernet.py", ["--epochs", "-1"], "expected a positive integer, got '-1'"),
+        ("train_supernet.py", ["--dataset", "vtab"], "needs --data-root"),
+        ("search.py", ["--supernet", "nope.pt"], "does not exist"),
+        ("reparam.py", ["--subnet", "nope.yaml", "--supernet", "nope.pt"], "does not exist"),
+    ],
+)
+def test_scripts_fail_with_one_line(script, args, match, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
