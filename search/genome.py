@@ -113,8 +113,15 @@ class Genome:
             total += max(0, 2 * top * self.group_width[grp] - min(owns))
         return total
 
+    @property
+    def has_gift(self) -> bool:
+        return any(g >= 0 for g in self.group_of)
+
     def check_budget(self, lo: int, hi: int) -> None:
-        """Raise BudgetError naming the numbers when [lo, hi] is inverted or out of reach."""
+        """Raise BudgetError naming the numbers when [lo, hi] is inverted or out of reach.
+
+        Exact: the extremes always; without GIFT also every gap inside them (a reachability DP over the costs).
+        """
         if lo > hi:
             raise BudgetError(
                 f"inverted budget: --min-param-limit ({lo / 1e6:g}M) is above --param-limit ({hi / 1e6:g}M)"
@@ -128,24 +135,79 @@ class Genome:
             raise BudgetError(
                 f"no subnet reaches --min-param-limit {lo / 1e6:g}M: the largest has {largest / 1e6:g}M params"
             )
+        if not self.has_gift:
+            reach = self._reach(list(range(len(self.genes))), largest)[0]
+            if not _any_bit(reach, lo, hi):
+                below = (reach & ((1 << lo) - 1)).bit_length() - 1
+                above = lo + ((reach >> lo) & -(reach >> lo)).bit_length() - 1 if reach >> lo else None
+                raise BudgetError(
+                    f"no subnet has between {lo:,} and {hi:,} params; the nearest have {below:,}"
+                    + (f" and {above:,}" if above is not None else "")
+                )
 
     # ------------------------------------------------------------------ sampling and repair
     def random(self, rng: random.Random) -> list[int]:
         return [rng.randint(0, u) for u in self.up]
 
-    def sample(self, rng: random.Random, lo: int, hi: int, tries: int = 200) -> list[int]:
-        """A feasible candidate: uniform rejection sampling first, then repair of random draws."""
+    def sample(self, rng: random.Random, lo: int, hi: int, tries: int = 50) -> list[int]:
+        """A feasible candidate: uniform rejection sampling first (the exact conditional distribution), then a
+        sampler guided by a reachability DP, which cannot miss a feasible candidate in a space without GIFT."""
         for _ in range(tries):
             genes = self.random(rng)
             if lo <= self.cost(genes) <= hi:
                 return genes
-        for _ in range(tries):
-            genes = self.repair(self.random(rng), rng, lo, hi)
+        for attempt in range(tries if self.has_gift else 1):
+            genes = self._guided(rng, lo, hi, gift_share=0.0 if attempt == 0 else rng.random())
             if genes is not None:
                 return genes
-        raise BudgetError(
-            f"found no subnet with {lo / 1e6:g}M-{hi / 1e6:g}M params in {2 * tries} attempts; widen the budget"
-        )
+        raise BudgetError(f"found no subnet with {lo:,}-{hi:,} params; widen the budget")
+
+    def _options(self, i: int, allow_gift: bool) -> list[int]:
+        return [o for o, r in enumerate(self.gift_rank[i]) if allow_gift or not r]
+
+    def _reach(self, free: list[int], cap: int) -> list[int]:
+        """Bitsets (Python ints) of the costs reachable by genes free[k:], for every k; costs above cap dropped."""
+        mask = (1 << (cap + 1)) - 1
+        suffix = [1] * (len(free) + 1)
+        for k in range(len(free) - 1, -1, -1):
+            i, acc = free[k], 0
+            for o in self._options(i, allow_gift=False):
+                acc |= suffix[k + 1] << self.cost_table[i][o]
+            suffix[k] = acc & mask
+        return suffix
+
+    def _guided(self, rng: random.Random, lo: int, hi: int, gift_share: float) -> list[int] | None:
+        """Fix a random share of GIFT-capable A genes to gift choices, then draw every other gene uniformly among
+        the choices that keep the budget reachable (non-gift choices only, so the cost stays additive)."""
+        genes = [0] * len(self.genes)
+        fixed: list[int] = []
+        for i, ranks in enumerate(self.gift_rank):
+            gifts = [o for o, r in enumerate(ranks) if r]
+            others = [o for o, r in enumerate(ranks) if not r]
+            if gifts and (not others or rng.random() < gift_share):
+                genes[i] = rng.choice(gifts)
+                fixed.append(i)
+            else:
+                genes[i] = others[0]  # placeholder; drawn below
+        fixed_set = set(fixed)
+        free = [i for i in range(len(self.genes)) if i not in fixed_set]
+        base = self.cost(genes) - sum(self.cost_table[i][genes[i]] for i in free)  # fixed genes and their GIFT
+        lo_r, hi_r = lo - base, hi - base
+        if hi_r < 0:
+            return None
+        suffix = self._reach(free, hi_r)
+        if not _any_bit(suffix[0], lo_r, hi_r):
+            return None
+        total = 0
+        for k, i in enumerate(free):
+            ok = [
+                o
+                for o in self._options(i, allow_gift=False)
+                if _any_bit(suffix[k + 1], lo_r - total - self.cost_table[i][o], hi_r - total - self.cost_table[i][o])
+            ]
+            genes[i] = rng.choice(ok)
+            total += self.cost_table[i][genes[i]]
+        return genes
 
     def repair(self, genes: list[int], rng: random.Random, lo: int, hi: int) -> list[int] | None:
         """Move ``genes`` into [lo, hi] by random single-gene changes (in place); None if it gets stuck."""
@@ -170,6 +232,14 @@ class Genome:
         return genes
 
 
+def _any_bit(bits: int, lo: int, hi: int) -> bool:
+    """Whether the bitset ``bits`` has a set bit in [lo, hi]."""
+    if hi < 0 or hi < lo:
+        return False
+    lo = max(lo, 0)
+    return bool((bits >> lo) & ((1 << (hi - lo + 1)) - 1))
+
+
 class _CostState:
     """Running cost of a genome under single-gene changes (GIFT group maxima kept as rank counters)."""
 
@@ -187,6 +257,13 @@ class _CostState:
         top = max((r for r, n in counter.items() if n > 0), default=0)
         return 2 * top * self.g.group_width[grp]
 
+    @staticmethod
+    def _move(counter: Counter, r_old: int, r_new: int) -> None:
+        if r_old:
+            counter[r_old] -= 1
+        if r_new:
+            counter[r_new] += 1
+
     def delta(self, i: int, new: int) -> int:
         g, old = self.g, self.genes[i]
         d = g.cost_table[i][new] - g.cost_table[i][old]
@@ -195,22 +272,13 @@ class _CostState:
             grp = g.group_of[i]
             counter = self.ranks.get(grp, Counter())
             after = Counter(counter)
-            if r_old:
-                after[r_old] -= 1
-            if r_new:
-                after[r_new] += 1
+            self._move(after, r_old, r_new)
             d += self._gift(grp, after) - self._gift(grp, counter)
         return d
 
     def set(self, i: int, new: int) -> None:
         d = self.delta(i, new)
         g, old = self.g, self.genes[i]
-        r_old, r_new = g.gift_rank[i][old], g.gift_rank[i][new]
-        if r_old != r_new:
-            counter = self.ranks.setdefault(g.group_of[i], Counter())
-            if r_old:
-                counter[r_old] -= 1
-            if r_new:
-                counter[r_new] += 1
+        self._move(self.ranks.setdefault(g.group_of[i], Counter()), g.gift_rank[i][old], g.gift_rank[i][new])
         self.genes[i] = new
         self.total += d

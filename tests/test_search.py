@@ -1,0 +1,183 @@
+"""The search's genome and evolution, on small models (no data needed)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import glora
+from search import BudgetError, Evolution, Genome, SearchSettings, pareto_front
+
+
+def _shared_gift_model() -> nn.Module:
+    """Two same-width layers in one GIFT group ("*"), a narrower one in another, and a head."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(4, 3))
+    space = glora.SearchSpace(
+        lora_ranks=(2,),
+        gift_ranks=(2, 1),
+        choices={"B": ["vector", "none"], "C": ["none"], "D": ["none"], "E": ["scalar", "none"]},
+    )
+    return glora.inject(model, space, heads=["3"])
+
+
+def _vit_model() -> nn.Module:
+    import timm
+
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=16,
+        patch_size=8,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+    )
+    return glora.inject(vit, glora.SearchSpace(lora_ranks=(8, 4), gift_ranks=(4,)))
+
+
+def test_cost_equals_count_params():
+    for model in (_shared_gift_model(), _vit_model()):
+        genome = Genome(model)
+        rng = random.Random(0)
+        for _ in range(50):
+            genes = genome.random(rng)
+            assert genome.cost(genes) == glora.count_params(model, genome.decode(genes))
+            assert genome.encode(genome.decode(genes)) == genes
+
+
+def test_min_and_max_cost_are_exact():
+    model = _shared_gift_model()
+    genome = Genome(model)
+    costs = [genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up))]
+    assert genome.min_cost() == min(costs)
+    assert genome.max_cost() == max(costs)
+
+
+def test_max_cost_counts_gift_when_it_pays():
+    """With a wide GIFT generator, the maximum gives one layer gift and keeps lora elsewhere."""
+    model = glora.inject(
+        nn.Sequential(nn.Linear(64, 4), nn.Linear(64, 4), nn.Linear(4, 2)),
+        glora.SearchSpace(lora_ranks=(1,), gift_ranks=(8,), choices={s: ["none"] for s in "BCDE"}),
+        heads=["2"],
+    )
+    genome = Genome(model)
+    brute = max(genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up)))
+    assert genome.max_cost() == brute == 2 * 8 * 64 + 1 * (4 + 64)
+
+
+def test_budget_errors():
+    genome = Genome(_shared_gift_model())
+    with pytest.raises(BudgetError, match="inverted"):
+        genome.check_budget(10, 5)
+    with pytest.raises(BudgetError, match="largest has"):
+        genome.check_budget(genome.max_cost() + 1, 10**9)
+    genome.check_budget(genome.max_cost(), genome.max_cost())  # exactly reachable
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 400), st.integers(0, 400))
+def test_repair_and_sample_only_return_feasible(seed, a, b):
+    genome = Genome(_shared_gift_model())
+    lo, hi = min(a, b), max(a, b)
+    rng = random.Random(seed)
+    try:
+        genes = genome.sample(rng, lo, hi)
+    except BudgetError:
+        # Only allowed when no candidate exists in the window.
+        costs = {genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up))}
+        assert not any(lo <= c <= hi for c in costs)
+        return
+    assert lo <= genome.cost(genes) <= hi
+    fixed = genome.repair(genome.random(rng), rng, lo, hi)
+    assert fixed is None or lo <= genome.cost(fixed) <= hi
+
+
+def _evolution(settings: SearchSettings, model=None) -> Evolution:
+    model = model or _vit_model()
+    genome = Genome(model)
+
+    def evaluate(genes):  # a deterministic stand-in for accuracy: prefers A=lora and B=vector
+        subnet = genome.decode(genes)
+        return sum((c["A"].startswith("lora")) + (c["B"] == "vector") for c in subnet.values()) / (2 * len(subnet))
+
+    return Evolution(genome, settings, evaluate)
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "pareto"])
+def test_evolution_respects_budget_and_improves(objective):
+    s = SearchSettings(
+        population=12, parents=4, mutations=4, crossovers=4, generations=6, max_params=3000, objective=objective, seed=1
+    )
+    evo = _evolution(s)
+    evo.run()
+    assert all(evo.genome.cost(k) <= 3000 for k in evo.cache)
+    assert evo.log[-1]["best_acc"] >= evo.log[0]["best_acc"]
+    assert len(evo.log) == 6 and evo.generation == 6
+
+
+def test_evolution_leaves_global_random_alone_and_is_seeded():
+    random.seed(123)
+    before = random.getstate()
+    s = SearchSettings(population=8, parents=3, mutations=3, crossovers=3, generations=3, max_params=4000, seed=5)
+    a, b = _evolution(s), _evolution(s)
+    a.run()
+    assert random.getstate() == before
+    b.run()
+    assert a.state()["cache"] == b.state()["cache"] and a.state()["population"] == b.state()["population"]
+
+
+def test_restore_refuses_other_settings():
+    s = SearchSettings(population=8, parents=3, mutations=3, crossovers=3, generations=2, max_params=4000)
+    evo = _evolution(s)
+    evo.run()
+    other = _evolution(
+        SearchSettings(population=8, parents=3, mutations=3, crossovers=3, generations=2, max_params=5000)
+    )
+    with pytest.raises(ValueError, match="max_params"):
+        other.restore(evo.state())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"objective": "speed"}, "accuracy or pareto"),
+        ({"parents": 60}, "cannot exceed --population"),
+        ({"mutations": 30, "crossovers": 30}, "cannot exceed --population"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SearchSettings(**kwargs)
+
+
+def test_pareto_front_two_objectives():
+    pts = [(10, 0.5, "a"), (5, 0.4, "b"), (20, 0.5, "c"), (15, 0.7, "d"), (5, 0.3, "e")]
+    assert [p[2] for p in pareto_front(pts)] == ["b", "a", "d"]
+
+
+def _additive_model() -> nn.Module:
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 7), nn.Linear(7, 2))
+    space = glora.SearchSpace(lora_ranks=(2, 1), choices={"C": ["vector", "none"], "D": ["none"], "E": ["none"]})
+    return glora.inject(model, space, heads=["2"])
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 200), st.integers(0, 40))
+def test_without_gift_budget_errors_are_exact_and_sampling_never_misses(seed, lo, width):
+    genome = Genome(_additive_model())
+    hi = lo + width
+    costs = {genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up))}
+    feasible = any(lo <= c <= hi for c in costs)
+    if not feasible:
+        with pytest.raises(BudgetError):
+            genome.check_budget(lo, hi)
+        return
+    genome.check_budget(lo, hi)
+    genes = genome.sample(random.Random(seed), lo, hi)
+    assert lo <= genome.cost(genes) <= hi
