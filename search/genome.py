@@ -7,6 +7,7 @@ and a budget no candidate can meet is reported at once, never searched for forev
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -95,6 +96,10 @@ class Genome:
 
     def min_cost(self) -> int:
         return sum(min(row) for row in self.cost_table)
+
+    @functools.cached_property
+    def _max_cost(self) -> int:
+        return self.max_cost()
 
     def max_cost(self) -> int:
         """Exact: a GIFT group pays off only if one member gives up its own most expensive A choice for it."""
@@ -192,7 +197,7 @@ class Genome:
         fixed_set = set(fixed)
         free = [i for i in range(len(self.genes)) if i not in fixed_set]
         base = self.cost(genes) - sum(self.cost_table[i][genes[i]] for i in free)  # fixed genes and their GIFT
-        lo_r, hi_r = lo - base, hi - base
+        lo_r, hi_r = lo - base, min(hi, self._max_cost) - base
         if hi_r < 0:
             return None
         suffix = self._reach(free, hi_r)
@@ -234,9 +239,9 @@ class Genome:
 
 def _any_bit(bits: int, lo: int, hi: int) -> bool:
     """Whether the bitset ``bits`` has a set bit in [lo, hi]."""
-    if hi < 0 or hi < lo:
+    lo, hi = max(lo, 0), min(hi, bits.bit_length())
+    if hi < lo:
         return False
-    lo = max(lo, 0)
     return bool((bits >> lo) & ((1 << (hi - lo + 1)) - 1))
 
 

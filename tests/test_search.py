@@ -181,3 +181,11 @@ def test_without_gift_budget_errors_are_exact_and_sampling_never_misses(seed, lo
     genome.check_budget(lo, hi)
     genes = genome.sample(random.Random(seed), lo, hi)
     assert lo <= genome.cost(genes) <= hi
+
+
+def test_unbounded_budget_uses_the_guided_sampler_cheaply():
+    """No upper limit (search.py --param-limit none) must not size anything by the limit itself."""
+    genome = Genome(_additive_model())
+    genes = genome._guided(random.Random(0), genome.max_cost(), 10**12, gift_share=0.0)
+    assert genes is not None and genome.cost(genes) == genome.max_cost()
+    genome.check_budget(0, 10**12)
