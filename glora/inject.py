@@ -60,7 +60,8 @@ def inject(
     if any(isinstance(m, GLoRALinear) for m in model.modules()):
         raise ValueError("model already holds GLoRA layers; inject once per model")
     head_list = _resolve_heads(model, heads)
-    names = _select_targets(model, targets, head_list)
+    edited_in_place: set[str] = set()
+    names = _select_targets(model, targets, head_list, edited_in_place)
 
     bank: GiftBank | None = None
     if space.offers("A", "gift"):
@@ -74,7 +75,9 @@ def inject(
         if bank is not None:
             group = gift_group(name, base.in_features, space.gift_sharing)
             gift = bank.get_or_create(group, base.in_features, gift_rank, base.weight)
-        setattr(parent, child, GLoRALinear(base, space, gift=gift, name=name))
+        layer = GLoRALinear(base, space, gift=gift, name=name)
+        layer.output_edited_in_place = name in edited_in_place
+        setattr(parent, child, layer)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -152,7 +155,9 @@ def _has_params(module: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------- targets
-def _select_targets(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> list[str]:
+def _select_targets(
+    model: nn.Module, targets: str | Sequence[str] | None, heads: list[str], edited_in_place: set[str]
+) -> list[str]:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if targets is None:
         picked = linears
@@ -186,7 +191,7 @@ def _select_targets(model: nn.Module, targets: str | Sequence[str] | None, heads
         elif not _plain_forward(module):
             reason = f"{type(module).__name__} overrides nn.Linear.forward"
         else:
-            reason = _direct_read(model, n)
+            reason = _direct_read(model, n, edited_in_place)
         if reason:
             warnings.warn(f"GLoRA: not adapting {n!r}: {reason}", stacklevel=3)
             continue
@@ -220,7 +225,7 @@ def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _direct_read(model: nn.Module, name: str) -> str | None:
+def _direct_read(model: nn.Module, name: str, edited_in_place: set[str]) -> str | None:
     """Why wrapping ``name`` would be bypassed (an ancestor reads its weight itself), or None.
 
     Scans the source of each ancestor's ``forward`` and the methods it calls for ``self.<path>.weight``.
@@ -239,6 +244,7 @@ def _direct_read(model: nn.Module, name: str) -> str | None:
             if not ancestor.qkv_bias_separate:
                 ancestor.qkv_bias_separate = True
                 _logger.info("GLoRA: %s.qkv_bias_separate=True so %r is called as a module", ancestor_name, name)
+            edited_in_place.add(name)  # that switch adds the q/v bias to the layer's output in place
             continue
         where = ancestor_name or "the model root"
         return f"{where} ({type(ancestor).__name__}) reads its weight directly, so a wrapper would be bypassed"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import fused_linear
 from .gift import GiftGenerator
 from .space import SUPPORTS, Choice, LayerChoice, SearchSpace
 
@@ -72,6 +73,13 @@ class GLoRALinear(nn.Module):
         for s in ("D", "E"):
             self._param(s, torch.zeros(out_f, **like) if space.offers(s, "vector", "scalar") else None)
         self._choice: LayerChoice | None = None
+        # (W_uni, b_uni) of the current choice while a candidate is evaluated in folded form.
+        self.folded: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    # Fused training path (glora.fused); False forces the reference autograd path.
+    fused: bool = True
+    # Set by inject when the parent adds to this layer's output in place (BEiT-style qkv bias).
+    output_edited_in_place: bool = False
 
     def _param(self, name: str, data: torch.Tensor | None) -> None:
         self.register_parameter(name, nn.Parameter(data) if data is not None else None)
@@ -166,8 +174,19 @@ class GLoRALinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each choice in its cheapest exact form: only a lora A needs a W-sized product; a vector/scalar A
-        # scales the outputs, gift acts on the inputs, B's low-rank/vector/scalar paths act on activations.
+        choice = self._require_choice()
+        if self.folded is not None:  # evaluating one candidate: its W_uni, b_uni computed once (see glora.folded)
+            return F.linear(x, *self.folded)
+        if self.fused:
+            y = fused_linear(self, choice, x)
+            if y is not None:
+                return y
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain-autograd forward, each choice in its cheapest form: only a lora A builds a W-sized product; a
+        vector/scalar A scales the outputs, gift acts on the inputs, B's paths act on activations. The fused path
+        (glora.fused) is checked against this one; GIFT and rare edge cases run here."""
         choice = self._require_choice()
         a, b = choice.A, choice.B
         bias = self.merged_bias(choice)

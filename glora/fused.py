@@ -1,0 +1,196 @@
+"""Fused training path of a GLoRA layer: the folding math forward, a hand-written backward that only pays for
+what the sampled choice needs.
+
+Forward is exactly what folding computes, ``y = x W_uniᵀ + b_uni`` (one matmul; a vector/scalar/lora B and a
+vector/scalar A are all inside ``W_uni``). Autograd through that would take the full weight gradient
+``G = gᵀx`` for every adapted layer; the backward here takes it only for a lora A, which needs it:
+
+* lora A: ``G`` once; A's factors, and B's (any kind), follow from ``G`` with small products.
+* lora B (A not lora): ``gᵀu`` and ``(g Bd)ᵀx`` with ``u = x Buᵀ`` (r columns), as LoRA does.
+* vector/scalar B: ``gᵀ Σx`` (B x is constant along the input axis).
+* vector/scalar A: ``Σ_t g ⊙ h`` with ``h = x W0ᵀ`` recovered from the saved output,
+  ``h s = y - b_uni - B x``, using the sums already computed for b_uni and B, so neither ``h`` (an output-sized
+  activation) nor ``G`` is needed. The output is usually kept alive downstream anyway (attention keeps q/k/v,
+  GELU its input), so this costs no memory there. Exact up to rounding; when ``|1 + a|`` is tiny the layer uses
+  the reference path instead.
+
+``W_uni`` is recomputed in backward rather than stored, so a step keeps no weight-sized tensors. Parameters a
+choice does not touch get no gradient (``None``), exactly as autograd would leave them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["fused_linear", "SCALE_GUARD"]
+
+# Smallest |1 + a| for which the vector/scalar-A gradient is recovered from the output.
+SCALE_GUARD = 1e-2
+
+_NONE, _LORA, _VECTOR, _SCALAR = "none", "lora", "vector", "scalar"
+
+
+def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
+    """W_uni for A in {none, vector, scalar, lora} and any B (the same formula as GLoRALinear.merged_weight)."""
+    if a_kind == _LORA:
+        w = w0 + w0 * (Ad[:, :a_rank] @ Au[:a_rank])
+    elif a_kind == _VECTOR:
+        w = w0 * (1 + Ad[:, :1])
+    elif a_kind == _SCALAR:
+        w = w0 * (1 + Ad[0, 0])
+    else:
+        w = w0
+    if b_kind == _LORA:
+        w = w + Bd[:, :b_rank] @ Bu[:b_rank]
+    elif b_kind == _VECTOR:
+        w = w + Bd[:, :1]
+    elif b_kind == _SCALAR:
+        w = w + Bd[0, 0]
+    return w
+
+
+class _GLoRAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank, copy_out):
+        x2 = x.reshape(-1, x.shape[-1])
+        w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+        y = torch.nn.functional.linear(x, w, bias)
+        y2 = y.reshape(-1, y.shape[-1])
+        amp = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        need = ctx.needs_input_grad
+        a_grad = need[3] or need[4]
+        b_grad = need[5] or need[6]
+        u = sx = None
+        if b_grad and a_kind != _LORA:
+            if b_kind == _LORA:
+                u = x2 @ Bu[:b_rank].t().to(x2.dtype)
+            elif b_kind in (_VECTOR, _SCALAR):
+                sx = x2.sum(1)
+        keep_x = (a_grad and a_kind == _LORA) or (b_grad and b_kind == _LORA)
+        keep_y = a_grad and a_kind in (_VECTOR, _SCALAR)
+        if keep_x and amp is not None:
+            x2 = x2.to(amp)  # what autograd would keep under autocast
+        ctx.save_for_backward(x2 if keep_x else None, y2 if keep_y else None, u, sx, w0, bias, Ad, Au, Bd, Bu)
+        ctx.plan = (a_kind, a_rank, b_kind, b_rank)
+        ctx.x_shape = x.shape
+        ctx.amp = amp
+        # A parent that edits our output in place (BEiT's qkv += bias) gets its own copy: autograd forbids
+        # editing a custom Function's output in place, and the saved output must stay as it was.
+        return y.clone() if copy_out else y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, y2, u, sx, w0, bias, Ad, Au, Bd, Bu = ctx.saved_tensors
+        a_kind, a_rank, b_kind, b_rank = ctx.plan
+        acc = torch.promote_types(w0.dtype, torch.float32)  # accumulate in at least float32
+        need = ctx.needs_input_grad
+        amp = torch.autocast(grad_out.device.type, dtype=ctx.amp) if ctx.amp is not None else contextlib.nullcontext()
+        with amp:
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_x = grad_bias = gAd = gAu = gBd = gBu = None
+            w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+            if need[0]:
+                grad_x = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
+            gsum = g2.sum(0).to(acc) if (need[2] or y2 is not None) else None
+            if need[2]:
+                grad_bias = gsum.to(bias.dtype)
+            a_grad, b_grad = need[3] or need[4], need[5] or need[6]
+            if a_kind == _LORA:
+                G = (g2.t() @ x2.to(g2.dtype)).to(acc)
+                if a_grad:
+                    dM = w0.to(acc) * G
+                    gAd, gAu = _zeros(Ad, acc), _zeros(Au, acc)
+                    gAd[:, :a_rank] = dM @ Au[:a_rank].to(acc).t()
+                    gAu[:a_rank] = Ad[:, :a_rank].to(acc).t() @ dM
+                if b_grad:
+                    gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
+            else:
+                gb = None  # per-output sum of g ⊙ (B x), reused for the A gradient below
+                if b_grad and b_kind == _LORA:
+                    gBd, gBu = _zeros(Bd, acc), _zeros(Bu, acc)
+                    # (uᵀg)ᵀ rather than gᵀu, (Bdᵀgᵀ)ᵀ rather than g Bd: same numbers, and CPU BLAS runs these
+                    # skinny products several times faster in this layout (benchmarks/RESULTS.md).
+                    gBd_r = (u.to(acc).t() @ g2.to(acc)).t()
+                    gBd[:, :b_rank] = gBd_r
+                    gu = (Bd[:, :b_rank].to(g2.dtype).t() @ g2.t()).t()
+                    gBu[:b_rank] = gu.t().to(acc) @ x2.to(acc)
+                    gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
+                elif b_grad and b_kind in (_VECTOR, _SCALAR):
+                    gBd = _zeros(Bd, acc)
+                    gsx = sx.to(acc) @ g2.to(acc)
+                    if b_kind == _VECTOR:
+                        gBd[:, 0] = gsx
+                        gb = Bd[:, 0].to(acc) * gsx
+                    else:
+                        gBd[0, 0] = gsx.sum()
+                        gb = Bd[0, 0].to(acc) * gsx
+                if y2 is not None:  # vector/scalar A: Σ_t g ⊙ h, h s = y - bias - B x
+                    corr = (g2.to(acc) * y2.to(acc)).sum(0)
+                    if bias is not None:
+                        corr = corr - bias.to(acc) * gsum
+                    if gb is not None:  # B x's share of y (fused_linear only fuses this case with B trained)
+                        corr = corr - gb
+                    gAd = _zeros(Ad, acc)
+                    if a_kind == _VECTOR:
+                        gAd[:, 0] = corr / (1 + Ad[:, 0].to(acc))
+                    else:
+                        gAd[0, 0] = corr.sum() / (1 + Ad[0, 0].to(acc))
+        return (
+            grad_x,
+            None,
+            grad_bias,
+            _cast(gAd, Ad),
+            _cast(gAu, Au),
+            _cast(gBd, Bd),
+            _cast(gBu, Bu),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _zeros(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(t.shape, dtype=dtype, device=t.device)
+
+
+def _cast(g: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return None if g is None else g.to(like.dtype)
+
+
+def _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc):
+    """B's gradients from the full weight gradient G (W_uni = ... + B)."""
+    if b_kind == _NONE:
+        return None, None
+    gBd = _zeros(Bd, acc)
+    gBu = None
+    if b_kind == _LORA:
+        gBu = _zeros(Bu, acc)
+        gBd[:, :b_rank] = G @ Bu[:b_rank].to(acc).t()
+        gBu[:b_rank] = Bd[:, :b_rank].to(acc).t() @ G
+    elif b_kind == _VECTOR:
+        gBd[:, 0] = G.sum(1)
+    else:
+        gBd[0, 0] = G.sum()
+    return gBd, gBu
+
+
+def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
+    """Run ``layer`` under ``choice`` on the fused path, or return None when the reference path must be used."""
+    a, b = choice.A, choice.B
+    if a.kind == "gift" or layer.weight.requires_grad or not x.is_floating_point():
+        return None
+    Ad, Au, Bd, Bu = layer.Ad, layer.Au, layer.Bd, layer.Bu
+    if a.kind in (_VECTOR, _SCALAR):
+        scale = 1 + (Ad[:, 0] if a.kind == _VECTOR else Ad[0, 0])
+        if bool((scale.detach().abs() < SCALE_GUARD).any()):
+            return None
+        if b.kind != _NONE and not Bd.requires_grad:
+            return None  # B's share of y is only known through its own gradient sums
+    bias = layer.merged_bias(choice)
+    return _GLoRAFunction.apply(
+        x, layer.weight, bias, Ad, Au, Bd, Bu, a.kind, a.rank, b.kind, b.rank, layer.output_edited_in_place
+    )
