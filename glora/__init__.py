@@ -9,7 +9,7 @@ plain = glora.fold(model, subnet)                       # plain model, zero over
 
 from .backbone import BackboneSpec, build_backbone
 from .checkpoint import load_supernet, read_checkpoint
-from .fold import fold, fold_layer
+from .fold import fold, fold_layer, folded
 from .gift import GiftBank, GiftGenerator, gift_group
 from .inject import GIFT_ATTR, get_space, glora_layers, head_names, inject
 from .layer import GLoRALinear
@@ -53,6 +53,7 @@ __all__ = [
     "load_subnet",
     "fold",
     "fold_layer",
+    "folded",
     "load_supernet",
     "read_checkpoint",
     "BackboneSpec",

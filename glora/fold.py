@@ -6,8 +6,9 @@ extra FLOPs, and the same outputs as the supernet running that subnet.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from .layer import GLoRALinear
 from .space import LayerChoice
 from .subnet import parse_subnet
 
-__all__ = ["fold", "fold_layer"]
+__all__ = ["fold", "fold_layer", "folded"]
 
 
 def fold_layer(layer: GLoRALinear, choice: LayerChoice | None = None) -> nn.Linear:
@@ -67,3 +68,31 @@ def fold(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> nn.Module
         del folded.get_submodule(parent_name)._modules[key]
     folded.requires_grad_(True)
     return folded
+
+
+@contextlib.contextmanager
+def folded(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Iterator[nn.Module]:
+    """Run ``model`` as its folded form for ``subnet`` without copying it: each layer's ``(W_uni, b_uni)`` is
+    computed once on entry and used as a plain linear map until exit (then the supernet is as it was).
+
+    This is how the search evaluates a candidate: one fold, then plain-weight inference over the whole split.
+
+    Example:
+        >>> with glora.folded(supernet, subnet):
+        ...     logits = supernet(images)
+    """
+    parsed = parse_subnet(model, subnet)
+    layers = glora_layers(model)
+    previous = {name: layer.choice for name, layer in layers.items()}
+    try:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.set_choice(parsed[name])
+                weight, bias = layer.merged(parsed[name])
+                layer.folded = (weight.detach(), None if bias is None else bias.detach())
+        yield model
+    finally:
+        for name, layer in layers.items():
+            layer.folded = None
+            if previous[name] is not None:
+                layer.set_choice(previous[name])

@@ -93,12 +93,12 @@ class _GLoRAFunction(torch.autograd.Function):
             w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
             if need[0]:
                 grad_x = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
-            gsum = g2.sum(0).to(acc) if (need[2] or y2 is not None) else None
-            if need[2]:
-                grad_bias = gsum.to(bias.dtype)
             a_grad, b_grad = need[3] or need[4], need[5] or need[6]
+            gsum = None  # Σ_t g: the bias gradient, and part of the vector/scalar-A gradient
             if a_kind == _LORA:
                 G = (g2.t() @ x2.to(g2.dtype)).to(acc)
+                if need[2]:
+                    gsum = _colsum(g2, acc)
                 if a_grad:
                     dM = w0.to(acc) * G
                     gAd, gAu = _zeros(Ad, acc), _zeros(Au, acc)
@@ -107,19 +107,29 @@ class _GLoRAFunction(torch.autograd.Function):
                 if b_grad:
                     gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
             else:
-                gb = None  # per-output sum of g ⊙ (B x), reused for the A gradient below
+                # Every reduction over tokens that B and the bias need comes from ONE skinny product
+                # [1 | u or Σx]ᵀ g: one pass over g instead of one each. ((·)ᵀ g, not gᵀ(·): CPU BLAS runs the
+                # skinny product several times faster in this layout; see benchmarks/RESULTS.md.)
+                want_sum = need[2] or y2 is not None
+                thin = u if (b_grad and b_kind == _LORA) else sx.unsqueeze(1) if (b_grad and sx is not None) else None
+                cols = ([torch.ones_like(g2[:, :1])] if want_sum else []) + (
+                    [thin.to(g2.dtype)] if thin is not None else []
+                )
+                if cols:
+                    red = (torch.cat(cols, 1).t() @ g2).to(acc)
+                    if want_sum:
+                        gsum, red = red[0], red[1:]
+                gb = None  # per-output Σ_t g ⊙ (B x), reused for the A gradient below
                 if b_grad and b_kind == _LORA:
                     gBd, gBu = _zeros(Bd, acc), _zeros(Bu, acc)
-                    # (uᵀg)ᵀ rather than gᵀu, (Bdᵀgᵀ)ᵀ rather than g Bd: same numbers, and CPU BLAS runs these
-                    # skinny products several times faster in this layout (benchmarks/RESULTS.md).
-                    gBd_r = (u.to(acc).t() @ g2.to(acc)).t()
+                    gBd_r = red.t()
                     gBd[:, :b_rank] = gBd_r
                     gu = (Bd[:, :b_rank].to(g2.dtype).t() @ g2.t()).t()
-                    gBu[:b_rank] = gu.t().to(acc) @ x2.to(acc)
+                    gBu[:b_rank] = (gu.t() @ x2.to(gu.dtype)).to(acc)
                     gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
                 elif b_grad and b_kind in (_VECTOR, _SCALAR):
                     gBd = _zeros(Bd, acc)
-                    gsx = sx.to(acc) @ g2.to(acc)
+                    gsx = red[0]
                     if b_kind == _VECTOR:
                         gBd[:, 0] = gsx
                         gb = Bd[:, 0].to(acc) * gsx
@@ -127,7 +137,7 @@ class _GLoRAFunction(torch.autograd.Function):
                         gBd[0, 0] = gsx.sum()
                         gb = Bd[0, 0].to(acc) * gsx
                 if y2 is not None:  # vector/scalar A: Σ_t g ⊙ h, h s = y - bias - B x
-                    corr = (g2.to(acc) * y2.to(acc)).sum(0)
+                    corr = torch.linalg.vecdot(g2.to(acc), y2.to(acc), dim=0)  # Σ_t g ⊙ y, no temporary
                     if bias is not None:
                         corr = corr - bias.to(acc) * gsum
                     if gb is not None:  # B x's share of y (fused_linear only fuses this case with B trained)
@@ -137,6 +147,8 @@ class _GLoRAFunction(torch.autograd.Function):
                         gAd[:, 0] = corr / (1 + Ad[:, 0].to(acc))
                     else:
                         gAd[0, 0] = corr.sum() / (1 + Ad[0, 0].to(acc))
+            if need[2]:
+                grad_bias = gsum.to(bias.dtype)
         return (
             grad_x,
             None,
@@ -151,6 +163,11 @@ class _GLoRAFunction(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _colsum(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Sum over tokens, accumulated in at least float32 (bf16 activations under autocast)."""
+    return t.sum(0) if t.dtype == acc else t.sum(0, dtype=acc)
 
 
 def _zeros(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from glora import load_supernet, save_subnet, set_subnet
+from glora import folded, load_supernet, save_subnet, set_subnet
 from glora._io import atomic_write_text
 from glora.checkpoint import read_checkpoint
 from glora.config import (
@@ -144,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def evaluate(genes: list[int]) -> float:
-        set_subnet(model, genome.decode(genes))
-        return accuracy(model, val_loader, normalize, device, args.amp)
+        with folded(model, genome.decode(genes)):  # fold once, then plain-weight inference over the split
+            return accuracy(model, val_loader, normalize, device, args.amp)
 
     meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
     evo = Evolution(genome, settings, evaluate, state_path=out / STATE_FILE, meta=meta)

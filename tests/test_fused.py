@@ -62,8 +62,13 @@ def test_fused_path_is_taken_and_keeps_no_weight_sized_tensor():
     x = torch.randn(64, IN, dtype=torch.float64, requires_grad=True)
     for combo in [("lora_8", "lora_4", "vector", "vector", "scalar"), ("vector", "lora_8", "none", "none", "none")]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        saved: list[torch.Tensor] = []
+
+        def keep(t: torch.Tensor, saved: list = saved) -> torch.Tensor:
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
             y = layer(x)
         assert type(y.grad_fn).__name__ == "_GLoRAFunctionBackward"
         params = {p.data_ptr() for p in layer.parameters()}

@@ -150,3 +150,20 @@ def test_count_params_matches_independent_counts(case):
         assert n == _count_by_formula(supernet, subnet)
         assert n == _count_by_gradient(supernet, subnet, x)
     assert glora.count_params(supernet, extreme_subnets(supernet)["none"]) == 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_folded_context_equals_fold_and_restores(case):
+    _, supernet = build(case)
+    randomize_supports(supernet, seed=11)
+    x = case.input(seed=12)
+    current = glora.sample_subnet(supernet, random.Random(1))
+    glora.set_subnet(supernet, current)
+    before = supernet(x)
+    for i in range(3):
+        subnet = glora.sample_subnet(supernet, random.Random(20 + i))
+        with torch.no_grad(), glora.folded(supernet, subnet):
+            y = supernet(x)
+        assert rel_err(y, glora.fold(supernet, subnet)(x)) < 1e-12
+    torch.testing.assert_close(supernet(x), before, rtol=0, atol=0)
+    assert all(layer.folded is None for layer in glora.glora_layers(supernet).values())

@@ -1,0 +1,137 @@
+"""Shared pieces of the benchmark scripts: machine description, method builders, interleaved timing.
+
+Benchmarks print ratios measured side by side in one process (methods interleaved round by round, medians), so
+background noise hits every method alike. PEFT baselines need ``pip install peft`` (benchmarks/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from torch import nn
+
+import glora
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({torch.get_num_threads()} threads){gpu}; torch {torch.__version__}, timm {timm.__version__}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Method:
+    """A model set up for one fine-tuning method, plus what to do before each training step."""
+
+    name: str
+    model: nn.Module
+    before_step: Callable[[], None] = field(default=lambda: None)
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def linear_targets(model: nn.Module) -> list[str]:
+    heads = set(glora.head_names(model))
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in heads]
+
+
+def build_method(name: str, make: Callable[[], nn.Module], ranks=(8, 4), seed: int = 0) -> Method:
+    """bias-only | glora-supernet | glora-reference | glora-lora8 | peft-lora | peft-glora."""
+    torch.manual_seed(seed)
+    model = make()
+    if name == "bias-only":
+        heads = glora.head_names(model)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith("bias") or any(n.startswith(h + ".") for h in heads))
+        return Method(name, model)
+    if name.startswith("glora"):
+        glora.inject(model, glora.SearchSpace(lora_ranks=tuple(ranks)))
+        if name == "glora-lora8":
+            glora.set_subnet(model, glora.make_subnet(model, B=f"lora_{max(ranks)}"))
+            return Method(name, model)
+        if name == "glora-reference":
+            for layer in glora.glora_layers(model).values():
+                layer.fused = False
+        rng = random.Random(seed)
+        return Method(name, model, lambda: glora.set_subnet(model, glora.sample_subnet(model, rng)))
+    if name.startswith("peft"):
+        import peft
+
+        targets = linear_targets(model)
+        heads = glora.head_names(model)
+        if name == "peft-lora":
+            config = peft.LoraConfig(r=8, lora_alpha=8, target_modules=targets, modules_to_save=heads)
+        elif name == "peft-glora":
+            config = peft.GloraConfig(
+                r=8,
+                target_modules=targets,
+                config_A_B="lora",
+                config_C="lora",
+                config_D_E="vector",
+                modules_to_save=heads,
+            )
+        else:
+            raise ValueError(name)
+        return Method(name, peft.get_peft_model(model, config))
+    raise ValueError(f"unknown method {name!r}")
+
+
+def peft_available() -> bool:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device) -> dict:
+    """Median seconds per call of each function, running them round-robin."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def saved_for_backward_mib(model: nn.Module, run: Callable[[], torch.Tensor]) -> float:
+    """MiB of tensors autograd keeps for backward (parameters excluded), counted once per storage."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = run()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in params) / 2**20

@@ -1,0 +1,172 @@
+"""Supernet training step vs bias-only tuning, PEFT LoRA r=8 and PEFT GLoRA, on the same timm ViT and batch.
+
+    python benchmarks/train_step.py [--model vit_small_patch16_224] [--batch-size 32] [--rounds 10] [--peak]
+
+Bias-only tuning (biases + head train) is the floor for any method that adapts every layer: its backward still
+runs through every layer. The GLoRA supernet draws a new random subnet every step (ranks {8, 4} by default), as
+training does. Also shown: the same supernet on plain autograd (``glora-reference``, the fused path switched
+off) and a fixed GLoRA subnet equal to LoRA r=8 (B = lora_8). Memory: tensors kept for backward, averaged over
+random subnets (in process), and with --peak each method's peak memory in a process of its own (CPU: peak RSS;
+CUDA: max allocated), counted above what the built model already holds, so optimizer state, gradients and
+activations are what differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import build_method, interleaved, machine, peft_available, saved_for_backward_mib
+
+from glora.evaluate import autocast, resolve_device
+
+ALL = ["bias-only", "glora-supernet", "glora-reference", "glora-lora8", "peft-lora", "peft-glora"]
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--memory-samples", type=int, default=6, help="random subnets averaged for saved-tensor memory")
+    p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method
+    return p.parse_args()
+
+
+def setup(args, name, device):
+    def make():
+        return timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size)
+
+    method = build_method(name, make, ranks=args.ranks)
+    method.model.to(device).train()
+    opt = torch.optim.AdamW([p for p in method.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
+
+    def loss():
+        method.before_step()
+        with autocast(device, args.amp):
+            out = method.model(x)
+        return F.cross_entropy(out.float(), y)
+
+    def step():
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    return method, loss, step
+
+
+def _rss_mib(field: str) -> float:
+    for line in open("/proc/self/status", encoding="utf-8"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_of_one(args, name: str) -> float:
+    """Peak memory of training steps above what the built model (and libraries) already hold."""
+    device = resolve_device(args.device)
+    _, _, step = setup(args, name, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(3):
+            step()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")  # reset the RSS high-water mark to the current RSS (Linux)
+    base = _rss_mib("VmRSS")
+    for _ in range(3):
+        step()
+    return _rss_mib("VmHWM") - base
+
+
+def main() -> None:
+    args = parse()
+    if args.one:
+        print(json.dumps({"peak_mib": peak_of_one(args, args.one)}))
+        return
+    device = resolve_device(args.device)
+    methods = [m for m in args.methods if not m.startswith("peft") or peft_available()]
+    if len(methods) < len(args.methods):
+        print("peft is not installed: PEFT baselines skipped (pip install -r benchmarks/requirements.txt)")
+    runs = {m: setup(args, m, device) for m in methods}
+    times = interleaved({m: r[2] for m, r in runs.items()}, args.rounds, args.warmup, device)
+    saved = {}
+    for m, (method, loss, _) in runs.items():
+        samples = args.memory_samples if method.before_step is not None and m.endswith(("supernet", "reference")) else 1
+        saved[m] = sum(saved_for_backward_mib(method.model, loss) for _ in range(samples)) / samples
+    peaks = {}
+    if args.peak:
+        for m in methods:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                m,
+                "--model",
+                args.model,
+                "--batch-size",
+                str(args.batch_size),
+                "--img-size",
+                str(args.img_size),
+                "--num-classes",
+                str(args.num_classes),
+                "--device",
+                args.device,
+                "--amp",
+                args.amp,
+                "--ranks",
+                *map(str, args.ranks),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+            peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
+
+    floor = times.get("bias-only")
+    print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
+    print(
+        f"model {args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, GLoRA ranks "
+        f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)"
+    )
+    header = f"{'method':18s} {'trainable':>10s} {'step ms':>9s} {'vs bias-only':>13s} {'saved MiB':>10s}"
+    print(header + (f" {'peak +MiB':>9s}" if peaks else ""))
+    rows = {}
+    for m, (method, _, _) in runs.items():
+        ratio = times[m] / floor if floor else float("nan")
+        rows[m] = {
+            "trainable": method.trainable,
+            "step_ms": times[m] * 1e3,
+            "vs_bias_only": ratio,
+            "saved_mib": saved[m],
+            "peak_mib": peaks.get(m),
+        }
+        line = f"{m:18s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {ratio:12.2f}x {saved[m]:10.1f}"
+        print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine(), "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
