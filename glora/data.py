@@ -85,13 +85,14 @@ class ImageSet:
             return TensorDataset(self.images, self.labels)
         return _FileDataset(self.files or [], self.labels, self.size)
 
-    def subset(self, n: int) -> ImageSet:
-        """The first ``n`` items (e.g. a few real inputs for verification)."""
+    def subset(self, part: int | slice) -> ImageSet:
+        """The first ``part`` items, or a slice (a few real inputs for verification, a rank's share)."""
+        sel = slice(0, part) if isinstance(part, int) else part
         return ImageSet(
-            labels=self.labels[:n],
+            labels=self.labels[sel],
             num_classes=self.num_classes,
-            images=None if self.images is None else self.images[:n],
-            files=None if self.files is None else self.files[:n],
+            images=None if self.images is None else self.images[sel],
+            files=None if self.files is None else self.files[sel],
             size=self.size,
         )
 
@@ -330,20 +331,35 @@ def load_folder(
 
 # ---------------------------------------------------------------------- loading
 def make_loader(
-    data: ImageSet, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0, drop_last: bool = False
-) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (a fresh generator per call: resumable per epoch)."""
-    generator = torch.Generator().manual_seed(seed)
-    in_memory = data.images is not None
-    return DataLoader(
+    data: ImageSet,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    shard: Callable[[int], slice] | None = None,
+) -> tuple[DataLoader, list[tuple[int, float]]]:
+    """Batches whose order depends only on ``seed`` (a fresh generator per call, so an epoch can be replayed).
+
+    Global batches come from one seeded permutation; with ``shard`` (data parallelism) each rank loads its share
+    of every global batch. Returns the loader and, per batch, (global batch size, weight): weight 0 marks a rank
+    whose share of a tiny last batch was empty and that runs one item only to take part in the step.
+    """
+    n = len(data)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else list(range(n))
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    meta = [(len(b), 1.0) for b in batches]
+    if shard is not None:
+        local = [b[shard(len(b))] for b in batches]
+        meta = [(len(b), 1.0 if part else 0.0) for b, part in zip(batches, local)]
+        batches = [part or b[:1] for b, part in zip(batches, local)]
+    loader = DataLoader(
         data.dataset(),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=0 if in_memory else workers,
-        drop_last=drop_last,
+        batch_sampler=batches,
+        num_workers=0 if data.images is not None else workers,
         persistent_workers=False,
     )
+    return loader, meta
 
 
 @dataclass

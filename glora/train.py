@@ -40,6 +40,7 @@ from .config import (
     yaml_mapping,
 )
 from .data import DATASETS, DataSpec, Normalizer, input_config, make_loader
+from .distributed import setup_distributed
 from .evaluate import accuracy, autocast, resolve_device
 from .inject import head_names, inject
 from .space import GIFT_SHARING, SearchSpace
@@ -177,7 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileExistsError(
             f"{str(out)!r} already holds a supernet checkpoint; use --resume to continue it or --force to start over"
         )
-    Trainer(args, ckpt).fit()
+    trainer = Trainer(args, ckpt)
+    try:
+        trainer.fit()
+    finally:
+        trainer.dist.close()
     return 0
 
 
@@ -191,7 +196,9 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, ckpt: dict[str, Any] | None = None) -> None:
         self.args = args
         self.out = Path(args.out)
-        self.device = resolve_device(args.device)
+        self.dist, self.device = setup_distributed(resolve_device(args.device))
+        if not self.dist.main:
+            logging.getLogger().setLevel(logging.WARNING)
         data_spec = data_from_args(args)
         space = space_from_args(args)
         self.targets = _targets(args)
@@ -226,6 +233,7 @@ class Trainer:
                 raise ValueError(f"the {name} split has {s.num_classes} classes, the model head {num_classes}")
 
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.dist.broadcast_params(self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_set) / args.batch_size)
         from timm.scheduler import CosineLRScheduler
@@ -267,6 +275,10 @@ class Trainer:
         _logger.info("resuming %s after epoch %d (step %d)", self.out / "last.pt", self.epoch, self.step)
 
     def _save(self) -> None:
+        """Rank 0 writes; the others wait, so a failed write stops everyone at the same epoch."""
+        if not self.dist.main:
+            self.dist.barrier()
+            return
         write_checkpoint(
             self.out / "last.pt",
             {
@@ -288,14 +300,16 @@ class Trainer:
             },
         )
         atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
+        self.dist.barrier()
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> None:
         args = self.args
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(args, self.out / "config.yaml")
-        if self.log:  # log.jsonl may lag last.pt if a run died between the two writes
-            atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(args, self.out / "config.yaml")
+            if self.log:  # log.jsonl may lag last.pt if a run died between the two writes
+                atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
         n_train = sum(p.numel() for p in self.params)
         _logger.info(
             "supernet: %d adapted layers, %d trainable tensors' elements, %d train / %d val images",
@@ -344,39 +358,58 @@ class Trainer:
         args = self.args
         model = self.model
         model.train()
-        loader = make_loader(
-            self.train_set, args.batch_size, shuffle=True, seed=args.seed * 1_000_003 + self.epoch, workers=args.workers
+        loader, meta = make_loader(
+            self.train_set,
+            args.batch_size,
+            shuffle=True,
+            seed=args.seed * 1_000_003 + self.epoch,
+            workers=args.workers,
+            shard=self.dist.shard if self.dist.enabled else None,
         )
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{args.epochs}", leave=False, disable=_disable(progress))
-        for x, y in bar:
+        disable = _disable(progress) if self.dist.main else True
+        bar = tqdm(
+            zip(loader, meta),
+            total=len(meta),
+            desc=f"epoch {self.epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=disable,
+        )
+        for (x, y), (global_n, weight) in bar:
             x = self.normalize(x.to(self.device, non_blocking=True))
             y = y.to(self.device, non_blocking=True)
-            set_subnet(model, sample_subnet(model, self.rng))
+            set_subnet(model, sample_subnet(model, self.rng))  # the same draw on every rank
             with autocast(self.device, args.amp):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=args.smoothing)
-            if not torch.isfinite(loss):
-                raise DivergenceError(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped without "
-                    f"saving (last.pt still holds epoch {self.epoch}); try a lower --lr or --clip-grad"
-                )
+            # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
+            loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=args.smoothing, reduction="sum") * weight
+            loss = loss_sum / global_n
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.dist.all_reduce_grads(self.params)
+            batch_loss, _ = self.dist.sum([loss_sum.item(), 0.0], self.device)
+            if not math.isfinite(batch_loss):
+                raise DivergenceError(
+                    f"loss became {batch_loss / global_n} at epoch {self.epoch + 1}, step {self.step + 1}; stopped "
+                    f"without saving (last.pt still holds epoch {self.epoch}); try a lower --lr or --clip-grad"
+                )
             if args.clip_grad:
                 nn.utils.clip_grad_norm_(self.params, args.clip_grad)
             self.optimizer.step()
             self.step += 1
             self.scheduler.step_update(self.step)
-            total += loss.item() * len(y)
-            count += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+            total += batch_loss
+            count += global_n
+            bar.set_postfix(loss=f"{batch_loss / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
         return total / max(count, 1)
 
     def _validate(self) -> float:
         set_subnet(self.model, sample_subnet(self.model, self.rng))
-        loader = make_loader(self.val_set, max(self.args.batch_size, 256), shuffle=False, workers=self.args.workers)
-        return accuracy(self.model, loader, self.normalize, self.device, self.args.amp)
+        part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
+        loader, _ = make_loader(part, max(self.args.batch_size, 256), shuffle=False, workers=self.args.workers)
+        correct = accuracy(self.model, loader, self.normalize, self.device, self.args.amp) * len(part)
+        correct, total = self.dist.sum([correct, float(len(part))], self.device)
+        return correct / max(total, 1.0)
 
 
 def _glora_layers(model: nn.Module):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from glora import folded, load_supernet, save_subnet, set_subnet
+from glora import folded, load_supernet, save_subnet
 from glora._io import atomic_write_text
 from glora.checkpoint import read_checkpoint
 from glora.config import (
@@ -34,6 +34,7 @@ from glora.config import (
     save_config,
 )
 from glora.data import DataSpec, Normalizer, make_loader
+from glora.distributed import Distributed, setup_distributed
 from glora.evaluate import accuracy, resolve_device
 
 from .evolution import Evolution, SearchSettings, pareto_front
@@ -117,7 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif any((out / f).exists() for f in (STATE_FILE, "subnet.yaml")) and not args.force:
         raise FileExistsError(f"{str(out)!r} already holds search results; use --resume to continue or --force")
 
-    device = resolve_device(args.device)
+    job, device = setup_distributed(resolve_device(args.device))
+    if not job.main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        _search(args, out, state, job, device)
+    finally:
+        job.close()
+    return 0
+
+
+def _search(args, out: Path, state: dict[str, Any] | None, job: Distributed, device: torch.device) -> None:
+    """The search proper. Under torchrun every rank runs the same evolution (same seed) and evaluates its share
+    of each generation's new candidates (``job.map``); rank 0 writes."""
     ckpt = read_checkpoint(args.supernet)
     if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
         raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
@@ -126,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = ckpt["input"]
     normalize = Normalizer(inputs["mean"], inputs["std"]).to(device)
     val = data.load("val", inputs["input_size"])
-    val_loader = make_loader(val, args.batch_size, shuffle=False, workers=args.workers)
+    val_loader, _ = make_loader(val, args.batch_size, shuffle=False, workers=args.workers)
     genome = Genome(model)
     lo = round(args.min_param_limit * 1e6)
     hi = round(args.param_limit * 1e6) if args.param_limit is not None else 10**12
@@ -148,11 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return accuracy(model, val_loader, normalize, device, args.amp)
 
     meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
-    evo = Evolution(genome, settings, evaluate, state_path=out / STATE_FILE, meta=meta)
+    evo = Evolution(
+        genome, settings, evaluate, state_path=out / STATE_FILE if job.main else None, meta=meta, map_fn=job.map
+    )
     if state is not None:
         evo.restore(state)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(args, out / "config.yaml")
+    if job.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(args, out / "config.yaml")
     _logger.info(
         "searching %d genes (%d layers), budget %s-%s params, %d val images",
         len(genome),
@@ -168,19 +184,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         total=args.generations,
         initial=evo.generation,
         desc="generations",
-        disable=None if args.progress is None else not args.progress,
+        disable=(None if args.progress is None else not args.progress) if job.main else True,
     )
 
     def on_generation(done: int, total: int) -> None:
         bar.update(done - bar.n)
-        _write_log(out, evo.log)
+        if job.main:
+            _write_log(out, evo.log)
 
     try:
         evo.run(on_generation)
     finally:
         bar.close()
-    _finish(out, args, evo, genome, model, data, inputs, normalize, device)
-    return 0
+    if job.main:
+        _finish(out, args, evo, genome, model, data, inputs, normalize, device)
+    job.barrier()
 
 
 def _write_log(out: Path, records: list[dict[str, Any]], final: dict[str, Any] | None = None) -> None:
@@ -199,10 +217,9 @@ def _finish(out, args, evo: Evolution, genome: Genome, model, data: DataSpec, in
     except (ValueError, FileNotFoundError) as e:
         _logger.warning("no test split (%s); test accuracy not reported", e)
     else:
-        set_subnet(model, subnet)
-        test_acc = accuracy(
-            model, make_loader(test, args.batch_size, shuffle=False, workers=args.workers), normalize, device, args.amp
-        )
+        loader, _ = make_loader(test, args.batch_size, shuffle=False, workers=args.workers)
+        with folded(model, subnet):
+            test_acc = accuracy(model, loader, normalize, device, args.amp)
     final = {
         "final": True,
         "subnet": "subnet.yaml",

@@ -1,0 +1,93 @@
+"""Cost of evaluating one search candidate vs plain inference of the same model over the same validation set.
+
+    python benchmarks/candidate_eval.py [--model vit_small_patch16_224] [--images 200] [--batch-size 100]
+
+The search folds each candidate once (``glora.folded``: W_uni, b_uni per layer, no model copy) and runs plain
+weights over the split; the target is <= 1.03x plain inference, fold time included. For context: running the
+supernet without folding (every batch forms W_uni again) and ``glora.fold`` (a full model copy per candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved, machine
+
+import glora
+from glora.evaluate import autocast, resolve_device
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--images", type=int, default=200, help="validation images per candidate (VTAB-1k: 200)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    supernet = timm.create_model(args.model, pretrained=False, num_classes=100, img_size=args.img_size)
+    glora.inject(supernet, glora.SearchSpace(lora_ranks=tuple(args.ranks)))
+    with torch.no_grad():  # trained-looking supports, so folding does real work
+        for p in supernet.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    supernet.to(device).eval()
+    rng = random.Random(0)
+    images = torch.randn(args.images, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))
+    batches = [images[i : i + args.batch_size].to(device) for i in range(0, args.images, args.batch_size)]
+    subnet = glora.sample_subnet(supernet, rng)
+    plain = glora.fold(supernet, subnet).to(device).eval()
+
+    @torch.no_grad()
+    def infer(model) -> None:
+        for x in batches:
+            with autocast(device, args.amp):
+                model(x)
+
+    def candidate_folded() -> None:  # what search.py does per candidate
+        with glora.folded(supernet, glora.sample_subnet(supernet, rng)):
+            infer(supernet)
+
+    def candidate_unfolded() -> None:
+        glora.set_subnet(supernet, glora.sample_subnet(supernet, rng))
+        infer(supernet)
+
+    def candidate_copy() -> None:
+        infer(glora.fold(supernet, glora.sample_subnet(supernet, rng)).eval())
+
+    fns = {
+        "plain model": lambda: infer(plain),
+        "glora.folded (search)": candidate_folded,
+        "supernet, no fold": candidate_unfolded,
+        "glora.fold (copy)": candidate_copy,
+    }
+    times = interleaved(fns, args.rounds, 1, device)
+    print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
+    print(
+        f"model {args.model}, {args.images} images in batches of {args.batch_size}, GLoRA ranks {set(args.ranks)}, "
+        f"{args.rounds} interleaved rounds (median), a new random candidate each call"
+    )
+    base = times["plain model"]
+    print(f"{'per candidate':24s} {'seconds':>8s} {'vs plain':>9s} {'candidates/min':>15s}")
+    for k, t in times.items():
+        print(f"{k:24s} {t:8.3f} {t / base:8.3f}x {60 / t:15.1f}")
+
+
+if __name__ == "__main__":
+    main()
