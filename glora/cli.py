@@ -39,7 +39,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         if debug:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
-        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
+        if not isinstance(e, (ValueError, OSError)) and not getattr(e, "user_facing", False):
             print("(run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
 
@@ -48,6 +48,6 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename:
         text = f"{e.strerror}: {e.filename}"
-    if not isinstance(e, ValueError):
+    if not isinstance(e, (ValueError, OSError)) and not getattr(e, "user_facing", False):
         text = f"{type(e).__name__}: {text}" if not text.startswith(type(e).__name__) else text
     return " ".join(text.split())

@@ -338,12 +338,14 @@ def make_loader(
     seed: int = 0,
     workers: int = 0,
     shard: Callable[[int], slice] | None = None,
+    skip: int = 0,
 ) -> tuple[DataLoader, list[tuple[int, float]]]:
     """Batches whose order depends only on ``seed`` (a fresh generator per call, so an epoch can be replayed).
 
     Global batches come from one seeded permutation; with ``shard`` (data parallelism) each rank loads its share
     of every global batch. Returns the loader and, per batch, (global batch size, weight): weight 0 marks a rank
-    whose share of a tiny last batch was empty and that runs one item only to take part in the step.
+    whose share of a tiny last batch was empty and that runs one item only to take part in the step. ``skip``
+    drops the first batches (an epoch resumed after an interruption), without loading them.
     """
     n = len(data)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else list(range(n))
@@ -353,6 +355,7 @@ def make_loader(
         local = [b[shard(len(b))] for b in batches]
         meta = [(len(b), 1.0 if part else 0.0) for b, part in zip(batches, local)]
         batches = [part or b[:1] for b, part in zip(batches, local)]
+    batches, meta = batches[skip:], meta[skip:]
     loader = DataLoader(
         data.dataset(),
         batch_sampler=batches,

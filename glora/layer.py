@@ -173,6 +173,9 @@ class GLoRALinear(nn.Module):
         return self._choice
 
     # ------------------------------------------------------------------ forward
+    # torch.compile traces around this layer: its subnet changes every training step, which would otherwise
+    # recompile the graph each time; the rest of the model (attention, norms, activations) still compiles.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         choice = self._require_choice()
         if self.folded is not None:  # evaluating one candidate: its W_uni, b_uni computed once (see glora.folded)

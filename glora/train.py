@@ -8,10 +8,13 @@ adapted to digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +54,18 @@ __all__ = ["build_parser", "main", "space_from_args", "data_from_args", "RESUMAB
 _logger = logging.getLogger(__name__)
 
 # Options that may change when resuming (they do not alter what is computed); everything else comes from last.pt.
-RESUMABLE_OPTIONS = {"epochs", "stop_after", "device", "workers", "progress", "resume", "force", "out"}
+RESUMABLE_OPTIONS = {
+    "epochs",
+    "stop_after",
+    "device",
+    "workers",
+    "progress",
+    "resume",
+    "force",
+    "out",
+    "compile",
+    "compile_backend",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=40)
+    g.add_argument("--epochs", type=positive_int, default=120)
     g.add_argument("--batch-size", type=positive_int, default=64)
     g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
     g.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
@@ -116,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=optional(positive_float), default=None, help="max gradient norm")
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the backbone between GLoRA layers (their subnet changes every step)",
+    )
+    g.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
 
     g = p.add_argument_group("output")
@@ -189,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 class DivergenceError(RuntimeError):
     """The loss became NaN or inf; nothing non-finite was written."""
 
+    user_facing = True  # reported as one line by the CLI
+
 
 class Trainer:
     """Holds the run's state; ``fit`` trains from the start or from a checkpoint."""
@@ -222,6 +245,7 @@ class Trainer:
         self.fingerprint = fingerprint(model)
         self.inputs = input_config(model)
         self.model = model.to(self.device)
+        self.forward = torch.compile(self.model, backend=args.compile_backend) if args.compile else self.model
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(self.device)
         self.data_spec = data_spec
         self.train_set = data_spec.load("train", self.inputs["input_size"])
@@ -249,8 +273,11 @@ class Trainer:
             t_in_epochs=False,
         )
         self.rng = random.Random(args.seed)
-        self.epoch = 0
+        self.epoch = 0  # completed epochs
         self.step = 0
+        self.batch = 0  # batches done in the current epoch (non-zero only after an interruption)
+        self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}  # the current epoch's running totals
+        self._stop = False
         self.log: list[dict[str, Any]] = []
         if ckpt is not None:
             self._restore(ckpt)
@@ -270,9 +297,12 @@ class Trainer:
         self.rng.setstate(_to_tuple(ckpt["rng"]["python"]))
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.batch = int(ckpt.get("batch", 0))
+        self.partial = dict(ckpt.get("partial", self.partial))
         self.log = list(ckpt.get("log", []))
         self.scheduler.step_update(self.step)
-        _logger.info("resuming %s after epoch %d (step %d)", self.out / "last.pt", self.epoch, self.step)
+        where = f"epoch {self.epoch + 1}, batch {self.batch}" if self.batch else f"after epoch {self.epoch}"
+        _logger.info("resuming %s %s (step %d)", self.out / "last.pt", where, self.step)
 
     def _save(self) -> None:
         """Rank 0 writes; the others wait, so a failed write stops everyone at the same epoch."""
@@ -295,6 +325,8 @@ class Trainer:
                 "rng": {"python": self.rng.getstate(), "torch": torch.get_rng_state()},
                 "epoch": self.epoch,
                 "step": self.step,
+                "batch": self.batch,
+                "partial": self.partial,
                 "config": args_to_dict(self.args),
                 "log": self.log,
             },
@@ -307,6 +339,8 @@ class Trainer:
         args = self.args
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.tmp"):  # left by a run killed in the middle of an atomic write
+                stale.unlink(missing_ok=True)
             save_config(args, self.out / "config.yaml")
             if self.log:  # log.jsonl may lag last.pt if a run died between the two writes
                 atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))
@@ -322,12 +356,14 @@ class Trainer:
         from tqdm.auto import tqdm
 
         progress = args.progress  # None: tqdm decides (bars only on a terminal)
-        try:
+        with self._stop_on_signals():
             while self.epoch < stop_at:
-                start = time.time()
-                loss = self._train_epoch(tqdm, progress)
+                start = time.time() - self.partial["seconds"]
+                loss = self._train_epoch(tqdm, progress, start)
                 val_acc = self._validate()
                 self.epoch += 1
+                self.batch = 0
+                self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}
                 record = {
                     "epoch": self.epoch,
                     "loss": round(loss, 6),
@@ -346,15 +382,34 @@ class Trainer:
                     val_acc,
                     record["seconds"],
                 )
-        except KeyboardInterrupt:
-            _logger.warning("interrupted; %s holds epoch %d; continue with --resume", self.out / "last.pt", self.epoch)
-            raise
         if self.epoch < args.epochs:
             _logger.info("stopped after epoch %d of %d; continue with --resume", self.epoch, args.epochs)
         else:
             _logger.info("done: %s; next: python search.py --supernet %s", self.out / "last.pt", self.out / "last.pt")
 
-    def _train_epoch(self, tqdm, progress) -> float:
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """Ctrl-C / SIGTERM ask for a stop at the next step boundary (then a resumable save); a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, _frame):
+            self._stop = True
+            _logger.warning("%s: saving after the current step (send it again to abort)", signal.Signals(signum).name)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _train_epoch(self, tqdm, progress, start: float) -> float:
         args = self.args
         model = self.model
         model.train()
@@ -365,8 +420,9 @@ class Trainer:
             seed=args.seed * 1_000_003 + self.epoch,
             workers=args.workers,
             shard=self.dist.shard if self.dist.enabled else None,
+            skip=self.batch,
         )
-        total, count = 0.0, 0
+        total, count = self.partial["loss"], self.partial["count"]
         disable = _disable(progress) if self.dist.main else True
         bar = tqdm(
             zip(loader, meta),
@@ -380,7 +436,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             set_subnet(model, sample_subnet(model, self.rng))  # the same draw on every rank
             with autocast(self.device, args.amp):
-                logits = model(x)
+                logits = self.forward(x)
             # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
             loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=args.smoothing, reduction="sum") * weight
             loss = loss_sum / global_n
@@ -389,9 +445,10 @@ class Trainer:
             self.dist.all_reduce_grads(self.params)
             batch_loss, _ = self.dist.sum([loss_sum.item(), 0.0], self.device)
             if not math.isfinite(batch_loss):
+                kept = "last.pt is as it was" if (self.out / "last.pt").exists() else "no checkpoint was written"
                 raise DivergenceError(
                     f"loss became {batch_loss / global_n} at epoch {self.epoch + 1}, step {self.step + 1}; stopped "
-                    f"without saving (last.pt still holds epoch {self.epoch}); try a lower --lr or --clip-grad"
+                    f"without saving ({kept}); try a lower --lr or --clip-grad"
                 )
             if args.clip_grad:
                 nn.utils.clip_grad_norm_(self.params, args.clip_grad)
@@ -400,8 +457,25 @@ class Trainer:
             self.scheduler.step_update(self.step)
             total += batch_loss
             count += global_n
+            self.batch += 1
+            if self._stop_requested():
+                self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
+                self._save()
+                _logger.warning(
+                    "interrupted at epoch %d, batch %d: %s saved; continue with --resume",
+                    self.epoch + 1,
+                    self.batch,
+                    self.out / "last.pt",
+                )
+                raise KeyboardInterrupt
             bar.set_postfix(loss=f"{batch_loss / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
         return total / max(count, 1)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if not self.dist.enabled:
+            return self._stop
+        return self.dist.sum([1.0 if self._stop else 0.0], self.device)[0] > 0
 
     def _validate(self) -> float:
         set_subnet(self.model, sample_subnet(self.model, self.rng))

@@ -37,6 +37,12 @@ def _timm(name: str, **kw) -> Callable[[], nn.Module]:
 VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
+def tiny_vit(num_classes: int = 3, **overrides) -> nn.Module:
+    """A 16x16-input ViT with one or two small blocks: enough structure for search and encoding tests."""
+    kw = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2) | overrides
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **kw)
+
+
 @dataclass
 class Case:
     id: str

@@ -75,6 +75,10 @@ def test_all_reduced_gradients_equal_single_process(tmp_path, n):
         assert diff < 1e-12, f"{name}: {diff}"
 
 
+def _python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -84,13 +88,7 @@ def test_torchrun_training_and_search_match_a_single_process(tmp_path):
     common = ["--epochs", "2", "--device", "cpu"]
     two = _torchrun("train_supernet.py", *common, "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run(
-        [sys.executable, "train_supernet.py", *common, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    one = _python("train_supernet.py", *common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     a, b = glora.read_checkpoint(tmp_path / "one" / "last.pt"), glora.read_checkpoint(tmp_path / "two" / "last.pt")
     for ra, rb in zip(a["log"], b["log"], strict=True):
@@ -103,31 +101,11 @@ def test_torchrun_training_and_search_match_a_single_process(tmp_path):
     assert (num / den).sqrt() < 1e-2
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "last.pt", "log.jsonl"]
 
-    small = [
-        "--population",
-        "6",
-        "--parents",
-        "2",
-        "--mutations",
-        "2",
-        "--crossovers",
-        "2",
-        "--generations",
-        "2",
-        "--device",
-        "cpu",
-        "--supernet",
-        str(tmp_path / "one" / "last.pt"),
-    ]
+    small = "--population 6 --parents 2 --mutations 2 --crossovers 2 --generations 2 --device cpu".split()
+    small += ["--supernet", str(tmp_path / "one" / "last.pt")]
     two = _torchrun("search.py", *small, "--out", str(tmp_path / "s2"))
     assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run(
-        [sys.executable, "search.py", *small, "--out", str(tmp_path / "s1")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    one = _python("search.py", *small, "--out", str(tmp_path / "s1"))
     assert one.returncode == 0, one.stderr[-2000:]
     s1 = json.loads((tmp_path / "s1" / "search_state.json").read_text())
     s2 = json.loads((tmp_path / "s2" / "search_state.json").read_text())

@@ -426,3 +426,11 @@ def test_scripts_fail_with_one_line(script, args, match, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
+
+
+def test_compile_path_gives_the_same_training(tmp_path, pipeline):
+    """--compile traces around the GLoRA layers; with the eager backend the result is bit-identical."""
+    assert _train(tmp_path / "c", "--compile", "--compile-backend", "eager") == 0
+    compiled = glora.read_checkpoint(tmp_path / "c" / "last.pt")["trainable"]
+    plain = glora.read_checkpoint(pipeline / "supernet" / "last.pt")["trainable"]
+    assert all(torch.equal(compiled[k], plain[k]) for k in plain)

@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from cases import tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -26,18 +27,7 @@ def _shared_gift_model() -> nn.Module:
 
 
 def _vit_model() -> nn.Module:
-    import timm
-
-    vit = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=3,
-        img_size=16,
-        patch_size=8,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-    )
+    vit = tiny_vit()
     return glora.inject(vit, glora.SearchSpace(lora_ranks=(8, 4), gift_ranks=(4,)))
 
 

@@ -1,0 +1,280 @@
+"""Accuracy per parameter on the embedded transfer task (digits 0-4 backbone -> digits 5-9), several seeds.
+
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--epochs 40] [--out benchmarks/accuracy]
+
+Methods: linear probe (head only), LoRA r=8 as a fixed GLoRA subnet (B = lora_8, rest none), full fine-tuning,
+and GLoRA: a supernet trained with train_supernet.py and searched with search.py under LoRA r=8's parameter
+budget (the paper's count). Test accuracy of every method's final model; the searched subnet's test accuracy is
+search.py's own report. Also the Pareto front (validation accuracy vs params) of the first seed's search, and the
+Kendall rank correlation between the supernet's inherited-weight accuracy and stand-alone accuracy (each subnet
+trained alone from the same backbone) for --tau-subnets random subnets: how faithfully the supernet ranks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine
+
+import glora
+from glora.backbone import PROJECT_ROOT
+from glora.cli import setup_logging
+from glora.data import Normalizer, load_digits, make_loader
+from glora.evaluate import accuracy
+from glora.train import main as train_main
+from search.cli import main as search_main
+
+BACKBONE = f"local-dir:{PROJECT_ROOT / 'assets' / 'digits-vit'}"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=240, help="every method trains this long (the supernet too)")
+    p.add_argument("--tau-subnets", type=int, default=8)
+    p.add_argument("--out", default="benchmarks/accuracy", help="folder for results.json and the plot")
+    return p.parse_args()
+
+
+def backbone() -> torch.nn.Module:
+    return timm.create_model(BACKBONE, pretrained=True, num_classes=5)
+
+
+def fit(model, params, lr: float, epochs: int, seed: int, before_step=None) -> None:
+    """The same recipe as train_supernet.py (AdamW wd 1e-4, cosine with 2 warmup epochs, batch 64)."""
+    from timm.scheduler import CosineLRScheduler
+
+    train = load_digits("transfer", "train")
+    norm = Normalizer((0.5,), (0.5,))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    steps = math.ceil(len(train) / 64)
+    sched = CosineLRScheduler(
+        opt,
+        t_initial=epochs * steps,
+        lr_min=1e-6,
+        warmup_t=2 * steps,
+        warmup_lr_init=1e-6,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    sched.step_update(0)
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        loader, _ = make_loader(train, 64, shuffle=True, seed=seed * 1_000_003 + epoch)
+        for x, y in loader:
+            if before_step:
+                before_step()
+            loss = F.cross_entropy(model(norm(x)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sched.step_update(step)
+
+
+def evaluate(model, split: str) -> float:
+    loader, _ = make_loader(load_digits("transfer", split), 256, shuffle=False)
+    return accuracy(model, loader, Normalizer((0.5,), (0.5,)), torch.device("cpu"))
+
+
+def linear_probe(seed: int, epochs: int) -> tuple[float, int]:
+    torch.manual_seed(seed)
+    model = backbone()
+    model.reset_classifier(5)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith("head."))
+    fit(model, list(model.head.parameters()), 1e-2, epochs, seed)
+    return evaluate(model, "test"), 0
+
+
+def full_finetune(seed: int, epochs: int) -> tuple[float, int]:
+    torch.manual_seed(seed)
+    model = backbone()
+    model.reset_classifier(5)
+    head = sum(p.numel() for p in model.head.parameters())
+    fit(model, list(model.parameters()), 1e-3, epochs, seed)
+    return evaluate(model, "test"), sum(p.numel() for p in model.parameters()) - head
+
+
+def fixed_subnet(seed: int, epochs: int, subnet_of, lr: float = 5e-3, split: str = "test") -> tuple[float, int]:
+    """Train one GLoRA subnet alone (stand-alone accuracy)."""
+    torch.manual_seed(seed)
+    model = backbone()
+    model.reset_classifier(5)
+    glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))
+    subnet = subnet_of(model)
+    glora.set_subnet(model, subnet)
+    fit(model, [p for p in model.parameters() if p.requires_grad], lr, epochs, seed)
+    return evaluate(model, split), glora.count_params(model, subnet)
+
+
+def glora_search(seed: int, epochs: int, budget: int, work: Path) -> tuple[float, int, Path]:
+    supernet = work / f"supernet-{seed}"
+    assert train_main(["--epochs", str(epochs), "--seed", str(seed), "--out", str(supernet), "--no-progress"]) == 0
+    out = work / f"search-{seed}"
+    code = search_main(
+        [
+            "--supernet",
+            str(supernet / "last.pt"),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--param-limit",
+            f"{budget / 1e6:.6f}",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    final = json.loads((out / "search_log.jsonl").read_text().splitlines()[-1])
+    return final["test_acc"], final["params"], out
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b (ties counted as neither concordant nor discordant)."""
+    conc = disc = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def main() -> None:
+    args = parse()
+    setup_logging()
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[tuple[float, int]]] = {
+        "linear probe": [],
+        "LoRA r=8 (B=lora_8)": [],
+        "full fine-tuning": [],
+        "GLoRA searched (<= LoRA params)": [],
+    }
+    lora = lambda m: glora.make_subnet(m, B="lora_8")  # noqa: E731
+    first_search = None
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in args.seeds:
+            rows["linear probe"].append(linear_probe(seed, args.epochs))
+            rows["full fine-tuning"].append(full_finetune(seed, args.epochs))
+            acc, lora_params = fixed_subnet(seed, args.epochs, lora)
+            rows["LoRA r=8 (B=lora_8)"].append((acc, lora_params))
+            acc, params, search_dir = glora_search(seed, args.epochs, lora_params, work)
+            rows["GLoRA searched (<= LoRA params)"].append((acc, params))
+            if first_search is None:
+                first_search = json.loads((search_dir / "pareto.json").read_text())["front"]
+                supernet = glora.load_supernet(work / f"supernet-{seed}" / "last.pt")
+            print(f"seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.4f}" for k, v in rows.items()), flush=True)
+
+        # Rank correlation: inherited-weight vs stand-alone validation accuracy of random subnets.
+        rng = random.Random(123)
+        subnets = [glora.sample_subnet(supernet, rng) for _ in range(args.tau_subnets)]
+        inherited = []
+        for s in subnets:
+            with glora.folded(supernet, s):
+                inherited.append(evaluate(supernet, "val"))
+        alone = [fixed_subnet(args.seeds[0], args.epochs, lambda m, s=s: s, split="val")[0] for s in subnets]
+    tau = kendall_tau(inherited, alone)
+
+    print(f"\nmachine: {machine()}")
+    print(f"embedded task, {len(args.seeds)} seeds {args.seeds}, {args.epochs} epochs each; test accuracy mean ± std")
+    print(f"{'method':34s} {'params (paper count)':>21s} {'test acc':>16s}")
+    summary = {}
+    for k, v in rows.items():
+        accs = [a for a, _ in v]
+        params = [p for _, p in v]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        summary[k] = {"test_acc": accs, "params": params}
+        print(f"{k:34s} {statistics.mean(params):>21,.0f} {statistics.mean(accs):9.4f} ± {std:.4f}")
+    print(
+        f"Pareto front (seed {args.seeds[0]}, val acc): "
+        + ", ".join(f"{p['params']:,}: {p['val_acc']:.3f}" for p in first_search)
+    )
+    print(f"Kendall tau, inherited vs stand-alone val accuracy over {len(subnets)} random subnets: {tau:.3f}")
+    print("  inherited:  " + " ".join(f"{a:.3f}" for a in inherited))
+    print("  stand-alone:" + " ".join(f"{a:.3f}" for a in alone))
+    result = {
+        "machine": machine(),
+        "args": vars(args),
+        "methods": summary,
+        "pareto_front": first_search,
+        "kendall_tau": tau,
+        "inherited": inherited,
+        "stand_alone": alone,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(summary, first_search, out / "accuracy_vs_params.png")
+    print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_params.png'}")
+
+
+def plot(summary, front, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, (k, v) in enumerate(summary.items()):
+        if k == "full fine-tuning":
+            continue  # 200k params: off the chart's scale; its accuracy is drawn as a line
+        ax.errorbar(
+            [statistics.mean(v["params"]) / 1e3],
+            [statistics.mean(v["test_acc"])],
+            yerr=[statistics.stdev(v["test_acc"]) if len(v["test_acc"]) > 1 else 0],
+            fmt="o",
+            capsize=4,
+            color=f"C{i}",
+            label=k,
+        )
+    ft = summary["full fine-tuning"]
+    ax.axhline(
+        statistics.mean(ft["test_acc"]),
+        color="grey",
+        ls="--",
+        label=f"full fine-tuning ({statistics.mean(ft['params']) / 1e3:.0f}k params)",
+    )
+    ax.step(
+        [p["params"] / 1e3 for p in front],
+        [p["val_acc"] for p in front],
+        where="post",
+        color="C5",
+        alpha=0.6,
+        label="GLoRA Pareto front (val, seed 0)",
+    )
+    ax.set_xlabel("trained parameters (thousands, paper's count; head excluded)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
