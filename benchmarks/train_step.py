@@ -150,7 +150,7 @@ def main() -> None:
         f"model {args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, GLoRA ranks "
         f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)"
     )
-    header = f"{'method':18s} {'trainable':>10s} {'step ms':>9s} {'vs bias-only':>13s} {'saved MiB':>10s}"
+    header = f"{'method':18s} {'trainable':>10s} {'step ms':>9s} {'img/s':>7s} {'vs bias-only':>13s} {'saved MiB':>10s}"
     print(header + (f" {'peak +MiB':>9s}" if peaks else ""))
     rows = {}
     for m, (method, _, _) in runs.items():
@@ -158,11 +158,15 @@ def main() -> None:
         rows[m] = {
             "trainable": method.trainable,
             "step_ms": times[m] * 1e3,
+            "img_per_s": args.batch_size / times[m],
             "vs_bias_only": ratio,
             "saved_mib": saved[m],
             "peak_mib": peaks.get(m),
         }
-        line = f"{m:18s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {ratio:12.2f}x {saved[m]:10.1f}"
+        line = (
+            f"{m:18s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {args.batch_size / times[m]:7.1f} "
+            f"{ratio:12.2f}x {saved[m]:10.1f}"
+        )
         print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine(), "results": rows}, indent=1))
