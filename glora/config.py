@@ -24,6 +24,8 @@ __all__ = [
     "parse_args",
     "explicit_options",
     "merge_for_resume",
+    "start_or_resume",
+    "add_progress_option",
     "read_yaml",
     "save_config",
     "args_to_dict",
@@ -238,6 +240,45 @@ def merge_for_resume(
             setattr(merged, k, getattr(args, k))
     merged.resume = True
     return merged
+
+
+def start_or_resume(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    resumable: Iterable[str],
+    *,
+    load: Callable[[], Any],
+    saved_config: Callable[[Any], Mapping[str, Any]],
+    existing: Iterable[Path],
+    what: str,
+) -> tuple[argparse.Namespace, Any]:
+    """``(args, state)`` for a command that writes into ``--out``: fresh (state None) or resumed from ``load()``.
+
+    The same rules for every such command: ``--resume`` and ``--force`` exclude each other; a resumed run keeps its
+    saved options (``merge_for_resume``); a fresh run refuses an ``--out`` that already holds results (any of
+    ``existing``, described as ``what``) unless ``--force``, so finished work is never overwritten by accident.
+    """
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other")
+    if args.resume:
+        state = load()
+        return merge_for_resume(parser, argv, args, saved_config(state), resumable), state
+    if not args.force and any(Path(p).exists() for p in existing):
+        raise FileExistsError(
+            f"{str(args.out)!r} already holds {what}; use --resume to continue it or --force to start over"
+        )
+    return args, None
+
+
+def add_progress_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``; the default (None) shows bars only on a terminal, so logs stay clean."""
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only on a terminal)",
+    )
 
 
 def args_to_dict(args: argparse.Namespace | Mapping[str, Any], drop: Iterable[str] = ("config", "debug")) -> dict:

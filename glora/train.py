@@ -29,9 +29,9 @@ from .backbone import BackboneSpec, build_backbone, fingerprint
 from .checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from .config import (
     ConfigError,
+    add_progress_option,
     args_to_dict,
     make_parser,
-    merge_for_resume,
     nonneg_float,
     nonneg_int,
     optional,
@@ -40,6 +40,7 @@ from .config import (
     positive_int,
     probability,
     save_config,
+    start_or_resume,
     yaml_mapping,
 )
 from .data import DATASETS, DataSpec, Normalizer, input_config, make_loader
@@ -149,12 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop (resumably) after this many epochs in this run, e.g. to fit a job time limit",
     )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars (default: only on a terminal)",
-    )
+    add_progress_option(g)
     return p
 
 
@@ -188,17 +184,17 @@ def _targets(args: argparse.Namespace) -> str | list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
-    out = Path(args.out)
-    ckpt = None
-    if args.resume and args.force:
-        raise ConfigError("--resume and --force contradict each other")
-    if args.resume:
-        ckpt = read_checkpoint(out / "last.pt")
-        args = merge_for_resume(parser, argv, args, ckpt.get("config", {}), RESUMABLE_OPTIONS)
-    elif (out / "last.pt").exists() and not args.force:
-        raise FileExistsError(
-            f"{str(out)!r} already holds a supernet checkpoint; use --resume to continue it or --force to start over"
-        )
+    last = Path(args.out) / "last.pt"
+    args, ckpt = start_or_resume(
+        parser,
+        argv,
+        args,
+        RESUMABLE_OPTIONS,
+        load=lambda: read_checkpoint(last),
+        saved_config=lambda c: c.get("config", {}),
+        existing=[last],
+        what="a supernet checkpoint",
+    )
     trainer = Trainer(args, ckpt)
     try:
         trainer.fit()

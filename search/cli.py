@@ -20,10 +20,9 @@ from glora import folded, load_supernet, save_subnet
 from glora._io import atomic_write_text
 from glora.checkpoint import read_checkpoint
 from glora.config import (
-    ConfigError,
+    add_progress_option,
     args_to_dict,
     make_parser,
-    merge_for_resume,
     nonneg_float,
     nonneg_int,
     optional,
@@ -32,6 +31,7 @@ from glora.config import (
     positive_int,
     probability,
     save_config,
+    start_or_resume,
 )
 from glora.data import DataSpec, Normalizer, make_loader
 from glora.distributed import Distributed, setup_distributed
@@ -84,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--resume", action="store_true", help=f"continue from <out>/{STATE_FILE}")
     g.add_argument("--force", action="store_true", help="overwrite results already in --out")
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: only on a terminal)",
-    )
+    add_progress_option(g)
     return p
 
 
@@ -109,14 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     out = Path(args.out)
-    state = None
-    if args.resume and args.force:
-        raise ConfigError("--resume and --force contradict each other")
-    if args.resume:
-        state = _read_state(out / STATE_FILE)
-        args = merge_for_resume(parser, argv, args, state["config"], RESUMABLE_OPTIONS)
-    elif any((out / f).exists() for f in (STATE_FILE, "subnet.yaml")) and not args.force:
-        raise FileExistsError(f"{str(out)!r} already holds search results; use --resume to continue or --force")
+    args, state = start_or_resume(
+        parser,
+        argv,
+        args,
+        RESUMABLE_OPTIONS,
+        load=lambda: _read_state(out / STATE_FILE),
+        saved_config=lambda s: s["config"],
+        existing=[out / STATE_FILE, out / "subnet.yaml"],
+        what="search results",
+    )
 
     job, device = setup_distributed(resolve_device(args.device))
     if not job.main:
