@@ -33,21 +33,26 @@ _NONE, _LORA, _VECTOR, _SCALAR = "none", "lora", "vector", "scalar"
 
 
 def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
-    """W_uni for A in {none, vector, scalar, lora} and any B (the same formula as GLoRALinear.merged_weight)."""
+    """W_uni for A in {none, vector, scalar, lora} and any B (the same formula as GLoRALinear.merged_weight).
+
+    Fused ops (addcmul, addmm, in-place adds on the fresh tensor): each weight-sized pass costs about as much as
+    a small layer's whole input gradient at batch 1, and this runs twice a step (forward and backward).
+    """
     if a_kind == _LORA:
-        w = w0 + w0 * (Ad[:, :a_rank] @ Au[:a_rank])
+        w = torch.addcmul(w0, w0, Ad[:, :a_rank] @ Au[:a_rank])
     elif a_kind == _VECTOR:
         w = w0 * (1 + Ad[:, :1])
     elif a_kind == _SCALAR:
         w = w0 * (1 + Ad[0, 0])
     else:
         w = w0
+    fresh = w is not w0
     if b_kind == _LORA:
-        w = w + Bd[:, :b_rank] @ Bu[:b_rank]
+        w = w.addmm_(Bd[:, :b_rank], Bu[:b_rank]) if fresh else torch.addmm(w0, Bd[:, :b_rank], Bu[:b_rank])
     elif b_kind == _VECTOR:
-        w = w + Bd[:, :1]
+        w = w.add_(Bd[:, :1]) if fresh else w0 + Bd[:, :1]
     elif b_kind == _SCALAR:
-        w = w + Bd[0, 0]
+        w = w.add_(Bd[0, 0]) if fresh else w0 + Bd[0, 0]
     return w
 
 
@@ -99,33 +104,33 @@ class _GLoRAFunction(torch.autograd.Function):
                 G = (g2.t() @ x2.to(g2.dtype)).to(acc)
                 if need[2]:
                     gsum = _colsum(g2, acc)
+                if b_grad:  # (before G is scaled in place below)
+                    gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
                 if a_grad:
-                    dM = w0.to(acc) * G
+                    dM = G.mul_(w0)
                     gAd, gAu = _zeros(Ad, acc), _zeros(Au, acc)
                     gAd[:, :a_rank] = dM @ Au[:a_rank].to(acc).t()
                     gAu[:a_rank] = Ad[:, :a_rank].to(acc).t() @ dM
-                if b_grad:
-                    gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
             else:
                 # Every reduction over tokens that B and the bias need comes from ONE skinny product
-                # [1 | u or Σx]ᵀ g: one pass over g instead of one each. ((·)ᵀ g, not gᵀ(·): CPU BLAS runs the
-                # skinny product several times faster in this layout; see benchmarks/RESULTS.md.)
+                # [1 | u or Σx]ᵀ g: one pass over g instead of one each.
                 want_sum = need[2] or y2 is not None
                 thin = u if (b_grad and b_kind == _LORA) else sx.unsqueeze(1) if (b_grad and sx is not None) else None
-                cols = ([torch.ones_like(g2[:, :1])] if want_sum else []) + (
-                    [thin.to(g2.dtype)] if thin is not None else []
-                )
-                if cols:
-                    red = (torch.cat(cols, 1).t() @ g2).to(acc)
+                if thin is not None:
+                    cols = [torch.ones_like(g2[:, :1]), thin.to(g2.dtype)] if want_sum else [thin.to(g2.dtype)]
+                    red = _token_dot(torch.cat(cols, 1), g2).to(acc)
                     if want_sum:
                         gsum, red = red[0], red[1:]
+                elif want_sum:
+                    gsum = _colsum(g2, acc)
                 gb = None  # per-output Σ_t g ⊙ (B x), reused for the A gradient below
                 if b_grad and b_kind == _LORA:
                     gBd, gBu = _zeros(Bd, acc), _zeros(Bu, acc)
                     gBd_r = red.t()
                     gBd[:, :b_rank] = gBd_r
-                    gu = (Bd[:, :b_rank].to(g2.dtype).t() @ g2.t()).t()
-                    gBu[:b_rank] = (gu.t() @ x2.to(gu.dtype)).to(acc)
+                    # g Bd as a linear layer with a contiguous r x out weight: the layout CPU BLAS runs fastest.
+                    gu = torch.nn.functional.linear(g2, Bd[:, :b_rank].t().to(g2.dtype).contiguous())
+                    gBu[:b_rank] = _token_dot(gu, x2.to(gu.dtype)).to(acc)
                     gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
                 elif b_grad and b_kind in (_VECTOR, _SCALAR):
                     gBd = _zeros(Bd, acc)
@@ -168,6 +173,28 @@ class _GLoRAFunction(torch.autograd.Function):
 def _colsum(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """Sum over tokens, accumulated in at least float32 (bf16 activations under autocast)."""
     return t.sum(0) if t.dtype == acc else t.sum(0, dtype=acc)
+
+
+# CPU token reductions aᵀb with a skinny a (T x r, r small) run as a batch of _TOKEN_CHUNKS partial products once
+# T reaches _CHUNK_MIN_ROWS: MKL runs one (r x T)(T x n) product at a fraction of its speed (about 1.6x slower
+# for a ViT-S fc1 at batch 32; measured in benchmarks/RESULTS.md).
+_TOKEN_CHUNKS = 32
+_CHUNK_MIN_ROWS = 2048
+
+
+def _token_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``aᵀ b``, a reduction over the token rows of ``a`` (T x r, r small) and ``b`` (T x n)."""
+    rows = a.shape[0]
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or rows < _CHUNK_MIN_ROWS:
+        return a.t() @ b
+    n = rows // _TOKEN_CHUNKS * _TOKEN_CHUNKS
+    parts = torch.bmm(
+        a[:n].view(_TOKEN_CHUNKS, -1, a.shape[1]).transpose(1, 2), b[:n].view(_TOKEN_CHUNKS, -1, b.shape[1])
+    )
+    out = parts.sum(0)
+    if n < rows:
+        out.addmm_(a[n:].t(), b[n:])
+    return out
 
 
 # Rows per block of the CPU column-dot reduction: a block of g ⊙ y stays in cache (about 1-3 MB).

@@ -35,14 +35,16 @@ def _grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, fused: bo
     return y.detach(), grads
 
 
-@pytest.mark.parametrize("block", [None, 4 * OUT], ids=["one-block", "row-blocks"])
+@pytest.mark.parametrize("block", [None, 4 * OUT], ids=["whole", "chunked"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize(
     "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
 )
 def test_fused_equals_reference_for_every_choice(space, bias, block, monkeypatch):
-    if block is not None:  # CPU column dots in blocks of 4 token rows: 6 rows = a full and a partial block
-        monkeypatch.setattr(glora.fused, "_DOT_BLOCK_ELEMENTS", block)
+    if block is not None:  # the CPU paths for many tokens, on 6 token rows
+        monkeypatch.setattr(glora.fused, "_DOT_BLOCK_ELEMENTS", block)  # column dots: blocks of 4 rows and 2 rows
+        monkeypatch.setattr(glora.fused, "_CHUNK_MIN_ROWS", 4)  # token reductions: 4 chunks of 1 row + 2 rows
+        monkeypatch.setattr(glora.fused, "_TOKEN_CHUNKS", 4)
     layer = _layer(space, bias)
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
