@@ -46,6 +46,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model (GLoRA layers stay eager)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method
     return p.parse_args()
@@ -58,6 +59,7 @@ def setup(args, name, device):
     method = build_method(name, make, ranks=args.ranks)
     method.model.to(device).train()
     opt = torch.optim.AdamW([p for p in method.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+    forward = torch.compile(method.model) if args.compile else method.model
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
@@ -65,7 +67,7 @@ def setup(args, name, device):
     def loss():
         method.before_step()
         with autocast(device, args.amp):
-            out = method.model(x)
+            out = forward(x)
         return F.cross_entropy(out.float(), y)
 
     def step():
@@ -116,6 +118,9 @@ def main() -> None:
     times = interleaved({m: r[2] for m, r in runs.items()}, args.rounds, args.warmup, device)
     saved = {}
     for m, (method, loss, _) in runs.items():
+        if args.compile:  # compiled graphs keep their tensors outside autograd's saved-tensor hooks
+            saved[m] = float("nan")
+            continue
         samples = args.memory_samples if method.before_step is not None and m.endswith(("supernet", "reference")) else 1
         saved[m] = sum(saved_for_backward_mib(method.model, loss) for _ in range(samples)) / samples
     peaks = {}
@@ -140,6 +145,7 @@ def main() -> None:
                 args.amp,
                 "--ranks",
                 *map(str, args.ranks),
+                *(["--compile"] if args.compile else []),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
@@ -148,7 +154,7 @@ def main() -> None:
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
     print(
         f"model {args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, GLoRA ranks "
-        f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)"
+        f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)" + (", torch.compile" if args.compile else "")
     )
     header = f"{'method':18s} {'trainable':>10s} {'step ms':>9s} {'img/s':>7s} {'vs bias-only':>13s} {'saved MiB':>10s}"
     print(header + (f" {'peak +MiB':>9s}" if peaks else ""))

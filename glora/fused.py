@@ -20,11 +20,13 @@ choice does not touch get no gradient (``None``), exactly as autograd would leav
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 
 import torch
 
-__all__ = ["fused_linear", "SCALE_GUARD"]
+__all__ = ["fused_linear", "ScaleGuard", "SCALE_GUARD"]
 
 # Smallest |1 + a| for which the vector/scalar-A gradient is recovered from the output.
 SCALE_GUARD = 1e-2
@@ -59,101 +61,100 @@ def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
 class _GLoRAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank, copy_out):
-        x2 = x.reshape(-1, x.shape[-1])
-        w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
-        y = torch.nn.functional.linear(x, w, bias)
-        y2 = y.reshape(-1, y.shape[-1])
-        amp = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        need = ctx.needs_input_grad
-        a_grad = need[3] or need[4]
-        b_grad = need[5] or need[6]
-        u = sx = None
-        if b_grad and a_kind != _LORA:
-            if b_kind == _LORA:
-                u = x2 @ Bu[:b_rank].t().to(x2.dtype)
-            elif b_kind in (_VECTOR, _SCALAR):
-                sx = x2.sum(1)
+        dev = x.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and x.dtype != torch.float64 else None
+        # Under autocast: W_uni in the weights' precision, then one cast for the matmul, where autocast would cast
+        # W0 and every factor separately (each cast is a kernel launch) and round W_uni's sum in bf16.
+        with torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
+            w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+            xc = x if amp is None else _as(x, amp)
+            y = torch.nn.functional.linear(xc, w if amp is None else w.to(amp), _as(bias, amp))
+            x2 = xc.reshape(-1, x.shape[-1])
+            y2 = y.reshape(-1, y.shape[-1])
+            need = ctx.needs_input_grad
+            a_grad = need[3] or need[4]
+            b_grad = need[5] or need[6]
+            u = sx = None
+            if b_grad and a_kind != _LORA:
+                if b_kind == _LORA:
+                    u = x2 @ Bu[:b_rank].t().to(x2.dtype)
+                elif b_kind in (_VECTOR, _SCALAR):
+                    sx = x.reshape(-1, x.shape[-1]).sum(1)
         keep_x = (a_grad and a_kind == _LORA) or (b_grad and b_kind == _LORA)
         keep_y = a_grad and a_kind in (_VECTOR, _SCALAR)
-        if keep_x and amp is not None:
-            x2 = x2.to(amp)  # what autograd would keep under autocast
+        # (x2 is in autocast's dtype: what autograd would keep)
         ctx.save_for_backward(x2 if keep_x else None, y2 if keep_y else None, u, sx, w0, bias, Ad, Au, Bd, Bu)
         ctx.plan = (a_kind, a_rank, b_kind, b_rank)
         ctx.x_shape = x.shape
-        ctx.amp = amp
         # A parent that edits our output in place (BEiT's qkv += bias) gets its own copy: autograd forbids
         # editing a custom Function's output in place, and the saved output must stay as it was.
         return y.clone() if copy_out else y
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Backward runs without autocast; every product casts explicitly (the gradient arrives in autocast's dtype).
         x2, y2, u, sx, w0, bias, Ad, Au, Bd, Bu = ctx.saved_tensors
         a_kind, a_rank, b_kind, b_rank = ctx.plan
         acc = torch.promote_types(w0.dtype, torch.float32)  # accumulate in at least float32
         need = ctx.needs_input_grad
-        amp = torch.autocast(grad_out.device.type, dtype=ctx.amp) if ctx.amp is not None else contextlib.nullcontext()
-        with amp:
-            g2 = grad_out.reshape(-1, grad_out.shape[-1])
-            grad_x = grad_bias = gAd = gAu = gBd = gBu = None
-            if need[0]:  # (the first adapted layer of a frozen backbone needs no input gradient)
-                w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
-                grad_x = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
-            a_grad, b_grad = need[3] or need[4], need[5] or need[6]
-            gsum = None  # Σ_t g: the bias gradient, and part of the vector/scalar-A gradient
-            if a_kind == _LORA:
-                G = (g2.t() @ x2.to(g2.dtype)).to(acc)
-                if need[2]:
-                    gsum = _colsum(g2, acc)
-                if b_grad:  # (before G is scaled in place below)
-                    gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
-                if a_grad:
-                    dM = G.mul_(w0)
-                    gAd, gAu = _zeros(Ad, acc), _zeros(Au, acc)
-                    gAd[:, :a_rank] = dM @ Au[:a_rank].to(acc).t()
-                    gAu[:a_rank] = Ad[:, :a_rank].to(acc).t() @ dM
-            else:
-                # Every reduction over tokens that B and the bias need comes from ONE skinny product
-                # [1 | u or Σx]ᵀ g: one pass over g instead of one each.
-                want_sum = need[2] or y2 is not None
-                thin = u if (b_grad and b_kind == _LORA) else sx.unsqueeze(1) if (b_grad and sx is not None) else None
-                if thin is not None:
-                    cols = [torch.ones_like(g2[:, :1]), thin.to(g2.dtype)] if want_sum else [thin.to(g2.dtype)]
-                    red = _token_dot(torch.cat(cols, 1), g2).to(acc)
-                    if want_sum:
-                        gsum, red = red[0], red[1:]
-                elif want_sum:
-                    gsum = _colsum(g2, acc)
-                gb = None  # per-output Σ_t g ⊙ (B x), reused for the A gradient below
-                if b_grad and b_kind == _LORA:
-                    gBd, gBu = _zeros(Bd, acc), _zeros(Bu, acc)
-                    gBd_r = red.t()
-                    gBd[:, :b_rank] = gBd_r
-                    # g Bd as a linear layer with a contiguous r x out weight: the layout CPU BLAS runs fastest.
-                    gu = torch.nn.functional.linear(g2, Bd[:, :b_rank].t().to(g2.dtype).contiguous())
-                    gBu[:b_rank] = _token_dot(gu, x2.to(gu.dtype)).to(acc)
-                    gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
-                elif b_grad and b_kind in (_VECTOR, _SCALAR):
-                    gBd = _zeros(Bd, acc)
-                    gsx = red[0]
-                    if b_kind == _VECTOR:
-                        gBd[:, 0] = gsx
-                        gb = Bd[:, 0].to(acc) * gsx
-                    else:
-                        gBd[0, 0] = gsx.sum()
-                        gb = Bd[0, 0].to(acc) * gsx
-                if y2 is not None:  # vector/scalar A: Σ_t g ⊙ h, h s = y - bias - B x
-                    corr = _column_dots(g2, y2, acc)  # Σ_t g ⊙ y
-                    if bias is not None:
-                        corr = corr - bias.to(acc) * gsum
-                    if gb is not None:  # B x's share of y (fused_linear only fuses this case with B trained)
-                        corr = corr - gb
-                    gAd = _zeros(Ad, acc)
-                    if a_kind == _VECTOR:
-                        gAd[:, 0] = corr / (1 + Ad[:, 0].to(acc))
-                    else:
-                        gAd[0, 0] = corr.sum() / (1 + Ad[0, 0].to(acc))
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_bias = gAd = gAu = gBd = gBu = None
+        if need[0]:  # (the first adapted layer of a frozen backbone needs no input gradient)
+            w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+            grad_x = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
+        a_grad, b_grad = need[3] or need[4], need[5] or need[6]
+        gsum = None  # Σ_t g: the bias gradient, and part of the vector/scalar-A gradient
+        if a_kind == _LORA:
+            G = (g2.t() @ x2.to(g2.dtype)).to(acc)
             if need[2]:
-                grad_bias = gsum.to(bias.dtype)
+                gsum = _colsum(g2, acc)
+            if b_grad:  # (before G is scaled in place below)
+                gBd, gBu = _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc)
+            if a_grad:
+                dM = G.mul_(w0)
+                gAd = _place(dM @ Au[:a_rank].to(acc).t(), Ad)
+                gAu = _place(Ad[:, :a_rank].to(acc).t() @ dM, Au)
+        else:
+            want_sum = need[2] or y2 is not None
+            thin = u if (b_grad and b_kind == _LORA) else sx.unsqueeze(1) if (b_grad and sx is not None) else None
+            if thin is not None and want_sum and _cpu_tuned(g2):
+                # On CPU every reduction over tokens that B and the bias need comes from ONE skinny product
+                # [1 | u or Σx]ᵀ g: one pass over g instead of two. (On a GPU the pass is cheap, a launch is not.)
+                red = _token_dot(torch.cat([torch.ones_like(g2[:, :1]), thin.to(g2.dtype)], 1), g2).to(acc)
+                gsum, red = red[0], red[1:]
+            else:
+                if thin is not None:
+                    red = _token_dot(thin.to(g2.dtype), g2).to(acc)
+                if want_sum:
+                    gsum = _colsum(g2, acc)
+            gb = None  # per-output Σ_t g ⊙ (B x), reused for the A gradient below
+            if b_grad and b_kind == _LORA:
+                gBd_r = red.t()
+                gBd = _place(gBd_r, Bd)
+                # g Bd as a linear layer with a contiguous r x out weight: the layout CPU BLAS runs fastest.
+                gu = torch.nn.functional.linear(g2, Bd[:, :b_rank].t().to(g2.dtype).contiguous())
+                gBu = _place(_token_dot(gu, x2.to(gu.dtype)).to(acc), Bu)
+                gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
+            elif b_grad and b_kind in (_VECTOR, _SCALAR):
+                gsx = red[0]
+                if b_kind == _VECTOR:
+                    gBd = _place(gsx.unsqueeze(1), Bd)
+                    gb = Bd[:, 0].to(acc) * gsx
+                else:
+                    gBd = _place(gsx.sum().view(1, 1), Bd)
+                    gb = Bd[0, 0].to(acc) * gsx
+            if y2 is not None:  # vector/scalar A: Σ_t g ⊙ h, h s = y - bias - B x
+                corr = _column_dots(g2, y2, acc)  # Σ_t g ⊙ y
+                if bias is not None:
+                    corr = corr - bias.to(acc) * gsum
+                if gb is not None:  # B x's share of y (fused_linear only fuses this case with B trained)
+                    corr = corr - gb
+                if a_kind == _VECTOR:
+                    gAd = _place((corr / (1 + Ad[:, 0].to(acc))).unsqueeze(1), Ad)
+                else:
+                    gAd = _place((corr.sum() / (1 + Ad[0, 0].to(acc))).view(1, 1), Ad)
+        if need[2]:
+            grad_bias = gsum.to(bias.dtype)
         return (
             grad_x,
             None,
@@ -175,9 +176,19 @@ def _colsum(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return t.sum(0) if t.dtype == acc else t.sum(0, dtype=acc)
 
 
+# Device types that get the CPU-tuned forms below (one-pass token reductions, chunked skinny products, blocked column
+# dots); every other device gets the form with the fewest kernel launches. A tuple so tests can empty it and check
+# the accelerator forms on CPU in float64.
+_CPU_TUNED: tuple[str, ...] = ("cpu",)
+
+
+def _cpu_tuned(t: torch.Tensor) -> bool:
+    return t.device.type in _CPU_TUNED
+
+
 # CPU token reductions aᵀb with a skinny a (T x r, r small) run as a batch of _TOKEN_CHUNKS partial products once
-# T reaches _CHUNK_MIN_ROWS: MKL runs one (r x T)(T x n) product at a fraction of its speed (about 1.6x slower
-# for a ViT-S fc1 at batch 32; measured in benchmarks/RESULTS.md).
+# T reaches _CHUNK_MIN_ROWS: MKL runs one (r x T)(T x n) product well below its GEMM speed (for a ViT-S fc1 at
+# batch 32, 5.10 -> 3.53 ms for [1|u]ᵀg; measured in benchmarks/RESULTS.md).
 _TOKEN_CHUNKS = 32
 _CHUNK_MIN_ROWS = 2048
 
@@ -185,7 +196,7 @@ _CHUNK_MIN_ROWS = 2048
 def _token_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``aᵀ b``, a reduction over the token rows of ``a`` (T x r, r small) and ``b`` (T x n)."""
     rows = a.shape[0]
-    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or rows < _CHUNK_MIN_ROWS:
+    if not _cpu_tuned(a) or a.dtype not in (torch.float32, torch.float64) or rows < _CHUNK_MIN_ROWS:
         return a.t() @ b
     n = rows // _TOKEN_CHUNKS * _TOKEN_CHUNKS
     parts = torch.bmm(
@@ -208,7 +219,7 @@ def _column_dots(g: torch.Tensor, y: torch.Tensor, acc: torch.dtype) -> torch.Te
     ViT-S fc1 at batch 32 that is a fresh 39 MB buffer whose page faults cost 5x the arithmetic. On CPU the rows are
     reduced block by block instead, so the product never leaves the cache; on accelerators one fused call is best.
     """
-    if g.device.type != "cpu":
+    if not _cpu_tuned(g):
         return torch.linalg.vecdot(g.to(acc), y.to(acc), dim=0)
     rows = max(1, _DOT_BLOCK_ELEMENTS // max(1, g.shape[1]))
     if g.shape[0] <= rows:
@@ -222,8 +233,15 @@ def _column_dots(g: torch.Tensor, y: torch.Tensor, acc: torch.dtype) -> torch.Te
     return out
 
 
-def _zeros(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(t.shape, dtype=dtype, device=t.device)
+def _as(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
+def _place(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``block`` in the top-left corner of zeros shaped like ``like``: the gradient of a parameter whose leading
+    rows/columns (a rank slice) were used. One pad instead of allocating zeros and copying in."""
+    rows, cols = like.shape[0] - block.shape[0], like.shape[1] - block.shape[1]
+    return torch.nn.functional.pad(block, (0, cols, 0, rows)) if rows or cols else block
 
 
 def _cast(g: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
@@ -234,17 +252,61 @@ def _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc):
     """B's gradients from the full weight gradient G (W_uni = ... + B)."""
     if b_kind == _NONE:
         return None, None
-    gBd = _zeros(Bd, acc)
     gBu = None
     if b_kind == _LORA:
-        gBu = _zeros(Bu, acc)
-        gBd[:, :b_rank] = G @ Bu[:b_rank].to(acc).t()
-        gBu[:b_rank] = Bd[:, :b_rank].to(acc).t() @ G
+        gBd = _place(G @ Bu[:b_rank].to(acc).t(), Bd)
+        gBu = _place(Bd[:, :b_rank].to(acc).t() @ G, Bu)
     elif b_kind == _VECTOR:
-        gBd[:, 0] = G.sum(1)
+        gBd = _place(G.sum(1, keepdim=True), Bd)
     else:
-        gBd[0, 0] = G.sum()
+        gBd = _place(G.sum().view(1, 1), Bd)
     return gBd, gBu
+
+
+class ScaleGuard:
+    """Answers "is every ``|1 + a|`` at least SCALE_GUARD?" for a group of layers with one device read.
+
+    Reading a device tensor on the host is a sync on a GPU: the host stops running ahead and waits, which asked once
+    per vector/scalar-A layer cost a ViT-B step on an H100 about a third of its time. A group (``glora.inject``
+    makes one per model) reads column 0 of every member's ``Ad`` at once, and each member keeps its answer until
+    its ``Ad`` changes (storage or version counter: an optimizer step or ``load_state_dict`` bumps it), so a
+    training step pays one read. An edit through ``Ad.data`` bypasses the counter: edit ``Ad`` itself under
+    ``torch.no_grad()`` instead.
+    """
+
+    def __init__(self, layers=()) -> None:
+        self.layers = list(layers)
+
+    def is_safe(self, layer, scalar: bool) -> bool:
+        """For ``layer``'s vector A (all rows) or scalar A (row 0 only)."""
+        state = layer.__dict__.get("_scale_state")
+        if state is None or state[0] != _version_key(layer.Ad):
+            self._refresh(layer)
+            state = layer.__dict__["_scale_state"]
+        return state[2] if scalar else state[1]
+
+    def _refresh(self, layer) -> None:
+        ad = layer.Ad
+        group = [m for m in self.layers if m is not layer and _same_kind(m.Ad, ad)] + [layer]
+        with torch.no_grad():
+            cols = torch.cat([m.Ad[:, 0] for m in group])
+            bad = ((cols + 1).abs() < SCALE_GUARD).nonzero().flatten().tolist()  # the one device read
+        starts = list(itertools.accumulate((m.Ad.shape[0] for m in group), initial=0))
+        rows: dict[int, list[int]] = {}
+        for i in bad:
+            j = bisect.bisect_right(starts, i) - 1
+            rows.setdefault(j, []).append(i - starts[j])
+        for j, m in enumerate(group):
+            hit = rows.get(j, [])
+            m._scale_state = (_version_key(m.Ad), not hit, 0 not in hit)
+
+
+def _version_key(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t._version
+
+
+def _same_kind(t: torch.Tensor | None, like: torch.Tensor) -> bool:
+    return t is not None and t.device == like.device and t.dtype == like.dtype
 
 
 def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
@@ -254,8 +316,7 @@ def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
         return None
     Ad, Au, Bd, Bu = layer.Ad, layer.Au, layer.Bd, layer.Bu
     if a.kind in (_VECTOR, _SCALAR):
-        scale = 1 + (Ad[:, 0] if a.kind == _VECTOR else Ad[0, 0])
-        if bool((scale.detach().abs() < SCALE_GUARD).any()):
+        if not layer.scale_guard.is_safe(layer, scalar=a.kind == _SCALAR):
             return None
         if b.kind != _NONE and not Bd.requires_grad:
             return None  # B's share of y is only known through its own gradient sums

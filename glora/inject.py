@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .fused import ScaleGuard
 from .gift import GiftBank, gift_group
 from .layer import GLoRALinear
 from .space import SearchSpace
@@ -81,7 +82,9 @@ def inject(
 
     for p in model.parameters():
         p.requires_grad_(False)
+    guard = ScaleGuard(glora_layers(model).values())
     for layer in glora_layers(model).values():
+        layer.scale_guard = guard
         for p in layer.support_params():
             p.requires_grad_(True)
     if bank is not None:

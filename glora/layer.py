@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import fused_linear
+from .fused import ScaleGuard, fused_linear
 from .gift import GiftGenerator
 from .space import SUPPORTS, Choice, LayerChoice, SearchSpace
 
@@ -73,6 +73,8 @@ class GLoRALinear(nn.Module):
         for s in ("D", "E"):
             self._param(s, torch.zeros(out_f, **like) if space.offers(s, "vector", "scalar") else None)
         self._choice: LayerChoice | None = None
+        # Shared with the model's other GLoRA layers by glora.inject (one device read per step for all of them).
+        self.scale_guard = ScaleGuard([self])
         # (W_uni, b_uni) of the current choice while a candidate is evaluated in folded form.
         self.folded: tuple[torch.Tensor, torch.Tensor | None] | None = None
 

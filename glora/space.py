@@ -108,6 +108,7 @@ class SearchSpace:
     gift_sharing: str = "type"
     choices: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False)
     _table: tuple[tuple[Choice, ...], ...] = field(init=False, repr=False, compare=False)
+    _names: tuple[dict[str, Choice], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_ranks", _ranks(self.lora_ranks, "lora_ranks"))
@@ -140,6 +141,8 @@ class SearchSpace:
             frozen = {s: tuple(c.name for c in table[s]) for s in SUPPORTS if s in self.choices}
             object.__setattr__(self, "choices", frozen)
         object.__setattr__(self, "_table", tuple(table[s] for s in SUPPORTS))
+        # name -> Choice per support: a subnet is checked every training step, so the common case is one lookup
+        object.__setattr__(self, "_names", tuple({c.name: c for c in table[s]} for s in SUPPORTS))
 
     def _full(self, support: str) -> tuple[Choice, ...]:
         out: list[Choice] = []
@@ -161,7 +164,8 @@ class SearchSpace:
             raise ValueError(f"unknown support {support!r}; supports are {', '.join(SUPPORTS)}") from None
 
     def choice_names(self, support: str) -> tuple[str, ...]:
-        return tuple(c.name for c in self.choices_for(support))
+        self.choices_for(support)  # (the error for an unknown support)
+        return tuple(self._names[SUPPORTS.index(support)])
 
     def max_rank(self, support: str, kind: str = "lora") -> int:
         """Largest rank of ``kind`` offered to ``support`` (0 if none): the size of its entangled storage."""
@@ -180,6 +184,10 @@ class SearchSpace:
 
     def check(self, support: str, name: str) -> Choice:
         """Parse ``name`` and check that this space offers it for ``support``; ``ValueError`` otherwise."""
+        if support in SUPPORTS and isinstance(name, str):
+            hit = self._names[SUPPORTS.index(support)].get(name)
+            if hit is not None:
+                return hit
         allowed = self.choice_names(support)
         try:
             choice = Choice.parse(name)

@@ -36,7 +36,10 @@ Subnet = dict[str, dict[str, str]]
 
 def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
     """Validate ``subnet`` against ``model`` and parse it; ``ValueError`` names the layer and the bad choice."""
-    layers = glora_layers(model)
+    return _parse(glora_layers(model), subnet)
+
+
+def _parse(layers: Mapping[str, nn.Module], subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
     if not layers:
         raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
     if not isinstance(subnet, Mapping):
@@ -73,8 +76,9 @@ def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> d
 
 def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> None:
     """Make every GLoRA layer of ``model`` compute its choice in ``subnet`` (validated first)."""
-    parsed = parse_subnet(model, subnet)
-    for name, layer in glora_layers(model).items():
+    layers = glora_layers(model)
+    parsed = _parse(layers, subnet)
+    for name, layer in layers.items():
         layer.set_choice(parsed[name])
 
 

@@ -125,7 +125,7 @@ class Genome:
     def check_budget(self, lo: int, hi: int) -> None:
         """Raise BudgetError naming the numbers when [lo, hi] is inverted or out of reach.
 
-        Exact: the extremes always; without GIFT also every gap inside them (a reachability DP over the costs).
+        Exact, GIFT included: the extremes, and every gap inside them (a reachability DP over the costs).
         """
         if lo > hi:
             raise BudgetError(
@@ -140,15 +140,14 @@ class Genome:
             raise BudgetError(
                 f"no subnet reaches --min-param-limit {lo / 1e6:g}M: the largest has {largest / 1e6:g}M params"
             )
-        if not self.has_gift:
-            reach = self._reach(list(range(len(self.genes))), largest)[0]
-            if not _any_bit(reach, lo, hi):
-                below = (reach & ((1 << lo) - 1)).bit_length() - 1
-                above = lo + ((reach >> lo) & -(reach >> lo)).bit_length() - 1 if reach >> lo else None
-                raise BudgetError(
-                    f"no subnet has between {lo:,} and {hi:,} params; the nearest have {below:,}"
-                    + (f" and {above:,}" if above is not None else "")
-                )
+        reach = self._suffix(largest)[0]
+        if not _any_bit(reach, lo, hi):
+            below = (reach & ((1 << lo) - 1)).bit_length() - 1
+            above = lo + ((reach >> lo) & -(reach >> lo)).bit_length() - 1 if reach >> lo else None
+            raise BudgetError(
+                f"no subnet has between {lo:,} and {hi:,} params; the nearest have {below:,}"
+                + (f" and {above:,}" if above is not None else "")
+            )
 
     # ------------------------------------------------------------------ sampling and repair
     def random(self, rng: random.Random) -> list[int]:
@@ -156,62 +155,112 @@ class Genome:
 
     def sample(self, rng: random.Random, lo: int, hi: int, tries: int = 50) -> list[int]:
         """A feasible candidate: uniform rejection sampling first (the exact conditional distribution), then a
-        sampler guided by a reachability DP, which cannot miss a feasible candidate in a space without GIFT."""
+        sampler guided by a reachability DP, which cannot miss a feasible candidate (GIFT included)."""
         for _ in range(tries):
             genes = self.random(rng)
             if lo <= self.cost(genes) <= hi:
                 return genes
-        for attempt in range(tries if self.has_gift else 1):
-            genes = self._guided(rng, lo, hi, gift_share=0.0 if attempt == 0 else rng.random())
-            if genes is not None:
-                return genes
-        raise BudgetError(f"found no subnet with {lo:,}-{hi:,} params; widen the budget")
+        genes = self._guided(rng, lo, hi)
+        if genes is None:
+            raise BudgetError(f"found no subnet with {lo:,}-{hi:,} params; widen the budget")
+        return genes
 
-    def _options(self, i: int, allow_gift: bool) -> list[int]:
-        return [o for o, r in enumerate(self.gift_rank[i]) if allow_gift or not r]
+    # A GIFT group's cost is not additive over its members (the generator is paid once, at the largest rank any
+    # member uses), so the DP runs over units: every non-GIFT gene alone, and each group's A genes together. For
+    # a group and a top rank R, members choose non-GIFT options or GIFT ranks <= R, at least one exactly R (a
+    # flag in the DP), and the group adds 2 R width once; R = 0 means no member uses GIFT.
+    @functools.cached_property
+    def _units(self) -> list[list[int]]:
+        units: list[list[int]] = []
+        seen: dict[int, list[int]] = {}
+        for i, grp in enumerate(self.group_of):
+            if grp < 0:
+                units.append([i])
+            elif grp in seen:
+                seen[grp].append(i)
+            else:
+                seen[grp] = [i]
+                units.append(seen[grp])
+        return units
 
-    def _reach(self, free: list[int], cap: int) -> list[int]:
-        """Bitsets (Python ints) of the costs reachable by genes free[k:], for every k; costs above cap dropped."""
+    def _tops(self, unit: list[int]) -> list[int]:
+        """The top ranks R a group can have (0: none of it uses GIFT); [0] for a plain gene."""
+        ranks = {r for i in unit for r in self.gift_rank[i] if r}
+        plain = all(any(not r for r in self.gift_rank[i]) for i in unit)
+        return ([0] if plain else []) + sorted(ranks)
+
+    def _tables(self, unit: list[int], top: int, after: int, mask: int) -> tuple[list[int], list[int]]:
+        """Reachable-cost bitsets from member j on: ``done[j]`` once some member has used rank ``top`` (or top is
+        0), ``due[j]`` while one still must; ``after`` is what the units behind this one can add."""
+        n = len(unit)
+        done, due = [0] * (n + 1), [0] * (n + 1)
+        done[n] = after
+        for j in range(n - 1, -1, -1):
+            i = unit[j]
+            for o, r in enumerate(self.gift_rank[i]):
+                if r > top:
+                    continue
+                c = self.cost_table[i][o]
+                done[j] |= done[j + 1] << c
+                if top:
+                    due[j] |= (done[j + 1] if r == top else due[j + 1]) << c
+            done[j] &= mask
+            due[j] &= mask
+        return done, due
+
+    def _unit_reach(self, unit: list[int], after: int, mask: int) -> int:
+        acc = 0
+        for top in self._tops(unit):
+            done, due = self._tables(unit, top, after, mask)
+            acc |= (due[0] if top else done[0]) << (2 * top * self._width(unit))
+        return acc & mask
+
+    def _width(self, unit: list[int]) -> int:
+        return self.group_width[self.group_of[unit[0]]] if self.group_of[unit[0]] >= 0 else 0
+
+    def _suffix(self, cap: int) -> list[int]:
+        """Bitsets (Python ints) of the costs reachable by units[k:], for every k; costs above cap dropped."""
         mask = (1 << (cap + 1)) - 1
-        suffix = [1] * (len(free) + 1)
-        for k in range(len(free) - 1, -1, -1):
-            i, acc = free[k], 0
-            for o in self._options(i, allow_gift=False):
-                acc |= suffix[k + 1] << self.cost_table[i][o]
-            suffix[k] = acc & mask
+        suffix = [1] * (len(self._units) + 1)
+        for k in range(len(self._units) - 1, -1, -1):
+            suffix[k] = self._unit_reach(self._units[k], suffix[k + 1], mask)
         return suffix
 
-    def _guided(self, rng: random.Random, lo: int, hi: int, gift_share: float) -> list[int] | None:
-        """Fix a random share of GIFT-capable A genes to gift choices, then draw every other gene uniformly among
-        the choices that keep the budget reachable (non-gift choices only, so the cost stays additive)."""
+    def _guided(self, rng: random.Random, lo: int, hi: int) -> list[int] | None:
+        """Draw unit by unit, each choice uniformly among those that keep [lo, hi] reachable; None if none can."""
+        hi = min(hi, self._max_cost)
+        if hi < max(lo, 0):
+            return None
+        mask = (1 << (hi + 1)) - 1
+        suffix = self._suffix(hi)
+        if not _any_bit(suffix[0], lo, hi):
+            return None
         genes = [0] * len(self.genes)
-        fixed: list[int] = []
-        for i, ranks in enumerate(self.gift_rank):
-            gifts = [o for o, r in enumerate(ranks) if r]
-            others = [o for o, r in enumerate(ranks) if not r]
-            if gifts and (not others or rng.random() < gift_share):
-                genes[i] = rng.choice(gifts)
-                fixed.append(i)
-            else:
-                genes[i] = others[0]  # placeholder; drawn below
-        fixed_set = set(fixed)
-        free = [i for i in range(len(self.genes)) if i not in fixed_set]
-        base = self.cost(genes) - sum(self.cost_table[i][genes[i]] for i in free)  # fixed genes and their GIFT
-        lo_r, hi_r = lo - base, min(hi, self._max_cost) - base
-        if hi_r < 0:
-            return None
-        suffix = self._reach(free, hi_r)
-        if not _any_bit(suffix[0], lo_r, hi_r):
-            return None
         total = 0
-        for k, i in enumerate(free):
-            ok = [
-                o
-                for o in self._options(i, allow_gift=False)
-                if _any_bit(suffix[k + 1], lo_r - total - self.cost_table[i][o], hi_r - total - self.cost_table[i][o])
+        for k, unit in enumerate(self._units):
+            width = self._width(unit)
+            tables = {top: self._tables(unit, top, suffix[k + 1], mask) for top in self._tops(unit)}
+            fits = [
+                top
+                for top, (done, due) in tables.items()
+                if _any_bit(due[0] if top else done[0], lo - total - 2 * top * width, hi - total - 2 * top * width)
             ]
-            genes[i] = rng.choice(ok)
-            total += self.cost_table[i][genes[i]]
+            top = rng.choice(fits)
+            total += 2 * top * width
+            done, due = tables[top]
+            pending = top > 0
+            for j, i in enumerate(unit):
+                ok = []
+                for o, r in enumerate(self.gift_rank[i]):
+                    if r > top:
+                        continue
+                    c = self.cost_table[i][o]
+                    nxt = due[j + 1] if pending and r != top else done[j + 1]
+                    if _any_bit(nxt, lo - total - c, hi - total - c):
+                        ok.append(o)
+                genes[i] = rng.choice(ok)
+                total += self.cost_table[i][genes[i]]
+                pending = pending and self.gift_rank[i][genes[i]] != top
         return genes
 
     def repair(self, genes: list[int], rng: random.Random, lo: int, hi: int) -> list[int] | None:

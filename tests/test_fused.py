@@ -35,16 +35,18 @@ def _grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, fused: bo
     return y.detach(), grads
 
 
-@pytest.mark.parametrize("block", [None, 4 * OUT], ids=["whole", "chunked"])
+@pytest.mark.parametrize("forms", ["whole", "chunked", "accelerator"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize(
     "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
 )
-def test_fused_equals_reference_for_every_choice(space, bias, block, monkeypatch):
-    if block is not None:  # the CPU paths for many tokens, on 6 token rows
-        monkeypatch.setattr(glora.fused, "_DOT_BLOCK_ELEMENTS", block)  # column dots: blocks of 4 rows and 2 rows
+def test_fused_equals_reference_for_every_choice(space, bias, forms, monkeypatch):
+    if forms == "chunked":  # the CPU paths for many tokens, on 6 token rows
+        monkeypatch.setattr(glora.fused, "_DOT_BLOCK_ELEMENTS", 4 * OUT)  # column dots: blocks of 4 rows and 2 rows
         monkeypatch.setattr(glora.fused, "_CHUNK_MIN_ROWS", 4)  # token reductions: 4 chunks of 1 row + 2 rows
         monkeypatch.setattr(glora.fused, "_TOKEN_CHUNKS", 4)
+    elif forms == "accelerator":  # the forms GPUs run (separate reductions, one vecdot), checked here on CPU
+        monkeypatch.setattr(glora.fused, "_CPU_TUNED", ())
     layer = _layer(space, bias)
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
@@ -111,3 +113,43 @@ def test_fused_under_bf16_autocast_is_close_to_reference():
         for a, b in zip(out[True][1], out[False][1]):
             assert a.dtype == b.dtype
             torch.testing.assert_close(a.float(), b.float(), rtol=0.1, atol=0.1)
+
+
+def test_scale_guard_reads_once_per_step_and_sees_every_update(monkeypatch):
+    """One device read answers the |1 + a| check for every layer of a model; a changed Ad (an optimizer step, an
+    in-place edit) is noticed, and only the layer whose scale is near zero leaves the fused path."""
+    torch.manual_seed(0)
+    model = glora.inject(
+        nn.Sequential(nn.Linear(5, 6), nn.Linear(6, 6), nn.Linear(6, 3)), glora.SearchSpace(lora_ranks=(4,))
+    )
+    layers = list(glora.glora_layers(model).values())
+    assert len({id(m.scale_guard) for m in layers}) == 1
+    subnet = {
+        name: {"A": "vector", "B": "lora_4", "C": "none", "D": "vector", "E": "none"} for name in model_names(model)
+    }
+    glora.set_subnet(model, subnet)
+    reads = []
+    refresh = glora.fused.ScaleGuard._refresh
+    monkeypatch.setattr(glora.fused.ScaleGuard, "_refresh", lambda self, layer: reads.append(1) or refresh(self, layer))
+    kinds = {}
+    for name, m in zip(model_names(model), layers):
+        m.register_forward_hook(lambda mod, inp, out, name=name: kinds.__setitem__(name, type(out.grad_fn).__name__))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.randn(8, 5)
+    loss = model(x).square().mean()
+    assert len(reads) == 1 and set(kinds.values()) == {"_GLoRAFunctionBackward"}
+    model(x)
+    assert len(reads) == 1  # nothing changed since: no read
+    loss.backward()
+    opt.step()  # moves every Ad (an in-place update: the version counter changes)
+    model(x)
+    assert len(reads) == 2
+    with torch.no_grad():
+        layers[1].Ad[2, 0] = -1.0 + 1e-4
+    model(x)
+    assert len(reads) == 3
+    assert [kinds[n] == "_GLoRAFunctionBackward" for n in model_names(model)] == [True, False, True]
+
+
+def model_names(model: nn.Module) -> list[str]:
+    return list(glora.glora_layers(model))

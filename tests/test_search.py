@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
@@ -70,22 +71,49 @@ def test_budget_errors():
     genome.check_budget(genome.max_cost(), genome.max_cost())  # exactly reachable
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(0, 400), st.integers(0, 400))
-def test_repair_and_sample_only_return_feasible(seed, a, b):
+@functools.cache
+def _gift_costs() -> frozenset[int]:
     genome = Genome(_shared_gift_model())
-    lo, hi = min(a, b), max(a, b)
+    return frozenset(genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up)))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 400), st.integers(0, 60))
+def test_with_gift_budget_errors_are_exact_and_sampling_never_misses(seed, lo, width):
+    """GIFT's generator is paid once per group, so cost is not additive; the DP must still be exact."""
+    genome = Genome(_shared_gift_model())
+    hi = lo + width
     rng = random.Random(seed)
-    try:
-        genes = genome.sample(rng, lo, hi)
-    except BudgetError:
-        # Only allowed when no candidate exists in the window.
-        costs = {genome.cost(list(g)) for g in itertools.product(*(range(u + 1) for u in genome.up))}
-        assert not any(lo <= c <= hi for c in costs)
+    if not any(lo <= c <= hi for c in _gift_costs()):
+        with pytest.raises(BudgetError):
+            genome.check_budget(lo, hi)
+        with pytest.raises(BudgetError):
+            genome.sample(rng, lo, hi)
         return
-    assert lo <= genome.cost(genes) <= hi
+    genome.check_budget(lo, hi)
+    assert lo <= genome.cost(genome.sample(rng, lo, hi)) <= hi
+    guided = genome._guided(rng, lo, hi)  # the DP sampler alone, without rejection sampling's help
+    assert guided is not None and lo <= genome.cost(guided) <= hi
     fixed = genome.repair(genome.random(rng), rng, lo, hi)
     assert fixed is None or lo <= genome.cost(fixed) <= hi
+
+
+def test_guided_sampler_reaches_every_exact_cost_with_gift():
+    """Each single cost of the space is a budget window of width 0; the guided sampler must hit every one."""
+    genome = Genome(_shared_gift_model())
+    rng = random.Random(0)
+    for c in sorted(_gift_costs()):
+        genes = genome._guided(rng, c, c)
+        assert genes is not None and genome.cost(genes) == c, c
+
+
+def test_guided_sampler_uses_gift_in_a_vit():
+    genome = Genome(_vit_model())
+    rng = random.Random(0)
+    lo, hi = genome.max_cost() // 3, genome.max_cost() // 2
+    draws = [genome._guided(rng, lo, hi) for _ in range(5)]
+    assert all(g is not None and lo <= genome.cost(g) <= hi for g in draws)
+    assert any(genome.gift_rank[i][g[i]] for g in draws for i in range(len(genome)))
 
 
 def _evolution(settings: SearchSettings, model=None) -> Evolution:
@@ -176,6 +204,6 @@ def test_without_gift_budget_errors_are_exact_and_sampling_never_misses(seed, lo
 def test_unbounded_budget_uses_the_guided_sampler_cheaply():
     """No upper limit (search.py --param-limit none) must not size anything by the limit itself."""
     genome = Genome(_additive_model())
-    genes = genome._guided(random.Random(0), genome.max_cost(), 10**12, gift_share=0.0)
+    genes = genome._guided(random.Random(0), genome.max_cost(), 10**12)
     assert genes is not None and genome.cost(genes) == genome.max_cost()
     genome.check_budget(0, 10**12)

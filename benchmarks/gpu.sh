@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU figure in benchmarks/RESULTS.md, in one go, on one CUDA device (the CUDA tests first):
+#
+#     bash benchmarks/gpu.sh [OUTDIR] [MODEL]        # defaults: gpu-results, vit_base_patch16_224
+#     STEPS="tests candidate_eval" bash benchmarks/gpu.sh   # some steps only
+#
+# Writes one log (and JSON where the script offers it) per step under OUTDIR; a failing step does not stop the
+# steps after it, and the exit status is that of the first failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-gpu-results}"
+model="${2:-vit_base_patch16_224}"
+py="${PYTHON:-python3}"
+mkdir -p "$out"
+status=0
+steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile train_step_fp32 train_step_compile} "
+
+step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    [[ "$steps" == *" $name "* ]] || return 0
+    echo "== $name: $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 14 "$out/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+"$py" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
+
+step tests 240 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py
+step train_step_bf16 240 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
+    --peak --json "$out/train_step_bf16.json"
+step candidate_eval 150 "$py" benchmarks/candidate_eval.py --model "$model" --images 200 --batch-size 100 --rounds 10
+step profile 150 "$py" benchmarks/profile_step.py --model "$model" --batch-size 64 \
+    --methods bias-only glora-supernet glora-lora8 peft-lora
+step train_step_fp32 200 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
+    --amp off --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_fp32.json"
+step train_step_compile 420 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 20 \
+    --warmup 3 --compile --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_compile.json"
+exit "$status"

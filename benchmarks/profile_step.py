@@ -1,0 +1,112 @@
+"""Where a training step's time goes: host (Python, dispatch) vs device kernels, syncs, and the costliest ops.
+
+    python benchmarks/profile_step.py [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
+
+On a GPU a step is fast enough that the host can become the bottleneck: when the wall time per step is well above
+the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs. ``--no-guard-sync``
+skips the fused path's check of ``|1 + a|`` (a device-to-host read per vector/scalar-A layer) to measure what
+that read costs; it is a diagnosis switch, not a mode to train in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, sync
+from train_step import ALL, setup
+
+from glora.evaluate import resolve_device
+from glora.fused import ScaleGuard
+
+SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")  # host waits for the device
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    p.add_argument(
+        "--methods", nargs="+", default=["bias-only", "glora-supernet", "glora-lora8", "peft-lora"], choices=ALL
+    )
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    p.add_argument("--no-guard-sync", action="store_true", help="diagnosis: skip the fused path's |1 + a| check")
+    p.add_argument("--out", default=None, help="write each method's op tables here")
+    args = p.parse_args()
+    args.compile = False
+    return args
+
+
+def _kernel_us(avgs) -> float:
+    """Summed time of device-side events only (kernels, memcpy), so host ops that launch them are not counted twice."""
+    total = 0.0
+    for a in avgs:
+        if getattr(a, "device_type", None) == DeviceType.CUDA:
+            total += getattr(a, "self_device_time_total", None) or getattr(a, "self_cuda_time_total", 0.0)
+    return total
+
+
+def main() -> None:
+    args = parse()
+    if args.no_guard_sync:
+        ScaleGuard.is_safe = lambda self, layer, scalar: True  # type: ignore[method-assign]
+    device = resolve_device(args.device)
+    print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
+    print(f"model {args.model}, batch {args.batch_size}, guard sync {'off' if args.no_guard_sync else 'on'}")
+    print(f"{'method':16s} {'wall ms':>8s} {'kernels ms':>10s} {'host-bound':>10s} {'syncs':>6s} {'subnet ms':>9s}")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name in args.methods:
+        method, _, step = setup(args, name, device)
+        for _ in range(3):
+            step()
+        sync(device)
+        walls = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            sync(device)
+            walls.append(time.perf_counter() - start)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            method.before_step()
+        subnet_ms = (time.perf_counter() - t0) / 20 * 1e3
+        with profile(activities=activities) as prof:
+            for _ in range(args.steps):
+                step()
+            sync(device)
+        avgs = prof.key_averages()
+        kernels = _kernel_us(avgs) / 1e3 / args.steps
+        syncs = (sum(a.count for a in avgs if a.key in SYNC_OPS) - (device.type == "cuda")) / args.steps
+        wall = statistics.median(walls) * 1e3
+        if device.type == "cuda":
+            bound = "yes" if kernels < 0.8 * wall else "no"
+            print(f"{name:16s} {wall:8.1f} {kernels:10.1f} {bound:>10s} {syncs:6.0f} {subnet_ms:9.2f}")
+        else:  # on CPU the ops are the kernels: there is no separate device timeline to compare against
+            print(f"{name:16s} {wall:8.1f} {'-':>10s} {'-':>10s} {'-':>6s} {subnet_ms:9.2f}")
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            text = avgs.table(sort_by="self_cpu_time_total", row_limit=25)
+            if device.type == "cuda":
+                text += "\n" + avgs.table(sort_by="self_cuda_time_total", row_limit=25)
+            (out / f"profile_{name}{'_noguard' if args.no_guard_sync else ''}.txt").write_text(text)
+        del method, step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The same exactness checks on a CUDA device, and the training paths a GPU takes (bf16 autocast, nccl, compile).
+
+Skipped without a GPU (CI has none); run on a GPU machine with ``python -m pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cases import CASE_IDS, CASES, build, randomize_supports, rel_err
+from test_fused import _grads, _layer
+
+import glora
+from glora.space import LayerChoice
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(
+    "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
+)
+def test_fused_equals_reference_on_cuda_float64(space, bias):
+    layer = _layer(space, bias).to(CUDA)
+    if layer.gift is not None:  # shared by its group, so not a submodule of the layer
+        layer.gift.to(CUDA)
+    g = torch.Generator(CUDA).manual_seed(0)
+    x = torch.randn(2, 3, layer.in_features, dtype=torch.float64, device=CUDA, generator=g).requires_grad_()
+    gy = torch.randn(2, 3, layer.out_features, dtype=torch.float64, device=CUDA, generator=g)
+    for combo in itertools.product(*(space.choice_names(s) for s in glora.SUPPORTS)):
+        layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
+        y_ref, g_ref = _grads(layer, x, gy, fused=False)
+        y_fus, g_fus = _grads(layer, x, gy, fused=True)
+        torch.testing.assert_close(y_fus, y_ref, rtol=1e-12, atol=1e-12, msg=str(combo))
+        for a, b in zip(g_fus, g_ref):
+            if b is None or not b.any():
+                assert a is None or not a.any(), combo
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=str(combo))
+
+
+def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
+    """Under bf16 autocast the fused path's error against a float64 reference is that of plain autograd."""
+    torch.manual_seed(0)
+    layer = glora.GLoRALinear(torch.nn.Linear(256, 384), glora.SearchSpace(lora_ranks=(8, 4)))
+    with torch.no_grad():
+        for p in layer.support_params():
+            p.normal_(0, 0.05)
+    x = torch.randn(4, 197, 256)
+    gy = torch.randn(4, 197, 384)
+    for combo in [
+        ("lora_8", "vector", "lora_4", "vector", "vector"),
+        ("vector", "lora_8", "none", "vector", "none"),
+        ("scalar", "scalar", "vector", "none", "scalar"),
+    ]:
+        layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
+        exact = _grads(layer.double(), x.double().requires_grad_(), gy.double(), fused=False)
+        layer.float().to(CUDA)
+        xc = x.to(CUDA).requires_grad_()
+        err = {}
+        for fused in (False, True):
+            layer.fused = fused
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = layer(xc)
+            grads = torch.autograd.grad(y, [xc, *layer.support_params()], gy.to(CUDA, y.dtype), allow_unused=True)
+            pairs = [(y, exact[0]), *zip(grads, exact[1])]
+            err[fused] = max(rel_err(a.double().cpu(), b) for a, b in pairs if b is not None and b.any())
+        layer.cpu()
+        assert err[True] < 2e-2, (combo, err)
+        assert err[True] <= 2 * err[False] + 1e-3, (combo, err)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_fold_matches_supernet_float64_on_cuda(case):
+    _, supernet = build(case)
+    randomize_supports(supernet, seed=1)
+    supernet.to(CUDA)
+    x = case.input(seed=2).to(CUDA)
+    for i in range(4):
+        subnet = glora.sample_subnet(supernet, random.Random(i))
+        glora.set_subnet(supernet, subnet)
+        y = supernet(x)
+        assert rel_err(glora.fold(supernet, subnet)(x), y) < 1e-9
+        with torch.no_grad(), glora.folded(supernet, subnet):
+            assert rel_err(supernet(x), y) < 1e-9
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        ["train_supernet.py"],
+        ["train_supernet.py", "--compile"],
+        ["-m", "torch.distributed.run", "--nproc_per_node=1", "train_supernet.py"],
+    ],
+    ids=["amp", "amp-compile", "torchrun-nccl"],
+)
+def test_training_on_cuda(tmp_path, launch):
+    """bf16 autocast on CUDA (the default there) trains the embedded task; compile and nccl run the same loop."""
+    out = tmp_path / "run"
+    done = _cli(*launch, "--epochs", "3", "--device", "cuda", "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = glora.read_checkpoint(out / "last.pt")
+    assert len(ckpt["log"]) == 3
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in ckpt["log"])
+    assert ckpt["log"][-1]["val_acc"] > 0.3  # chance is 0.2: the adapted classes are being learned
