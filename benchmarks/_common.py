@@ -6,6 +6,7 @@ background noise hits every method alike. PEFT baselines need ``pip install peft
 
 from __future__ import annotations
 
+import argparse
 import platform
 import random
 import statistics
@@ -18,6 +19,18 @@ import torch
 from torch import nn
 
 import glora
+
+
+def add_workload_args(p: argparse.ArgumentParser, model: str, batch_size: int, classes: bool = True) -> None:
+    """The options every benchmark shares (model, batch, image size, GLoRA ranks, device, AMP), so they read alike."""
+    p.add_argument("--model", default=model)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--img-size", type=int, default=224)
+    if classes:
+        p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
 
 
 def machine() -> str:

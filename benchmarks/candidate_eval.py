@@ -18,7 +18,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine
+from _common import add_workload_args, interleaved, machine
 
 import glora
 from glora.evaluate import autocast, resolve_device
@@ -26,14 +26,9 @@ from glora.evaluate import autocast, resolve_device
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_small_patch16_224")
+    add_workload_args(p, "vit_small_patch16_224", 100, classes=False)
     p.add_argument("--images", type=int, default=200, help="validation images per candidate (VTAB-1k: 200)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
     return p.parse_args()
 
 

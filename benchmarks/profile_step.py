@@ -21,7 +21,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, sync
+from _common import add_workload_args, machine, sync
 from train_step import ALL, setup
 
 from glora.evaluate import resolve_device
@@ -32,17 +32,11 @@ SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")  # host waits for 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_base_patch16_224")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    add_workload_args(p, "vit_base_patch16_224", 64)
     p.add_argument(
         "--methods", nargs="+", default=["bias-only", "glora-supernet", "glora-lora8", "peft-lora"], choices=ALL
     )
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
     p.add_argument("--no-guard-sync", action="store_true", help="diagnosis: skip the fused path's |1 + a| check")
     p.add_argument("--out", default=None, help="write each method's op tables here")
     args = p.parse_args()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_method, interleaved, machine, peft_available, saved_for_backward_mib
+from _common import add_workload_args, build_method, interleaved, machine, peft_available, saved_for_backward_mib
 
 from glora.evaluate import autocast, resolve_device
 
@@ -34,18 +34,12 @@ ALL = ["bias-only", "glora-supernet", "glora-reference", "glora-lora8", "peft-lo
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_small_patch16_224")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
+    add_workload_args(p, "vit_small_patch16_224", 32)
     p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--memory-samples", type=int, default=6, help="random subnets averaged for saved-tensor memory")
     p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (GLoRA layers stay eager)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method

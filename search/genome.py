@@ -118,10 +118,6 @@ class Genome:
             total += max(0, 2 * top * self.group_width[grp] - min(owns))
         return total
 
-    @property
-    def has_gift(self) -> bool:
-        return any(g >= 0 for g in self.group_of)
-
     def check_budget(self, lo: int, hi: int) -> None:
         """Raise BudgetError naming the numbers when [lo, hi] is inverted or out of reach.
 
