@@ -5,7 +5,6 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``python -m pytes
 
 from __future__ import annotations
 
-import itertools
 import random
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from cases import CASE_IDS, CASES, build, randomize_supports, rel_err
-from test_fused import _grads, _layer
+from test_fused import _grads, _layer, check_every_choice
 
 import glora
 from glora.space import LayerChoice
@@ -36,16 +35,7 @@ def test_fused_equals_reference_on_cuda_float64(space, bias):
     g = torch.Generator(CUDA).manual_seed(0)
     x = torch.randn(2, 3, layer.in_features, dtype=torch.float64, device=CUDA, generator=g).requires_grad_()
     gy = torch.randn(2, 3, layer.out_features, dtype=torch.float64, device=CUDA, generator=g)
-    for combo in itertools.product(*(space.choice_names(s) for s in glora.SUPPORTS)):
-        layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        y_ref, g_ref = _grads(layer, x, gy, fused=False)
-        y_fus, g_fus = _grads(layer, x, gy, fused=True)
-        torch.testing.assert_close(y_fus, y_ref, rtol=1e-12, atol=1e-12, msg=str(combo))
-        for a, b in zip(g_fus, g_ref):
-            if b is None or not b.any():
-                assert a is None or not a.any(), combo
-            else:
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=str(combo))
+    check_every_choice(layer, x, gy)
 
 
 def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():

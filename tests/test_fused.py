@@ -50,8 +50,13 @@ def test_fused_equals_reference_for_every_choice(space, bias, forms, monkeypatch
     layer = _layer(space, bias)
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
+    check_every_choice(layer, x, g)
+
+
+def check_every_choice(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor) -> None:
+    """Fused == reference, outputs and every gradient, for every choice of the layer's space (float64 inputs)."""
     names = [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")]
-    for combo in itertools.product(*(space.choice_names(s) for s in glora.SUPPORTS)):
+    for combo in itertools.product(*(layer.space.choice_names(s) for s in glora.SUPPORTS)):
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
         y_ref, g_ref = _grads(layer, x, g, fused=False)
         y_fus, g_fus = _grads(layer, x, g, fused=True)
