@@ -1,20 +1,23 @@
-"""GLoRA: generalized LoRA supernets with search and exact folding, for timm models and any ``nn.Module``.
+"""GLoRA: generalized LoRA supernets with exact folding, for timm models and any ``nn.Module``.
 
-import random, glora
-space = glora.SearchSpace(lora_ranks=(8, 4))
-model = glora.inject(model, space)                      # wrap linears, freeze backbone
-glora.set_subnet(model, glora.sample_subnet(model, random.Random(0)))
-plain = glora.fold(model, subnet)                       # plain model, zero overhead
+The core library is the math and its operations on models, read in this order: search space (``space``) ->
+supernet layer (``layer``, ``gift``) -> injection (``inject``, ``config``) -> subnets (``subnet``) -> folding
+(``fold``), plus interop with the paper's reference code (``reference``). It holds no CLI, data or training code;
+the application built on it (options, data, backbones, checkpoints, training, export, the three commands) is
+:mod:`glora.app`, and the evolutionary search is the ``search`` package.
+
+    import random, glora
+    model = glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))   # wrap linears, freeze the backbone
+    glora.set_subnet(model, glora.sample_subnet(model, random.Random(0)))
+    plain = glora.fold(model, subnet)                                   # plain model, zero overhead
 """
 
-from .backbone import BackboneSpec, build_backbone
-from .checkpoint import load_supernet, read_checkpoint
-from .fold import fold, fold_layer, folded
-from .gift import GiftBank, GiftGenerator, gift_group
-from .inject import GIFT_ATTR, get_space, glora_layers, head_names, inject
+from .config import AdapterConfig
+from .fold import fold, folded
+from .inject import get_space, glora_layers, head_names, inject
 from .layer import GLoRALinear
-from .reference import convert_reference_subnet, load_reference_state_dict, reference_choice_name
-from .space import GIFT_SHARING, SUPPORTS, Choice, LayerChoice, SearchSpace
+from .reference import convert_reference_subnet, load_reference_state_dict
+from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 from .subnet import (
     Subnet,
     count_params,
@@ -26,23 +29,23 @@ from .subnet import (
     set_subnet,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    # the search space
     "SUPPORTS",
-    "GIFT_SHARING",
-    "GIFT_ATTR",
+    "Kind",
     "Choice",
     "LayerChoice",
     "SearchSpace",
+    # the adapter and its layers
+    "AdapterConfig",
     "GLoRALinear",
-    "GiftGenerator",
-    "GiftBank",
-    "gift_group",
     "inject",
     "glora_layers",
     "get_space",
     "head_names",
+    # subnets
     "Subnet",
     "sample_subnet",
     "set_subnet",
@@ -51,15 +54,11 @@ __all__ = [
     "count_params",
     "save_subnet",
     "load_subnet",
+    # re-parameterisation
     "fold",
-    "fold_layer",
     "folded",
-    "load_supernet",
-    "read_checkpoint",
-    "BackboneSpec",
-    "build_backbone",
+    # the paper's reference code
     "load_reference_state_dict",
     "convert_reference_subnet",
-    "reference_choice_name",
     "__version__",
 ]

@@ -26,12 +26,14 @@ import itertools
 
 import torch
 
+from .space import Kind
+
 __all__ = ["fused_linear", "ScaleGuard", "SCALE_GUARD"]
 
 # Smallest |1 + a| for which the vector/scalar-A gradient is recovered from the output.
 SCALE_GUARD = 1e-2
 
-_NONE, _LORA, _VECTOR, _SCALAR = "none", "lora", "vector", "scalar"
+_NONE, _LORA, _VECTOR, _SCALAR = Kind.NONE, Kind.LORA, Kind.VECTOR, Kind.SCALAR
 
 
 def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
@@ -312,7 +314,7 @@ def _same_kind(t: torch.Tensor | None, like: torch.Tensor) -> bool:
 def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
     """Run ``layer`` under ``choice`` on the fused path, or return None when the reference path must be used."""
     a, b = choice.A, choice.B
-    if a.kind == "gift" or layer.weight.requires_grad or not x.is_floating_point():
+    if a.kind is Kind.GIFT or layer.weight.requires_grad or not x.is_floating_point():
         return None
     Ad, Au, Bd, Bu = layer.Ad, layer.Au, layer.Bd, layer.Bu
     if a.kind in (_VECTOR, _SCALAR):

@@ -11,7 +11,13 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GiftGenerator", "GiftBank", "gift_group"]
+__all__ = ["GiftGenerator", "GiftBank", "gift_group", "gift_params"]
+
+
+def gift_params(in_features: int, rank: int) -> int:
+    """What a generator used at ``rank`` adds to the paper's "# params": phi (in x r) and psi (r x in), paid once
+    per group, at the largest rank any member uses."""
+    return 2 * rank * in_features
 
 
 def gift_group(name: str, in_features: int, sharing: str) -> str:

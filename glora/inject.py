@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .config import AdapterConfig
 from .fused import ScaleGuard
 from .gift import GiftBank, gift_group
 from .layer import GLoRALinear
-from .space import SearchSpace
+from .space import Kind, SearchSpace
 
-__all__ = ["inject", "glora_layers", "get_space", "head_names", "GIFT_ATTR"]
+__all__ = ["inject", "glora_layers", "require_layers", "get_space", "head_names", "GIFT_ATTR"]
 
 _logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("fc",), ("last_linear",)
 
 def inject(
     model: nn.Module,
-    space: SearchSpace,
+    config: AdapterConfig | SearchSpace,
     targets: str | Sequence[str] | None = None,
     *,
     heads: Sequence[str] | None = None,
@@ -40,7 +41,8 @@ def inject(
 
     Args:
         model: a pretrained model (timm or any ``nn.Module``).
-        space: the search space every adapted layer offers.
+        config: an :class:`AdapterConfig` (space, targets, heads), or just the search space every adapted layer
+            offers, with ``targets`` and ``heads`` given beside it.
         targets: ``None`` = every ``nn.Linear`` except the classifier head(s); a string = regex that must match
             the whole layer name; a list = layer-name suffixes (``["qkv", "fc1"]`` or ``["attn.proj"]``).
         heads: names of the classifier head module(s); found automatically for timm models
@@ -56,19 +58,24 @@ def inject(
         >>> len(glora.glora_layers(model))
         48
     """
-    if not isinstance(space, SearchSpace):
-        raise TypeError(f"space must be a glora.SearchSpace, got {type(space).__name__}")
+    if isinstance(config, SearchSpace):
+        config = AdapterConfig(config, targets, heads)
+    elif not isinstance(config, AdapterConfig):
+        raise TypeError(f"config must be a glora.AdapterConfig or glora.SearchSpace, got {type(config).__name__}")
+    elif targets is not None or heads is not None:
+        raise TypeError("give targets and heads inside the AdapterConfig, not beside it")
+    space = config.space
     if any(isinstance(m, GLoRALinear) for m in model.modules()):
         raise ValueError("model already holds GLoRA layers; inject once per model")
-    head_list = _resolve_heads(model, heads)
+    head_list = _resolve_heads(model, config.heads)
     edited_in_place: set[str] = set()
-    names = _select_targets(model, targets, head_list, edited_in_place)
+    names = _select_targets(model, config.targets, head_list, edited_in_place)
 
     bank: GiftBank | None = None
-    if space.offers("A", "gift"):
+    if space.offers("A", Kind.GIFT):
         bank = GiftBank()
         model.add_module(GIFT_ATTR, bank)
-    gift_rank = space.max_rank("A", "gift")
+    gift_rank = space.max_rank("A", Kind.GIFT)
     for name in names:
         parent, child = _parent_of(model, name)
         base = getattr(parent, child)
@@ -105,12 +112,17 @@ def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:
     return {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
 
 
+def require_layers(model: nn.Module) -> dict[str, GLoRALinear]:
+    """:func:`glora_layers`, or ``ValueError`` when there are none: every operation on a supernet starts here."""
+    layers = glora_layers(model)
+    if not layers:
+        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+    return layers
+
+
 def get_space(model: nn.Module) -> SearchSpace:
     """The search space ``model`` was injected with."""
-    for m in model.modules():
-        if isinstance(m, GLoRALinear):
-            return m.space
-    raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+    return next(iter(require_layers(model).values())).space
 
 
 def head_names(model: nn.Module) -> list[str]:
@@ -162,18 +174,14 @@ def _select_targets(
     model: nn.Module, targets: str | Sequence[str] | None, heads: list[str], edited_in_place: set[str]
 ) -> list[str]:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    # (targets were checked by AdapterConfig: None, a regex that compiles, or name suffixes)
     if targets is None:
         picked = linears
     elif isinstance(targets, str):
-        try:
-            rx = re.compile(targets)
-        except re.error as e:
-            raise ValueError(f"targets regex {targets!r} does not compile: {e}") from None
+        rx = re.compile(targets)
         picked = [n for n in linears if rx.fullmatch(n)]
-    elif isinstance(targets, Sequence) and all(isinstance(t, str) and t for t in targets):
-        picked = [n for n in linears if any(n == t or n.endswith("." + t) for t in targets)]
     else:
-        raise ValueError(f"targets must be None, a regex string or a list of name suffixes; got {targets!r}")
+        picked = [n for n in linears if any(n == t or n.endswith("." + t) for t in targets)]
 
     def in_head(n: str) -> bool:
         return any(n == h or n.startswith(h + ".") for h in heads)
@@ -201,8 +209,9 @@ def _select_targets(
         out.append(n)
     if not out:
         sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
+        shown = targets if targets is None or isinstance(targets, str) else list(targets)
         raise ValueError(
-            f"targets {targets!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
+            f"targets {shown!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
             f"linear layers here: {sample or 'none'}"
         )
     return out

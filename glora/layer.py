@@ -17,7 +17,7 @@ from torch import nn
 
 from .fused import ScaleGuard, fused_linear
 from .gift import GiftGenerator
-from .space import SUPPORTS, Choice, LayerChoice, SearchSpace
+from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
 __all__ = ["GLoRALinear"]
 
@@ -54,7 +54,7 @@ class GLoRALinear(nn.Module):
             self.bias.requires_grad_(False)
         # Plain attribute, not a submodule: the generator is registered once at the model root (GiftBank).
         object.__setattr__(self, "gift", gift)
-        if space.offers("A", "gift") and gift is None:
+        if space.offers("A", Kind.GIFT) and gift is None:
             raise ValueError(f"layer {name!r}: the space offers gift choices for A but no GIFT generator was given")
 
         out_f, in_f = self.out_features, self.in_features
@@ -63,15 +63,15 @@ class GLoRALinear(nn.Module):
         # up factor (R x in) only when a lora choice exists. Zero down factor => every subnet starts at W0.
         for s in ("A", "B"):
             rank = space.max_rank(s)
-            width = max(rank, int(space.offers(s, "vector", "scalar")))
+            width = max(rank, int(space.offers(s, Kind.VECTOR, Kind.SCALAR)))
             self._param(f"{s}d", torch.zeros(out_f, width, **like) if width else None)
             self._param(f"{s}u", self._xavier(rank, in_f, like) if rank else None)
         rank = space.max_rank("C")
-        width = max(rank, int(space.offers("C", "vector")))
+        width = max(rank, int(space.offers("C", Kind.VECTOR)))
         self._param("Cd", torch.zeros(in_f, width, **like) if width else None)
         self._param("Cu", self._xavier(rank, 1, like) if rank else None)
         for s in ("D", "E"):
-            self._param(s, torch.zeros(out_f, **like) if space.offers(s, "vector", "scalar") else None)
+            self._param(s, torch.zeros(out_f, **like) if space.offers(s, Kind.VECTOR, Kind.SCALAR) else None)
         self._choice: LayerChoice | None = None
         # Shared with the model's other GLoRA layers by glora.inject (one device read per step for all of them).
         self.scale_guard = ScaleGuard([self])
@@ -109,9 +109,9 @@ class GLoRALinear(nn.Module):
     def _scale(self, support: str, c: Choice) -> torch.Tensor:
         """A or B as a tensor broadcastable to out x in (lora: dense; vector: out x 1; scalar: 0-dim)."""
         down, up = getattr(self, f"{support}d"), getattr(self, f"{support}u")
-        if c.kind == "lora":
+        if c.kind is Kind.LORA:
             return down[:, : c.rank] @ up[: c.rank]
-        if c.kind == "vector":
+        if c.kind is Kind.VECTOR:
             return down[:, :1]
         return down[0, 0]
 
@@ -119,16 +119,16 @@ class GLoRALinear(nn.Module):
         """b_uni = b0 + W0 C + D ⊙ b0 + E, or None when the layer has no bias and C, E are none."""
         b0 = self.bias
         out = b0
-        if b0 is not None and choice.D.kind != "none":
-            out = b0 + b0 * (self.D if choice.D.kind == "vector" else self.D[0])
+        if b0 is not None and choice.D.kind is not Kind.NONE:
+            out = b0 + b0 * (self.D if choice.D.kind is Kind.VECTOR else self.D[0])
         c = choice.C
-        if c.kind != "none":
-            prompt = self.Cd[:, : c.rank] @ self.Cu[: c.rank] if c.kind == "lora" else self.Cd[:, :1]
+        if c.kind is not Kind.NONE:
+            prompt = self.Cd[:, : c.rank] @ self.Cu[: c.rank] if c.kind is Kind.LORA else self.Cd[:, :1]
             wc = F.linear(prompt.squeeze(1), self.weight)
             out = wc if out is None else out + wc
         e = choice.E
-        if e.kind != "none":
-            shift = self.E if e.kind == "vector" else self.E[0].expand(self.out_features)
+        if e.kind is not Kind.NONE:
+            shift = self.E if e.kind is Kind.VECTOR else self.E[0].expand(self.out_features)
             out = shift if out is None else out + shift
         return out
 
@@ -137,11 +137,11 @@ class GLoRALinear(nn.Module):
         w0 = self.weight
         a, b = choice.A, choice.B
         w = w0
-        if a.kind == "gift":
+        if a.kind is Kind.GIFT:
             w = w0 + self.gift.delta(w0, a.rank)
-        elif a.kind != "none":
+        elif a.kind is not Kind.NONE:
             w = w0 + w0 * self._scale("A", a)
-        if b.kind != "none":
+        if b.kind is not Kind.NONE:
             w = w + self._scale("B", b)
         return w
 
@@ -158,11 +158,11 @@ class GLoRALinear(nn.Module):
         out_f, in_f = self.out_features, self.in_features
         n = 0
         for s, c in zip(SUPPORTS, choice):
-            if c.kind == "lora":
+            if c.kind is Kind.LORA:
                 n += c.rank * (in_f + 1) if s == "C" else c.rank * (out_f + in_f)
-            elif c.kind == "vector":
+            elif c.kind is Kind.VECTOR:
                 n += 0 if (s == "D" and self.bias is None) else (in_f if s == "C" else out_f)
-            elif c.kind == "scalar":
+            elif c.kind is Kind.SCALAR:
                 n += 0 if (s == "D" and self.bias is None) else 1
         return n
 
@@ -195,19 +195,19 @@ class GLoRALinear(nn.Module):
         choice = self._require_choice()
         a, b = choice.A, choice.B
         bias = self.merged_bias(choice)
-        if a.kind == "lora":
-            y = F.linear(x, self.merged_weight(choice._replace(B=Choice("none"))), bias)
-        elif a.kind == "gift":
+        if a.kind is Kind.LORA:
+            y = F.linear(x, self.merged_weight(choice._replace(B=Choice(Kind.NONE))), bias)
+        elif a.kind is Kind.GIFT:
             y = F.linear(self.gift.transform(x, a.rank), self.weight, bias)
-        elif a.kind == "none":
+        elif a.kind is Kind.NONE:
             y = F.linear(x, self.weight, bias)
         else:
             y = F.linear(x, self.weight) * (1 + self._scale("A", a).squeeze(-1))
             if bias is not None:
                 y = y + bias
-        if b.kind == "lora":
+        if b.kind is Kind.LORA:
             y = y + F.linear(F.linear(x, self.Bu[: b.rank]), self.Bd[:, : b.rank])
-        elif b.kind != "none":
+        elif b.kind is not Kind.NONE:
             # A vector/scalar B is constant along the input axis: B x = B[:, 0] * sum(x).
             y = y + x.sum(-1, keepdim=True) * self._scale("B", b).squeeze(-1)
         return y

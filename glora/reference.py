@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from ._text import first_of
-from .inject import glora_layers
+from .inject import require_layers
 from .layer import GLoRALinear
+from .space import Kind
 from .subnet import Subnet, parse_subnet
 
 __all__ = ["load_reference_state_dict", "convert_reference_subnet", "reference_choice_name"]
@@ -56,9 +57,7 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -
         >>> glora.load_reference_state_dict(model, torch.load("ref.pth", weights_only=True))
     """
     sd = _unwrap(state_dict)
-    layers = glora_layers(model)
-    if not layers:
-        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
+    layers = require_layers(model)
     own = model.state_dict()
     # Paths in the model (they may differ from layer names when the model is wrapped).
     path_of = {m.name: path for path, m in model.named_modules() if isinstance(m, GLoRALinear)}
@@ -95,7 +94,7 @@ def reference_choice_name(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"reference choice must be a string, got {name!r}")
     if name == "constant":
-        return "scalar"
+        return Kind.SCALAR.value
     m = re.fullmatch(r"LoRA_(\d+)", name)
     if m:
         return f"lora_{int(m.group(1))}"
@@ -110,7 +109,7 @@ def convert_reference_subnet(
     ``configs`` is either a list with one ``{"A": "LoRA_8", ..., "E": "constant"}`` per adapted layer, in model
     order (how the reference stores a searched architecture), or a mapping from layer name to such a dict.
     """
-    names = list(glora_layers(model))
+    names = list(require_layers(model))
     if isinstance(configs, Mapping):
         items = list(configs.items())
     else:

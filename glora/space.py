@@ -1,40 +1,71 @@
 """The GLoRA search space: which choice each support tensor A-E may take.
 
 A choice is one of ``lora_<r>``, ``gift_<r>`` (A only), ``vector``, ``scalar`` or ``none`` (paper Eq. 11).
-Names are parsed once into :class:`Choice` so hot paths never look at strings.
+Names are parsed once into :class:`Choice` (a :class:`Kind` and a rank) so hot paths never look at strings.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["SUPPORTS", "GIFT_SHARING", "Choice", "LayerChoice", "SearchSpace"]
+__all__ = ["SUPPORTS", "GIFT_SHARING", "Kind", "Choice", "LayerChoice", "SearchSpace"]
 
 SUPPORTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 GIFT_SHARING: tuple[str, ...] = ("type", "width", "layer")
 
+
+class Kind(str, enum.Enum):
+    """What a support tensor is made of. A ``str`` so ``Kind.LORA == "lora"`` and YAML/JSON see plain names."""
+
+    LORA = "lora"  # low-rank factors Xd[:, :r] @ Xu[:r] (A, B, C)
+    GIFT = "gift"  # W0 phi[:, :r] psi[:r]: a generator shared by a group of layers (A only)
+    VECTOR = "vector"  # one value per output row (per input for C)
+    SCALAR = "scalar"  # one value for the whole layer
+    NONE = "none"  # the support is not used
+
+    @property
+    def ranked(self) -> bool:
+        """Whether choices of this kind carry a rank (``lora_8``, ``gift_4``)."""
+        return self in (Kind.LORA, Kind.GIFT)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 # Which kinds of choice each support may take (paper Eq. 11; GIFT is one more way to scale W for A).
-_KINDS: dict[str, tuple[str, ...]] = {
-    "A": ("lora", "gift", "vector", "scalar", "none"),
-    "B": ("lora", "vector", "scalar", "none"),
-    "C": ("lora", "vector", "none"),
-    "D": ("vector", "scalar", "none"),
-    "E": ("vector", "scalar", "none"),
+_KINDS: dict[str, tuple[Kind, ...]] = {
+    "A": (Kind.LORA, Kind.GIFT, Kind.VECTOR, Kind.SCALAR, Kind.NONE),
+    "B": (Kind.LORA, Kind.VECTOR, Kind.SCALAR, Kind.NONE),
+    "C": (Kind.LORA, Kind.VECTOR, Kind.NONE),
+    "D": (Kind.VECTOR, Kind.SCALAR, Kind.NONE),
+    "E": (Kind.VECTOR, Kind.SCALAR, Kind.NONE),
 }
 
 
-class Choice(NamedTuple):
-    """One parsed choice: ``kind`` in {lora, gift, vector, scalar, none}; ``rank`` > 0 for lora/gift."""
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One parsed choice: a :class:`Kind` and, for lora/gift, a rank > 0 (``Choice(Kind.LORA, 8)`` is lora_8)."""
 
-    kind: str
+    kind: Kind
     rank: int = 0
+
+    def __post_init__(self) -> None:
+        kind = Kind(self.kind)  # also accepts the plain name ("lora")
+        object.__setattr__(self, "kind", kind)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or kind.ranked != (self.rank > 0):
+            need = "a positive integer rank" if kind.ranked else "no rank"
+            raise ValueError(f"a {kind.value} choice takes {need}, got rank {self.rank!r}")
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_{self.rank}" if self.kind in ("lora", "gift") else self.kind
+        return f"{self.kind.value}_{self.rank}" if self.kind.ranked else self.kind.value
 
     @staticmethod
     def parse(name: str) -> Choice:
@@ -49,11 +80,11 @@ class Choice(NamedTuple):
 def _parse_choice(name: str) -> Choice:
     if not isinstance(name, str):
         raise ValueError(f"choice must be a string such as 'lora_8' or 'vector', got {name!r}")
-    if name in ("vector", "scalar", "none"):
-        return Choice(name)
+    if name in (Kind.VECTOR, Kind.SCALAR, Kind.NONE):
+        return Choice(Kind(name))
     kind, sep, rank = name.partition("_")
-    if sep and kind in ("lora", "gift") and rank.isdigit() and int(rank) > 0 and rank == str(int(rank)):
-        return Choice(kind, int(rank))
+    if sep and kind in (Kind.LORA, Kind.GIFT) and rank.isdigit() and int(rank) > 0 and rank == str(int(rank)):
+        return Choice(Kind(kind), int(rank))
     raise ValueError(
         f"unknown choice {name!r}; choices are 'lora_<r>', 'gift_<r>' (r a positive integer), "
         "'vector', 'scalar' or 'none'"
@@ -147,10 +178,10 @@ class SearchSpace:
     def _full(self, support: str) -> tuple[Choice, ...]:
         out: list[Choice] = []
         for kind in _KINDS[support]:
-            if kind == "lora":
-                out += [Choice("lora", r) for r in self.lora_ranks]
-            elif kind == "gift":
-                out += [Choice("gift", r) for r in self.gift_ranks]
+            if kind is Kind.LORA:
+                out += [Choice(kind, r) for r in self.lora_ranks]
+            elif kind is Kind.GIFT:
+                out += [Choice(kind, r) for r in self.gift_ranks]
             else:
                 out.append(Choice(kind))
         return tuple(out)
@@ -167,11 +198,11 @@ class SearchSpace:
         self.choices_for(support)  # (the error for an unknown support)
         return tuple(self._names[SUPPORTS.index(support)])
 
-    def max_rank(self, support: str, kind: str = "lora") -> int:
+    def max_rank(self, support: str, kind: Kind = Kind.LORA) -> int:
         """Largest rank of ``kind`` offered to ``support`` (0 if none): the size of its entangled storage."""
         return max((c.rank for c in self.choices_for(support) if c.kind == kind), default=0)
 
-    def offers(self, support: str, *kinds: str) -> bool:
+    def offers(self, support: str, *kinds: Kind) -> bool:
         return any(c.kind in kinds for c in self.choices_for(support))
 
     @property
@@ -195,7 +226,7 @@ class SearchSpace:
             raise ValueError(f"unknown choice {name!r} for support {support}; allowed: {', '.join(allowed)}") from None
         if choice.name in allowed:
             return choice
-        if choice.kind in ("lora", "gift"):
+        if choice.kind.ranked:
             largest = self.max_rank(support, choice.kind)
             if largest and choice.rank > largest:
                 raise ValueError(

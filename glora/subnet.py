@@ -16,9 +16,9 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._text import first_of
-from .gift import gift_group
-from .inject import get_space, glora_layers
-from .space import SUPPORTS, LayerChoice
+from .gift import gift_group, gift_params
+from .inject import get_space, require_layers
+from .space import SUPPORTS, Kind, LayerChoice
 
 __all__ = [
     "Subnet",
@@ -36,12 +36,10 @@ Subnet = dict[str, dict[str, str]]
 
 def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
     """Validate ``subnet`` against ``model`` and parse it; ``ValueError`` names the layer and the bad choice."""
-    return _parse(glora_layers(model), subnet)
+    return _parse(require_layers(model), subnet)
 
 
 def _parse(layers: Mapping[str, nn.Module], subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
-    if not layers:
-        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
     if not isinstance(subnet, Mapping):
         raise ValueError(f"a subnet must map layer names to their choices, got {type(subnet).__name__}")
     unknown = [n for n in subnet if n not in layers]
@@ -76,7 +74,7 @@ def _parse(layers: Mapping[str, nn.Module], subnet: Mapping[str, Mapping[str, st
 
 def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> None:
     """Make every GLoRA layer of ``model`` compute its choice in ``subnet`` (validated first)."""
-    layers = glora_layers(model)
+    layers = require_layers(model)
     parsed = _parse(layers, subnet)
     for name, layer in layers.items():
         layer.set_choice(parsed[name])
@@ -88,7 +86,7 @@ def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:
         raise TypeError(f"rng must be a random.Random (explicit seeding), got {type(rng).__name__}")
     return {
         name: {s: rng.choice(layer.space.choice_names(s)) for s in SUPPORTS}
-        for name, layer in _layers_or_raise(model).items()
+        for name, layer in require_layers(model).items()
     }
 
 
@@ -100,8 +98,8 @@ def make_subnet(model: nn.Module, **choices: str) -> Subnet:
     bad = [k for k in choices if k not in SUPPORTS]
     if bad:
         raise ValueError(f"unknown support {bad[0]!r}; supports are {', '.join(SUPPORTS)}")
-    entry = {s: choices.get(s, "none") for s in SUPPORTS}
-    subnet = {name: dict(entry) for name in _layers_or_raise(model)}
+    entry = {s: choices.get(s, Kind.NONE.value) for s in SUPPORTS}
+    subnet = {name: dict(entry) for name in require_layers(model)}
     parse_subnet(model, subnet)
     return subnet
 
@@ -112,19 +110,19 @@ def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> i
     lora_r: r·(out+in) for A/B, r·(in+1) for C; vector: out (in for C); scalar: 1; none: 0; a GIFT generator
     counts 2·r·in once per group, r the largest gift rank used in that group.
     """
-    parsed = parse_subnet(model, subnet)
-    layers = glora_layers(model)
+    layers = require_layers(model)
+    parsed = _parse(layers, subnet)
     space = get_space(model)
     total = 0
     gift_rank: dict[str, tuple[int, int]] = {}
     for name, layer in layers.items():
         choice = parsed[name]
         total += layer.count(choice)
-        if choice.A.kind == "gift":
+        if choice.A.kind is Kind.GIFT:
             group = gift_group(name, layer.in_features, space.gift_sharing)
             prev = gift_rank.get(group, (0, layer.in_features))[0]
             gift_rank[group] = (max(prev, choice.A.rank), layer.in_features)
-    total += sum(2 * r * in_f for r, in_f in gift_rank.values())
+    total += sum(gift_params(in_f, r) for r, in_f in gift_rank.values())
     return total
 
 
@@ -165,10 +163,3 @@ def _check_structure(data: Any, where: str) -> Subnet:
             raise ValueError(f"{where}: layer {name!r} must map supports A-E to choice names, got {entry!r}")
         out[name] = {str(k): str(v) for k, v in entry.items()}
     return out
-
-
-def _layers_or_raise(model: nn.Module) -> dict:
-    layers = glora_layers(model)
-    if not layers:
-        raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
-    return layers

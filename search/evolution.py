@@ -4,7 +4,8 @@ Accuracy objective (the paper's): each generation keeps the top ``parents`` cand
 HallOfFame), makes ``mutations`` children with ``mutUniformInt`` and ``crossovers`` with ``cxUniform``, and fills
 the population with random candidates. Pareto objective: NSGA-II (``varOr`` + ``selNSGA2``) over (accuracy,
 params). Every operator returns candidates inside the budget; every evaluated candidate is cached; the whole
-state is a JSON file written after each generation, so a search resumes exactly where it stopped.
+state is plain JSON data (:meth:`Evolution.state`), which the caller saves after each generation, so a search
+resumes exactly where it stopped. This module reads and writes no files.
 
 deap's operators draw from Python's global ``random``; ``Evolution._seeded`` lends them the search's own
 ``random.Random`` for the duration of each call, so runs are reproducible and global state is left untouched.
@@ -13,18 +14,14 @@ deap's operators draw from Python's global ``random``; ``Evolution._seeded`` len
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from deap import algorithms, base, creator, tools
-
-from glora._io import atomic_write_text
 
 from .genome import Genome
 
@@ -34,12 +31,18 @@ _logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
-# Fitness = (val accuracy, params): maximise the first, minimise the second. deap compares fitnesses
-# lexicographically, so the accuracy objective breaks accuracy ties by fewer parameters; NSGA-II uses both.
-if not hasattr(creator, "GLoRAFitness"):
-    creator.create("GLoRAFitness", base.Fitness, weights=(1.0, -1.0))
-if not hasattr(creator, "GLoRAIndividual"):
-    creator.create("GLoRAIndividual", list, fitness=creator.GLoRAFitness)
+
+def _individual_class() -> type:
+    """deap's individual class, created in deap's ``creator`` on first use (not at import), once per process.
+
+    Fitness = (val accuracy, params): maximise the first, minimise the second. deap compares fitnesses
+    lexicographically, so the accuracy objective breaks accuracy ties by fewer parameters; NSGA-II uses both.
+    """
+    if not hasattr(creator, "GLoRAFitness"):
+        creator.create("GLoRAFitness", base.Fitness, weights=(1.0, -1.0))
+    if not hasattr(creator, "GLoRAIndividual"):
+        creator.create("GLoRAIndividual", list, fitness=creator.GLoRAFitness)
+    return creator.GLoRAIndividual
 
 
 @dataclass
@@ -79,7 +82,15 @@ def pareto_front(points: list[tuple[int, float, Any]]) -> list[tuple[int, float,
 
 
 class Evolution:
-    """One search run. ``evaluate(genes) -> accuracy`` is only called for candidates not in the cache."""
+    """One search run. ``evaluate(genes) -> accuracy`` is only called for candidates not in the cache.
+
+    Args:
+        genome: the supernet's encoding (bounds, exact costs, feasible sampling).
+        settings: population sizes, budget, objective and seed.
+        evaluate: accuracy of one candidate (a gene list) on the validation split.
+        meta: extra plain data stored in :meth:`state` (the caller's options, the supernet's fingerprint).
+        map_fn: how a generation's new candidates are evaluated (``map``; a distributed map splits them).
+    """
 
     def __init__(
         self,
@@ -87,15 +98,14 @@ class Evolution:
         settings: SearchSettings,
         evaluate: Callable[[list[int]], float],
         *,
-        state_path: Path | None = None,
         meta: dict[str, Any] | None = None,
         map_fn: Callable = map,
     ) -> None:
         self.genome = genome
         self.s = settings
         self._evaluate = evaluate
-        self.state_path = state_path
         self.meta = meta or {}
+        self._Individual = _individual_class()
         genome.check_budget(settings.min_params, settings.max_params)
         self.rng = random.Random(settings.seed)
         self._draw: Any = self.rng  # where draws come from: the module while deap holds our stream (see _seeded)
@@ -104,7 +114,7 @@ class Evolution:
         self.generation = 0
         self.population: list = []
         tb = base.Toolbox()
-        tb.register("clone", lambda ind: creator.GLoRAIndividual(list(ind)))
+        tb.register("clone", lambda ind: self._Individual(list(ind)))
         tb.register("mate", self._mate)
         tb.register("mutate", self._mutate)
         tb.register("map", map_fn)
@@ -131,7 +141,7 @@ class Evolution:
 
     # ------------------------------------------------------------------ operators (always feasible)
     def _individual(self, genes: list[int]):
-        return creator.GLoRAIndividual(genes)
+        return self._Individual(genes)
 
     def _feasible(self, genes) -> bool:
         return self.s.min_params <= self.genome.cost(genes) <= self.s.max_params
@@ -196,7 +206,8 @@ class Evolution:
         return sorted(items, key=lambda t: (-t[1], t[2]))
 
     # ------------------------------------------------------------------ the loop
-    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
+    def run(self, on_generation: Callable[[int, int], None] | None = None) -> None:
+        """Run the remaining generations; ``on_generation(done, total)`` after each (save :meth:`state` there)."""
         s = self.s
         if not self.population:
             self.population = self._fresh(s.population)
@@ -206,9 +217,8 @@ class Evolution:
             new, accs = step()
             self.generation += 1
             self._record(new, accs, time.time() - start)
-            self.save()
-            if progress:
-                progress(self.generation, s.generations)
+            if on_generation:
+                on_generation(self.generation, s.generations)
 
     def _fresh(self, n: int, exclude: set | None = None) -> list:
         """``n`` feasible random individuals, unseen ones preferred."""
@@ -315,6 +325,7 @@ class Evolution:
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
+        """Everything needed to continue this search exactly (JSON-friendly), plus ``meta``."""
         return {
             "version": STATE_VERSION,
             "settings": asdict(self.s),
@@ -325,10 +336,6 @@ class Evolution:
             "log": self.log,
             **self.meta,
         }
-
-    def save(self) -> None:
-        if self.state_path is not None:
-            atomic_write_text(self.state_path, json.dumps(self.state()))
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (written by :meth:`save`); settings must be the ones it was run with."""

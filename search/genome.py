@@ -14,11 +14,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from glora import SUPPORTS, Choice, LayerChoice, Subnet, get_space, gift_group, glora_layers
+from glora.gift import gift_group, gift_params
+from glora.inject import get_space, require_layers
+from glora.space import SUPPORTS, Choice, Kind, LayerChoice
+from glora.subnet import Subnet
 
 __all__ = ["Genome", "BudgetError"]
 
-_NONE = Choice("none")
+_NONE = Choice(Kind.NONE)
 
 
 class BudgetError(ValueError):
@@ -29,9 +32,7 @@ class Genome:
     """Encoding of a model's subnets; ``low``/``up`` are the per-gene bounds deap's mutUniformInt takes."""
 
     def __init__(self, model: nn.Module) -> None:
-        layers = glora_layers(model)
-        if not layers:
-            raise ValueError("model has no GLoRA layers")
+        layers = require_layers(model)
         space = get_space(model)
         self.layer_names = list(layers)
         self.genes: list[tuple[str, str]] = [(n, s) for n in self.layer_names for s in SUPPORTS]
@@ -52,8 +53,9 @@ class Genome:
             for opt in options:
                 choice = Choice.parse(opt)
                 lc = LayerChoice(*(choice if s == support else _NONE for s in SUPPORTS))
-                row.append(0 if choice.kind == "gift" else layer.count(lc))
-                ranks.append(choice.rank if choice.kind == "gift" else 0)
+                gift = choice.kind is Kind.GIFT
+                row.append(0 if gift else layer.count(lc))
+                ranks.append(choice.rank if gift else 0)
             self.cost_table.append(row)
             self.gift_rank.append(ranks)
             if support == "A" and any(ranks):
@@ -92,7 +94,7 @@ class Genome:
             if r:
                 grp = self.group_of[i]
                 best[grp] = max(best.get(grp, 0), r)
-        return total + sum(2 * r * self.group_width[grp] for grp, r in best.items())
+        return total + sum(gift_params(self.group_width[grp], r) for grp, r in best.items())
 
     def min_cost(self) -> int:
         return sum(min(row) for row in self.cost_table)
@@ -115,7 +117,7 @@ class Genome:
                 members.setdefault(grp, []).append(own)
         for grp, owns in members.items():
             top = max(r for i in range(len(self.genes)) if self.group_of[i] == grp for r in self.gift_rank[i])
-            total += max(0, 2 * top * self.group_width[grp] - min(owns))
+            total += max(0, gift_params(self.group_width[grp], top) - min(owns))
         return total
 
     def check_budget(self, lo: int, hi: int) -> None:
@@ -208,7 +210,7 @@ class Genome:
         acc = 0
         for top in self._tops(unit):
             done, due = self._tables(unit, top, after, mask)
-            acc |= (due[0] if top else done[0]) << (2 * top * self._width(unit))
+            acc |= (due[0] if top else done[0]) << gift_params(self._width(unit), top)
         return acc & mask
 
     def _width(self, unit: list[int]) -> int:
@@ -239,10 +241,14 @@ class Genome:
             fits = [
                 top
                 for top, (done, due) in tables.items()
-                if _any_bit(due[0] if top else done[0], lo - total - 2 * top * width, hi - total - 2 * top * width)
+                if _any_bit(
+                    due[0] if top else done[0],
+                    lo - total - gift_params(width, top),
+                    hi - total - gift_params(width, top),
+                )
             ]
             top = rng.choice(fits)
-            total += 2 * top * width
+            total += gift_params(width, top)
             done, due = tables[top]
             pending = top > 0
             for j, i in enumerate(unit):
@@ -305,7 +311,7 @@ class _CostState:
 
     def _gift(self, grp: int, counter: Counter) -> int:
         top = max((r for r, n in counter.items() if n > 0), default=0)
-        return 2 * top * self.g.group_width[grp]
+        return gift_params(self.g.group_width[grp], top)
 
     @staticmethod
     def _move(counter: Counter, r_old: int, r_new: int) -> None:

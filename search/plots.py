@@ -1,38 +1,45 @@
-"""PNG plots of a search: progress per generation, accuracy vs params, and the chosen layer x support grid."""
+"""Figures of a search: progress per generation, accuracy vs params, and the chosen layer x support grid.
+
+Each function returns a :class:`matplotlib.figure.Figure` built with the object API (no pyplot, no backend switch,
+nothing global touched), so the caller decides where it goes; :func:`png_bytes` renders one for writing.
+"""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from glora import SUPPORTS, Choice, Subnet
-from glora._io import atomic_write_bytes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-__all__ = ["plot_progress", "plot_accuracy_vs_params", "plot_choices"]
+from glora.space import SUPPORTS, Choice, Kind
+
+__all__ = ["plot_progress", "plot_accuracy_vs_params", "plot_choices", "png_bytes"]
+
+# Grid colours of the choice plot, from "nothing" to "most expressive".
+_KIND_COLORS: dict[Kind, str] = {
+    Kind.NONE: "#f0f0f0",
+    Kind.SCALAR: "#c6dbef",
+    Kind.VECTOR: "#6baed6",
+    Kind.LORA: "#fd8d3c",
+    Kind.GIFT: "#74c476",
+}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
+def png_bytes(fig: Figure, dpi: int = 120) -> bytes:
+    """The figure as PNG bytes (Agg canvas; works without a display)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
-def plot_progress(log: list[dict[str, Any]], path: Path) -> None:
+def plot_progress(log: Sequence[Mapping[str, Any]]) -> Figure:
     """Best-so-far, generation-best and generation-mean validation accuracy per generation."""
-    plt = _plt()
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     gens = [r["generation"] for r in log]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(gens, [r["best_acc"] for r in log], "o-", label="best so far")
     ax.plot(gens, [r["gen_best_acc"] for r in log], "s--", alpha=0.7, label="best of generation")
     ax.plot(gens, [r["gen_mean_acc"] for r in log], "^:", alpha=0.7, label="mean of generation")
@@ -40,54 +47,55 @@ def plot_progress(log: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("validation accuracy (inherited weights)")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    return fig
 
 
 def plot_accuracy_vs_params(
-    points: list[tuple[int, float]],
-    front: list[tuple[int, float]],
+    points: Sequence[tuple[int, float]],
+    front: Sequence[tuple[int, float]],
     pick: tuple[int, float],
-    path: Path,
     *,
     limits: tuple[float, float] | None = None,
-) -> None:
+) -> Figure:
     """Every evaluated candidate, the Pareto front and the pick; params in thousands."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.scatter([p / 1e3 for p, _ in points], [a for _, a in points], s=10, alpha=0.35, label="evaluated")
     if front:
         ax.step([p / 1e3 for p, _ in front], [a for _, a in front], where="post", color="C1", label="Pareto front")
     ax.scatter([pick[0] / 1e3], [pick[1]], marker="*", s=220, color="C3", zorder=5, label="pick")
-    if limits:
-        for x in limits:
-            if x and x < 1e11:
-                ax.axvline(x / 1e3, color="grey", ls="--", lw=1)
+    for x in limits or ():
+        if x and x < 1e11:  # (no upper limit is stored as a huge number)
+            ax.axvline(x / 1e3, color="grey", ls="--", lw=1)
     ax.set_xlabel("parameters (thousands, paper's # params)")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    return fig
 
 
-def plot_choices(subnet: Subnet, path: Path) -> None:
+def _label(c: Choice) -> str:
+    """Cell text: nothing for none, s / v for scalar / vector, L8 / G4 for ranked kinds."""
+    if c.kind.ranked:
+        return f"{c.kind.value[0].upper()}{c.rank}"
+    return {Kind.SCALAR: "s", Kind.VECTOR: "v"}.get(c.kind, "")
+
+
+def plot_choices(subnet: Mapping[str, Mapping[str, str]]) -> Figure:
     """Layer x support grid of the chosen choices (like the paper's Fig. 4)."""
-    plt = _plt()
-    from matplotlib.colors import ListedColormap
-
-    kinds = ["none", "scalar", "vector", "lora", "gift"]
-    colors = ["#f0f0f0", "#c6dbef", "#6baed6", "#fd8d3c", "#74c476"]
+    kinds = list(_KIND_COLORS)
     layers = list(subnet)
-    grid = [[kinds.index(Choice.parse(subnet[n][s]).kind) for s in SUPPORTS] for n in layers]
-    fig, ax = plt.subplots(figsize=(4.2, 0.6 + 0.22 * len(layers)))
-    ax.imshow(grid, cmap=ListedColormap(colors), vmin=0, vmax=len(kinds) - 1, aspect="auto")
-    for i, n in enumerate(layers):
-        for j, s in enumerate(SUPPORTS):
-            c = Choice.parse(subnet[n][s])
-            label = {"none": "", "scalar": "s", "vector": "v"}.get(c.kind, f"{c.kind[0].upper()}{c.rank}")
-            ax.text(j, i, label, ha="center", va="center", fontsize=7)
+    parsed = [[Choice.parse(subnet[n][s]) for s in SUPPORTS] for n in layers]
+    fig = Figure(figsize=(4.2, 0.6 + 0.22 * len(layers)))
+    ax = fig.subplots()
+    grid = [[kinds.index(c.kind) for c in row] for row in parsed]
+    ax.imshow(grid, cmap=ListedColormap(list(_KIND_COLORS.values())), vmin=0, vmax=len(kinds) - 1, aspect="auto")
+    for i, row in enumerate(parsed):
+        for j, c in enumerate(row):
+            ax.text(j, i, _label(c), ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(SUPPORTS)), SUPPORTS)
     ax.set_yticks(range(len(layers)), layers, fontsize=6)
     ax.xaxis.tick_top()
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    ax.legend(handles, kinds, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
-    _save(fig, path)
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in _KIND_COLORS.values()]
+    ax.legend(handles, [k.value for k in kinds], loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    return fig
