@@ -16,16 +16,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_save
-from .backbone import BackboneSpec, build_backbone, fingerprint
-from .inject import inject
-from .space import SearchSpace
+from glora._io import atomic_save
+from glora.config import AdapterConfig
+from glora.inject import inject
 
-__all__ = ["CHECKPOINT_FORMAT", "read_checkpoint", "write_checkpoint", "load_supernet", "trainable_state"]
+from .backbone import BackboneSpec, build_backbone, fingerprint
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "read_checkpoint",
+    "write_checkpoint",
+    "load_supernet",
+    "load_trainable",
+    "trainable_state",
+]
 
 CHECKPOINT_FORMAT = "glora-supernet"
-CHECKPOINT_VERSION = 1
-_REQUIRED = ("format", "version", "backbone", "fingerprint", "space", "trainable")
+# 2: the adapter is one AdapterConfig record ("adapter"); version 1 kept "space", "targets", "heads" apart.
+CHECKPOINT_VERSION = 2
+_REQUIRED = ("format", "version", "backbone", "fingerprint", "adapter", "trainable")
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,6 +71,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"supernet checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(p)!r} is not a GLoRA supernet checkpoint (written by train_supernet.py)")
+    if data.get("version") == 1 and "space" in data:  # the adapter's parts as separate keys
+        data["adapter"] = {
+            "space": data.pop("space"),
+            "targets": data.pop("targets", None),
+            "heads": data.pop("heads", None),
+        }
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ValueError(f"supernet checkpoint {str(p)!r} lacks {', '.join(missing)}")
@@ -80,18 +95,18 @@ def load_supernet(
     checkpoint's tensors do not fit the model (another architecture or search space).
 
     Example:
-        >>> model = glora.load_supernet("runs/default/supernet/last.pt")
+        >>> model = glora.app.load_supernet("runs/default/supernet/last.pt")
         >>> glora.set_subnet(model, glora.load_subnet("runs/default/search/subnet.yaml"))
     """
     ckpt = path_or_checkpoint if isinstance(path_or_checkpoint, Mapping) else read_checkpoint(path_or_checkpoint)
     where = ckpt.get("path", "checkpoint")
     try:
         spec = BackboneSpec.from_dict(dict(ckpt["backbone"]))
-        space = SearchSpace.from_dict(dict(ckpt["space"]))
+        adapter = AdapterConfig.from_dict(ckpt["adapter"])
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: invalid backbone or search-space record: {e}") from None
+        raise ValueError(f"{where}: invalid backbone or adapter record: {e}") from None
     model = build_backbone(spec, device="cpu")
-    inject(model, space, ckpt.get("targets"), heads=ckpt.get("heads"))
+    inject(model, adapter)
     found = fingerprint(model)
     if found != ckpt["fingerprint"]:
         raise ValueError(

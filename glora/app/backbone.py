@@ -1,7 +1,8 @@
 """Build the frozen backbone from a small, serialisable description, and fingerprint its weights.
 
-Checkpoints store how to rebuild the backbone (timm name + pretrained source, or a local folder/file), never the
-frozen weights; the fingerprint makes sure the rebuilt backbone is the one the supernet was trained on.
+Checkpoints store how to rebuild the backbone (timm name + pretrained source, a local folder/file, or a backbone
+shipped inside this package), never the frozen weights; the fingerprint makes sure the rebuilt backbone is the one
+the supernet was trained on.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_local_dir", "PROJECT_ROOT"]
+__all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_model_name", "EMBEDDED_PREFIX", "embedded_path"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Backbones shipped as package data (timm ``local-dir`` folders under glora/app/assets), named ``embedded:<name>``,
+# so a run that uses one works from any folder after a plain ``pip install``.
+EMBEDDED_PREFIX = "embedded:"
+_ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @dataclass
@@ -25,8 +29,9 @@ class BackboneSpec:
     """How to rebuild a backbone.
 
     Args:
-        model: a timm model name (``vit_base_patch16_224.augreg_in21k``), ``hf-hub:<repo>`` or
-            ``local-dir:<folder>`` (a timm export: config.json + model.safetensors).
+        model: a timm model name (``vit_base_patch16_224.orig_in21k``), ``hf-hub:<repo>``,
+            ``local-dir:<folder>`` (a timm export: config.json + model.safetensors) or ``embedded:<name>`` (a
+            backbone shipped with this package: ``embedded:digits-vit``).
         pretrained: load pretrained weights from the model's source.
         pretrained_file: load pretrained weights from this local file instead (offline use of a timm name).
         num_classes: classes of the new head.
@@ -47,21 +52,36 @@ class BackboneSpec:
         return cls(**data)
 
 
-def resolve_local_dir(name: str) -> str:
-    """Make a relative ``local-dir:`` path work from any folder (tries the cwd, then the project root)."""
+def embedded_path(name: str) -> Path:
+    """The folder of the embedded backbone ``name`` (``digits-vit``); ``ValueError`` names the ones that exist."""
+    path = _ASSETS / name
+    if not name or "/" in name or "\\" in name or not (path / "config.json").is_file():
+        shipped = sorted(p.name for p in _ASSETS.iterdir() if (p / "config.json").is_file())
+        raise ValueError(f"no embedded backbone {name!r}; shipped: {', '.join(shipped) or 'none'}")
+    return path
+
+
+def resolve_model_name(name: str) -> str:
+    """What ``timm.create_model`` gets: ``embedded:<name>`` and ``local-dir:`` become absolute ``local-dir:`` paths.
+
+    Checkpoints of version 1 named the embedded backbone ``local-dir:assets/digits-vit`` (a path in a source
+    checkout); when that path does not exist here, the shipped copy is used.
+    """
+    if name.startswith(EMBEDDED_PREFIX):
+        return f"local-dir:{embedded_path(name.removeprefix(EMBEDDED_PREFIX))}"
     if not name.startswith("local-dir:"):
         return name
     path = Path(name.removeprefix("local-dir:")).expanduser()
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    if not path.is_absolute() and not path.exists() and path.parent == Path("assets"):
+        path = _ASSETS / path.name
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"local-dir model folder {str(path)!r} has no config.json (a timm export is expected)")
-    return f"local-dir:{path}"
+    return f"local-dir:{path.resolve()}"
 
 
 def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") -> nn.Module:
     """``timm.create_model`` for ``spec``; raises ``ValueError`` for unknown names or unreadable weight files."""
-    name = resolve_local_dir(spec.model)
+    name = resolve_model_name(spec.model)
     kwargs: dict[str, Any] = dict(spec.model_kwargs)
     pretrained = spec.pretrained
     if spec.pretrained_file:

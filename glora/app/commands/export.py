@@ -1,0 +1,153 @@
+"""``reparam.py`` / ``glora-export``: fold a searched subnet into the supernet's weights, export a plain timm model.
+
+Before anything is written, the folded model is checked against the supernet on real images and against the base
+architecture (same parameters, same FLOPs); after writing, the export is reloaded with plain timm and checked again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from glora._io import atomic_write_text
+from glora.fold import fold
+from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
+
+from ..backbone import BackboneSpec, build_backbone
+from ..checkpoint import load_supernet, read_checkpoint
+from ..cli import run
+from ..data import DataSpec, Normalizer
+from ..evaluate import resolve_device
+from ..export import check_finite, count_flops, export_timm_folder, max_difference, staged_folder
+from ..options import make_parser, nonneg_float, parse_args, positive_int
+
+__all__ = ["build_parser", "main", "cli"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("reparam.py", "Fold a searched subnet into plain weights and export a vanilla timm model.")
+    p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
+    p.add_argument("--subnet", default="runs/default/search/subnet.yaml", help="subnet YAML from search.py")
+    p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir layout)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    p.add_argument("--verify-images", type=positive_int, default=64, help="real validation images to compare on")
+    p.add_argument(
+        "--tolerance",
+        type=nonneg_float,
+        default=1e-4,
+        help="largest allowed |folded - supernet| relative to the largest logit",
+    )
+    p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
+    p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
+    return p
+
+
+@dataclass
+class _Checked:
+    """A folded model and what was measured about it before export."""
+
+    folded: nn.Module
+    x: torch.Tensor  # the verification images, normalised, on the check device
+    logits: torch.Tensor  # the folded model's outputs on them
+    stats: dict[str, Any]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    out = Path(args.out)
+    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
+    ckpt = read_checkpoint(args.supernet)
+    model = load_supernet(ckpt, device=resolve_device(args.device))
+    subnet = load_subnet(args.subnet)
+    parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
+    checked = _fold_and_check(args, ckpt, model, subnet)
+    _write_export(args, out, ckpt, checked)
+    print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
+    print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
+    return 0
+
+
+def cli() -> int:
+    """Console entry point ``glora-export``."""
+    return run(main)
+
+
+def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Module, subnet: Subnet) -> _Checked:
+    """Fold, then compare with the supernet on real images and with the base architecture's size and FLOPs."""
+    folded = fold(model, subnet).eval()
+    check_finite(folded)
+    device = next(model.parameters()).device
+    spec = BackboneSpec.from_dict(dict(ckpt["backbone"]) | {"pretrained": False, "pretrained_file": None})
+    base = build_backbone(spec, device=device).eval()
+    extra = sorted(set(folded.state_dict()) - set(base.state_dict()))
+    if extra:
+        raise ValueError(
+            f"the subnet gives bias-free layer(s) a bias ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): "
+            f"the timm architecture {spec.model} has no place for it; choose C and E none there"
+        )
+    x = _verification_images(args, ckpt).to(device)
+    set_subnet(model, subnet)
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    diff, rel = max_difference(got, expected)
+    print(f"folded vs supernet on {len(x)} real images: max |diff| {diff:.3e} (relative {rel:.3e})")
+    if rel > args.tolerance:
+        raise ValueError(
+            f"folded outputs differ from the supernet by {rel:.3e} (relative) > --tolerance {args.tolerance}"
+        )
+    n_base, n_fold = (sum(p.numel() for p in m.parameters()) for m in (base, folded))
+    f_base, f_fold = count_flops(base, x[:1]), count_flops(folded, x[:1])
+    glora_params = count_params(model, subnet)
+    print(
+        f"parameters: base {n_base:,}, folded {n_fold:,} (overhead {n_fold - n_base}); "
+        f"GLoRA subnet trained {glora_params:,} ({glora_params / 1e6:.4f}M)"
+    )
+    print(f"FLOPs per image: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
+    stats = {
+        "supernet": str(args.supernet),
+        "subnet": str(args.subnet),
+        "glora_params": glora_params,
+        "params": n_fold,
+        "base_params": n_base,
+        "flops": f_fold,
+        "base_flops": f_base,
+        "verify_images": len(x),
+        "max_abs_diff": diff,
+        "max_rel_diff": rel,
+    }
+    return _Checked(folded.to("cpu"), x.cpu(), got.cpu(), stats)
+
+
+def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:
+    """The first ``--verify-images`` validation images, normalised as in training."""
+    data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+    inputs = ckpt["input"]
+    part = data.load("val", inputs["input_size"]).subset(args.verify_images)
+    images = part.images
+    if images is None:  # not cached: read the few images we need
+        files = part.dataset()
+        images = torch.stack([files[i][0] for i in range(len(files))])
+    return Normalizer(inputs["mean"], inputs["std"])(images)
+
+
+def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked) -> None:
+    """Write the timm folder privately, reload it with plain timm, check it, then put it in place."""
+    with staged_folder(out) as tmp:
+        export_timm_folder(checked.folded, tmp, ckpt["input"])
+        shutil.copyfile(args.subnet, tmp / "subnet.yaml")
+        reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
+        with torch.no_grad():
+            rdiff, _ = max_difference(reloaded(checked.x), checked.logits)
+        if rdiff > 0:
+            raise ValueError(f"the export reloaded with plain timm differs from the folded model by {rdiff:.3e}")
+        atomic_write_text(tmp / "glora_export.json", json.dumps(checked.stats, indent=1))

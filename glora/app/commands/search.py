@@ -1,0 +1,268 @@
+"""``search.py`` / ``glora-search``: evolutionary search of a trained supernet under a parameter budget.
+
+Fitness is top-1 accuracy on the validation split with inherited supernet weights; the test split is used once,
+for the final pick. Outputs in ``--out``: subnet.yaml, search_log.jsonl, pareto.json, plots/*.png, config.yaml
+and search_state.json (for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glora._io import atomic_write_bytes, atomic_write_text
+from glora.fold import folded
+from glora.subnet import save_subnet
+from search import Evolution, Genome, SearchSettings, pareto_front
+from search.plots import plot_accuracy_vs_params, plot_choices, plot_progress, png_bytes
+
+from ..checkpoint import load_supernet, read_checkpoint
+from ..cli import run
+from ..data import DataSpec, Normalizer, make_loader
+from ..distributed import Distributed, setup_distributed
+from ..evaluate import accuracy, resolve_device
+from ..options import (
+    add_progress_option,
+    args_to_dict,
+    make_parser,
+    nonneg_float,
+    nonneg_int,
+    optional,
+    parse_args,
+    positive_float,
+    positive_int,
+    probability,
+    save_config,
+    start_or_resume,
+)
+
+__all__ = ["build_parser", "main", "cli", "RESUMABLE_OPTIONS", "STATE_FILE"]
+
+_logger = logging.getLogger(__name__)
+
+RESUMABLE_OPTIONS = {"generations", "device", "progress", "force", "out", "data_root", "batch_size", "workers"}
+STATE_FILE = "search_state.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("search.py", "Evolutionary search (deap) of a GLoRA supernet under a parameter budget.")
+    p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
+    p.add_argument("--out", default="runs/default/search", help="output folder")
+    g = p.add_argument_group("budget (the paper's # params, in millions)")
+    g.add_argument(
+        "--param-limit",
+        type=optional(positive_float),
+        default=0.03,
+        help="largest allowed subnet, millions of params (none: no limit)",
+    )
+    g.add_argument("--min-param-limit", type=nonneg_float, default=0.0, help="smallest allowed subnet, millions")
+    g = p.add_argument_group("evolution")
+    g.add_argument(
+        "--objective",
+        choices=("accuracy", "pareto"),
+        default="accuracy",
+        help="accuracy: the paper's loop; pareto: NSGA-II over (accuracy, params)",
+    )
+    g.add_argument("--population", type=positive_int, default=50, help="candidates per generation")
+    g.add_argument("--parents", type=positive_int, default=10, help="top-k candidates that breed")
+    g.add_argument("--mutations", type=nonneg_int, default=25, help="children by mutation per generation")
+    g.add_argument("--mutation-prob", type=probability, default=0.2, help="per-gene mutation probability")
+    g.add_argument("--crossovers", type=nonneg_int, default=25, help="children by uniform crossover per generation")
+    g.add_argument("--generations", type=positive_int, default=20, help="generations to run (may grow on --resume)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="seeds every random draw of the search")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    g.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
+    g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
+    g = p.add_argument_group("output")
+    g.add_argument("--resume", action="store_true", help=f"continue from <out>/{STATE_FILE}")
+    g.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    add_progress_option(g)
+    return p
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no search to resume: {str(path)!r} does not exist")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"search state {str(path)!r} is corrupt: {e}") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{str(path)!r} is not a search state written by search.py")
+    return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    out = Path(args.out)
+    args, state = start_or_resume(
+        parser,
+        argv,
+        args,
+        RESUMABLE_OPTIONS,
+        load=lambda: _read_state(out / STATE_FILE),
+        saved_config=lambda s: s["config"],
+        existing=[out / STATE_FILE, out / "subnet.yaml"],
+        what="search results",
+    )
+    job, device = setup_distributed(resolve_device(args.device))
+    if not job.main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        _SearchRun(args, job, device, state).run()
+    finally:
+        job.close()
+    return 0
+
+
+def cli() -> int:
+    """Console entry point ``glora-search``."""
+    return run(main)
+
+
+class _SearchRun:
+    """One search. Under torchrun every rank runs the same evolution (same seed) and evaluates its share of each
+    generation's new candidates (``job.map``); rank 0 writes."""
+
+    def __init__(self, args: argparse.Namespace, job: Distributed, device: torch.device, state: dict | None) -> None:
+        self.args, self.job, self.device, self.out = args, job, device, Path(args.out)
+        ckpt = read_checkpoint(args.supernet)
+        if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
+            raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
+        self.model = load_supernet(ckpt, device=device)
+        self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+        self.inputs = ckpt["input"]
+        self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
+        self.val = self.data.load("val", self.inputs["input_size"])
+        self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
+        self.genome = Genome(self.model)
+        meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
+        self.evo = Evolution(self.genome, _settings(args), self._fitness, meta=meta, map_fn=job.map)
+        if state is not None:
+            self.evo.restore(state)
+
+    def _fitness(self, genes: list[int]) -> float:
+        with folded(self.model, self.genome.decode(genes)):  # fold once, then plain-weight inference over the split
+            return accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp)
+
+    def run(self) -> None:
+        from tqdm.auto import tqdm
+
+        args, s = self.args, self.evo.s
+        if self.job.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(args, self.out / "config.yaml")
+        limit = "none" if args.param_limit is None else f"{s.max_params:,}"
+        _logger.info(
+            "searching %d genes (%d layers), budget %s-%s params, %d val images",
+            len(self.genome),
+            len(self.genome.layer_names),
+            f"{s.min_params:,}",
+            limit,
+            len(self.val),
+        )
+        bar = tqdm(
+            total=args.generations,
+            initial=self.evo.generation,
+            desc="generations",
+            disable=(None if args.progress is None else not args.progress) if self.job.main else True,
+        )
+
+        def on_generation(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            if self.job.main:  # the state first: the log never runs ahead of what a resume would restore
+                atomic_write_text(self.out / STATE_FILE, json.dumps(self.evo.state()))
+                self._write_log()
+
+        try:
+            self.evo.run(on_generation)
+        finally:
+            bar.close()
+        if self.job.main:
+            self._finish()
+        self.job.barrier()
+
+    def _write_log(self, final: dict[str, Any] | None = None) -> None:
+        lines = [json.dumps(r) for r in self.evo.log] + ([json.dumps(final)] if final else [])
+        atomic_write_text(self.out / "search_log.jsonl", "\n".join(lines) + "\n")
+
+    def _test_accuracy(self, subnet) -> float | None:
+        """The test split, looked at once, for the pick; None when the data has no test split."""
+        try:
+            test = self.data.load("test", self.inputs["input_size"])
+        except (ValueError, FileNotFoundError) as e:
+            _logger.warning("no test split (%s); test accuracy not reported", e)
+            return None
+        loader, _ = make_loader(test, self.args.batch_size, shuffle=False, workers=self.args.workers)
+        with folded(self.model, subnet):
+            return accuracy(self.model, loader, self.normalize, self.device, self.args.amp)
+
+    def _finish(self) -> None:
+        args, evo, out = self.args, self.evo, self.out
+        ranked = evo.ranked()
+        genes, val_acc, params = ranked[0]
+        subnet = self.genome.decode(genes)
+        save_subnet(subnet, out / "subnet.yaml")
+        test_acc = self._test_accuracy(subnet)
+        final = {
+            "final": True,
+            "subnet": "subnet.yaml",
+            "params": params,
+            "val_acc": round(val_acc, 6),
+            "test_acc": None if test_acc is None else round(test_acc, 6),
+            "evaluated": len(evo.cache),
+        }
+        self._write_log(final)
+        points = [(p, a, g) for g, a, p in ranked]
+        front = pareto_front(points)
+        pareto = {
+            "objective": args.objective,
+            "param_limit": args.param_limit,
+            "min_param_limit": args.min_param_limit,
+            "front": [{"params": p, "val_acc": round(a, 6), "subnet": self.genome.decode(g)} for p, a, g in front],
+        }
+        atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1))
+        limits = (evo.s.min_params, evo.s.max_params)
+        figures = {
+            "progress.png": plot_progress(evo.log),
+            "accuracy_vs_params.png": plot_accuracy_vs_params(
+                [(p, a) for p, a, _ in points], [(p, a) for p, a, _ in front], (params, val_acc), limits=limits
+            ),
+            "choices.png": plot_choices(subnet),
+        }
+        for name, fig in figures.items():
+            atomic_write_bytes(out / "plots" / name, png_bytes(fig))
+        test_txt = "n/a" if test_acc is None else f"{test_acc:.4f}"
+        print(
+            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val acc {val_acc:.4f}, test acc {test_txt} "
+            f"({len(evo.cache)} candidates evaluated)"
+        )
+        print(f"wrote {out / 'subnet.yaml'}, search_log.jsonl, pareto.json ({len(front)} points), plots/")
+        print(
+            f"next: glora-export --supernet {args.supernet} --subnet {out / 'subnet.yaml'} (or python reparam.py ...)"
+        )
+
+
+def _settings(args: argparse.Namespace) -> SearchSettings:
+    return SearchSettings(
+        population=args.population,
+        parents=args.parents,
+        mutations=args.mutations,
+        mutation_prob=args.mutation_prob,
+        crossovers=args.crossovers,
+        generations=args.generations,
+        min_params=round(args.min_param_limit * 1e6),
+        max_params=round(args.param_limit * 1e6) if args.param_limit is not None else 10**12,
+        objective=args.objective,
+        seed=args.seed,
+    )

@@ -1,0 +1,347 @@
+"""``train_supernet.py`` / ``glora-train``: train a GLoRA supernet, one random subnet per step.
+
+With no arguments it trains the embedded default (a ViT shipped with glora, pretrained on digits 0-4, adapted to
+digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` atomically, then ``log.jsonl``;
+``--resume`` continues exactly where the run stopped (an epoch end, or the step where Ctrl-C/SIGTERM arrived).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glora._io import atomic_write_text
+from glora.config import AdapterConfig
+from glora.inject import glora_layers, head_names, inject
+from glora.space import GIFT_SHARING, SearchSpace
+
+from ..backbone import EMBEDDED_PREFIX, BackboneSpec, build_backbone, fingerprint
+from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
+from ..cli import run
+from ..data import DATASETS, DataSpec, Normalizer, input_config
+from ..distributed import Distributed, setup_distributed
+from ..evaluate import resolve_device
+from ..options import (
+    ConfigError,
+    add_progress_option,
+    args_to_dict,
+    make_parser,
+    nonneg_float,
+    nonneg_int,
+    optional,
+    parse_args,
+    positive_float,
+    positive_int,
+    probability,
+    save_config,
+    start_or_resume,
+    yaml_mapping,
+)
+from ..trainer import DivergenceError, Recipe, Trainer
+
+__all__ = ["build_parser", "main", "cli", "adapter_from_args", "data_from_args", "RESUMABLE_OPTIONS", "DEFAULT_MODEL"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = f"{EMBEDDED_PREFIX}digits-vit"
+
+# Options that may change when resuming (they do not alter what is computed); everything else comes from last.pt.
+RESUMABLE_OPTIONS = {
+    "epochs",
+    "stop_after",
+    "device",
+    "workers",
+    "progress",
+    "resume",
+    "force",
+    "out",
+    "compile",
+    "compile_backend",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("train_supernet.py", "Train a GLoRA supernet: a random subnet per step over a frozen backbone.")
+    g = p.add_argument_group("backbone")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="timm name (e.g. vit_base_patch16_224.orig_in21k), hf-hub:<repo>, local-dir:<folder> or "
+        "embedded:<name> (a backbone shipped with glora: embedded:digits-vit)",
+    )
+    g.add_argument(
+        "--pretrained", action=argparse.BooleanOptionalAction, default=True, help="load the model's pretrained weights"
+    )
+    g.add_argument("--pretrained-file", default=None, help="load pretrained weights from this local file (offline)")
+    g.add_argument("--img-size", type=optional(positive_int), default=None, help="input size, if not the model's")
+    g.add_argument("--drop-path", type=probability, default=0.0, help="stochastic depth rate of the backbone")
+    g.add_argument(
+        "--model-kwargs",
+        type=yaml_mapping,
+        default={},
+        help="more timm.create_model arguments as a YAML/JSON mapping, e.g. '{embed_dim: 32, depth: 2}'",
+    )
+
+    g = p.add_argument_group("search space")
+    g.add_argument(
+        "--lora-ranks", type=positive_int, nargs="*", default=[8, 4], help="LoRA ranks (paper: 8 4 | 4 2 | 2)"
+    )
+    g.add_argument("--gift-ranks", type=positive_int, nargs="*", default=[], help="GIFT ranks offered to A")
+    g.add_argument("--gift-sharing", choices=GIFT_SHARING, default="type", help="which layers share a GIFT generator")
+    g.add_argument("--targets", nargs="+", default=None, help="layer-name suffixes to adapt (default: all but heads)")
+    g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (embedded), vtab or folder")
+    g.add_argument("--data-root", default=None, help="VTAB-1k root (<root>/<task>/...) or an ImageFolder tree")
+    g.add_argument("--task", default=None, help="VTAB-1k task name, e.g. cifar")
+    g.add_argument("--train-split", default="train", help="train split (VTAB-1k: train800 or a list file)")
+    g.add_argument("--val-split", default="val", help="validation split: the search ranks subnets on it")
+    g.add_argument("--test-split", default="test", help="test split, looked at once for the final pick")
+    g.add_argument(
+        "--val-fraction", type=probability, default=0.2, help="ImageFolder: per-class share held out for val"
+    )
+    g.add_argument("--test-fraction", type=probability, default=0.0, help="ImageFolder: per-class share for test")
+    g.add_argument("--split-seed", type=nonneg_int, default=0, help="ImageFolder: seed of the stratified split")
+    g.add_argument(
+        "--cache-images",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode and resize every image once and keep it in memory (uint8)",
+    )
+    g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=positive_int, default=120, help="supernet epochs (paper VTAB-1k: 500)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per step (all processes together)")
+    g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
+    g.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=2.0, help="linear warmup of the cosine schedule")
+    g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="learning rate the warmup starts from")
+    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="learning rate the cosine schedule ends at")
+    g.add_argument("--smoothing", type=probability, default=0.0, help="label smoothing")
+    g.add_argument("--clip-grad", type=optional(positive_float), default=None, help="max gradient norm")
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the backbone between GLoRA layers (their subnet changes every step)",
+    )
+    g.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="runs/default/supernet", help="output folder (last.pt, log.jsonl, config.yaml)")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    g.add_argument("--force", action="store_true", help="start over even if <out> already holds a checkpoint")
+    g.add_argument(
+        "--stop-after",
+        type=optional(positive_int),
+        default=None,
+        help="stop (resumably) after this many epochs in this run, e.g. to fit a job time limit",
+    )
+    add_progress_option(g)
+    return p
+
+
+def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = None) -> AdapterConfig:
+    """The adapter the options describe (search space, target layers); ``heads`` as resolved on the model."""
+    if args.targets and args.targets_regex:
+        raise ConfigError("give --targets or --targets-regex, not both")
+    space = SearchSpace(
+        lora_ranks=tuple(args.lora_ranks), gift_ranks=tuple(args.gift_ranks), gift_sharing=args.gift_sharing
+    )
+    targets = args.targets_regex or (list(args.targets) if args.targets else None)
+    return AdapterConfig(space, targets, None if heads is None else tuple(heads))
+
+
+def data_from_args(args: argparse.Namespace) -> DataSpec:
+    return DataSpec(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        task=args.task,
+        train_split=args.train_split,
+        val_split=args.val_split,
+        test_split=args.test_split,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        cache_images=args.cache_images,
+    )
+
+
+def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
+    kwargs: dict[str, Any] = dict(args.model_kwargs)
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    if args.drop_path:
+        kwargs["drop_path_rate"] = args.drop_path
+    return BackboneSpec(
+        model=args.model,
+        num_classes=num_classes,
+        pretrained=args.pretrained,
+        pretrained_file=args.pretrained_file,
+        model_kwargs=kwargs,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    last = Path(args.out) / "last.pt"
+    args, ckpt = start_or_resume(
+        parser,
+        argv,
+        args,
+        RESUMABLE_OPTIONS,
+        load=lambda: read_checkpoint(last),
+        saved_config=lambda c: c.get("config", {}),
+        existing=[last],
+        what="a supernet checkpoint",
+    )
+    dist, device = setup_distributed(resolve_device(args.device))
+    try:
+        if not dist.main:
+            logging.getLogger().setLevel(logging.WARNING)
+        _SupernetRun(args, dist, device, ckpt).fit()
+    finally:
+        dist.close()
+    return 0
+
+
+def cli() -> int:
+    """Console entry point ``glora-train``."""
+    return run(main)
+
+
+class _SupernetRun:
+    """One training run's pieces: the supernet, its data, the trainer, and where it is saved."""
+
+    def __init__(
+        self, args: argparse.Namespace, dist: Distributed, device: torch.device, ckpt: dict[str, Any] | None
+    ) -> None:
+        self.args, self.dist, self.out = args, dist, Path(args.out)
+        self.data = data_from_args(args)
+        self.spec = backbone_from_args(args, self.data.num_classes())
+        self._build_model(device)
+        train, val = self._load_splits()
+        self.trainer = Trainer(
+            self.model,
+            train,
+            Recipe.from_options(args),
+            normalize=Normalizer(self.inputs["mean"], self.inputs["std"]).to(device),
+            device=device,
+            val_set=val,
+            forward=torch.compile(self.model, backend=args.compile_backend) if args.compile else None,
+            dist=dist,
+            progress=args.progress,
+        )
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    def _build_model(self, device: torch.device) -> None:
+        torch.manual_seed(self.args.seed)  # the new head's init
+        model = build_backbone(self.spec)
+        self.adapter = adapter_from_args(self.args, heads=head_names(model))
+        inject(model, self.adapter)
+        self.fingerprint = fingerprint(model)
+        self.inputs = input_config(model)
+        self.model = model.to(device)
+
+    def _load_splits(self):
+        splits = []
+        for name in ("train", "val"):
+            s = self.data.load(name, self.inputs["input_size"])
+            if len(s) == 0:
+                raise ValueError(f"the {name} split is empty")
+            if s.num_classes != self.spec.num_classes:
+                raise ValueError(
+                    f"the {name} split has {s.num_classes} classes, the model head {self.spec.num_classes}"
+                )
+            splits.append(s)
+        return splits
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        where = ckpt.get("path", "last.pt")
+        if ckpt["fingerprint"] != self.fingerprint:
+            raise ValueError(f"{where}: the backbone's weights differ from the ones this run was trained on")
+        load_trainable(self.model, ckpt["trainable"], where)
+        self.trainer.load_state_dict(ckpt)
+        t = self.trainer
+        at = f"epoch {t.epoch + 1}, batch {t.batch}" if t.batch else f"after epoch {t.epoch}"
+        _logger.info("resuming %s %s (step %d)", self.out / "last.pt", at, t.step)
+
+    def _save(self) -> None:
+        """Rank 0 writes; the others wait, so a failed write stops everyone at the same step."""
+        if self.dist.main:
+            write_checkpoint(
+                self.out / "last.pt",
+                {
+                    "backbone": self.spec.to_dict(),
+                    "fingerprint": self.fingerprint,
+                    "adapter": self.adapter.to_dict(),
+                    "data": self.data.to_dict(),
+                    "input": {k: list(v) for k, v in self.inputs.items()},
+                    "trainable": trainable_state(self.model),
+                    **self.trainer.state_dict(),
+                    "config": args_to_dict(self.args),
+                },
+            )
+            self._write_log()
+        self.dist.barrier()
+
+    def _write_log(self) -> None:
+        atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.trainer.log))
+
+    def _prepare_out(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp"):  # left by a run killed in the middle of an atomic write
+            stale.unlink(missing_ok=True)
+        save_config(self.args, self.out / "config.yaml")
+        if self.trainer.log:  # log.jsonl may lag last.pt if a run died between the two writes
+            self._write_log()
+
+    def _interrupted(self) -> None:
+        self._save()
+        t = self.trainer
+        _logger.warning(
+            "interrupted at epoch %d, batch %d: %s saved; continue with --resume",
+            t.epoch + 1,
+            t.batch,
+            self.out / "last.pt",
+        )
+
+    def fit(self) -> None:
+        t, args = self.trainer, self.args
+        if self.dist.main:
+            self._prepare_out()
+        _logger.info(
+            "supernet: %d adapted layers, %d trainable tensors' elements, %d train / %d val images",
+            len(glora_layers(self.model)),
+            sum(p.numel() for p in t.params),
+            len(t.train_set),
+            len(t.val_set),
+        )
+        try:
+            t.fit(
+                stop_after=args.stop_after,
+                on_epoch_end=lambda record: self._save(),
+                on_interrupt=self._interrupted,
+                handle_signals=True,
+            )
+        except DivergenceError as e:
+            kept = "last.pt is as it was" if (self.out / "last.pt").exists() else "no checkpoint was written"
+            raise DivergenceError(f"{e} (stopped without saving: {kept})") from None
+        last = self.out / "last.pt"
+        if t.epoch < args.epochs:
+            _logger.info("stopped after epoch %d of %d; continue with --resume", t.epoch, args.epochs)
+        else:
+            _logger.info("done: %s; next: glora-search --supernet %s (or python search.py ...)", last, last)

@@ -1,0 +1,95 @@
+"""Export a folded model as a plain timm model, and the checks that make the export trustworthy.
+
+The export is timm's hub layout (config.json + model.safetensors, written by ``timm.models.save_for_hf``), so
+``timm.create_model("local-dir:<folder>", pretrained=True)`` loads it without this toolkit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from glora._io import publish_tree
+
+__all__ = [
+    "count_flops",
+    "max_difference",
+    "check_finite",
+    "export_timm_folder",
+    "staged_folder",
+]
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass (torch's FlopCounterMode: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(max |a - b|, that divided by max |b|)."""
+    diff = (a.float() - b.float()).abs().max().item()
+    return diff, diff / max(b.float().abs().max().item(), 1e-12)
+
+
+def check_finite(model: nn.Module) -> None:
+    """``ValueError`` naming the first tensor that holds NaN or inf: a broken model is never exported."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"folded tensor {name!r} holds NaN or inf; refusing to export a broken model")
+
+
+def export_timm_folder(model: nn.Module, folder: Path, inputs: Mapping[str, Any]) -> None:
+    """timm's own save helper, with the preprocessing the supernet was trained with (squash resize, mean/std)."""
+    data_config = {"mean": tuple(inputs["mean"]), "std": tuple(inputs["std"]), "crop_pct": 1.0, "crop_mode": "squash"}
+    model_config = {"pretrained_cfg": {"tag": "glora"}}
+    timm.models.save_for_hf(
+        model, str(folder), safe_serialization=True, model_config=model_config, data_config=data_config
+    )
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A private temporary folder beside ``target`` that replaces it on clean exit (and is removed on error).
+
+    The old ``target`` is only removed once the new one is in place, so a failure at any point leaves either the old
+    folder or the new one, never a mix.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        publish_tree(tmp)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()

@@ -1,0 +1,308 @@
+"""Options for the three commands: YAML files set defaults, the command line overrides, all checked.
+
+As in timm's train.py: ``-c/--config`` YAML keys are option names (``batch-size`` or ``batch_size``); several
+files may be given and later ones win; unknown keys and wrongly typed values are errors; the resolved options are
+written next to the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glora._io import atomic_write_text
+
+__all__ = [
+    "ConfigError",
+    "make_parser",
+    "parse_args",
+    "explicit_options",
+    "merge_for_resume",
+    "start_or_resume",
+    "add_progress_option",
+    "read_yaml",
+    "save_config",
+    "args_to_dict",
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "probability",
+    "optional",
+    "yaml_mapping",
+]
+
+
+class ConfigError(ValueError):
+    """A bad option value, config file or combination; reported as one line by the CLI."""
+
+
+# ---------------------------------------------------------------------- value checkers (argparse types)
+def _number(kind: type, check: Callable[[float], bool], what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (isinstance(value, float) and not math.isfinite(value)) or not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
+probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def yaml_mapping(text: str) -> dict[str, Any]:
+    """A mapping given inline as YAML/JSON, e.g. ``'{embed_dim: 32, depth: 2}'``."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{drop_rate: 0.1}}', got {text!r}")
+    return value
+
+
+def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Also accept ``none``/``null`` (meaning: not set)."""
+
+    def wrapped(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else convert(text)
+
+    wrapped.__name__ = f"{getattr(convert, '__name__', 'value')} or none"
+    return wrapped
+
+
+# ---------------------------------------------------------------------- parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (``error: ...``), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="YAML file whose keys are option names; repeat to stack files (later ones win); "
+        "the command line overrides them",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)}
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (safe_load); ConfigError says what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(p)!r} must be a mapping of option names to values")
+    return dict(data)
+
+
+def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
+    """Check a YAML value the way argparse would check it on the command line."""
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        if action.default is None or action.nargs in ("*", "?"):
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not items:
+            raise ConfigError(f"{where}: expected at least one value")
+        return [_coerce_one(action, v, where) for v in items]
+    if isinstance(value, list) or (isinstance(value, dict) and action.type is not yaml_mapping):
+        raise ConfigError(f"{where}: expected a single value, got {value!r}")
+    return _coerce_one(action, value, where)
+
+
+def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
+    if action.type is yaml_mapping and isinstance(value, dict):
+        return yaml_mapping(yaml.safe_dump(value))
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{where}: expected a single value, got {value!r}")
+    if action.type is None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        out = value
+    else:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            out = action.type(text)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if action.choices is not None and out not in action.choices:
+        allowed = ", ".join(map(str, action.choices))
+        raise ConfigError(f"{where}: {value!r} is not allowed; choose from {allowed}")
+    return out
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` after applying the ``--config`` files as defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    actions = _actions(parser)
+    defaults: dict[str, Any] = {}
+    for path in known.config:
+        for key, value in read_yaml(path).items():
+            dest = str(key).replace("-", "_")
+            if dest not in actions or dest == "debug":
+                allowed = ", ".join(sorted(a.replace("_", "-") for a in actions if a != "debug"))
+                raise ConfigError(f"{path}: unknown key {key!r}; allowed keys: {allowed}")
+            defaults[dest] = _coerce(actions[dest], value, f"{path}: {key}")
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations the command line itself sets (config files and defaults excluded)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.dest in ("help", argparse.SUPPRESS):
+            continue
+        kwargs: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
+        if action.nargs == 0:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = action.const
+        else:
+            kwargs["nargs"] = action.nargs
+            if isinstance(action, argparse._AppendAction):
+                kwargs["action"] = "append"
+        probe.add_argument(*action.option_strings, **kwargs)
+    seen, _ = probe.parse_known_args(argv)
+    return set(vars(seen))
+
+
+def merge_for_resume(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    saved: Mapping[str, Any],
+    resumable: Iterable[str],
+) -> argparse.Namespace:
+    """The options a run was saved with, plus only the ``resumable`` ones this command line sets.
+
+    Setting any other option to a different value is an error: a resumed run computes what it started computing.
+    """
+    resumable = set(resumable) | {"config", "debug", "resume"}
+    explicit = explicit_options(parser, argv)
+    changed = sorted(
+        k for k in explicit if k not in resumable and _plain(getattr(args, k)) != saved.get(k.replace("_", "-"))
+    )
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(resumable - {"config", "debug", "resume"}))
+        raise ConfigError(
+            f"cannot change {names} when resuming (a resumed run keeps its options); may change: {allowed}"
+        )
+    merged = argparse.Namespace(**{k.replace("-", "_"): v for k, v in saved.items()})
+    for k in vars(args):
+        if (k in explicit and k in resumable) or not hasattr(merged, k):
+            setattr(merged, k, getattr(args, k))
+    merged.resume = True
+    return merged
+
+
+def start_or_resume(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    resumable: Iterable[str],
+    *,
+    load: Callable[[], Any],
+    saved_config: Callable[[Any], Mapping[str, Any]],
+    existing: Iterable[Path],
+    what: str,
+) -> tuple[argparse.Namespace, Any]:
+    """``(args, state)`` for a command that writes into ``--out``: fresh (state None) or resumed from ``load()``.
+
+    The same rules for every such command: ``--resume`` and ``--force`` exclude each other; a resumed run keeps its
+    saved options (``merge_for_resume``); a fresh run refuses an ``--out`` that already holds results (any of
+    ``existing``, described as ``what``) unless ``--force``, so finished work is never overwritten by accident.
+    """
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other")
+    if args.resume:
+        state = load()
+        return merge_for_resume(parser, argv, args, saved_config(state), resumable), state
+    if not args.force and any(Path(p).exists() for p in existing):
+        raise FileExistsError(
+            f"{str(args.out)!r} already holds {what}; use --resume to continue it or --force to start over"
+        )
+    return args, None
+
+
+def add_progress_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``; the default (None) shows bars only on a terminal, so logs stay clean."""
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only on a terminal)",
+    )
+
+
+def args_to_dict(args: argparse.Namespace | Mapping[str, Any], drop: Iterable[str] = ("config", "debug")) -> dict:
+    """Plain YAML/JSON-friendly dict of options (paths as strings, option names with dashes)."""
+    items = vars(args).items() if isinstance(args, argparse.Namespace) else args.items()
+    out = {}
+    for k, v in items:
+        if k in drop:
+            continue
+        out[k.replace("_", "-")] = _plain(v)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, os.PathLike):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def save_config(args: argparse.Namespace | Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write the resolved options as YAML (loadable again with ``--config``), atomically."""
+    text = yaml.safe_dump(args_to_dict(args), sort_keys=False, default_flow_style=None)
+    atomic_write_text(path, text)

@@ -1,0 +1,330 @@
+"""The one training loop: supernets, single subnets, plain fine-tuning and the embedded backbone all go through it.
+
+Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast, cross-entropy
+(label smoothing optional), backward, all-reduce of exactly the gradients that exist (data parallelism), optional
+clipping, AdamW, timm's cosine schedule with warmup (stepped per update, paper Appendix A). The data order of each
+epoch depends only on the seed and the epoch, and everything the loop's future depends on is in
+:meth:`Trainer.state_dict`, so a run stopped at any step boundary continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glora.inject import glora_layers
+from glora.subnet import Subnet, sample_subnet, set_subnet
+
+from .data import ImageSet, make_loader
+from .distributed import Distributed
+from .evaluate import accuracy, autocast
+
+__all__ = ["Recipe", "Trainer", "DivergenceError", "Augment"]
+
+_logger = logging.getLogger(__name__)
+
+# An augmentation of a normalised batch on the device; draws only from the RNG it is given (the trainer's).
+Augment = Callable[[torch.Tensor, random.Random], torch.Tensor]
+
+
+@dataclass
+class Recipe:
+    """How to train: optimiser, schedule, loss, precision, seed (the train command's options of the same names).
+
+    The defaults are the embedded task's; the paper's VTAB-1k recipe (500 epochs, lr 5e-4 or 1e-4, 10 warmup
+    epochs) is in ``configs/vtab``.
+    """
+
+    epochs: int = 120
+    batch_size: int = 64
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+    smoothing: float = 0.0
+    clip_grad: float | None = None
+    amp: str = "auto"  # auto: bf16 autocast on CUDA only; bf16; off
+    seed: int = 0  # data order, subnet draws, augmentation
+    workers: int = 2  # data-loading workers when images are not cached in memory
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off; got {self.amp!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | Any) -> Recipe:
+        """The recipe part of a command's options (an argparse Namespace or a mapping with the same names)."""
+        values = options if isinstance(options, Mapping) else vars(options)
+        return cls(**{k: values[k] for k in asdict(cls()) if k in values})
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or inf; the step was not applied."""
+
+    user_facing = True  # reported as one line by the CLI
+
+
+class Trainer:
+    """Trains ``model``'s trainable tensors on ``train_set``; :meth:`fit` runs (or continues) the epochs.
+
+    Args:
+        model: a model on ``device``. With GLoRA layers and ``subnet=None`` it is trained as a supernet (a random
+            subnet per step); with ``subnet`` that one subnet is trained alone.
+        train_set: uint8 images (cached or files) and labels.
+        recipe: optimiser, schedule, loss and seed.
+        normalize: uint8 batch -> model input, on the device.
+        device: where batches go.
+        params: the tensors to train (default: every parameter that requires grad).
+        val_set: evaluated after every epoch (a supernet: one random subnet; else the model itself).
+        subnet: train this fixed subnet instead of sampling one per step.
+        augment: applied to each normalised training batch.
+        forward: what computes the logits (default ``model``; e.g. ``torch.compile(model)``).
+        dist: this process's place in a data-parallel job (default: a single process).
+        progress: progress bars (None: only on a terminal).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: ImageSet,
+        recipe: Recipe,
+        *,
+        normalize: nn.Module,
+        device: torch.device,
+        params: Sequence[nn.Parameter] | None = None,
+        val_set: ImageSet | None = None,
+        subnet: Subnet | None = None,
+        augment: Augment | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dist: Distributed | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if len(train_set) == 0:
+            raise ValueError("the train split is empty")
+        self.model, self.recipe, self.device = model, recipe, device
+        self.train_set, self.val_set = train_set, val_set
+        self.normalize, self.augment = normalize, augment
+        self.forward = forward if forward is not None else model
+        self.dist = dist or Distributed()
+        self.progress = progress
+        self.supernet = bool(glora_layers(model)) and subnet is None
+        if subnet is not None:
+            set_subnet(model, subnet)
+        self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("nothing to train: no parameter requires grad")
+        self.dist.broadcast_params(self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+        self.scheduler = self._schedule()
+        self.rng = random.Random(recipe.seed)
+        self.epoch = 0  # completed epochs
+        self.step = 0
+        self.batch = 0  # batches done in the current epoch (non-zero only after an interruption)
+        self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}  # the current epoch's running totals
+        self.log: list[dict[str, Any]] = []
+        self._stop = False
+        self.scheduler.step_update(0)
+
+    def _schedule(self):
+        from timm.scheduler import CosineLRScheduler
+
+        r, total = self.recipe, self.recipe.epochs * self.steps_per_epoch
+        return CosineLRScheduler(
+            self.optimizer,
+            t_initial=total,
+            lr_min=r.min_lr,
+            warmup_t=min(round(r.warmup_epochs * self.steps_per_epoch), max(total - 1, 0)),
+            warmup_lr_init=r.warmup_lr,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the run depends on (not the model's tensors: save those beside it)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"python": self.rng.getstate(), "torch": torch.get_rng_state()},
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": self.batch,
+            "partial": dict(self.partial),
+            "log": list(self.log),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output. ``recipe.epochs`` may have grown: the schedule follows it."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        sched = dict(state["scheduler"])
+        sched.pop("t_initial", None)
+        self.scheduler.load_state_dict(sched | {"t_initial": self.scheduler.t_initial})
+        self.rng.setstate(_to_tuple(state["rng"]["python"]))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.batch = int(state.get("batch", 0))
+        self.partial = dict(state.get("partial", self.partial))
+        self.log = list(state.get("log", []))
+        self.scheduler.step_update(self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        *,
+        stop_after: int | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_interrupt: Callable[[], None] | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        """Train until ``recipe.epochs`` (or ``stop_after`` more epochs).
+
+        ``on_epoch_end(record)`` runs after each epoch (save there). With ``handle_signals``, Ctrl-C / SIGTERM ask
+        for a stop at the next step boundary: ``on_interrupt()`` runs (save there), then KeyboardInterrupt is raised.
+        """
+        r = self.recipe
+        stop_at = r.epochs if not stop_after else min(r.epochs, self.epoch + stop_after)
+        with self._signals() if handle_signals else contextlib.nullcontext():
+            while self.epoch < stop_at:
+                start = time.time() - self.partial["seconds"]
+                loss = self._train_epoch(start, on_interrupt)
+                val_acc = self.validate() if self.val_set is not None else None
+                self.epoch += 1
+                self.batch = 0
+                self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}
+                record = {"epoch": self.epoch, "loss": round(loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
+                if val_acc is not None:
+                    record["val_acc"] = round(val_acc, 6)
+                record["seconds"] = round(time.time() - start, 3)
+                self.log.append(record)
+                if on_epoch_end:
+                    on_epoch_end(record)
+                _logger.info(
+                    "epoch %d/%d  loss %.4f  lr %.2e%s  %.1fs",
+                    self.epoch,
+                    r.epochs,
+                    loss,
+                    record["lr"],
+                    "" if val_acc is None else f"  val_acc{'(random subnet)' if self.supernet else ''} {val_acc:.4f}",
+                    record["seconds"],
+                )
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C / SIGTERM request a stop at the next step boundary; a second one aborts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, _frame):
+            self._stop = True
+            _logger.warning("%s: saving after the current step (send it again to abort)", signal.Signals(signum).name)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _train_epoch(self, start: float, on_interrupt: Callable[[], None] | None) -> float:
+        from tqdm.auto import tqdm
+
+        r = self.recipe
+        self.model.train()
+        loader, meta = make_loader(
+            self.train_set,
+            r.batch_size,
+            shuffle=True,
+            seed=r.seed * 1_000_003 + self.epoch,
+            workers=r.workers,
+            shard=self.dist.shard if self.dist.enabled else None,
+            skip=self.batch,
+        )
+        total, count = self.partial["loss"], self.partial["count"]
+        disable = (None if self.progress is None else not self.progress) if self.dist.main else True
+        bar = tqdm(
+            zip(loader, meta), total=len(meta), desc=f"epoch {self.epoch + 1}/{r.epochs}", leave=False, disable=disable
+        )
+        for (x, y), (global_n, weight) in bar:
+            batch_loss = self._step(x, y, global_n, weight)
+            total += batch_loss
+            count += global_n
+            self.batch += 1
+            if self._stop_requested():
+                self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
+                if on_interrupt:
+                    on_interrupt()
+                raise KeyboardInterrupt
+            bar.set_postfix(loss=f"{batch_loss / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+        return total / max(count, 1)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, global_n: int, weight: float) -> float:
+        """One update; returns this global batch's summed loss."""
+        r = self.recipe
+        x = self.normalize(x.to(self.device, non_blocking=True))
+        y = y.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            x = self.augment(x, self.rng)
+        if self.supernet:
+            set_subnet(self.model, sample_subnet(self.model, self.rng))  # the same draw on every rank
+        with autocast(self.device, r.amp):
+            logits = self.forward(x)
+        # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
+        loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=r.smoothing, reduction="sum") * weight
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum / global_n).backward()
+        self.dist.all_reduce_grads(self.params)
+        batch_loss, _ = self.dist.sum([loss_sum.item(), 0.0], self.device)
+        if not math.isfinite(batch_loss):
+            raise DivergenceError(
+                f"loss became {batch_loss / global_n} at epoch {self.epoch + 1}, step {self.step + 1}; "
+                "try a lower --lr or --clip-grad"
+            )
+        if r.clip_grad:
+            nn.utils.clip_grad_norm_(self.params, r.clip_grad)
+        self.optimizer.step()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        return batch_loss
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if not self.dist.enabled:
+            return self._stop
+        return self.dist.sum([1.0 if self._stop else 0.0], self.device)[0] > 0
+
+    def validate(self) -> float:
+        """Validation accuracy: a supernet's of one random subnet (drawn from the trainer's RNG), else the model's."""
+        if self.supernet:
+            set_subnet(self.model, sample_subnet(self.model, self.rng))
+        part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
+        loader, _ = make_loader(part, max(self.recipe.batch_size, 256), shuffle=False, workers=self.recipe.workers)
+        correct = accuracy(self.model, loader, self.normalize, self.device, self.recipe.amp) * len(part)
+        correct, total = self.dist.sum([correct, float(len(part))], self.device)
+        return correct / max(total, 1.0)
+
+
+def _to_tuple(state: Any) -> Any:
+    """Python's RNG state comes back from torch.load with lists where tuples were."""
+    return tuple(_to_tuple(s) for s in state) if isinstance(state, (list, tuple)) else state
