@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts: machine description, method builders, interleaved timing.
+"""Shared pieces of the benchmark scripts: options, machine description, method builders, interleaved timing, and
+the one ``--json`` output layout.
 
 Benchmarks print ratios measured side by side in one process (methods interleaved round by round, medians), so
 background noise hits every method alike. PEFT baselines need ``pip install peft`` (benchmarks/requirements.txt).
@@ -7,18 +8,58 @@ background noise hits every method alike. PEFT baselines need ``pip install peft
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import platform
 import random
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
 import glora
+
+__all__ = [
+    "add_workload_args",
+    "add_json_arg",
+    "write_json",
+    "machine",
+    "sync",
+    "Method",
+    "build_method",
+    "linear_targets",
+    "peft_available",
+    "interleaved",
+    "saved_for_backward_mib",
+]
+
+
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here (shared JSON layout)")
+
+
+def write_json(path: str | Path | None, benchmark: str, args: argparse.Namespace, results: Any) -> None:
+    """One layout for every benchmark: what ran, where, when, with which options, and its results."""
+    if not path:
+        return
+    record = {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": shlex.join([Path(sys.executable).name, "-m", f"benchmarks.{benchmark}", *sys.argv[1:]]),
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "results": results,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 
 def add_workload_args(p: argparse.ArgumentParser, model: str, batch_size: int, classes: bool = True) -> None:
@@ -31,6 +72,7 @@ def add_workload_args(p: argparse.ArgumentParser, model: str, batch_size: int, c
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
+    add_json_arg(p)
 
 
 def machine() -> str:

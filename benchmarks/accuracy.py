@@ -1,6 +1,6 @@
 """Accuracy per parameter on the embedded transfer task (digits 0-4 backbone -> digits 5-9), several seeds.
 
-    python benchmarks/accuracy.py [--seeds 0 1 2] [--epochs 40] [--out benchmarks/accuracy]
+    python -m benchmarks.accuracy [--seeds 0 1 2] [--epochs 240] [--out benchmarks/accuracy]
 
 Methods: linear probe (head only), LoRA r=8 as a fixed GLoRA subnet (B = lora_8, rest none), full fine-tuning,
 and GLoRA: a supernet trained with train_supernet.py and searched with search.py under LoRA r=8's parameter
@@ -8,6 +8,7 @@ budget (the paper's count). Test accuracy of every method's final model; the sea
 search.py's own report. Also the Pareto front (validation accuracy vs params) of the first seed's search, and the
 Kendall rank correlation between the supernet's inherited-weight accuracy and stand-alone accuracy (each subnet
 trained alone from the same backbone) for --tau-subnets random subnets: how faithfully the supernet ranks them.
+Every model trains through the toolkit's one training loop (``glora.app.Trainer``) with the same recipe.
 """
 
 from __future__ import annotations
@@ -17,26 +18,22 @@ import json
 import math
 import random
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-import timm
 import torch
-import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine
 
 import glora
-from glora.backbone import PROJECT_ROOT
-from glora.cli import setup_logging
-from glora.data import Normalizer, load_digits, make_loader
-from glora.evaluate import accuracy
-from glora.train import main as train_main
-from search.cli import main as search_main
+from glora.app import BackboneSpec, Recipe, Trainer, build_backbone, load_supernet
+from glora.app.cli import setup_logging
+from glora.app.commands.search import main as search_main
+from glora.app.commands.train import main as train_main
+from glora.app.data import Normalizer, load_digits
+from glora.app.embedded import BACKBONE, MEAN, STD, digits_accuracy
 
-BACKBONE = f"local-dir:{PROJECT_ROOT / 'assets' / 'digits-vit'}"
+from ._common import add_json_arg, machine, write_json
+
+__all__ = ["main", "kendall_tau"]
 
 
 def parse() -> argparse.Namespace:
@@ -44,68 +41,50 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=240, help="every method trains this long (the supernet too)")
     p.add_argument("--tau-subnets", type=int, default=8)
+    p.add_argument("--generations", type=int, default=20, help="search generations (the paper's 20)")
     p.add_argument("--out", default="benchmarks/accuracy", help="folder for results.json and the plot")
+    add_json_arg(p)
     return p.parse_args()
 
 
 def backbone() -> torch.nn.Module:
-    return timm.create_model(BACKBONE, pretrained=True, num_classes=5)
+    """The embedded backbone with a new 5-class head (seeded by the caller)."""
+    return build_backbone(BackboneSpec(BACKBONE, num_classes=5))
 
 
-def fit(model, params, lr: float, epochs: int, seed: int, before_step=None) -> None:
-    """The same recipe as train_supernet.py (AdamW wd 1e-4, cosine with 2 warmup epochs, batch 64)."""
-    from timm.scheduler import CosineLRScheduler
-
-    train = load_digits("transfer", "train")
-    norm = Normalizer((0.5,), (0.5,))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    steps = math.ceil(len(train) / 64)
-    sched = CosineLRScheduler(
-        opt,
-        t_initial=epochs * steps,
-        lr_min=1e-6,
-        warmup_t=2 * steps,
-        warmup_lr_init=1e-6,
-        warmup_prefix=True,
-        t_in_epochs=False,
+def fit(model, lr: float, epochs: int, seed: int, subnet: glora.Subnet | None = None) -> None:
+    """The train command's recipe (AdamW wd 1e-4, cosine with 2 warmup epochs, batch 64), through its loop."""
+    recipe = Recipe(epochs=epochs, lr=lr, seed=seed, amp="off", workers=0)
+    trainer = Trainer(
+        model,
+        load_digits("transfer", "train"),
+        recipe,
+        normalize=Normalizer(MEAN, STD),
+        device=torch.device("cpu"),
+        subnet=subnet,
+        progress=False,
     )
-    sched.step_update(0)
-    step = 0
-    model.train()
-    for epoch in range(epochs):
-        loader, _ = make_loader(train, 64, shuffle=True, seed=seed * 1_000_003 + epoch)
-        for x, y in loader:
-            if before_step:
-                before_step()
-            loss = F.cross_entropy(model(norm(x)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            sched.step_update(step)
+    trainer.fit()
 
 
 def evaluate(model, split: str) -> float:
-    loader, _ = make_loader(load_digits("transfer", split), 256, shuffle=False)
-    return accuracy(model, loader, Normalizer((0.5,), (0.5,)), torch.device("cpu"))
+    return digits_accuracy(model, load_digits("transfer", split))
 
 
 def linear_probe(seed: int, epochs: int) -> tuple[float, int]:
     torch.manual_seed(seed)
     model = backbone()
-    model.reset_classifier(5)
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith("head."))
-    fit(model, list(model.head.parameters()), 1e-2, epochs, seed)
+    fit(model, 1e-2, epochs, seed)
     return evaluate(model, "test"), 0
 
 
 def full_finetune(seed: int, epochs: int) -> tuple[float, int]:
     torch.manual_seed(seed)
     model = backbone()
-    model.reset_classifier(5)
     head = sum(p.numel() for p in model.head.parameters())
-    fit(model, list(model.parameters()), 1e-3, epochs, seed)
+    fit(model, 1e-3, epochs, seed)
     return evaluate(model, "test"), sum(p.numel() for p in model.parameters()) - head
 
 
@@ -113,15 +92,13 @@ def fixed_subnet(seed: int, epochs: int, subnet_of, lr: float = 5e-3, split: str
     """Train one GLoRA subnet alone (stand-alone accuracy)."""
     torch.manual_seed(seed)
     model = backbone()
-    model.reset_classifier(5)
     glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))
     subnet = subnet_of(model)
-    glora.set_subnet(model, subnet)
-    fit(model, [p for p in model.parameters() if p.requires_grad], lr, epochs, seed)
+    fit(model, lr, epochs, seed, subnet=subnet)
     return evaluate(model, split), glora.count_params(model, subnet)
 
 
-def glora_search(seed: int, epochs: int, budget: int, work: Path) -> tuple[float, int, Path]:
+def glora_search(seed: int, epochs: int, budget: int, work: Path, generations: int) -> tuple[float, int, Path]:
     supernet = work / f"supernet-{seed}"
     assert train_main(["--epochs", str(epochs), "--seed", str(seed), "--out", str(supernet), "--no-progress"]) == 0
     out = work / f"search-{seed}"
@@ -135,6 +112,8 @@ def glora_search(seed: int, epochs: int, budget: int, work: Path) -> tuple[float
             str(seed),
             "--param-limit",
             f"{budget / 1e6:.6f}",
+            "--generations",
+            str(generations),
             "--no-progress",
         ]
     )
@@ -186,11 +165,11 @@ def main() -> None:
             rows["full fine-tuning"].append(full_finetune(seed, args.epochs))
             acc, lora_params = fixed_subnet(seed, args.epochs, lora)
             rows["LoRA r=8 (B=lora_8)"].append((acc, lora_params))
-            acc, params, search_dir = glora_search(seed, args.epochs, lora_params, work)
+            acc, params, search_dir = glora_search(seed, args.epochs, lora_params, work, args.generations)
             rows["GLoRA searched (<= LoRA params)"].append((acc, params))
             if first_search is None:
                 first_search = json.loads((search_dir / "pareto.json").read_text())["front"]
-                supernet = glora.load_supernet(work / f"supernet-{seed}" / "last.pt")
+                supernet = load_supernet(work / f"supernet-{seed}" / "last.pt")
             print(f"seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.4f}" for k, v in rows.items()), flush=True)
 
         # Rank correlation: inherited-weight vs stand-alone validation accuracy of random subnets.
@@ -230,17 +209,16 @@ def main() -> None:
         "stand_alone": alone,
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_json(args.json, "accuracy", args, result)
     plot(summary, first_search, out / "accuracy_vs_params.png")
     print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_params.png'}")
 
 
 def plot(summary, front, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
     for i, (k, v) in enumerate(summary.items()):
         if k == "full fine-tuning":
             continue  # 200k params: off the chart's scale; its accuracy is drawn as a line
@@ -273,7 +251,6 @@ def plot(summary, front, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cost of evaluating one search candidate vs plain inference of the same model over the same validation set.
 
-    python benchmarks/candidate_eval.py [--model vit_small_patch16_224] [--images 200] [--batch-size 100]
+    python -m benchmarks.candidate_eval [--model vit_small_patch16_224] [--images 200] [--batch-size 100]
 
 The search folds each candidate once (``glora.folded``: W_uni, b_uni per layer, no model copy) and runs plain
 weights over the split; the target is <= 1.03x plain inference, fold time included. For context: running the
@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-from pathlib import Path
 
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_workload_args, interleaved, machine
-
 import glora
-from glora.evaluate import autocast, resolve_device
+from glora.app.evaluate import autocast, resolve_device
+
+from ._common import add_workload_args, interleaved, machine, write_json
+
+__all__ = ["main"]
 
 
 def parse() -> argparse.Namespace:
@@ -82,6 +81,8 @@ def main() -> None:
     print(f"{'per candidate':24s} {'seconds':>8s} {'vs plain':>9s} {'candidates/min':>15s}")
     for k, t in times.items():
         print(f"{k:24s} {t:8.3f} {t / base:8.3f}x {60 / t:15.1f}")
+    rows = {k: {"seconds": t, "vs_plain": t / base, "candidates_per_min": 60 / t} for k, t in times.items()}
+    write_json(args.json, "candidate_eval", args, rows)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$py" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
 
 step tests 240 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py
-step train_step_bf16 240 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
+step train_step_bf16 240 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
     --peak --json "$out/train_step_bf16.json"
-step candidate_eval 150 "$py" benchmarks/candidate_eval.py --model "$model" --images 200 --batch-size 100 --rounds 10
-step profile 150 "$py" benchmarks/profile_step.py --model "$model" --batch-size 64 \
+step candidate_eval 150 "$py" -m benchmarks.candidate_eval --model "$model" --images 200 --batch-size 100 --rounds 10
+step profile 150 "$py" -m benchmarks.profile_step --model "$model" --batch-size 64 \
     --methods bias-only glora-supernet glora-lora8 peft-lora
-step train_step_fp32 200 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
+step train_step_fp32 200 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
     --amp off --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_fp32.json"
-step train_step_compile 420 "$py" benchmarks/train_step.py --model "$model" --batch-size 64 --rounds 20 \
+step train_step_compile 420 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 \
     --warmup 3 --compile --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_compile.json"
 exit "$status"

@@ -1,18 +1,15 @@
 """Where a training step's time goes: host (Python, dispatch) vs device kernels, syncs, and the costliest ops.
 
-    python benchmarks/profile_step.py [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
+    python -m benchmarks.profile_step [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
 
 On a GPU a step is fast enough that the host can become the bottleneck: when the wall time per step is well above
-the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs. ``--no-guard-sync``
-skips the fused path's check of ``|1 + a|`` (a device-to-host read per vector/scalar-A layer) to measure what
-that read costs; it is a diagnosis switch, not a mode to train in.
+the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -20,12 +17,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_workload_args, machine, sync
-from train_step import ALL, setup
+from glora.app.evaluate import resolve_device
 
-from glora.evaluate import resolve_device
-from glora.fused import ScaleGuard
+from ._common import add_workload_args, machine, sync, write_json
+from .train_step import ALL, setup
+
+__all__ = ["main"]
 
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")  # host waits for the device
 
@@ -37,7 +34,6 @@ def parse() -> argparse.Namespace:
         "--methods", nargs="+", default=["bias-only", "glora-supernet", "glora-lora8", "peft-lora"], choices=ALL
     )
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--no-guard-sync", action="store_true", help="diagnosis: skip the fused path's |1 + a| check")
     p.add_argument("--out", default=None, help="write each method's op tables here")
     args = p.parse_args()
     args.compile = False
@@ -55,13 +51,12 @@ def _kernel_us(avgs) -> float:
 
 def main() -> None:
     args = parse()
-    if args.no_guard_sync:
-        ScaleGuard.is_safe = lambda self, layer, scalar: True  # type: ignore[method-assign]
     device = resolve_device(args.device)
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
-    print(f"model {args.model}, batch {args.batch_size}, guard sync {'off' if args.no_guard_sync else 'on'}")
+    print(f"model {args.model}, batch {args.batch_size}")
     print(f"{'method':16s} {'wall ms':>8s} {'kernels ms':>10s} {'host-bound':>10s} {'syncs':>6s} {'subnet ms':>9s}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    rows = {}
     for name in args.methods:
         method, _, step = setup(args, name, device)
         for _ in range(3):
@@ -85,6 +80,9 @@ def main() -> None:
         kernels = _kernel_us(avgs) / 1e3 / args.steps
         syncs = (sum(a.count for a in avgs if a.key in SYNC_OPS) - (device.type == "cuda")) / args.steps
         wall = statistics.median(walls) * 1e3
+        rows[name] = {"wall_ms": wall, "subnet_ms": subnet_ms}
+        if device.type == "cuda":
+            rows[name] |= {"kernel_ms": kernels, "syncs_per_step": syncs}
         if device.type == "cuda":
             bound = "yes" if kernels < 0.8 * wall else "no"
             print(f"{name:16s} {wall:8.1f} {kernels:10.1f} {bound:>10s} {syncs:6.0f} {subnet_ms:9.2f}")
@@ -96,10 +94,11 @@ def main() -> None:
             text = avgs.table(sort_by="self_cpu_time_total", row_limit=25)
             if device.type == "cuda":
                 text += "\n" + avgs.table(sort_by="self_cuda_time_total", row_limit=25)
-            (out / f"profile_{name}{'_noguard' if args.no_guard_sync else ''}.txt").write_text(text)
+            (out / f"profile_{name}.txt").write_text(text)
         del method, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    write_json(args.json, "profile_step", args, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Supernet training step vs bias-only tuning, PEFT LoRA r=8 and PEFT GLoRA, on the same timm ViT and batch.
 
-    python benchmarks/train_step.py [--model vit_small_patch16_224] [--batch-size 32] [--rounds 10] [--peak]
+    python -m benchmarks.train_step [--model vit_small_patch16_224] [--batch-size 32] [--rounds 10] [--peak]
 
 Bias-only tuning (biases + head train) is the floor for any method that adapts every layer: its backward still
 runs through every layer. The GLoRA supernet draws a new random subnet every step (ranks {8, 4} by default), as
@@ -24,10 +24,21 @@ import timm
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_workload_args, build_method, interleaved, machine, peft_available, saved_for_backward_mib
+from glora.app.evaluate import autocast, resolve_device
 
-from glora.evaluate import autocast, resolve_device
+from ._common import (
+    add_workload_args,
+    build_method,
+    interleaved,
+    machine,
+    peft_available,
+    saved_for_backward_mib,
+    write_json,
+)
+
+__all__ = ["ALL", "setup", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ALL = ["bias-only", "glora-supernet", "glora-reference", "glora-lora8", "peft-lora", "peft-glora"]
 
@@ -41,7 +52,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--memory-samples", type=int, default=6, help="random subnets averaged for saved-tensor memory")
     p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (GLoRA layers stay eager)")
-    p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method
     return p.parse_args()
 
@@ -122,7 +132,8 @@ def main() -> None:
         for m in methods:
             cmd = [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.train_step",
                 "--one",
                 m,
                 "--model",
@@ -141,7 +152,8 @@ def main() -> None:
                 *map(str, args.ranks),
                 *(["--compile"] if args.compile else []),
             ]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+            env = os.environ | {"PYTHONWARNINGS": "ignore"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
 
     floor = times.get("bias-only")
@@ -168,8 +180,7 @@ def main() -> None:
             f"{ratio:12.2f}x {saved[m]:10.1f}"
         )
         print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine(), "results": rows}, indent=1))
+    write_json(args.json, "train_step", args, rows)
 
 
 if __name__ == "__main__":

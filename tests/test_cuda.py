@@ -6,21 +6,27 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``python -m pytes
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from cases import CASE_IDS, CASES, build, randomize_supports, rel_err
-from test_fused import _grads, _layer, check_every_choice
+from helpers import (
+    CASE_IDS,
+    CASES,
+    build,
+    check_every_choice,
+    layer_grads,
+    make_layer,
+    python,
+    randomize_supports,
+    rel_err,
+)
 
 import glora
+from glora.app import read_checkpoint
 from glora.space import LayerChoice
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-ROOT = Path(__file__).resolve().parent.parent
 CUDA = torch.device("cuda")
 
 
@@ -29,7 +35,7 @@ CUDA = torch.device("cuda")
     "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
 )
 def test_fused_equals_reference_on_cuda_float64(space, bias):
-    layer = _layer(space, bias).to(CUDA)
+    layer = make_layer(space, bias).to(CUDA)
     if layer.gift is not None:  # shared by its group, so not a submodule of the layer
         layer.gift.to(CUDA)
     g = torch.Generator(CUDA).manual_seed(0)
@@ -53,7 +59,7 @@ def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
         ("scalar", "scalar", "vector", "none", "scalar"),
     ]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        exact = _grads(layer.double(), x.double().requires_grad_(), gy.double(), fused=False)
+        exact = layer_grads(layer.double(), x.double().requires_grad_(), gy.double(), fused=False)
         layer.float().to(CUDA)
         xc = x.to(CUDA).requires_grad_()
         err = {}
@@ -84,10 +90,6 @@ def test_fold_matches_supernet_float64_on_cuda(case):
             assert rel_err(supernet(x), y) < 1e-9
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900)
-
-
 @pytest.mark.parametrize(
     "launch",
     [
@@ -97,12 +99,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ],
     ids=["amp", "amp-compile", "torchrun-nccl"],
 )
+@pytest.mark.slow
 def test_training_on_cuda(tmp_path, launch):
     """bf16 autocast on CUDA (the default there) trains the embedded task; compile and nccl run the same loop."""
     out = tmp_path / "run"
-    done = _cli(*launch, "--epochs", "3", "--device", "cuda", "--out", str(out), "--no-progress")
+    done = python(*launch, "--epochs", "3", "--device", "cuda", "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
-    ckpt = glora.read_checkpoint(out / "last.pt")
+    ckpt = read_checkpoint(out / "last.pt")
     assert len(ckpt["log"]) == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in ckpt["log"])
     assert ckpt["log"][-1]["val_acc"] > 0.3  # chance is 0.2: the adapted classes are being learned

@@ -5,27 +5,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from cases import ToyMLP, randomize_supports
+from helpers import ToyMLP, free_port, python, randomize_supports, torchrun
 
 import glora
-from glora.distributed import setup_distributed
+from glora.app import read_checkpoint
+from glora.app.distributed import setup_distributed
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow  # processes and process groups
 
 
 def _model_and_batch(n: int):
@@ -67,7 +59,7 @@ def _rank_main(rank: int, port: int, n: int, out: str) -> None:
 @pytest.mark.parametrize("n", [7, 1], ids=["uneven-shares", "one-rank-empty"])
 def test_all_reduced_gradients_equal_single_process(tmp_path, n):
     out = tmp_path / "grads.json"
-    mp.spawn(_rank_main, args=(_free_port(), n, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(free_port(), n, str(out)), nprocs=2, join=True)
     result = json.loads(out.read_text())
     assert result
     for name, same_presence, diff in result:
@@ -75,22 +67,13 @@ def test_all_reduced_gradients_equal_single_process(tmp_path, n):
         assert diff < 1e-12, f"{name}: {diff}"
 
 
-def _python(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
 def test_torchrun_training_and_search_match_a_single_process(tmp_path):
     common = ["--epochs", "2", "--device", "cpu"]
-    two = _torchrun("train_supernet.py", *common, "--out", str(tmp_path / "two"))
+    two = torchrun("train_supernet.py", *common, "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
-    one = _python("train_supernet.py", *common, "--out", str(tmp_path / "one"))
+    one = python("train_supernet.py", *common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    a, b = glora.read_checkpoint(tmp_path / "one" / "last.pt"), glora.read_checkpoint(tmp_path / "two" / "last.pt")
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
     for ra, rb in zip(a["log"], b["log"], strict=True):
         assert ra["lr"] == rb["lr"]
         assert abs(ra["val_acc"] - rb["val_acc"]) <= 0.01  # at most 2 of 200 borderline images may flip
@@ -103,9 +86,9 @@ def test_torchrun_training_and_search_match_a_single_process(tmp_path):
 
     small = "--population 6 --parents 2 --mutations 2 --crossovers 2 --generations 2 --device cpu".split()
     small += ["--supernet", str(tmp_path / "one" / "last.pt")]
-    two = _torchrun("search.py", *small, "--out", str(tmp_path / "s2"))
+    two = torchrun("search.py", *small, "--out", str(tmp_path / "s2"))
     assert two.returncode == 0, two.stderr[-2000:]
-    one = _python("search.py", *small, "--out", str(tmp_path / "s1"))
+    one = python("search.py", *small, "--out", str(tmp_path / "s1"))
     assert one.returncode == 0, one.stderr[-2000:]
     s1 = json.loads((tmp_path / "s1" / "search_state.json").read_text())
     s2 = json.loads((tmp_path / "s2" / "search_state.json").read_text())

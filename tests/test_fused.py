@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
+from helpers import LAYER_IN, LAYER_OUT, check_every_choice, make_layer
 from torch import nn
 
 import glora
 from glora.space import LayerChoice
 
-OUT, IN = 7, 5
-
-
-def _layer(space: glora.SearchSpace, bias: bool, seed: int = 0) -> glora.GLoRALinear:
-    torch.manual_seed(seed)
-    base = nn.Linear(IN, OUT, bias=bias).double()
-    gift = (
-        glora.GiftGenerator(IN, space.max_rank("A", "gift"), dtype=torch.float64) if space.offers("A", "gift") else None
-    )
-    layer = glora.GLoRALinear(base, space, gift=gift, name="layer")
-    with torch.no_grad():
-        for p in [*layer.support_params(), *(gift.parameters() if gift else [])]:
-            p.normal_(0, 0.3)
-    return layer
-
-
-def _grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, fused: bool):
-    layer.fused = fused
-    params = [x, *layer.support_params()]
-    y = layer(x)
-    grads = torch.autograd.grad(y, params, g, allow_unused=True)
-    return y.detach(), grads
+OUT, IN = LAYER_OUT, LAYER_IN
 
 
 @pytest.mark.parametrize("forms", ["whole", "chunked", "accelerator"])
@@ -47,30 +25,15 @@ def test_fused_equals_reference_for_every_choice(space, bias, forms, monkeypatch
         monkeypatch.setattr(glora.fused, "_TOKEN_CHUNKS", 4)
     elif forms == "accelerator":  # the forms GPUs run (separate reductions, one vecdot), checked here on CPU
         monkeypatch.setattr(glora.fused, "_CPU_TUNED", ())
-    layer = _layer(space, bias)
+    layer = make_layer(space, bias)
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
     check_every_choice(layer, x, g)
 
 
-def check_every_choice(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor) -> None:
-    """Fused == reference, outputs and every gradient, for every choice of the layer's space (float64 inputs)."""
-    names = [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")]
-    for combo in itertools.product(*(layer.space.choice_names(s) for s in glora.SUPPORTS)):
-        layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        y_ref, g_ref = _grads(layer, x, g, fused=False)
-        y_fus, g_fus = _grads(layer, x, g, fused=True)
-        torch.testing.assert_close(y_fus, y_ref, rtol=1e-12, atol=1e-12, msg=str(combo))
-        for name, a, b in zip(["x", *names], g_fus, g_ref):
-            if b is None or not b.any():  # unused: the reference gives None (or zeros through a slice)
-                assert a is None or not a.any(), (combo, name)
-            else:
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{combo} {name}")
-
-
 def test_fused_path_is_taken_and_keeps_no_weight_sized_tensor():
     """The fused backward recomputes W_uni; it saves inputs/outputs and small tensors only."""
-    layer = _layer(glora.SearchSpace(lora_ranks=(8, 4)), bias=True)
+    layer = make_layer(glora.SearchSpace(lora_ranks=(8, 4)), bias=True)
     x = torch.randn(64, IN, dtype=torch.float64, requires_grad=True)
     for combo in [("lora_8", "lora_4", "vector", "vector", "scalar"), ("vector", "lora_8", "none", "none", "none")]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
@@ -89,7 +52,7 @@ def test_fused_path_is_taken_and_keeps_no_weight_sized_tensor():
 
 
 def test_guard_uses_the_reference_path_near_a_zero_scale():
-    layer = _layer(glora.SearchSpace(lora_ranks=(4,)), bias=True)
+    layer = make_layer(glora.SearchSpace(lora_ranks=(4,)), bias=True)
     with torch.no_grad():
         layer.Ad[3, 0] = -1.0 + 1e-4  # 1 + a almost 0: recovering h from the output would be ill-conditioned
     layer.set_choice(LayerChoice(*map(glora.Choice.parse, ("vector", "lora_4", "none", "vector", "none"))))

@@ -9,10 +9,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from cases import VIT, ToyMLP, perturb, randomize_supports, rel_err
+from helpers import VIT, ToyMLP, perturb, randomize_supports, rel_err
 from torch import nn
 
 import glora
+from glora.gift import GiftBank
+from glora.inject import GIFT_ATTR
 
 
 def _vit() -> nn.Module:
@@ -184,8 +186,8 @@ def test_gift_groups_by_sharing_mode():
     expected = {"type": 4, "width": 2, "layer": 8}  # qkv/proj/fc1/fc2 patterns; in=32 or 128; one per layer
     for mode, n in expected.items():
         model = glora.inject(_vit(), glora.SearchSpace(gift_ranks=(2,), gift_sharing=mode))
-        bank = model.get_submodule(glora.GIFT_ATTR)
+        bank = model.get_submodule(GIFT_ATTR)
         assert len(bank.groups) == n, (mode, bank.groups)
     model = glora.inject(_vit(), glora.SearchSpace(gift_ranks=(2,)))
-    assert glora.GiftBank in {type(m) for m in model.modules()}
-    assert "blocks.*.attn.qkv[in=32]" in model.get_submodule(glora.GIFT_ATTR).groups
+    assert GiftBank in {type(m) for m in model.modules()}
+    assert "blocks.*.attn.qkv[in=32]" in model.get_submodule(GIFT_ATTR).groups

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
+from helpers import LAYER_IN, LAYER_OUT, all_choices, make_layer
 from torch import nn
 
 import glora
+from glora.gift import GiftGenerator
+from glora.inject import GIFT_ATTR
 from glora.space import LayerChoice
 
-OUT, IN = 7, 5
-
-
-def _layer(space: glora.SearchSpace, bias: bool = True, seed: int = 0) -> glora.GLoRALinear:
-    torch.manual_seed(seed)
-    base = nn.Linear(IN, OUT, bias=bias).double()
-    gift = None
-    if space.offers("A", "gift"):
-        gift = glora.GiftGenerator(IN, space.max_rank("A", "gift"), dtype=torch.float64)
-    layer = glora.GLoRALinear(base, space, gift=gift, name="layer")
-    with torch.no_grad():
-        for p in [*layer.support_params(), *(gift.parameters() if gift else [])]:
-            p.normal_(0, 0.3)
-    return layer
+OUT, IN = LAYER_OUT, LAYER_IN
 
 
 def _naive(layer: glora.GLoRALinear, choice: dict[str, str], x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +45,6 @@ def _naive(layer: glora.GLoRALinear, choice: dict[str, str], x: torch.Tensor) ->
     return x @ W.T + b
 
 
-def _all_choices(space: glora.SearchSpace):
-    for combo in itertools.product(*(space.choice_names(s) for s in glora.SUPPORTS)):
-        yield dict(zip(glora.SUPPORTS, combo))
-
-
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize(
     "space",
@@ -69,10 +52,10 @@ def _all_choices(space: glora.SearchSpace):
     ids=["lora84", "lora3-gift42"],
 )
 def test_every_choice_matches_naive_formula(space, bias):
-    layer = _layer(space, bias=bias)
+    layer = make_layer(space, bias=bias)
     x = torch.randn(2, 3, IN, dtype=torch.float64)
     n = 0
-    for choice in _all_choices(space):
+    for choice in all_choices(space):
         parsed = LayerChoice(*(glora.Choice.parse(choice[s]) for s in glora.SUPPORTS))
         layer.set_choice(parsed)
         expected = _naive(layer, choice, x)
@@ -86,7 +69,7 @@ def test_every_choice_matches_naive_formula(space, bias):
 
 def test_b_lora_subnet_is_plain_lora():
     """B = lora_8 with everything else none is exactly LoRA: W0 x + b0 + up(down(x))."""
-    layer = _layer(glora.SearchSpace(lora_ranks=(8, 4)))
+    layer = make_layer(glora.SearchSpace(lora_ranks=(8, 4)))
     layer.set_choice(LayerChoice(*(glora.Choice.parse(c) for c in ("none", "lora_8", "none", "none", "none"))))
     x = torch.randn(4, IN, dtype=torch.float64)
     lora_down = nn.Linear(IN, 8, bias=False).double()  # LoRA's "A" (r x in)
@@ -98,20 +81,20 @@ def test_b_lora_subnet_is_plain_lora():
     torch.testing.assert_close(layer(x), expected, rtol=1e-13, atol=1e-13)
 
 
-def test_zero_init_every_choice_is_the_base_layer():
+def test_zero_init_every_choice_is_the_basemake_layer():
     torch.manual_seed(0)
     base = nn.Linear(IN, OUT).double()
     space = glora.SearchSpace(lora_ranks=(8, 4), gift_ranks=(2,))
-    layer = glora.GLoRALinear(base, space, gift=glora.GiftGenerator(IN, 2, dtype=torch.float64))
+    layer = glora.GLoRALinear(base, space, gift=GiftGenerator(IN, 2, dtype=torch.float64))
     x = torch.randn(3, IN, dtype=torch.float64)
-    for choice in _all_choices(space):
+    for choice in all_choices(space):
         layer.set_choice(LayerChoice(*(glora.Choice.parse(choice[s]) for s in glora.SUPPORTS)))
         torch.testing.assert_close(layer(x), base(x), rtol=0, atol=1e-14)
 
 
 def test_entanglement_small_rank_update_moves_large_rank():
     """Training lora_4 updates the first 4 columns/rows of the one storage that lora_8 also reads."""
-    layer = _layer(glora.SearchSpace(lora_ranks=(8, 4)), seed=1)
+    layer = make_layer(glora.SearchSpace(lora_ranks=(8, 4)), seed=1)
     x = torch.randn(6, IN, dtype=torch.float64)
     as_choice = {
         n: LayerChoice(*(glora.Choice.parse(c) for c in v))
@@ -150,18 +133,18 @@ def test_gift_is_shared_and_its_update_reaches_every_member():
     glora.inject(model, space, targets=["0", "2"])
     layers = list(glora.glora_layers(model).values())
     assert layers[0].gift is layers[1].gift  # type sharing: names "0" and "2" both wildcard to "*"
-    assert len(list(model.get_submodule(glora.GIFT_ATTR).generators)) == 1
+    assert len(list(model.get_submodule(GIFT_ATTR).generators)) == 1
 
 
 def test_unset_layer_raises_a_clear_error():
-    layer = _layer(glora.SearchSpace())
+    layer = make_layer(glora.SearchSpace())
     with pytest.raises(RuntimeError, match="no subnet set"):
         layer(torch.randn(1, IN, dtype=torch.float64))
 
 
 def test_none_allocates_nothing():
     space = glora.SearchSpace(lora_ranks=(4,), choices={"A": ["scalar", "none"], "C": ["none"], "D": ["none"]})
-    layer = _layer(space)
+    layer = make_layer(space)
     names = {n for n, _ in layer.named_parameters()}
     assert names == {"weight", "bias", "Ad", "Bd", "Bu", "E"}
     assert layer.Ad.shape == (OUT, 1)

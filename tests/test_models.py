@@ -6,10 +6,12 @@ import random
 
 import pytest
 import torch
-from cases import CASE_IDS, CASES, build, extreme_subnets, randomize_supports, rel_err
+from helpers import CASE_IDS, CASES, build, extreme_subnets, randomize_supports, rel_err
 from torch import nn
 
 import glora
+from glora.gift import GiftBank, gift_group
+from glora.inject import GIFT_ATTR
 
 N_RANDOM = 12
 
@@ -26,7 +28,7 @@ def test_injection_adapts_expected_layers(case):
         owner = n.rsplit(".", 1)[0]
         is_support = owner in layers and n.rsplit(".", 1)[1] not in ("weight", "bias")
         is_head = any(n.startswith(h + ".") for h in case.heads)
-        is_gift = n.startswith(glora.GIFT_ATTR + ".")
+        is_gift = n.startswith(GIFT_ATTR + ".")
         assert (n in trainable) == (is_support or is_head or is_gift), n
     for h in case.heads:
         assert not isinstance(supernet.get_submodule(h), glora.GLoRALinear)
@@ -61,7 +63,7 @@ def test_fold_matches_supernet_float64(case):
         err = rel_err(folded(x), y)
         assert err < 1e-9, f"{tag}: folded output differs from the supernet by {err:.2e} (relative)"
         assert type(folded) is type(base)
-        assert not any(isinstance(m, (glora.GLoRALinear, glora.GiftBank)) for m in folded.modules())
+        assert not any(isinstance(m, (glora.GLoRALinear, GiftBank)) for m in folded.modules())
         # Same keys and size as the base, except a bias that C/E created on a layer that had none.
         created = {
             f"{n}.bias" for n in bias_free if n in subnet and (subnet[n]["C"] != "none" or subnet[n]["E"] != "none")
@@ -133,7 +135,7 @@ def _count_by_formula(model: nn.Module, subnet) -> int:
             elif kind == "scalar" and not (s == "D" and layer.bias is None):
                 total += 1
             elif kind == "gift":
-                key = glora.gift_group(name, in_f, space.gift_sharing)
+                key = gift_group(name, in_f, space.gift_sharing)
                 gift[key] = max(gift.get(key, (0, in_f))[0], int(r)), in_f
     return total + sum(2 * r * i for r, i in gift.values())
 

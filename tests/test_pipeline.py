@@ -5,28 +5,25 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import yaml
+from helpers import ROOT, SMALL_SEARCH, python
 
 import glora
-from glora import config as cfg
-from glora.cli import run
-from glora.data import DataSpec, Normalizer, load_digits
-from glora.export import main as reparam_main
-from glora.train import build_parser as train_parser
-from glora.train import main as train_main
-from search.cli import build_parser as search_parser
-from search.cli import main as search_main
+from glora.app import load_supernet, read_checkpoint
+from glora.app.cli import run
+from glora.app.commands.export import main as reparam_main
+from glora.app.commands.search import main as search_main
+from glora.app.commands.train import main as train_main
+from glora.app.data import DataSpec, Normalizer, load_digits
+from glora.app.embedded import BACKBONE_DIR
 from search.genome import Genome
 
-ROOT = Path(__file__).resolve().parent.parent
-SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]
+pytestmark = pytest.mark.slow  # trains, searches and exports, in this process and in others
 
 
 def _train(out: Path, *extra: str) -> int:
@@ -67,93 +64,27 @@ def pipeline(tmp_path_factory):
     return root
 
 
-# ---------------------------------------------------------------------- configs
-def test_default_config_files_equal_the_builtin_defaults():
-    for parser, path in ((train_parser, "configs/default.yaml"), (search_parser, "configs/search/default.yaml")):
-        plain = vars(cfg.parse_args(parser(), []))
-        from_file = vars(cfg.parse_args(parser(), ["-c", str(ROOT / path)]))
-        from_file.pop("config"), plain.pop("config")
-        assert from_file == plain, path
-
-
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")))
-def test_every_shipped_config_parses(path):
-    parser = search_parser() if path.startswith("configs/search/") else train_parser()
-    args = cfg.parse_args(parser, ["-c", str(ROOT / path)])
-    if path.startswith("configs/vtab/"):
-        task = Path(path).stem
-        assert (args.dataset, args.task, args.epochs, args.batch_size) == ("vtab", task, 500, 64)
-        assert args.lr == (1e-4 if task in glora.data.VTAB_SMALL_LR_TASKS else 5e-4)
-        assert args.model == "vit_base_patch16_224.orig_in21k"
-
-
-def test_all_19_vtab_tasks_have_a_config():
-    assert sorted(p.stem for p in (ROOT / "configs" / "vtab").glob("*.yaml")) == sorted(glora.data.VTAB_TASKS)
-
-
-def test_stacked_configs_and_command_line_override(tmp_path):
-    args = cfg.parse_args(
-        train_parser(),
-        [
-            "-c",
-            str(ROOT / "configs/vtab/cifar.yaml"),
-            "-c",
-            str(ROOT / "configs/spaces/glora-4-2.yaml"),
-            "--lr",
-            "1e-3",
-        ],
-    )
-    assert args.lora_ranks == [4, 2] and args.lr == 1e-3 and args.task == "cifar"
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("epochs: 10\nbogus: 1\n", "unknown key 'bogus'"),
-        ("epochs: ten\n", "epochs: expected a positive integer, got 'ten'"),
-        ("epochs: 0\n", "epochs: expected a positive integer"),
-        ("lr: -1\n", "lr: expected a positive number"),
-        ("lora-ranks: [8, x]\n", "lora-ranks: expected a positive integer"),
-        ("dataset: mnist\n", "dataset: 'mnist' is not allowed; choose from digits, vtab, folder"),
-        ("resume: 1\n", "resume: expected true or false"),
-        ("epochs: [1, 2]\n", "epochs: expected a single value"),
-        ("- a\n", "must be a mapping"),
-        ("epochs: [\n", "not valid YAML"),
-    ],
-)
-def test_bad_config_files(tmp_path, text, match):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(cfg.ConfigError, match=match):
-        cfg.parse_args(train_parser(), ["-c", str(path)])
-
-
-def test_missing_config_file(tmp_path):
-    with pytest.raises(cfg.ConfigError, match="does not exist"):
-        cfg.parse_args(train_parser(), ["-c", str(tmp_path / "none.yaml")])
-
-
 # ---------------------------------------------------------------------- training
 def test_training_outputs(pipeline):
     out = pipeline / "supernet"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "seconds"}
-    ckpt = glora.read_checkpoint(out / "last.pt")
-    assert ckpt["epoch"] == 3 and ckpt["backbone"]["model"] == "local-dir:assets/digits-vit"
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["backbone"]["model"] == "embedded:digits-vit"
     assert all(not k.endswith((".weight", ".bias")) or k.startswith("head.") for k in ckpt["trainable"])
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["epochs"] == 3 and saved["out"] == str(out)
-    model = glora.load_supernet(out / "last.pt")
+    model = load_supernet(out / "last.pt")
     assert len(glora.glora_layers(model)) == 16  # 4 blocks x qkv, proj, fc1, fc2
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, pipeline):
     assert _train(tmp_path / "a", "--stop-after", "2") == 0
-    assert glora.read_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 2
+    assert read_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 2
     assert run(train_main, ["--resume", "--out", str(tmp_path / "a")]) == 0
-    full = glora.read_checkpoint(pipeline / "supernet" / "last.pt")
-    resumed = glora.read_checkpoint(tmp_path / "a" / "last.pt")
+    full = read_checkpoint(pipeline / "supernet" / "last.pt")
+    resumed = read_checkpoint(tmp_path / "a" / "last.pt")
     assert full["trainable"].keys() == resumed["trainable"].keys()
     for k, v in full["trainable"].items():
         assert torch.equal(v, resumed["trainable"][k]), k
@@ -181,7 +112,7 @@ def test_search_outputs_and_budget(pipeline):
         assert (out / name).is_file(), name
     for name in ("progress.png", "accuracy_vs_params.png", "choices.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    model = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    model = load_supernet(pipeline / "supernet" / "last.pt")
     limit = 0.03e6
     subnet = glora.load_subnet(out / "subnet.yaml")
     assert glora.count_params(model, subnet) <= limit
@@ -242,7 +173,7 @@ def test_narrow_budget_is_met_exactly(pipeline, tmp_path):
     """A window far from where uniform samples land still yields only feasible candidates (repair)."""
     out = tmp_path / "narrow"
     assert _search(pipeline / "supernet" / "last.pt", out, "--param-limit", "0.003", "--min-param-limit", "0.002") == 0
-    model = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    model = load_supernet(pipeline / "supernet" / "last.pt")
     genome = Genome(model)
     state = json.loads((out / "search_state.json").read_text())
     assert all(2000 <= genome.cost(g) <= 3000 for g, _ in state["cache"])
@@ -254,7 +185,7 @@ def test_export_loads_with_plain_timm_and_matches_the_supernet(pipeline):
     assert {"config.json", "model.safetensors", "subnet.yaml", "glora_export.json"} <= {p.name for p in out.iterdir()}
     plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert not any(isinstance(m, glora.GLoRALinear) for m in plain.modules())
-    supernet = glora.load_supernet(pipeline / "supernet" / "last.pt")
+    supernet = load_supernet(pipeline / "supernet" / "last.pt")
     glora.set_subnet(supernet, glora.load_subnet(pipeline / "search" / "subnet.yaml"))
     images = load_digits("transfer", "test").images
     x = Normalizer((0.5,), (0.5,))(images)
@@ -304,7 +235,7 @@ def test_export_rejects_a_subnet_that_does_not_fit(pipeline, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- data and backbones
 def test_embedded_backbone_is_really_pretrained():
-    model = timm.create_model(f"local-dir:{ROOT / 'assets/digits-vit'}", pretrained=True).eval()
+    model = timm.create_model(f"local-dir:{BACKBONE_DIR}", pretrained=True).eval()
     val = load_digits("pretrain", "val")
     with torch.no_grad():
         acc = (model(Normalizer((0.5,), (0.5,))(val.images)).argmax(-1) == val.labels).float().mean().item()
@@ -358,11 +289,11 @@ def test_vtab_layout_with_a_local_pretrained_file(tmp_path):
     )
     code = run(train_main, [*argv, "--epochs", "1", "--out", str(out)])
     assert code == 0
-    ckpt = glora.read_checkpoint(out / "last.pt")
+    ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["data"]["task"] == "eurosat" and ckpt["input"]["input_size"] == [3, 32, 32]
     with pytest.raises(ValueError, match="backbone"):
-        glora.load_supernet(ckpt | {"backbone": ckpt["backbone"] | {"pretrained_file": None, "pretrained": False}})
-    model = glora.load_supernet(ckpt)
+        load_supernet(ckpt | {"backbone": ckpt["backbone"] | {"pretrained_file": None, "pretrained": False}})
+    model = load_supernet(ckpt)
     backbone = {k: v for k, v in model.state_dict().items() if k.endswith((".weight", ".bias")) and "head" not in k}
     for k, v in backbone.items():
         assert torch.equal(v, source.state_dict()[k]), k
@@ -417,12 +348,7 @@ def test_image_folder_stratified_split(tmp_path):
     ],
 )
 def test_scripts_fail_with_one_line(script, args, match, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args, "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = python(str(ROOT / script), *args, "--out", str(tmp_path / "o"), cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
@@ -431,6 +357,6 @@ def test_scripts_fail_with_one_line(script, args, match, tmp_path):
 def test_compile_path_gives_the_same_training(tmp_path, pipeline):
     """--compile traces around the GLoRA layers; with the eager backend the result is bit-identical."""
     assert _train(tmp_path / "c", "--compile", "--compile-backend", "eager") == 0
-    compiled = glora.read_checkpoint(tmp_path / "c" / "last.pt")["trainable"]
-    plain = glora.read_checkpoint(pipeline / "supernet" / "last.pt")["trainable"]
+    compiled = read_checkpoint(tmp_path / "c" / "last.pt")["trainable"]
+    plain = read_checkpoint(pipeline / "supernet" / "last.pt")["trainable"]
     assert all(torch.equal(compiled[k], plain[k]) for k in plain)

@@ -12,10 +12,11 @@ import random
 import pytest
 import timm
 import torch
-from cases import VIT, rel_err
+from helpers import VIT, rel_err
 from torch import nn
 
 import glora
+from glora.reference import reference_choice_name
 
 RANK = 8
 
@@ -109,9 +110,9 @@ def test_reference_checkpoint_gives_identical_outputs(tmp_path):
 
 
 def test_reference_names_translate():
-    assert glora.reference_choice_name("LoRA_8") == "lora_8"
-    assert glora.reference_choice_name("constant") == "scalar"
-    assert glora.reference_choice_name("vector") == "vector"
+    assert reference_choice_name("LoRA_8") == "lora_8"
+    assert reference_choice_name("constant") == "scalar"
+    assert reference_choice_name("vector") == "vector"
     ours = _ours()
     by_name = {
         n: {"A": "LoRA_4", "B": "constant", "C": "none", "D": "none", "E": "vector"} for n in glora.glora_layers(ours)

@@ -7,7 +7,8 @@ import itertools
 import random
 
 import pytest
-from cases import tiny_vit
+import yaml
+from helpers import tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -207,3 +208,16 @@ def test_unbounded_budget_uses_the_guided_sampler_cheaply():
     genes = genome._guided(random.Random(0), genome.max_cost(), 10**12)
     assert genes is not None and genome.cost(genes) == genome.max_cost()
     genome.check_budget(0, 10**12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_genome_encode_decode_round_trip(data):
+    model = tiny_vit(depth=1)
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,)))
+    genome = Genome(model)
+    genes = [data.draw(st.integers(0, u)) for u in genome.up]
+    subnet = genome.decode(genes)
+    assert genome.encode(subnet) == genes
+    assert yaml.safe_load(yaml.safe_dump(subnet)) == subnet
+    assert genome.cost(genes) == glora.count_params(model, subnet)

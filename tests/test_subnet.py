@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import yaml
-from cases import ToyMLP
+from helpers import ToyMLP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -1,12 +1,18 @@
-"""A flat list of (model, space) cases shared by the tests, plus small helpers.
+"""Everything the tests share: a flat list of (model, space) cases, model and layer builders, comparison helpers,
+and runners for the commands. Test files import from here only, never from each other.
 
 Models are tiny random-init versions of real timm families, so every test runs in float64 on a CPU.
 """
 
 from __future__ import annotations
 
+import itertools
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import timm
 import torch
@@ -14,6 +20,14 @@ from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 
 import glora
+from glora.gift import GiftBank, GiftGenerator
+from glora.space import Kind, LayerChoice
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small searches for pipeline tests: (population, parents, mutations, crossovers, generations).
+SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]
+TINY_SEARCH = ["--population", "6", "--parents", "2", "--mutations", "2", "--crossovers", "2", "--generations", "2"]
 
 
 class ToyMLP(nn.Module):
@@ -139,7 +153,7 @@ def randomize_supports(model: nn.Module, seed: int, scale: float = 0.1) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         params = [p for layer in glora.glora_layers(model).values() for p in layer.support_params()]
-        params += [p for m in model.modules() if isinstance(m, glora.GiftBank) for p in m.parameters()]
+        params += [p for m in model.modules() if isinstance(m, GiftBank) for p in m.parameters()]
         for p in params:
             p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
@@ -161,10 +175,83 @@ def extreme_subnets(model: nn.Module) -> dict[str, glora.Subnet]:
     first = {s: space.choice_names(s)[0] for s in glora.SUPPORTS}
     last = {s: space.choice_names(s)[-1] for s in glora.SUPPORTS}
     out = {"largest": glora.make_subnet(model, **first), "none": glora.make_subnet(model, **last)}
-    if space.offers("A", "gift"):
-        out["gift"] = glora.make_subnet(model, **(first | {"A": f"gift_{space.max_rank('A', 'gift')}"}))
+    if space.offers("A", Kind.GIFT):
+        out["gift"] = glora.make_subnet(model, **(first | {"A": f"gift_{space.max_rank('A', Kind.GIFT)}"}))
     return out
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+# ---------------------------------------------------------------------- one layer
+LAYER_OUT, LAYER_IN = 7, 5
+
+
+def make_layer(
+    space: glora.SearchSpace,
+    bias: bool = True,
+    seed: int = 0,
+    out_features: int = LAYER_OUT,
+    in_features: int = LAYER_IN,
+) -> glora.GLoRALinear:
+    """A float64 GLoRA layer (with its own GIFT generator when the space offers one), every support non-zero."""
+    torch.manual_seed(seed)
+    base = nn.Linear(in_features, out_features, bias=bias).double()
+    gift = None
+    if space.offers("A", Kind.GIFT):
+        gift = GiftGenerator(in_features, space.max_rank("A", Kind.GIFT), dtype=torch.float64)
+    layer = glora.GLoRALinear(base, space, gift=gift, name="layer")
+    with torch.no_grad():
+        for p in [*layer.support_params(), *(gift.parameters() if gift else [])]:
+            p.normal_(0, 0.3)
+    return layer
+
+
+def all_choices(space: glora.SearchSpace):
+    """Every layer choice of ``space``, as {support: name}."""
+    for combo in itertools.product(*(space.choice_names(s) for s in glora.SUPPORTS)):
+        yield dict(zip(glora.SUPPORTS, combo))
+
+
+def layer_grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, fused: bool):
+    """(output, gradients of x and of every support tensor) on the fused or the reference path."""
+    layer.fused = fused
+    params = [x, *layer.support_params()]
+    y = layer(x)
+    grads = torch.autograd.grad(y, params, g, allow_unused=True)
+    return y.detach(), grads
+
+
+def check_every_choice(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor) -> None:
+    """Fused == reference, outputs and every gradient, for every choice of the layer's space (float64 inputs)."""
+    names = [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")]
+    for entry in all_choices(layer.space):
+        combo = tuple(entry.values())
+        layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
+        y_ref, g_ref = layer_grads(layer, x, g, fused=False)
+        y_fus, g_fus = layer_grads(layer, x, g, fused=True)
+        torch.testing.assert_close(y_fus, y_ref, rtol=1e-12, atol=1e-12, msg=str(combo))
+        for name, a, b in zip(["x", *names], g_fus, g_ref):
+            if b is None or not b.any():  # unused: the reference gives None (or zeros through a slice)
+                assert a is None or not a.any(), (combo, name)
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{combo} {name}")
+
+
+# ---------------------------------------------------------------------- the commands in other processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def python(*args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python ARGS`` (a script of the checkout, ``-m`` module, ...), output captured."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=N ARGS`` on a free port."""
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    return python(*launcher, *args, timeout=timeout)

@@ -1,0 +1,48 @@
+"""Every benchmark runs as a module of the ``benchmarks`` package at a toy size and writes the shared JSON layout
+(the figures themselves are measured by hand, alone on a machine, and recorded in benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import python
+
+pytestmark = pytest.mark.slow  # each runs in its own process
+
+TOY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "4", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "name, args, rows",
+    [
+        (
+            "train_step",
+            [*TOY, "--num-classes", "5", "--rounds", "1", "--warmup", "0", "--memory-samples", "1", "--peak"],
+            ["bias-only", "glora-supernet", "glora-reference", "glora-lora8"],
+        ),
+        ("candidate_eval", [*TOY, "--images", "8", "--rounds", "1"], ["plain model", "glora.folded (search)"]),
+        ("layer_costs", [*TOY[:6], "--rounds", "1", "--warmup", "0"], ["shapes", "uniform_all_layers"]),
+        ("profile_step", [*TOY, "--num-classes", "5", "--steps", "1", "--methods", "bias-only", "glora-supernet"], []),
+    ],
+)
+def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
+    out = tmp_path / f"{name}.json"
+    done = python("-m", f"benchmarks.{name}", *args, "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == name and f"benchmarks.{name}" in record["command"]
+    assert {"date", "machine", "args", "results"} <= set(record)
+    assert set(rows) <= set(record["results"])
+    if name == "train_step":
+        assert all(r["peak_mib"] is not None and r["step_ms"] > 0 for r in record["results"].values())
+
+
+def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):
+    args = ["--seeds", "0", "--epochs", "1", "--tau-subnets", "2", "--generations", "1", "--out", str(tmp_path)]
+    done = python("-m", "benchmarks.accuracy", *args, "--json", str(tmp_path / "a.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["methods"]) >= {"linear probe", "full fine-tuning"}
+    assert (tmp_path / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "a.json").read_text())["results"]["kendall_tau"] == result["kendall_tau"]

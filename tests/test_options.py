@@ -1,0 +1,79 @@
+"""Options and YAML configs of the three commands: defaults, shipped presets, stacking, and every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from glora.app import data
+from glora.app import options as cfg
+from glora.app.commands.search import build_parser as search_parser
+from glora.app.commands.train import build_parser as train_parser
+
+
+# ---------------------------------------------------------------------- configs
+def test_default_config_files_equal_the_builtin_defaults():
+    for parser, path in ((train_parser, "configs/default.yaml"), (search_parser, "configs/search/default.yaml")):
+        plain = vars(cfg.parse_args(parser(), []))
+        from_file = vars(cfg.parse_args(parser(), ["-c", str(ROOT / path)]))
+        from_file.pop("config"), plain.pop("config")
+        assert from_file == plain, path
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_parses(path):
+    parser = search_parser() if path.startswith("configs/search/") else train_parser()
+    args = cfg.parse_args(parser, ["-c", str(ROOT / path)])
+    if path.startswith("configs/vtab/"):
+        task = Path(path).stem
+        assert (args.dataset, args.task, args.epochs, args.batch_size) == ("vtab", task, 500, 64)
+        assert args.lr == (1e-4 if task in data.VTAB_SMALL_LR_TASKS else 5e-4)
+        assert args.model == "vit_base_patch16_224.orig_in21k"
+
+
+def test_all_19_vtab_tasks_have_a_config():
+    assert sorted(p.stem for p in (ROOT / "configs" / "vtab").glob("*.yaml")) == sorted(data.VTAB_TASKS)
+
+
+def test_stacked_configs_and_command_line_override(tmp_path):
+    args = cfg.parse_args(
+        train_parser(),
+        [
+            "-c",
+            str(ROOT / "configs/vtab/cifar.yaml"),
+            "-c",
+            str(ROOT / "configs/spaces/glora-4-2.yaml"),
+            "--lr",
+            "1e-3",
+        ],
+    )
+    assert args.lora_ranks == [4, 2] and args.lr == 1e-3 and args.task == "cifar"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("epochs: 10\nbogus: 1\n", "unknown key 'bogus'"),
+        ("epochs: ten\n", "epochs: expected a positive integer, got 'ten'"),
+        ("epochs: 0\n", "epochs: expected a positive integer"),
+        ("lr: -1\n", "lr: expected a positive number"),
+        ("lora-ranks: [8, x]\n", "lora-ranks: expected a positive integer"),
+        ("dataset: mnist\n", "dataset: 'mnist' is not allowed; choose from digits, vtab, folder"),
+        ("resume: 1\n", "resume: expected true or false"),
+        ("epochs: [1, 2]\n", "epochs: expected a single value"),
+        ("- a\n", "must be a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError, match=match):
+        cfg.parse_args(train_parser(), ["-c", str(path)])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.parse_args(train_parser(), ["-c", str(tmp_path / "none.yaml")])
