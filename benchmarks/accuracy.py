@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import random
 import statistics
@@ -142,45 +143,50 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return (conc - disc) / denom if denom else float("nan")
 
 
-def main() -> None:
-    args = parse()
-    setup_logging()
-    import logging
-
-    logging.getLogger().setLevel(logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def compare_methods(args, work: Path) -> tuple[dict[str, list[tuple[float, int]]], list, Path]:
+    """Every method on every seed: (test accuracy, params) lists, seed 0's Pareto front, its supernet."""
     rows: dict[str, list[tuple[float, int]]] = {
         "linear probe": [],
         "LoRA r=8 (B=lora_8)": [],
         "full fine-tuning": [],
         "GLoRA searched (<= LoRA params)": [],
     }
-    lora = lambda m: glora.make_subnet(m, B="lora_8")  # noqa: E731
-    first_search = None
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for seed in args.seeds:
-            rows["linear probe"].append(linear_probe(seed, args.epochs))
-            rows["full fine-tuning"].append(full_finetune(seed, args.epochs))
-            acc, lora_params = fixed_subnet(seed, args.epochs, lora)
-            rows["LoRA r=8 (B=lora_8)"].append((acc, lora_params))
-            acc, params, search_dir = glora_search(seed, args.epochs, lora_params, work, args.generations)
-            rows["GLoRA searched (<= LoRA params)"].append((acc, params))
-            if first_search is None:
-                first_search = json.loads((search_dir / "pareto.json").read_text())["front"]
-                supernet = load_supernet(work / f"supernet-{seed}" / "last.pt")
-            print(f"seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.4f}" for k, v in rows.items()), flush=True)
+    first_search = supernet = None
+    for seed in args.seeds:
+        rows["linear probe"].append(linear_probe(seed, args.epochs))
+        rows["full fine-tuning"].append(full_finetune(seed, args.epochs))
+        acc, lora_params = fixed_subnet(seed, args.epochs, lambda m: glora.make_subnet(m, B="lora_8"))
+        rows["LoRA r=8 (B=lora_8)"].append((acc, lora_params))
+        acc, params, search_dir = glora_search(seed, args.epochs, lora_params, work, args.generations)
+        rows["GLoRA searched (<= LoRA params)"].append((acc, params))
+        if first_search is None:
+            first_search = json.loads((search_dir / "pareto.json").read_text())["front"]
+            supernet = work / f"supernet-{seed}" / "last.pt"
+        print(f"seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.4f}" for k, v in rows.items()), flush=True)
+    return rows, first_search, supernet
 
-        # Rank correlation: inherited-weight vs stand-alone validation accuracy of random subnets.
-        rng = random.Random(123)
-        subnets = [glora.sample_subnet(supernet, rng) for _ in range(args.tau_subnets)]
-        inherited = []
-        for s in subnets:
-            with glora.folded(supernet, s):
-                inherited.append(evaluate(supernet, "val"))
-        alone = [fixed_subnet(args.seeds[0], args.epochs, lambda m, s=s: s, split="val")[0] for s in subnets]
-    tau = kendall_tau(inherited, alone)
+
+def rank_correlation(args, supernet_path: Path) -> tuple[float, list[float], list[float]]:
+    """Kendall tau of inherited-weight vs stand-alone validation accuracy over random subnets."""
+    supernet = load_supernet(supernet_path)
+    rng = random.Random(123)
+    subnets = [glora.sample_subnet(supernet, rng) for _ in range(args.tau_subnets)]
+    inherited = []
+    for s in subnets:
+        with glora.folded(supernet, s):
+            inherited.append(evaluate(supernet, "val"))
+    alone = [fixed_subnet(args.seeds[0], args.epochs, lambda m, s=s: s, split="val")[0] for s in subnets]
+    return kendall_tau(inherited, alone), inherited, alone
+
+
+def main() -> None:
+    args = parse()
+    setup_logging(logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, front, supernet = compare_methods(args, Path(tmp))
+        tau, inherited, alone = rank_correlation(args, supernet)
 
     print(f"\nmachine: {machine()}")
     print(f"embedded task, {len(args.seeds)} seeds {args.seeds}, {args.epochs} epochs each; test accuracy mean ± std")
@@ -194,23 +200,23 @@ def main() -> None:
         print(f"{k:34s} {statistics.mean(params):>21,.0f} {statistics.mean(accs):9.4f} ± {std:.4f}")
     print(
         f"Pareto front (seed {args.seeds[0]}, val acc): "
-        + ", ".join(f"{p['params']:,}: {p['val_acc']:.3f}" for p in first_search)
+        + ", ".join(f"{p['params']:,}: {p['val_acc']:.3f}" for p in front)
     )
-    print(f"Kendall tau, inherited vs stand-alone val accuracy over {len(subnets)} random subnets: {tau:.3f}")
+    print(f"Kendall tau, inherited vs stand-alone val accuracy over {len(alone)} random subnets: {tau:.3f}")
     print("  inherited:  " + " ".join(f"{a:.3f}" for a in inherited))
     print("  stand-alone:" + " ".join(f"{a:.3f}" for a in alone))
     result = {
         "machine": machine(),
         "args": vars(args),
         "methods": summary,
-        "pareto_front": first_search,
+        "pareto_front": front,
         "kendall_tau": tau,
         "inherited": inherited,
         "stand_alone": alone,
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_json(args.json, "accuracy", args, result)
-    plot(summary, first_search, out / "accuracy_vs_params.png")
+    plot(summary, front, out / "accuracy_vs_params.png")
     print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_params.png'}")
 
 

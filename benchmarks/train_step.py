@@ -109,6 +109,32 @@ def peak_of_one(args, name: str) -> float:
     return _rss_mib("VmHWM") - base
 
 
+def saved_memory(args, runs: dict) -> dict[str, float]:
+    """MiB kept for backward per method, averaged over random subnets for the supernet."""
+    saved = {}
+    for m, (method, loss, _) in runs.items():
+        if args.compile:  # compiled graphs keep their tensors outside autograd's saved-tensor hooks
+            saved[m] = float("nan")
+            continue
+        samples = args.memory_samples if m.endswith(("supernet", "reference")) else 1
+        saved[m] = sum(saved_for_backward_mib(method.model, loss) for _ in range(samples)) / samples
+    return saved
+
+
+def peak_memory(args, methods: list[str]) -> dict[str, float | None]:
+    """Each method's peak memory in a fresh process of its own (None where that process failed)."""
+    peaks = {}
+    for m in methods:
+        workload = ["--model", args.model, "--batch-size", str(args.batch_size), "--img-size", str(args.img_size)]
+        workload += ["--num-classes", str(args.num_classes), "--device", args.device, "--amp", args.amp]
+        workload += ["--ranks", *map(str, args.ranks), *(["--compile"] if args.compile else [])]
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--one", m, *workload]
+        env = os.environ | {"PYTHONWARNINGS": "ignore"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
+    return peaks
+
+
 def main() -> None:
     args = parse()
     if args.one:
@@ -120,41 +146,8 @@ def main() -> None:
         print("peft is not installed: PEFT baselines skipped (pip install -r benchmarks/requirements.txt)")
     runs = {m: setup(args, m, device) for m in methods}
     times = interleaved({m: r[2] for m, r in runs.items()}, args.rounds, args.warmup, device)
-    saved = {}
-    for m, (method, loss, _) in runs.items():
-        if args.compile:  # compiled graphs keep their tensors outside autograd's saved-tensor hooks
-            saved[m] = float("nan")
-            continue
-        samples = args.memory_samples if method.before_step is not None and m.endswith(("supernet", "reference")) else 1
-        saved[m] = sum(saved_for_backward_mib(method.model, loss) for _ in range(samples)) / samples
-    peaks = {}
-    if args.peak:
-        for m in methods:
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.train_step",
-                "--one",
-                m,
-                "--model",
-                args.model,
-                "--batch-size",
-                str(args.batch_size),
-                "--img-size",
-                str(args.img_size),
-                "--num-classes",
-                str(args.num_classes),
-                "--device",
-                args.device,
-                "--amp",
-                args.amp,
-                "--ranks",
-                *map(str, args.ranks),
-                *(["--compile"] if args.compile else []),
-            ]
-            env = os.environ | {"PYTHONWARNINGS": "ignore"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
+    saved = saved_memory(args, runs)
+    peaks = peak_memory(args, methods) if args.peak else {}
 
     floor = times.get("bias-only")
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")

@@ -64,13 +64,19 @@ def inject(
         raise TypeError(f"config must be a glora.AdapterConfig or glora.SearchSpace, got {type(config).__name__}")
     elif targets is not None or heads is not None:
         raise TypeError("give targets and heads inside the AdapterConfig, not beside it")
-    space = config.space
     if any(isinstance(m, GLoRALinear) for m in model.modules()):
         raise ValueError("model already holds GLoRA layers; inject once per model")
-    head_list = _resolve_heads(model, config.heads)
+    heads = _resolve_heads(model, config.heads)
     edited_in_place: set[str] = set()
-    names = _select_targets(model, config.targets, head_list, edited_in_place)
+    names = _select_targets(model, config.targets, heads, edited_in_place)
+    bank = _wrap(model, config.space, names, edited_in_place)
+    _freeze_backbone(model, bank, heads)
+    _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
+    return model
 
+
+def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_place: set[str]) -> GiftBank | None:
+    """Replace each named linear by a GLoRALinear around it; the GIFT generators go to one bank at the root."""
     bank: GiftBank | None = None
     if space.offers("A", Kind.GIFT):
         bank = GiftBank()
@@ -86,22 +92,22 @@ def inject(
         layer = GLoRALinear(base, space, gift=gift, name=name)
         layer.output_edited_in_place = name in edited_in_place
         setattr(parent, child, layer)
+    return bank
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-    guard = ScaleGuard(glora_layers(model).values())
-    for layer in glora_layers(model).values():
+
+def _freeze_backbone(model: nn.Module, bank: GiftBank | None, heads: list[str]) -> None:
+    """Only the support tensors, the GIFT generators and the heads train; the layers share one scale guard."""
+    model.requires_grad_(False)
+    layers = glora_layers(model).values()
+    guard = ScaleGuard(layers)
+    for layer in layers:
         layer.scale_guard = guard
         for p in layer.support_params():
             p.requires_grad_(True)
     if bank is not None:
         bank.requires_grad_(True)
-    for h in head_list:
+    for h in heads:
         model.get_submodule(h).requires_grad_(True)
-    _logger.debug(
-        "GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(head_list) or "none"
-    )
-    return model
 
 
 def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:

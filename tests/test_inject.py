@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 from helpers import VIT, ToyMLP, perturb, randomize_supports, rel_err
 from torch import nn
 
@@ -71,6 +72,36 @@ def test_inject_twice_and_bad_space():
         glora.inject(model, glora.SearchSpace())
     with pytest.raises(TypeError, match="SearchSpace"):
         glora.inject(_vit(), {"lora_ranks": (8,)})
+
+
+@pytest.mark.parametrize("targets", [None, ["qkv", "fc1"], r"blocks\.1\..*"], ids=["default", "suffixes", "regex"])
+def test_adapter_config_round_trips_and_injects_like_its_parts(targets):
+    space = glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,), choices={"C": ["none"]})
+    config = glora.AdapterConfig(space, targets, heads=["head"])
+    data = yaml.safe_load(yaml.safe_dump(config.to_dict()))  # plain data, as stored in a checkpoint
+    assert glora.AdapterConfig.from_dict(data) == config
+    a = glora.inject(_vit(), config)
+    b = glora.inject(_vit(), space, targets, heads=["head"])
+    assert list(glora.glora_layers(a)) == list(glora.glora_layers(b))
+    trainable = lambda m: [n for n, p in m.named_parameters() if p.requires_grad]  # noqa: E731
+    assert trainable(a) == trainable(b) and glora.get_space(a) == space
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: glora.AdapterConfig({"lora_ranks": [8]}), TypeError, "space must be a glora.SearchSpace"),
+        (lambda: glora.AdapterConfig(targets=7), ValueError, "targets must be"),
+        (lambda: glora.AdapterConfig(targets="("), ValueError, "does not compile"),
+        (lambda: glora.AdapterConfig(heads=[3]), ValueError, "heads must be"),
+        (lambda: glora.AdapterConfig.from_dict({"space": {}, "target": None}), ValueError, "unknown adapter-config"),
+        (lambda: glora.AdapterConfig.from_dict([1]), ValueError, "must be a mapping"),
+        (lambda: glora.inject(_vit(), glora.AdapterConfig(), ["qkv"]), TypeError, "inside the AdapterConfig"),
+    ],
+)
+def test_bad_adapter_configs(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
 def test_explicit_heads_for_a_plain_module():

@@ -79,6 +79,19 @@ def test_training_outputs(pipeline):
     assert len(glora.glora_layers(model)) == 16  # 4 blocks x qkv, proj, fc1, fc2
 
 
+def test_version_1_checkpoints_still_load(pipeline, tmp_path):
+    """Checkpoints written before the adapter record (separate space/targets/heads keys, and the embedded backbone
+    named by its source-tree path) rebuild the same supernet."""
+    ckpt = torch.load(pipeline / "supernet" / "last.pt", weights_only=True)
+    adapter = ckpt.pop("adapter")
+    ckpt |= {"version": 1, "space": adapter["space"], "targets": adapter["targets"], "heads": adapter["heads"]}
+    ckpt["backbone"]["model"] = "local-dir:assets/digits-vit"
+    torch.save(ckpt, tmp_path / "v1.pt")
+    old, new = load_supernet(tmp_path / "v1.pt"), load_supernet(pipeline / "supernet" / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True))
+    assert read_checkpoint(tmp_path / "v1.pt")["adapter"] == adapter
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path, pipeline):
     assert _train(tmp_path / "a", "--stop-after", "2") == 0
     assert read_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 2

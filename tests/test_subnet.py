@@ -53,6 +53,24 @@ def test_invalid_spaces_say_what_is_allowed(kwargs, match):
         glora.SearchSpace(**kwargs)
 
 
+def test_choice_kinds_are_an_enum_of_plain_names():
+    assert [k.value for k in glora.Kind] == ["lora", "gift", "vector", "scalar", "none"]
+    assert glora.Kind.LORA == "lora" and f"{glora.Kind.GIFT}" == "gift" and str(glora.Kind.NONE) == "none"
+    assert glora.Choice.parse("lora_8") == glora.Choice(glora.Kind.LORA, 8) == glora.Choice("lora", 8)
+    assert glora.Choice.parse("vector").kind is glora.Kind.VECTOR and glora.Choice.parse("gift_2").kind.ranked
+    assert hash(glora.Choice("lora", 8)) == hash(glora.Choice(glora.Kind.LORA, 8))
+    assert yaml.safe_dump({"A": glora.Choice.parse("scalar").name}) == "A: scalar\n"
+
+
+@pytest.mark.parametrize(
+    "kind, rank, match",
+    [("lora", 0, "positive integer rank"), ("vector", 2, "no rank"), ("gift", True, "positive"), ("diag", 0, "Kind")],
+)
+def test_choices_check_their_rank(kind, rank, match):
+    with pytest.raises(ValueError, match=match):
+        glora.Choice(kind, rank)
+
+
 def test_space_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown search-space keys: ranks"):
         glora.SearchSpace.from_dict({"ranks": [8]})

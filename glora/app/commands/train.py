@@ -68,7 +68,15 @@ RESUMABLE_OPTIONS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("train_supernet.py", "Train a GLoRA supernet: a random subnet per step over a frozen backbone.")
-    g = p.add_argument_group("backbone")
+    _add_backbone_options(p.add_argument_group("backbone"))
+    _add_space_options(p.add_argument_group("search space"))
+    _add_data_options(p.add_argument_group("data"))
+    _add_training_options(p.add_argument_group("training"))
+    _add_output_options(p.add_argument_group("output"))
+    return p
+
+
+def _add_backbone_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -88,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="more timm.create_model arguments as a YAML/JSON mapping, e.g. '{embed_dim: 32, depth: 2}'",
     )
 
-    g = p.add_argument_group("search space")
+
+def _add_space_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--lora-ranks", type=positive_int, nargs="*", default=[8, 4], help="LoRA ranks (paper: 8 4 | 4 2 | 2)"
     )
@@ -97,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--targets", nargs="+", default=None, help="layer-name suffixes to adapt (default: all but heads)")
     g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
 
-    g = p.add_argument_group("data")
+
+def _add_data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (embedded), vtab or folder")
     g.add_argument("--data-root", default=None, help="VTAB-1k root (<root>/<task>/...) or an ImageFolder tree")
     g.add_argument("--task", default=None, help="VTAB-1k task name, e.g. cifar")
@@ -117,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
 
-    g = p.add_argument_group("training")
+
+def _add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=positive_int, default=120, help="supernet epochs (paper VTAB-1k: 500)")
     g.add_argument("--batch-size", type=positive_int, default=64, help="images per step (all processes together)")
     g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
 
-    g = p.add_argument_group("output")
+
+def _add_output_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out", default="runs/default/supernet", help="output folder (last.pt, log.jsonl, config.yaml)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     g.add_argument("--force", action="store_true", help="start over even if <out> already holds a checkpoint")
@@ -149,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop (resumably) after this many epochs in this run, e.g. to fit a job time limit",
     )
     add_progress_option(g)
-    return p
 
 
 def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = None) -> AdapterConfig:
