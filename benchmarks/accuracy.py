@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 import glora
-from glora.app import BackboneSpec, Recipe, Trainer, build_backbone, load_supernet
+from glora.app import BackboneSpec, Recipe, build_backbone, load_supernet
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
-from glora.app.data import Normalizer, load_digits
-from glora.app.embedded import BACKBONE, MEAN, STD, digits_accuracy
+from glora.app.data import load_digits
+from glora.app.embedded import BACKBONE, digits_accuracy, fit_digits
 
 from ._common import add_json_arg, machine, write_json
 
@@ -56,16 +56,7 @@ def backbone() -> torch.nn.Module:
 def fit(model, lr: float, epochs: int, seed: int, subnet: glora.Subnet | None = None) -> None:
     """The train command's recipe (AdamW wd 1e-4, cosine with 2 warmup epochs, batch 64), through its loop."""
     recipe = Recipe(epochs=epochs, lr=lr, seed=seed, amp="off", workers=0)
-    trainer = Trainer(
-        model,
-        load_digits("transfer", "train"),
-        recipe,
-        normalize=Normalizer(MEAN, STD),
-        device=torch.device("cpu"),
-        subnet=subnet,
-        progress=False,
-    )
-    trainer.fit()
+    fit_digits(model, load_digits("transfer", "train"), recipe, subnet=subnet)
 
 
 def evaluate(model, split: str) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from glora.app.cli import run
 from glora.app.embedded import BACKBONE_DIR, PRETRAIN_RECIPE, pretrain, save_timm_folder, transfer_headroom
@@ -20,8 +21,11 @@ def main(argv):
     p.add_argument("--out", default=str(BACKBONE_DIR), help="timm folder to write (default: the shipped backbone)")
     p.add_argument("--epochs", type=int, default=PRETRAIN_RECIPE.epochs)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="log every training epoch")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("glora.app.trainer").setLevel(logging.WARNING)
     model, acc = pretrain(epochs=args.epochs, seed=args.seed)
     print(f"pretrained on digits 0-4: val accuracy {acc:.4f}")
     save_timm_folder(model, args.out)

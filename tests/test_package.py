@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -100,9 +101,23 @@ def test_the_scripts_are_thin_shims_of_the_console_commands():
 @pytest.mark.slow
 def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
     """``pip install .`` (a wheel, not a link to the checkout) ships the embedded backbone and the three commands."""
+    # Build from a clean copy: an in-tree build/ folder could carry stale modules into the wheel.
+    ignore = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "runs", "*.egg-info", "__pycache__", ".*cache")
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=ignore)
     wheels = tmp_path / "wheels"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
         capture_output=True,
         text=True,
     )

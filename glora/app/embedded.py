@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from glora._io import publish_tree
+from glora.subnet import Subnet
 
 from .backbone import EMBEDDED_PREFIX
 from .data import ImageSet, Normalizer, load_digits, make_loader
 from .evaluate import accuracy
-from .trainer import Recipe, Trainer
+from .trainer import Augment, Recipe, Trainer
 
 __all__ = [
     "ARCH",
@@ -32,6 +33,7 @@ __all__ = [
     "BACKBONE_DIR",
     "PRETRAIN_RECIPE",
     "pretrain",
+    "fit_digits",
     "save_timm_folder",
     "transfer_headroom",
     "digits_accuracy",
@@ -59,17 +61,13 @@ def shift(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return torch.roll(x, (rng.randint(-1, 1), rng.randint(-1, 1)), dims=(2, 3))
 
 
-def _fit(model: nn.Module, data: ImageSet, recipe: Recipe, *, augment=None) -> None:
-    trainer = Trainer(
-        model,
-        data,
-        recipe,
-        normalize=Normalizer(MEAN, STD),
-        device=torch.device("cpu"),
-        augment=augment,
-        progress=False,
-    )
-    trainer.fit()
+def fit_digits(
+    model: nn.Module, data: ImageSet, recipe: Recipe, *, subnet: Subnet | None = None, augment: Augment | None = None
+) -> None:
+    """Train on a digits split on the CPU through the one training loop (quietly: no progress bars)."""
+    normalize = Normalizer(MEAN, STD)
+    cpu = torch.device("cpu")
+    Trainer(model, data, recipe, normalize=normalize, device=cpu, subnet=subnet, augment=augment, progress=False).fit()
 
 
 def digits_accuracy(model: nn.Module, data: ImageSet) -> float:
@@ -82,7 +80,7 @@ def pretrain(*, epochs: int = PRETRAIN_RECIPE.epochs, seed: int = 0) -> tuple[nn
     torch.manual_seed(seed)
     model = _make(5)
     recipe = Recipe(**{**vars(PRETRAIN_RECIPE), "epochs": epochs, "seed": seed})
-    _fit(model, load_digits("pretrain", "train"), recipe, augment=shift)
+    fit_digits(model, load_digits("pretrain", "train"), recipe, augment=shift)
     return model, digits_accuracy(model, load_digits("pretrain", "val"))
 
 
@@ -110,7 +108,7 @@ def transfer_headroom(backbone: nn.Module, *, epochs: int = 30, seed: int = 0) -
         if mode == "linear_probe":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
-        _fit(model, train, Recipe(epochs=epochs, lr=lr, seed=seed, amp="off", workers=0))
+        fit_digits(model, train, Recipe(epochs=epochs, lr=lr, seed=seed, amp="off", workers=0))
         out[f"{mode}_val"] = digits_accuracy(model, val)
         out[f"{mode}_test"] = digits_accuracy(model, test)
     return out
