@@ -14,7 +14,7 @@ the application built on it (options, data, backbones, checkpoints, training, ex
 
 from .config import AdapterConfig
 from .fold import fold, folded
-from .inject import get_space, glora_layers, head_names, inject
+from .inject import get_space, glora_layers, head_names, inject, set_execution
 from .layer import GLoRALinear
 from .reference import convert_reference_subnet, load_reference_state_dict
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
@@ -27,6 +27,7 @@ from .subnet import (
     sample_subnet,
     save_subnet,
     set_subnet,
+    unused_params,
 )
 
 __version__ = "0.2.0"
@@ -45,6 +46,7 @@ __all__ = [
     "glora_layers",
     "get_space",
     "head_names",
+    "set_execution",
     # subnets
     "Subnet",
     "sample_subnet",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_subnet",
     "make_subnet",
     "count_params",
+    "unused_params",
     "save_subnet",
     "load_subnet",
     # re-parameterisation

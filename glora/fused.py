@@ -26,43 +26,31 @@ import itertools
 
 import torch
 
+from .formula import Terms, uni_bias, uni_weight
 from .space import Kind
 
-__all__ = ["fused_linear", "ScaleGuard", "SCALE_GUARD"]
-
-# Smallest |1 + a| for which the vector/scalar-A gradient is recovered from the output.
-SCALE_GUARD = 1e-2
+__all__ = ["fused_linear", "ScaleGuard"]
 
 _NONE, _LORA, _VECTOR, _SCALAR = Kind.NONE, Kind.LORA, Kind.VECTOR, Kind.SCALAR
 
 
 def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
-    """W_uni for A in {none, vector, scalar, lora} and any B (the same formula as GLoRALinear.merged_weight).
-
-    Fused ops (addcmul, addmm, in-place adds on the fresh tensor): each weight-sized pass costs about as much as
-    a small layer's whole input gradient at batch 1, and this runs twice a step (forward and backward).
-    """
+    """W_uni for A in {none, vector, scalar, lora} and any B: :func:`glora.formula.uni_weight` of these slices."""
+    a = {}
     if a_kind == _LORA:
-        w = torch.addcmul(w0, w0, Ad[:, :a_rank] @ Au[:a_rank])
-    elif a_kind == _VECTOR:
-        w = w0 * (1 + Ad[:, :1])
-    elif a_kind == _SCALAR:
-        w = w0 * (1 + Ad[0, 0])
-    else:
-        w = w0
-    fresh = w is not w0
+        a = {"a_down": Ad[:, :a_rank], "a_up": Au[:a_rank]}
+    elif a_kind != _NONE:
+        a = {"a_row": Ad[:, :1] if a_kind == _VECTOR else Ad[0, 0]}
     if b_kind == _LORA:
-        w = w.addmm_(Bd[:, :b_rank], Bu[:b_rank]) if fresh else torch.addmm(w0, Bd[:, :b_rank], Bu[:b_rank])
-    elif b_kind == _VECTOR:
-        w = w.add_(Bd[:, :1]) if fresh else w0 + Bd[:, :1]
-    elif b_kind == _SCALAR:
-        w = w.add_(Bd[0, 0]) if fresh else w0 + Bd[0, 0]
-    return w
+        a |= {"b_down": Bd[:, :b_rank], "b_up": Bu[:b_rank]}
+    elif b_kind != _NONE:
+        a |= {"b_row": Bd[:, :1] if b_kind == _VECTOR else Bd[0, 0]}
+    return uni_weight(w0, Terms(**a))
 
 
 class _GLoRAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank, copy_out):
+    def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank, copy_out, cpu_forms):
         dev = x.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and x.dtype != torch.float64 else None
         # Under autocast: W_uni in the weights' precision, then one cast for the matmul, where autocast would cast
@@ -87,6 +75,7 @@ class _GLoRAFunction(torch.autograd.Function):
         # (x2 is in autocast's dtype: what autograd would keep)
         ctx.save_for_backward(x2 if keep_x else None, y2 if keep_y else None, u, sx, w0, bias, Ad, Au, Bd, Bu)
         ctx.plan = (a_kind, a_rank, b_kind, b_rank)
+        ctx.cpu_forms = cpu_forms
         ctx.x_shape = x.shape
         # A parent that edits our output in place (BEiT's qkv += bias) gets its own copy: autograd forbids
         # editing a custom Function's output in place, and the saved output must stay as it was.
@@ -119,14 +108,14 @@ class _GLoRAFunction(torch.autograd.Function):
         else:
             want_sum = need[2] or y2 is not None
             thin = u if (b_grad and b_kind == _LORA) else sx.unsqueeze(1) if (b_grad and sx is not None) else None
-            if thin is not None and want_sum and _cpu_tuned(g2):
+            if thin is not None and want_sum and ctx.cpu_forms:
                 # On CPU every reduction over tokens that B and the bias need comes from ONE skinny product
                 # [1 | u or Σx]ᵀ g: one pass over g instead of two. (On a GPU the pass is cheap, a launch is not.)
-                red = _token_dot(torch.cat([torch.ones_like(g2[:, :1]), thin.to(g2.dtype)], 1), g2).to(acc)
+                red = _token_dot(torch.cat([torch.ones_like(g2[:, :1]), thin.to(g2.dtype)], 1), g2, True).to(acc)
                 gsum, red = red[0], red[1:]
             else:
                 if thin is not None:
-                    red = _token_dot(thin.to(g2.dtype), g2).to(acc)
+                    red = _token_dot(thin.to(g2.dtype), g2, ctx.cpu_forms).to(acc)
                 if want_sum:
                     gsum = _colsum(g2, acc)
             gb = None  # per-output Σ_t g ⊙ (B x), reused for the A gradient below
@@ -135,7 +124,7 @@ class _GLoRAFunction(torch.autograd.Function):
                 gBd = _place(gBd_r, Bd)
                 # g Bd as a linear layer with a contiguous r x out weight: the layout CPU BLAS runs fastest.
                 gu = torch.nn.functional.linear(g2, Bd[:, :b_rank].t().to(g2.dtype).contiguous())
-                gBu = _place(_token_dot(gu, x2.to(gu.dtype)).to(acc), Bu)
+                gBu = _place(_token_dot(gu, x2.to(gu.dtype), ctx.cpu_forms).to(acc), Bu)
                 gb = (Bd[:, :b_rank].to(acc) * gBd_r).sum(1)
             elif b_grad and b_kind in (_VECTOR, _SCALAR):
                 gsx = red[0]
@@ -146,7 +135,7 @@ class _GLoRAFunction(torch.autograd.Function):
                     gBd = _place(gsx.sum().view(1, 1), Bd)
                     gb = Bd[0, 0].to(acc) * gsx
             if y2 is not None:  # vector/scalar A: Σ_t g ⊙ h, h s = y - bias - B x
-                corr = _column_dots(g2, y2, acc)  # Σ_t g ⊙ y
+                corr = _column_dots(g2, y2, acc, ctx.cpu_forms)  # Σ_t g ⊙ y
                 if bias is not None:
                     corr = corr - bias.to(acc) * gsum
                 if gb is not None:  # B x's share of y (fused_linear only fuses this case with B trained)
@@ -170,22 +159,13 @@ class _GLoRAFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def _colsum(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """Sum over tokens, accumulated in at least float32 (bf16 activations under autocast)."""
     return t.sum(0) if t.dtype == acc else t.sum(0, dtype=acc)
-
-
-# Device types that get the CPU-tuned forms below (one-pass token reductions, chunked skinny products, blocked column
-# dots); every other device gets the form with the fewest kernel launches. A tuple so tests can empty it and check
-# the accelerator forms on CPU in float64.
-_CPU_TUNED: tuple[str, ...] = ("cpu",)
-
-
-def _cpu_tuned(t: torch.Tensor) -> bool:
-    return t.device.type in _CPU_TUNED
 
 
 # CPU token reductions aᵀb with a skinny a (T x r, r small) run as a batch of _TOKEN_CHUNKS partial products once
@@ -195,10 +175,10 @@ _TOKEN_CHUNKS = 32
 _CHUNK_MIN_ROWS = 2048
 
 
-def _token_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _token_dot(a: torch.Tensor, b: torch.Tensor, cpu_forms: bool) -> torch.Tensor:
     """``aᵀ b``, a reduction over the token rows of ``a`` (T x r, r small) and ``b`` (T x n)."""
     rows = a.shape[0]
-    if not _cpu_tuned(a) or a.dtype not in (torch.float32, torch.float64) or rows < _CHUNK_MIN_ROWS:
+    if not cpu_forms or a.dtype not in (torch.float32, torch.float64) or rows < _CHUNK_MIN_ROWS:
         return a.t() @ b
     n = rows // _TOKEN_CHUNKS * _TOKEN_CHUNKS
     parts = torch.bmm(
@@ -214,20 +194,20 @@ def _token_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _DOT_BLOCK_ELEMENTS = 1 << 19
 
 
-def _column_dots(g: torch.Tensor, y: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+def _column_dots(g: torch.Tensor, y: torch.Tensor, acc: torch.dtype, cpu_forms: bool) -> torch.Tensor:
     """``Σ_t g[t] ⊙ y[t]`` per column, accumulated in ``acc``.
 
     ``(g * y).sum(0)`` (which ``linalg.vecdot`` also does on CPU) materialises an output-sized product; for a
     ViT-S fc1 at batch 32 that is a fresh 39 MB buffer whose page faults cost 5x the arithmetic. On CPU the rows are
     reduced block by block instead, so the product never leaves the cache; on accelerators one fused call is best.
     """
-    if not _cpu_tuned(g):
+    if not cpu_forms:
         return torch.linalg.vecdot(g.to(acc), y.to(acc), dim=0)
     rows = max(1, _DOT_BLOCK_ELEMENTS // max(1, g.shape[1]))
     if g.shape[0] <= rows:
         return (g.to(acc) * y.to(acc)).sum(0)
-    out = torch.zeros(g.shape[1], dtype=acc)
-    buf = torch.empty(rows, g.shape[1], dtype=acc)
+    out = torch.zeros(g.shape[1], dtype=acc, device=g.device)
+    buf = torch.empty(rows, g.shape[1], dtype=acc, device=g.device)
     for start in range(0, g.shape[0], rows):
         n = min(rows, g.shape[0] - start)
         torch.mul(g[start : start + n].to(acc), y[start : start + n].to(acc), out=buf[:n])
@@ -266,7 +246,7 @@ def _from_weight_grad(G, Bd, Bu, b_kind, b_rank, acc):
 
 
 class ScaleGuard:
-    """Answers "is every ``|1 + a|`` at least SCALE_GUARD?" for a group of layers with one device read.
+    """Answers "is every ``|1 + a|`` at least ``threshold``?" for a group of layers with one device read.
 
     Reading a device tensor on the host is a sync on a GPU: the host stops running ahead and waits, which asked once
     per vector/scalar-A layer cost a ViT-B step on an H100 about a third of its time. A group (``glora.inject``
@@ -276,23 +256,27 @@ class ScaleGuard:
     ``torch.no_grad()`` instead.
     """
 
-    def __init__(self, layers=()) -> None:
+    def __init__(self, layers=(), threshold: float = 1e-2) -> None:
         self.layers = list(layers)
+        self.threshold = threshold
 
     def is_safe(self, layer, scalar: bool) -> bool:
         """For ``layer``'s vector A (all rows) or scalar A (row 0 only)."""
         state = layer.__dict__.get("_scale_state")
-        if state is None or state[0] != _version_key(layer.Ad):
+        if state is None or state[0] != self._key(layer):
             self._refresh(layer)
             state = layer.__dict__["_scale_state"]
         return state[2] if scalar else state[1]
+
+    def _key(self, layer) -> tuple:
+        return layer.Ad.data_ptr(), layer.Ad._version, self.threshold
 
     def _refresh(self, layer) -> None:
         ad = layer.Ad
         group = [m for m in self.layers if m is not layer and _same_kind(m.Ad, ad)] + [layer]
         with torch.no_grad():
             cols = torch.cat([m.Ad[:, 0] for m in group])
-            bad = ((cols + 1).abs() < SCALE_GUARD).nonzero().flatten().tolist()  # the one device read
+            bad = ((cols + 1).abs() < self.threshold).nonzero().flatten().tolist()  # the one device read
         starts = list(itertools.accumulate((m.Ad.shape[0] for m in group), initial=0))
         rows: dict[int, list[int]] = {}
         for i in bad:
@@ -300,11 +284,7 @@ class ScaleGuard:
             rows.setdefault(j, []).append(i - starts[j])
         for j, m in enumerate(group):
             hit = rows.get(j, [])
-            m._scale_state = (_version_key(m.Ad), not hit, 0 not in hit)
-
-
-def _version_key(t: torch.Tensor) -> tuple[int, int]:
-    return t.data_ptr(), t._version
+            m._scale_state = (self._key(m), not hit, 0 not in hit)
 
 
 def _same_kind(t: torch.Tensor | None, like: torch.Tensor) -> bool:
@@ -312,7 +292,7 @@ def _same_kind(t: torch.Tensor | None, like: torch.Tensor) -> bool:
 
 
 def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
-    """Run ``layer`` under ``choice`` on the fused path, or return None when the reference path must be used."""
+    """Run ``layer`` under ``choice`` on the fused path, or return None when the autograd path must be used."""
     a, b = choice.A, choice.B
     if a.kind is Kind.GIFT or layer.weight.requires_grad or not x.is_floating_point():
         return None
@@ -322,7 +302,9 @@ def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
             return None
         if b.kind != _NONE and not Bd.requires_grad:
             return None  # B's share of y is only known through its own gradient sums
-    bias = layer.merged_bias(choice)
+    forms = layer.execution.forms
+    cpu_forms = forms == "cpu" or (forms == "auto" and x.device.type == "cpu")
+    bias = uni_bias(layer.bias, layer.weight, layer.terms(choice))
     return _GLoRAFunction.apply(
-        x, layer.weight, bias, Ad, Au, Bd, Bu, a.kind, a.rank, b.kind, b.rank, layer.output_edited_in_place
+        x, layer.weight, bias, Ad, Au, Bd, Bu, a.kind, a.rank, b.kind, b.rank, layer.output_edited_in_place, cpu_forms
     )

@@ -5,6 +5,7 @@ Works on any ``nn.Module``; timm models get their classifier head(s) found from 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -18,10 +19,10 @@ from torch import nn
 from .config import AdapterConfig
 from .fused import ScaleGuard
 from .gift import GiftBank, gift_group
-from .layer import GLoRALinear
+from .layer import Execution, GLoRALinear
 from .space import Kind, SearchSpace
 
-__all__ = ["inject", "glora_layers", "require_layers", "get_space", "head_names", "GIFT_ATTR"]
+__all__ = ["inject", "glora_layers", "require_layers", "get_space", "head_names", "set_execution", "GIFT_ATTR"]
 
 _logger = logging.getLogger(__name__)
 
@@ -99,15 +100,41 @@ def _freeze_backbone(model: nn.Module, bank: GiftBank | None, heads: list[str]) 
     """Only the support tensors, the GIFT generators and the heads train; the layers share one scale guard."""
     model.requires_grad_(False)
     layers = glora_layers(model).values()
-    guard = ScaleGuard(layers)
     for layer in layers:
-        layer.scale_guard = guard
         for p in layer.support_params():
             p.requires_grad_(True)
+    _share_guard(layers)
     if bank is not None:
         bank.requires_grad_(True)
     for h in heads:
         model.get_submodule(h).requires_grad_(True)
+
+
+def set_execution(
+    model: nn.Module, *, path: str | None = None, forms: str | None = None, scale_guard: float | None = None
+) -> Execution:
+    """Change how ``model``'s GLoRA layers run (see :class:`glora.layer.Execution`); returns the new setting.
+
+    Example:
+        >>> glora.set_execution(model, path="static")  # eager, but the graph torch.compile traces
+    """
+    layers = require_layers(model).values()
+    current = next(iter(layers)).execution
+    changes = {"path": path, "forms": forms, "scale_guard": scale_guard}
+    new = dataclasses.replace(current, **{k: v for k, v in changes.items() if v is not None})
+    for layer in layers:
+        layer.execution = new
+    _share_guard(layers)
+    return new
+
+
+def _share_guard(layers) -> None:
+    """One scale guard for all of a model's layers: one device read per step answers for every layer."""
+    layers = list(layers)
+    if layers:
+        guard = ScaleGuard(layers, layers[0].execution.scale_guard)
+        for layer in layers:
+            layer.scale_guard = guard
 
 
 def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:

@@ -7,19 +7,117 @@
 Each support has ONE storage at the largest rank of the space; every choice is a slice of it, so training a
 small choice also trains the matching part of the large ones (weight entanglement). Storage names and shapes
 follow the paper's reference code (``Ad, Au, Bd, Bu, Cd, Cu, D, E``) so its checkpoints load as they are.
+
+The current choice is held twice: as a :class:`LayerChoice` (what the eager paths branch on) and as a small
+``code`` buffer of rank masks and kind gates (what the static path multiplies by). ``set_choice`` writes both, in
+place, so a compiled model computes every subnet with one graph and switching subnets never recompiles.
+
+Execution paths (a per-model setting, :class:`Execution`, changed with :func:`glora.set_execution`):
+
+* ``fused`` (eager): the folding math forward, a hand-written backward that pays only for what the choice uses
+  (:mod:`glora.fused`); the fastest eager path.
+* ``static``: the formula over every support, masked by ``code``: no Python branching on the choice, no host
+  reads, the same kernels for every subnet. This is what ``torch.compile`` traces (always, whatever the setting)
+  and what CUDA graphs capture. Supports a subnet does not use get zero gradients.
+* ``autograd``: plain autograd through the formula of the current choice (the fused path's test oracle).
+* ``auto``: ``static`` under ``torch.compile``, ``fused`` otherwise.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .formula import Terms, uni_bias, uni_weight
 from .fused import ScaleGuard, fused_linear
 from .gift import GiftGenerator
-from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
+from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
 
-__all__ = ["GLoRALinear"]
+__all__ = ["GLoRALinear", "Execution", "PATHS", "FORMS", "masked_terms", "set_codes", "encode_choice", "code_layout"]
+
+PATHS = ("auto", "fused", "static", "autograd")
+FORMS = ("auto", "cpu", "accelerator")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a model's GLoRA layers run (one setting per model, see :func:`glora.set_execution`).
+
+    Args:
+        path: ``auto`` (static under ``torch.compile``, fused otherwise), ``fused``, ``static`` or ``autograd``.
+        forms: the fused backward's reduction forms: ``cpu`` (one-pass skinny products, cache-blocked column dots),
+            ``accelerator`` (fewest kernel launches) or ``auto`` (by the input's device).
+        scale_guard: the fused path recovers a vector/scalar A's gradient from the output, dividing by ``1 + a``;
+            a layer whose ``|1 + a|`` falls below this runs on the autograd path instead.
+    """
+
+    path: str = "auto"
+    forms: str = "auto"
+    scale_guard: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"execution path must be one of {', '.join(PATHS)}; got {self.path!r}")
+        if self.forms not in FORMS:
+            raise ValueError(f"execution forms must be one of {', '.join(FORMS)}; got {self.forms!r}")
+        if not 0 <= self.scale_guard < 1:
+            raise ValueError(f"scale_guard must be in [0, 1), got {self.scale_guard!r}")
+
+
+class _Code:
+    """Where each part of a choice sits in a layer's code vector: rank masks for lora A, gift A, lora B, lora C,
+    then one gate per vector/scalar kind. A mask is all zeros when its support is not of that kind."""
+
+    GATES = ("a_vector", "a_scalar", "b_vector", "b_scalar", "c_vector", "d_vector", "d_scalar", "e_vector", "e_scalar")
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.ranks = {
+            "a": space.max_rank("A"),
+            "gift": space.max_rank("A", Kind.GIFT),
+            "b": space.max_rank("B"),
+            "c": space.max_rank("C"),
+        }
+        self.slices: dict[str, slice] = {}
+        at = 0
+        for name, r in self.ranks.items():
+            self.slices[name] = slice(at, at + r)
+            at += r
+        self.gate = {g: at + i for i, g in enumerate(self.GATES)}
+        self.size = at + len(self.GATES)
+        # Whether A / B have a row term (a vector or scalar choice) at all.
+        self.rows = {s: space.offers(s, Kind.VECTOR, Kind.SCALAR) for s in ("A", "B")}
+
+    def encode(self, choice: LayerChoice) -> list[float]:
+        code = [0.0] * self.size
+        for support, c in zip(SUPPORTS, choice):
+            if c.kind.ranked:
+                mask = self.slices["gift" if c.kind is Kind.GIFT else support.lower()]
+                code[mask.start : mask.start + c.rank] = [1.0] * c.rank
+            elif c.kind is not Kind.NONE:
+                code[self.gate[f"{support.lower()}_{c.kind.value}"]] = 1.0
+        return code
+
+
+@functools.lru_cache(maxsize=64)
+def code_layout(space: SearchSpace) -> _Code:
+    """Where each part of a choice sits in the code vectors of ``space``'s layers."""
+    return _Code(space)
+
+
+def encode_choice(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
+    """The code vector of ``choice`` (rank masks and kind gates) that the static path multiplies by."""
+    return _encoded(space, choice).clone()
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
+    """The code of ``choice`` (a CPU float64 tensor; cached: supernet training draws from a finite set)."""
+    return torch.tensor(code_layout(space).encode(choice), dtype=torch.float64)
 
 
 class GLoRALinear(nn.Module):
@@ -31,6 +129,7 @@ class GLoRALinear(nn.Module):
         space: the choices each support may take; storages are sized for its largest ranks.
         gift: the shared GIFT generator of this layer's group, when the space offers ``gift_<r>`` for A.
         name: the layer's qualified name in the model, for error messages.
+        execution: how the layer runs (see :class:`Execution`).
     """
 
     def __init__(
@@ -40,6 +139,7 @@ class GLoRALinear(nn.Module):
         *,
         gift: GiftGenerator | None = None,
         name: str = "",
+        execution: Execution | None = None,
     ) -> None:
         super().__init__()
         self.in_features = base.in_features
@@ -72,14 +172,16 @@ class GLoRALinear(nn.Module):
         self._param("Cu", self._xavier(rank, 1, like) if rank else None)
         for s in ("D", "E"):
             self._param(s, torch.zeros(out_f, **like) if space.offers(s, Kind.VECTOR, Kind.SCALAR) else None)
+        self._layout = code_layout(space)
+        self.register_buffer("code", torch.zeros(self._layout.size, **like), persistent=False)
         self._choice: LayerChoice | None = None
+        self.execution = execution or Execution()
         # Shared with the model's other GLoRA layers by glora.inject (one device read per step for all of them).
-        self.scale_guard = ScaleGuard([self])
-        # (W_uni, b_uni) of the current choice while a candidate is evaluated in folded form.
-        self.folded: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.scale_guard = ScaleGuard([self], self.execution.scale_guard)
+        # While a candidate is evaluated in folded form (glora.folded): its (W_uni, b_uni), computed on first use.
+        self._folding = False
+        self._fold: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    # Fused training path (glora.fused); False forces the reference autograd path.
-    fused: bool = True
     # Set by inject when the parent adds to this layer's output in place (BEiT-style qkv bias).
     output_edited_in_place: bool = False
 
@@ -100,55 +202,78 @@ class GLoRALinear(nn.Module):
     def set_choice(self, choice: LayerChoice) -> None:
         """Set the subnet this layer computes. ``choice`` must come from this layer's space (see set_subnet)."""
         self._choice = choice
+        with torch.no_grad():
+            self.code.copy_(_encoded(self.space, choice))
 
     def support_params(self) -> list[nn.Parameter]:
         """The layer's own trainable tensors (GIFT generators live at the model root)."""
         return [p for n, p in self.named_parameters(recurse=False) if n not in ("weight", "bias")]
 
-    # ------------------------------------------------------------------ the math, once
-    def _scale(self, support: str, c: Choice) -> torch.Tensor:
-        """A or B as a tensor broadcastable to out x in (lora: dense; vector: out x 1; scalar: 0-dim)."""
-        down, up = getattr(self, f"{support}d"), getattr(self, f"{support}u")
-        if c.kind is Kind.LORA:
-            return down[:, : c.rank] @ up[: c.rank]
-        if c.kind is Kind.VECTOR:
-            return down[:, :1]
-        return down[0, 0]
+    def used_params(self, choice: LayerChoice | None = None) -> list[nn.Parameter]:
+        """The layer's own support tensors ``choice`` (default: the current one) reads; the others would get no
+        gradient on an eager path and a zero gradient on the static path."""
+        choice = choice if choice is not None else self._require_choice()
+        used: list[nn.Parameter | None] = []
+        for s, c in zip(SUPPORTS, choice):
+            if c.kind in (Kind.NONE, Kind.GIFT) or (s == "D" and self.bias is None):
+                continue
+            if s in "DE":
+                used.append(getattr(self, s))
+            else:
+                used += [getattr(self, f"{s}d"), getattr(self, f"{s}u") if c.kind is Kind.LORA else None]
+        return [p for p in used if p is not None]
 
-    def merged_bias(self, choice: LayerChoice) -> torch.Tensor | None:
-        """b_uni = b0 + W0 C + D ⊙ b0 + E, or None when the layer has no bias and C, E are none."""
-        b0 = self.bias
-        out = b0
-        if b0 is not None and choice.D.kind is not Kind.NONE:
-            out = b0 + b0 * (self.D if choice.D.kind is Kind.VECTOR else self.D[0])
-        c = choice.C
-        if c.kind is not Kind.NONE:
-            prompt = self.Cd[:, : c.rank] @ self.Cu[: c.rank] if c.kind is Kind.LORA else self.Cd[:, :1]
-            wc = F.linear(prompt.squeeze(1), self.weight)
-            out = wc if out is None else out + wc
-        e = choice.E
-        if e.kind is not Kind.NONE:
-            shift = self.E if e.kind is Kind.VECTOR else self.E[0].expand(self.out_features)
-            out = shift if out is None else out + shift
-        return out
-
-    def merged_weight(self, choice: LayerChoice) -> torch.Tensor:
-        """W_uni = W0 + W0 ⊙ A + B (A = gift_r: W0 + W0·phi·psi + B) as a dense out x in tensor."""
-        w0 = self.weight
-        a, b = choice.A, choice.B
-        w = w0
-        if a.kind is Kind.GIFT:
-            w = w0 + self.gift.delta(w0, a.rank)
+    # ------------------------------------------------------------------ the supports as terms of the formula
+    def terms(self, choice: LayerChoice) -> Terms:
+        """The supports ``choice`` uses: slices of the entangled storages, ``None`` for the rest."""
+        a, b, c, d, e = choice
+        t: dict[str, torch.Tensor | None] = {}
+        if a.kind is Kind.LORA:
+            t["a_down"], t["a_up"] = self.Ad[:, : a.rank], self.Au[: a.rank]
+        elif a.kind is Kind.GIFT:
+            t["gift_phi"], t["gift_psi"] = self.gift.phi[:, : a.rank], self.gift.psi[: a.rank]
         elif a.kind is not Kind.NONE:
-            w = w0 + w0 * self._scale("A", a)
-        if b.kind is not Kind.NONE:
-            w = w + self._scale("B", b)
-        return w
+            t["a_row"] = self.Ad[:, :1] if a.kind is Kind.VECTOR else self.Ad[0, 0]
+        if b.kind is Kind.LORA:
+            t["b_down"], t["b_up"] = self.Bd[:, : b.rank], self.Bu[: b.rank]
+        elif b.kind is not Kind.NONE:
+            t["b_row"] = self.Bd[:, :1] if b.kind is Kind.VECTOR else self.Bd[0, 0]
+        if c.kind is Kind.LORA:
+            t["c"] = (self.Cd[:, : c.rank] @ self.Cu[: c.rank]).squeeze(-1)
+        elif c.kind is Kind.VECTOR:
+            t["c"] = self.Cd[:, 0]
+        if d.kind is not Kind.NONE:
+            t["d"] = self.D if d.kind is Kind.VECTOR else self.D[0]
+        if e.kind is not Kind.NONE:
+            t["e"] = self.E if e.kind is Kind.VECTOR else self.E[0]
+        return Terms(**t)
+
+    def static_terms(self, code: torch.Tensor | None = None) -> Terms:
+        """Every support the space offers, masked by ``code`` (default: the layer's own, i.e. the current choice):
+        the choice's terms, with zeros (not slices) where it uses less, so the same operations run for every
+        choice."""
+        return masked_terms(self.storages(), self.code if code is None else code, self._layout)
+
+    def storages(self) -> dict[str, torch.Tensor | None]:
+        """The support tensors by name (GIFT's ``phi`` / ``psi`` included), as :func:`masked_terms` takes them."""
+        gift = self.gift
+        return {
+            "Ad": self.Ad,
+            "Au": self.Au,
+            "Bd": self.Bd,
+            "Bu": self.Bu,
+            "Cd": self.Cd,
+            "Cu": self.Cu,
+            "D": self.D,
+            "E": self.E,
+            "phi": None if gift is None else gift.phi,
+            "psi": None if gift is None else gift.psi,
+        }
 
     def merged(self, choice: LayerChoice | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_uni, b_uni)`` of ``choice`` (default: the current one). Folding uses exactly this."""
-        choice = choice if choice is not None else self._require_choice()
-        return self.merged_weight(choice), self.merged_bias(choice)
+        t = self.terms(choice if choice is not None else self._require_choice())
+        return uni_weight(self.weight, t), uni_bias(self.bias, self.weight, t)
 
     def count(self, choice: LayerChoice) -> int:
         """Parameters this layer's own supports use for ``choice`` (the paper's "# params"; GIFT counted per group).
@@ -175,42 +300,23 @@ class GLoRALinear(nn.Module):
         return self._choice
 
     # ------------------------------------------------------------------ forward
-    # torch.compile traces around this layer: its subnet changes every training step, which would otherwise
-    # recompile the graph each time; the rest of the model (attention, norms, activations) still compiles.
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under torch.compile the static path is traced whatever the setting: it reads the choice from ``code`` (a
+        # buffer written in place), so one graph serves every subnet and nothing here is guarded on the choice.
+        if torch.compiler.is_compiling() or self.execution.path == "static":
+            t = self.static_terms()
+            return F.linear(x, uni_weight(self.weight, t), uni_bias(self.bias, self.weight, t))
         choice = self._require_choice()
-        if self.folded is not None:  # evaluating one candidate: its W_uni, b_uni computed once (see glora.folded)
-            return F.linear(x, *self.folded)
-        if self.fused:
+        if self._folding:  # evaluating one candidate: its W_uni, b_uni computed once (see glora.folded)
+            if self._fold is None:
+                with torch.no_grad():
+                    self._fold = self.merged(choice)
+            return F.linear(x, *self._fold)
+        if self.execution.path != "autograd":
             y = fused_linear(self, choice, x)
             if y is not None:
                 return y
-        return self.forward_reference(x)
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain-autograd forward, each choice in its cheapest form: only a lora A builds a W-sized product; a
-        vector/scalar A scales the outputs, gift acts on the inputs, B's paths act on activations. The fused path
-        (glora.fused) is checked against this one; GIFT and rare edge cases run here."""
-        choice = self._require_choice()
-        a, b = choice.A, choice.B
-        bias = self.merged_bias(choice)
-        if a.kind is Kind.LORA:
-            y = F.linear(x, self.merged_weight(choice._replace(B=Choice(Kind.NONE))), bias)
-        elif a.kind is Kind.GIFT:
-            y = F.linear(self.gift.transform(x, a.rank), self.weight, bias)
-        elif a.kind is Kind.NONE:
-            y = F.linear(x, self.weight, bias)
-        else:
-            y = F.linear(x, self.weight) * (1 + self._scale("A", a).squeeze(-1))
-            if bias is not None:
-                y = y + bias
-        if b.kind is Kind.LORA:
-            y = y + F.linear(F.linear(x, self.Bu[: b.rank]), self.Bd[:, : b.rank])
-        elif b.kind is not Kind.NONE:
-            # A vector/scalar B is constant along the input axis: B x = B[:, 0] * sum(x).
-            y = y + x.sum(-1, keepdim=True) * self._scale("B", b).squeeze(-1)
-        return y
+        return F.linear(x, *self.merged(choice))
 
     def extra_repr(self) -> str:
         choice = "unset" if self._choice is None else " ".join(f"{s}={c.name}" for s, c in zip(SUPPORTS, self._choice))
@@ -218,3 +324,55 @@ class GLoRALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, choice: {choice}"
         )
+
+
+def masked_terms(p: Mapping[str, torch.Tensor | None], code: torch.Tensor, lay: _Code) -> Terms:
+    """The static path's terms: every support the space offers, each masked by the choice ``code`` encodes
+    (``lay``: the space's code layout, ``code_layout(space)``).
+
+    ``p`` holds a layer's support tensors by name (``Ad``, ``Au``, ..., ``phi``, ``psi``), or same-shape layers'
+    tensors stacked along a leading dimension with ``code`` stacked the same way (how folding batches layers).
+    """
+    r, s = lay.ranks, lay.slices
+
+    def mask(name: str) -> torch.Tensor:  # a rank mask, broadcast over a factor's rows
+        return code[..., s[name]].unsqueeze(-2)
+
+    def gate(name: str, trailing: int) -> torch.Tensor:  # a kind gate, broadcast over ``trailing`` dimensions
+        g = code[..., lay.gate[name]]
+        return g.reshape(g.shape + (1,) * trailing)
+
+    t: dict[str, torch.Tensor] = {}
+    Ad, Bd, Cd = p["Ad"], p["Bd"], p["Cd"]
+    if r["a"]:
+        t["a_down"], t["a_up"] = Ad[..., : r["a"]] * mask("a"), p["Au"]
+    if lay.rows["A"]:
+        t["a_row"] = Ad[..., :1] * gate("a_vector", 2) + Ad[..., :1, :1] * gate("a_scalar", 2)
+    if r["gift"]:
+        t["gift_phi"], t["gift_psi"] = p["phi"] * mask("gift"), p["psi"]
+    if r["b"]:
+        t["b_down"], t["b_up"] = Bd[..., : r["b"]] * mask("b"), p["Bu"]
+    if lay.rows["B"]:
+        t["b_row"] = Bd[..., :1] * gate("b_vector", 2) + Bd[..., :1, :1] * gate("b_scalar", 2)
+    if Cd is not None:
+        c = Cd[..., 0] * gate("c_vector", 1)
+        if r["c"]:
+            c = c + ((Cd[..., : r["c"]] * mask("c")) @ p["Cu"]).squeeze(-1)
+        t["c"] = c
+    for name in ("D", "E"):
+        if p[name] is not None:
+            v = p[name]
+            t[name.lower()] = v * gate(f"{name.lower()}_vector", 1) + v[..., :1] * gate(f"{name.lower()}_scalar", 1)
+    return Terms(**t)
+
+
+def set_codes(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
+    """Write many layers' choices at once: one host-to-device copy per device, then one fused copy into the codes."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, layer in enumerate(layers):
+        layer._choice = choices[i]
+        groups.setdefault((layer.code.device, layer.code.dtype), []).append(i)
+    with torch.no_grad():
+        for (device, dtype), idx in groups.items():
+            staged = torch.stack([_encoded(layers[i].space, choices[i]) for i in idx]).to(device, dtype)
+            torch._foreach_copy_([layers[i].code for i in idx], list(staged.unbind(0)))

@@ -18,6 +18,7 @@ from ._io import atomic_write_text
 from ._text import first_of
 from .gift import gift_group, gift_params
 from .inject import get_space, require_layers
+from .layer import set_codes
 from .space import SUPPORTS, Kind, LayerChoice
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "parse_subnet",
     "make_subnet",
     "count_params",
+    "unused_params",
     "save_subnet",
     "load_subnet",
 ]
@@ -76,8 +78,7 @@ def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Non
     """Make every GLoRA layer of ``model`` compute its choice in ``subnet`` (validated first)."""
     layers = require_layers(model)
     parsed = _parse(layers, subnet)
-    for name, layer in layers.items():
-        layer.set_choice(parsed[name])
+    set_codes(list(layers.values()), [parsed[name] for name in layers])
 
 
 def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:
@@ -124,6 +125,28 @@ def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> i
             gift_rank[group] = (max(prev, choice.A.rank), layer.in_features)
     total += sum(gift_params(in_f, r) for r, in_f in gift_rank.values())
     return total
+
+
+def unused_params(model: nn.Module) -> list[nn.Parameter]:
+    """The support tensors and GIFT generators the current subnet does not read.
+
+    On the eager paths exactly these get no gradient from a step (so AdamW leaves them alone); on the static path
+    (``torch.compile``) they get zero gradients (so AdamW still applies momentum and weight decay to them, as in the
+    paper's reference code). A trainer picks one behaviour for both by dropping or zero-filling their gradients.
+    """
+    layers = require_layers(model)
+    used: set[int] = set()
+    generators: dict[int, nn.Module] = {}
+    for layer in layers.values():
+        choice = layer._require_choice()
+        used.update(id(p) for p in layer.used_params(choice))
+        if layer.gift is not None:
+            generators[id(layer.gift)] = layer.gift
+            if choice.A.kind is Kind.GIFT:
+                used.update(id(p) for p in layer.gift.parameters())
+    own = [p for layer in layers.values() for p in layer.support_params()]
+    shared = [p for g in generators.values() for p in g.parameters()]
+    return [p for p in own + shared if id(p) not in used]
 
 
 def save_subnet(subnet: Mapping[str, Mapping[str, str]], path: str | os.PathLike) -> None:

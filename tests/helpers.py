@@ -6,6 +6,7 @@ Models are tiny random-init versions of real timm families, so every test runs i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import subprocess
@@ -214,9 +215,9 @@ def all_choices(space: glora.SearchSpace):
         yield dict(zip(glora.SUPPORTS, combo))
 
 
-def layer_grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, fused: bool):
-    """(output, gradients of x and of every support tensor) on the fused or the reference path."""
-    layer.fused = fused
+def layer_grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, path: str):
+    """(output, gradients of x and of every support tensor) on one execution path (fused, static, autograd)."""
+    layer.execution = dataclasses.replace(layer.execution, path=path)
     params = [x, *layer.support_params()]
     y = layer(x)
     grads = torch.autograd.grad(y, params, g, allow_unused=True)
@@ -229,14 +230,15 @@ def check_every_choice(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tenso
     for entry in all_choices(layer.space):
         combo = tuple(entry.values())
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        y_ref, g_ref = layer_grads(layer, x, g, fused=False)
-        y_fus, g_fus = layer_grads(layer, x, g, fused=True)
-        torch.testing.assert_close(y_fus, y_ref, rtol=1e-12, atol=1e-12, msg=str(combo))
-        for name, a, b in zip(["x", *names], g_fus, g_ref):
-            if b is None or not b.any():  # unused: the reference gives None (or zeros through a slice)
-                assert a is None or not a.any(), (combo, name)
-            else:
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{combo} {name}")
+        y_ref, g_ref = layer_grads(layer, x, g, "autograd")
+        for path in ("fused", "static"):
+            y, grads = layer_grads(layer, x, g, path)
+            torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12, msg=f"{path} {combo}")
+            for name, a, b in zip(["x", *names], grads, g_ref):
+                if b is None or not b.any():  # unused: autograd gives None (or zeros through a slice)
+                    assert a is None or not a.any(), (path, combo, name)
+                else:
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{path} {combo} {name}")
 
 
 # ---------------------------------------------------------------------- the commands in other processes

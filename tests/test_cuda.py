@@ -5,6 +5,7 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``python -m pytes
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -59,20 +60,23 @@ def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
         ("scalar", "scalar", "vector", "none", "scalar"),
     ]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        exact = layer_grads(layer.double(), x.double().requires_grad_(), gy.double(), fused=False)
+        exact = layer_grads(layer.double(), x.double().requires_grad_(), gy.double(), "autograd")
         layer.float().to(CUDA)
         xc = x.to(CUDA).requires_grad_()
         err = {}
-        for fused in (False, True):
-            layer.fused = fused
+        for path in ("autograd", "fused", "static"):
+            layer.execution = dataclasses.replace(layer.execution, path=path)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 y = layer(xc)
             grads = torch.autograd.grad(y, [xc, *layer.support_params()], gy.to(CUDA, y.dtype), allow_unused=True)
             pairs = [(y, exact[0]), *zip(grads, exact[1])]
-            err[fused] = max(rel_err(a.double().cpu(), b) for a, b in pairs if b is not None and b.any())
+            err[path] = max(
+                rel_err(a.double().cpu(), b) for a, b in pairs if a is not None and b is not None and b.any()
+            )
         layer.cpu()
-        assert err[True] < 2e-2, (combo, err)
-        assert err[True] <= 2 * err[False] + 1e-3, (combo, err)
+        for path in ("fused", "static"):
+            assert err[path] < 2e-2, (combo, err)
+            assert err[path] <= 2 * err["autograd"] + 1e-3, (combo, err)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

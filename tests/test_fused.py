@@ -1,6 +1,8 @@
-"""The fused training path gives the reference autograd path's outputs and gradients, for every choice."""
+"""The fused and static paths give the autograd path's outputs and gradients, for every choice."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -23,9 +25,9 @@ def test_fused_equals_reference_for_every_choice(space, bias, forms, monkeypatch
         monkeypatch.setattr(glora.fused, "_DOT_BLOCK_ELEMENTS", 4 * OUT)  # column dots: blocks of 4 rows and 2 rows
         monkeypatch.setattr(glora.fused, "_CHUNK_MIN_ROWS", 4)  # token reductions: 4 chunks of 1 row + 2 rows
         monkeypatch.setattr(glora.fused, "_TOKEN_CHUNKS", 4)
-    elif forms == "accelerator":  # the forms GPUs run (separate reductions, one vecdot), checked here on CPU
-        monkeypatch.setattr(glora.fused, "_CPU_TUNED", ())
     layer = make_layer(space, bias)
+    if forms == "accelerator":  # the forms GPUs run (separate reductions, one vecdot), checked here on CPU
+        layer.execution = dataclasses.replace(layer.execution, forms="accelerator")
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
     check_every_choice(layer, x, g)
@@ -72,13 +74,13 @@ def test_fused_under_bf16_autocast_is_close_to_reference():
     for combo in [("lora_8", "vector", "lora_4", "vector", "vector"), ("scalar", "lora_4", "none", "scalar", "none")]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
         out = {}
-        for fused in (False, True):
-            layer.fused = fused
+        for path in ("autograd", "fused"):
+            layer.execution = dataclasses.replace(layer.execution, path=path)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = layer(x)
-            out[fused] = (y.float(), torch.autograd.grad(y, [x, layer.Ad, layer.Bd], g.to(y.dtype)))
-        torch.testing.assert_close(out[True][0], out[False][0], rtol=0.05, atol=0.05)
-        for a, b in zip(out[True][1], out[False][1]):
+            out[path] = (y.float(), torch.autograd.grad(y, [x, layer.Ad, layer.Bd], g.to(y.dtype)))
+        torch.testing.assert_close(out["fused"][0], out["autograd"][0], rtol=0.05, atol=0.05)
+        for a, b in zip(out["fused"][1], out["autograd"][1]):
             assert a.dtype == b.dtype
             torch.testing.assert_close(a.float(), b.float(), rtol=0.1, atol=0.1)
 

@@ -168,4 +168,30 @@ def test_folded_context_equals_fold_and_restores(case):
             y = supernet(x)
         assert rel_err(y, glora.fold(supernet, subnet)(x)) < 1e-12
     torch.testing.assert_close(supernet(x), before, rtol=0, atol=0)
-    assert all(layer.folded is None for layer in glora.glora_layers(supernet).values())
+    parsed = glora.parse_subnet(supernet, current)
+    assert all(layer.choice == parsed[n] for n, layer in glora.glora_layers(supernet).items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_unused_params_are_exactly_what_a_step_leaves_without_gradient(case):
+    """Eager paths: the tensors the subnet does not read get no gradient; the static path gives them zeros."""
+    _, supernet = build(case)
+    randomize_supports(supernet, seed=3)
+    x = case.input(seed=4)
+    trainable = [p for layer in glora.glora_layers(supernet).values() for p in layer.support_params()]
+    trainable += [p for m in supernet.modules() if isinstance(m, GiftBank) for p in m.parameters()]
+    rng = random.Random(5)
+    for subnet in [*extreme_subnets(supernet).values(), *(glora.sample_subnet(supernet, rng) for _ in range(6))]:
+        glora.set_subnet(supernet, subnet)
+        unused = {id(p) for p in glora.unused_params(supernet)}
+        for path in ("fused", "autograd", "static"):
+            glora.set_execution(supernet, path=path)
+            supernet.zero_grad(set_to_none=True)
+            supernet(x).square().sum().backward()
+            if path == "static":  # every tensor gets a gradient, zero where unused; D of a bias-free layer is inert
+                inert = {id(m.D) for m in glora.glora_layers(supernet).values() if m.bias is None and m.D is not None}
+                assert {id(p) for p in trainable if p.grad is None} == inert
+                assert all(not p.grad.any() for p in trainable if id(p) in unused and p.grad is not None)
+            else:
+                assert {id(p) for p in trainable if p.grad is None} == unused, (path, subnet)
+    glora.set_execution(supernet, path="auto")

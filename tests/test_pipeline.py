@@ -368,8 +368,15 @@ def test_scripts_fail_with_one_line(script, args, match, tmp_path):
 
 
 def test_compile_path_gives_the_same_training(tmp_path, pipeline):
-    """--compile traces around the GLoRA layers; with the eager backend the result is bit-identical."""
+    """--compile traces the whole supernet (the layers' static path); with dynamo's eager backend the result equals
+    an eager run on the static path bit for bit, and both end close to the fused path's run."""
     assert _train(tmp_path / "c", "--compile", "--compile-backend", "eager") == 0
+    assert _train(tmp_path / "s", "--execution", "static") == 0
     compiled = read_checkpoint(tmp_path / "c" / "last.pt")["trainable"]
-    plain = read_checkpoint(pipeline / "supernet" / "last.pt")["trainable"]
-    assert all(torch.equal(compiled[k], plain[k]) for k in plain)
+    static = read_checkpoint(tmp_path / "s" / "last.pt")["trainable"]
+    fused = read_checkpoint(pipeline / "supernet" / "last.pt")["trainable"]
+    assert all(torch.equal(compiled[k], static[k]) for k in static)
+    # Equal up to rounding that Adam's per-element normalisation amplifies on tiny gradients (as across processes).
+    num = sum(((static[k] - fused[k]) ** 2).sum() for k in fused)
+    den = sum((fused[k] ** 2).sum() for k in fused)
+    assert (num / den).sqrt() < 1e-2

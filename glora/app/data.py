@@ -8,6 +8,7 @@ VTAB-1k task (1000 images) in ~150 MB and makes 500 epochs cheap on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ __all__ = [
     "load_vtab",
     "load_folder",
     "make_loader",
+    "place",
+    "DATA_ON_DEVICE",
 ]
 
 DATASETS = ("digits", "vtab", "folder")
@@ -84,6 +87,17 @@ class ImageSet:
         if self.images is not None:
             return TensorDataset(self.images, self.labels)
         return _FileDataset(self.files or [], self.labels, self.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cached images take (0 when they are read from files)."""
+        return 0 if self.images is None else self.images.numel() * self.images.element_size()
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        """The same split with its cached images and labels on ``device`` (normalised there, batch by batch)."""
+        if self.images is None:
+            return self
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
     def subset(self, part: int | slice) -> ImageSet:
         """The first ``part`` items, or a slice (a few real inputs for verification, a rank's share)."""
@@ -356,13 +370,45 @@ def make_loader(
         meta = [(len(b), 1.0 if part else 0.0) for b, part in zip(batches, local)]
         batches = [part or b[:1] for b, part in zip(batches, local)]
     batches, meta = batches[skip:], meta[skip:]
-    loader = DataLoader(
-        data.dataset(),
-        batch_sampler=batches,
-        num_workers=0 if data.images is not None else workers,
-        persistent_workers=False,
-    )
+    if data.images is not None:  # cached: one gather per batch, on whatever device the images are
+        return _CachedBatches(data.images, data.labels, batches), meta
+    loader = DataLoader(data.dataset(), batch_sampler=batches, num_workers=workers, persistent_workers=False)
     return loader, meta
+
+
+DATA_ON_DEVICE = ("auto", "on", "off")
+
+
+def place(data: ImageSet, device: torch.device, policy: str = "auto") -> ImageSet:
+    """Where a split's cached images live while a run uses them.
+
+    ``on``: on ``device`` (uint8, normalised there batch by batch: no host-to-device copy per step); ``off``: in
+    host memory; ``auto``: on an accelerator when they take at most a quarter of its memory, else in host memory.
+    """
+    if policy not in DATA_ON_DEVICE:
+        raise ValueError(f"data-on-device must be one of {', '.join(DATA_ON_DEVICE)}; got {policy!r}")
+    if data.images is None or policy == "off" or device.type == "cpu":
+        return data
+    if policy == "auto" and device.type == "cuda":
+        if data.nbytes > torch.cuda.get_device_properties(device).total_memory // 4:
+            return data
+    return data.to(device)
+
+
+class _CachedBatches:
+    """Batches of in-memory images: one ``index_select`` per batch instead of a DataLoader's per-item indexing and
+    collation (the images may live on the GPU, where the per-item path would be launch-bound)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches: list[list[int]]) -> None:
+        self.images, self.labels, self.batches = images, labels, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for b in self.batches:
+            idx = torch.tensor(b, dtype=torch.long).to(self.images.device, non_blocking=True)
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
 @dataclass

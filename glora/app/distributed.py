@@ -69,6 +69,12 @@ class Distributed:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a device tensor over ranks in place, without waiting for it on the host; returns it."""
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``map`` with the items split over ranks and the results gathered, in order, on every rank."""
         items = list(items)

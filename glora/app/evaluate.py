@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-__all__ = ["accuracy", "autocast", "resolve_device", "predict"]
+__all__ = ["accuracy", "autocast", "resolve_device", "predict", "compile_model"]
+
+_logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -24,6 +27,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def compile_model(
+    model: nn.Module,
+    device: torch.device,
+    enabled: bool | None = None,
+    mode: str | None = None,
+    backend: str = "inductor",
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``torch.compile(model)`` when ``enabled`` (None: on CUDA only), else None (run the model eagerly).
+
+    GLoRA layers trace their static path, so one graph serves every subnet: switching subnets between steps, or
+    evaluating search candidates under ``glora.folded``, never recompiles. With CUDA the default mode is
+    ``reduce-overhead`` (CUDA graphs: a step replays without the host dispatching each kernel).
+    """
+    if not (device.type == "cuda" if enabled is None else enabled):
+        return None
+    kwargs: dict = {"backend": backend}
+    if backend == "inductor":
+        kwargs["mode"] = mode or ("reduce-overhead" if device.type == "cuda" else "default")
+    _logger.info(
+        "compiling the supernet on first use (torch.compile %s)", ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    )
+    return torch.compile(model, **kwargs)
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA for ``amp`` in (auto, bf16); a no-op on the CPU or with ``off``."""
     if amp == "off" or device.type != "cuda":
@@ -34,15 +61,24 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, normalize: nn.Module, device: torch.device, amp: str = "off"):
-    """(logits, labels) over ``loader``, in eval mode (the model's mode is restored)."""
+def predict(
+    model: nn.Module,
+    loader: Iterable,
+    normalize: nn.Module,
+    device: torch.device,
+    amp: str = "off",
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """(logits, labels) over ``loader``, in eval mode (the model's mode is restored). ``forward`` computes the
+    logits (default: ``model``; e.g. its ``torch.compile`` wrapper)."""
     was_training = model.training
     model.eval()
+    forward = model if forward is None else forward
     outs, labels = [], []
     try:
         for x, y in loader:
             with autocast(device, amp):
-                outs.append(model(normalize(x.to(device, non_blocking=True))).float())
+                outs.append(forward(normalize(x.to(device, non_blocking=True))).float())
             labels.append(y.to(device))
     finally:
         model.train(was_training)
@@ -50,7 +86,12 @@ def predict(model: nn.Module, loader: DataLoader, normalize: nn.Module, device: 
 
 
 def accuracy(
-    model: nn.Module, loader: DataLoader, normalize: nn.Module, device: torch.device, amp: str = "off"
+    model: nn.Module,
+    loader: Iterable,
+    normalize: nn.Module,
+    device: torch.device,
+    amp: str = "off",
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    logits, labels = predict(model, loader, normalize, device, amp)
+    logits, labels = predict(model, loader, normalize, device, amp, forward)
     return (logits.argmax(-1) == labels).float().mean().item() if len(labels) else 0.0

@@ -26,6 +26,8 @@ __all__ = [
     "merge_for_resume",
     "start_or_resume",
     "add_progress_option",
+    "add_runtime_options",
+    "COMPILE_MODES",
     "read_yaml",
     "save_config",
     "args_to_dict",
@@ -278,6 +280,40 @@ def add_progress_option(group: argparse._ArgumentGroup | argparse.ArgumentParser
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bars (default: only on a terminal)",
+    )
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_runtime_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """How a command runs the supernet (none of these change what it computes, so they may change on resume)."""
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the whole supernet (one graph for every subnet: the GLoRA layers' static path); "
+        "default: on with CUDA, off on the CPU",
+    )
+    group.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile mode (inductor); default: reduce-overhead (CUDA graphs) with CUDA, default on the CPU",
+    )
+    group.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    group.add_argument(
+        "--execution",
+        choices=("auto", "fused", "static", "autograd"),
+        default="auto",
+        help="how GLoRA layers run eagerly: fused (hand-written backward), static (the compiled graph's math), "
+        "autograd; auto = fused (a compiled model always runs static)",
+    )
+    group.add_argument(
+        "--data-on-device",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="keep the cached uint8 images on the accelerator (auto: when they take at most a quarter of it)",
     )
 
 

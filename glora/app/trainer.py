@@ -25,18 +25,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from glora.inject import glora_layers
-from glora.subnet import Subnet, sample_subnet, set_subnet
+from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
 
-from .data import ImageSet, make_loader
+from .data import ImageSet, make_loader, place
 from .distributed import Distributed
 from .evaluate import accuracy, autocast
 
-__all__ = ["Recipe", "Trainer", "DivergenceError", "Augment"]
+__all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS"]
 
 _logger = logging.getLogger(__name__)
 
 # An augmentation of a normalised batch on the device; draws only from the RNG it is given (the trainer's).
 Augment = Callable[[torch.Tensor, random.Random], torch.Tensor]
+
+# Optimizer semantics for the supports a step's subnet does not use (glora.unused_params):
+#   skip   - they get no gradient, so AdamW leaves them exactly as they are (value, moments, step count); a support
+#            changes only on steps that train it. The default: what eager autograd does, and what keeps a rarely drawn
+#            choice from being decayed towards zero by steps that never train it.
+#   update - they get zero gradients, so AdamW still applies momentum and weight decay to them: the paper's reference
+#            code (its supernet keeps every tensor in the graph).
+# Both hold on every execution path: eager steps leave them without a gradient, static/compiled steps give zeros,
+# and the trainer drops or zero-fills those gradients accordingly.
+UNUSED_SUPPORTS = ("skip", "update")
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Recipe:
     amp: str = "auto"  # auto: bf16 autocast on CUDA only; bf16; off
     seed: int = 0  # data order, subnet draws, augmentation
     workers: int = 2  # data-loading workers when images are not cached in memory
+    unused_supports: str = "skip"  # what AdamW does with supports a step's subnet does not use (see UNUSED_SUPPORTS)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -66,6 +77,9 @@ class Recipe:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off; got {self.amp!r}")
+        if self.unused_supports not in UNUSED_SUPPORTS:
+            allowed = ", ".join(UNUSED_SUPPORTS)
+            raise ValueError(f"unused_supports must be one of {allowed}; got {self.unused_supports!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | Any) -> Recipe:
@@ -97,6 +111,7 @@ class Trainer:
         forward: what computes the logits (default ``model``; e.g. ``torch.compile(model)``).
         dist: this process's place in a data-parallel job (default: a single process).
         progress: progress bars (None: only on a terminal).
+        data_on_device: where cached images live during the run (``glora.app.data.place``: auto, on, off).
     """
 
     def __init__(
@@ -114,16 +129,19 @@ class Trainer:
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         dist: Distributed | None = None,
         progress: bool | None = None,
+        data_on_device: str = "auto",
     ) -> None:
         if len(train_set) == 0:
             raise ValueError("the train split is empty")
         self.model, self.recipe, self.device = model, recipe, device
-        self.train_set, self.val_set = train_set, val_set
+        self.train_set = place(train_set, device, data_on_device)
+        self.val_set = None if val_set is None else place(val_set, device, data_on_device)
         self.normalize, self.augment = normalize, augment
         self.forward = forward if forward is not None else model
         self.dist = dist or Distributed()
         self.progress = progress
-        self.supernet = bool(glora_layers(model)) and subnet is None
+        self.adapted = bool(glora_layers(model))
+        self.supernet = self.adapted and subnet is None
         if subnet is not None:
             set_subnet(model, subnet)
         self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -140,6 +158,7 @@ class Trainer:
         self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}  # the current epoch's running totals
         self.log: list[dict[str, Any]] = []
         self._stop = False
+        self._first_step = True
         self.scheduler.step_update(0)
 
     def _schedule(self):
@@ -266,21 +285,41 @@ class Trainer:
         bar = tqdm(
             zip(loader, meta), total=len(meta), desc=f"epoch {self.epoch + 1}/{r.epochs}", leave=False, disable=disable
         )
+        # A step's loss is read on the host one step later, once the device has moved on: reading it at once would
+        # make the host wait for every step to finish before it can queue the next (a GPU would idle meanwhile).
+        pending: tuple[torch.Tensor, int, int] | None = None
         for (x, y), (global_n, weight) in bar:
-            batch_loss = self._step(x, y, global_n, weight)
-            total += batch_loss
+            started = time.time()
+            loss = self._step(x, y, global_n, weight)
+            if self._first_step and self.forward is not self.model:
+                _logger.info("first step with the compiled model (compilation included): %.1fs", time.time() - started)
+            self._first_step = False
+            if pending is not None:
+                total += self._read_loss(*pending, bar)
+            pending = (loss, global_n, self.step)
             count += global_n
             self.batch += 1
             if self._stop_requested():
+                total += self._read_loss(*pending, bar)
                 self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
                 if on_interrupt:
                     on_interrupt()
                 raise KeyboardInterrupt
-            bar.set_postfix(loss=f"{batch_loss / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+        if pending is not None:
+            total += self._read_loss(*pending, bar)
         return total / max(count, 1)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, global_n: int, weight: float) -> float:
-        """One update; returns this global batch's summed loss."""
+    def _read_loss(self, loss: torch.Tensor, global_n: int, step: int, bar) -> float:
+        """A step's summed loss on the host; a non-finite one stops training (before anything is saved)."""
+        value = float(loss)
+        if not math.isfinite(value):
+            at = f"epoch {self.epoch + 1}, step {step}"
+            raise DivergenceError(f"loss became {value / global_n} at {at}; try a lower --lr or --clip-grad")
+        bar.set_postfix(loss=f"{value / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+        return value
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, global_n: int, weight: float) -> torch.Tensor:
+        """One update; returns this global batch's summed loss as a device tensor (all ranks' shares added)."""
         r = self.recipe
         x = self.normalize(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
@@ -294,19 +333,27 @@ class Trainer:
         loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=r.smoothing, reduction="sum") * weight
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / global_n).backward()
+        if self.adapted:
+            self._settle_unused()
         self.dist.all_reduce_grads(self.params)
-        batch_loss, _ = self.dist.sum([loss_sum.item(), 0.0], self.device)
-        if not math.isfinite(batch_loss):
-            raise DivergenceError(
-                f"loss became {batch_loss / global_n} at epoch {self.epoch + 1}, step {self.step + 1}; "
-                "try a lower --lr or --clip-grad"
-            )
+        loss = self.dist.sum_(loss_sum.detach().double())
         if r.clip_grad:
             nn.utils.clip_grad_norm_(self.params, r.clip_grad)
         self.optimizer.step()
         self.step += 1
         self.scheduler.step_update(self.step)
-        return batch_loss
+        return loss
+
+    def _settle_unused(self) -> None:
+        """Give the supports this step's subnet did not use the gradient the recipe's semantics asks for."""
+        unused = unused_params(self.model)
+        if self.recipe.unused_supports == "skip":
+            for p in unused:
+                p.grad = None
+        else:
+            for p in unused:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     def _stop_requested(self) -> bool:
         """Whether any rank was asked to stop (all ranks must stop at the same step)."""
@@ -320,7 +367,7 @@ class Trainer:
             set_subnet(self.model, sample_subnet(self.model, self.rng))
         part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
         loader, _ = make_loader(part, max(self.recipe.batch_size, 256), shuffle=False, workers=self.recipe.workers)
-        correct = accuracy(self.model, loader, self.normalize, self.device, self.recipe.amp) * len(part)
+        correct = accuracy(self.model, loader, self.normalize, self.device, self.recipe.amp, self.forward) * len(part)
         correct, total = self.dist.sum([correct, float(len(part))], self.device)
         return correct / max(total, 1.0)
 

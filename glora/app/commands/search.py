@@ -18,17 +18,19 @@ import torch
 
 from glora._io import atomic_write_bytes, atomic_write_text
 from glora.fold import folded
+from glora.inject import set_execution
 from glora.subnet import save_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
 from search.plots import plot_accuracy_vs_params, plot_choices, plot_progress, png_bytes
 
 from ..checkpoint import load_supernet, read_checkpoint
 from ..cli import run
-from ..data import DataSpec, Normalizer, make_loader
+from ..data import DataSpec, Normalizer, make_loader, place
 from ..distributed import Distributed, setup_distributed
-from ..evaluate import accuracy, resolve_device
+from ..evaluate import accuracy, compile_model, resolve_device
 from ..options import (
     add_progress_option,
+    add_runtime_options,
     args_to_dict,
     make_parser,
     nonneg_float,
@@ -46,7 +48,21 @@ __all__ = ["build_parser", "main", "cli", "RESUMABLE_OPTIONS", "STATE_FILE"]
 
 _logger = logging.getLogger(__name__)
 
-RESUMABLE_OPTIONS = {"generations", "device", "progress", "force", "out", "data_root", "batch_size", "workers"}
+RESUMABLE_OPTIONS = {
+    "generations",
+    "device",
+    "progress",
+    "force",
+    "out",
+    "data_root",
+    "batch_size",
+    "workers",
+    "compile",
+    "compile_mode",
+    "compile_backend",
+    "execution",
+    "data_on_device",
+}
 STATE_FILE = "search_state.json"
 
 
@@ -80,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     g.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_runtime_options(g)
     g = p.add_argument_group("output")
     g.add_argument("--resume", action="store_true", help=f"continue from <out>/{STATE_FILE}")
     g.add_argument("--force", action="store_true", help="overwrite results already in --out")
@@ -140,10 +158,13 @@ class _SearchRun:
         if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
         self.model = load_supernet(ckpt, device=device)
+        set_execution(self.model, path=args.execution)
+        # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
+        self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
         self.inputs = ckpt["input"]
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
-        self.val = self.data.load("val", self.inputs["input_size"])
+        self.val = place(self.data.load("val", self.inputs["input_size"]), device, args.data_on_device)
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
         self.genome = Genome(self.model)
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
@@ -153,7 +174,7 @@ class _SearchRun:
 
     def _fitness(self, genes: list[int]) -> float:
         with folded(self.model, self.genome.decode(genes)):  # fold once, then plain-weight inference over the split
-            return accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp)
+            return accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp, self.forward)
 
     def run(self) -> None:
         from tqdm.auto import tqdm
@@ -205,7 +226,7 @@ class _SearchRun:
             return None
         loader, _ = make_loader(test, self.args.batch_size, shuffle=False, workers=self.args.workers)
         with folded(self.model, subnet):
-            return accuracy(self.model, loader, self.normalize, self.device, self.args.amp)
+            return accuracy(self.model, loader, self.normalize, self.device, self.args.amp, self.forward)
 
     def _finish(self) -> None:
         args, evo, out = self.args, self.evo, self.out

@@ -18,7 +18,7 @@ import torch
 
 from glora._io import atomic_write_text
 from glora.config import AdapterConfig
-from glora.inject import glora_layers, head_names, inject
+from glora.inject import glora_layers, head_names, inject, set_execution
 from glora.space import GIFT_SHARING, SearchSpace
 
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec, build_backbone, fingerprint
@@ -26,10 +26,11 @@ from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write
 from ..cli import run
 from ..data import DATASETS, DataSpec, Normalizer, input_config
 from ..distributed import Distributed, setup_distributed
-from ..evaluate import resolve_device
+from ..evaluate import compile_model, resolve_device
 from ..options import (
     ConfigError,
     add_progress_option,
+    add_runtime_options,
     args_to_dict,
     make_parser,
     nonneg_float,
@@ -43,7 +44,7 @@ from ..options import (
     start_or_resume,
     yaml_mapping,
 )
-from ..trainer import DivergenceError, Recipe, Trainer
+from ..trainer import UNUSED_SUPPORTS, DivergenceError, Recipe, Trainer
 
 __all__ = ["build_parser", "main", "cli", "adapter_from_args", "data_from_args", "RESUMABLE_OPTIONS", "DEFAULT_MODEL"]
 
@@ -62,7 +63,10 @@ RESUMABLE_OPTIONS = {
     "force",
     "out",
     "compile",
+    "compile_mode",
     "compile_backend",
+    "execution",
+    "data_on_device",
 }
 
 
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space_options(p.add_argument_group("search space"))
     _add_data_options(p.add_argument_group("data"))
     _add_training_options(p.add_argument_group("training"))
+    _add_runtime_options(p.add_argument_group("runtime"))
     _add_output_options(p.add_argument_group("output"))
     return p
 
@@ -139,15 +144,19 @@ def _add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--smoothing", type=probability, default=0.0, help="label smoothing")
     g.add_argument("--clip-grad", type=optional(positive_float), default=None, help="max gradient norm")
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="torch.compile the backbone between GLoRA layers (their subnet changes every step)",
+        "--unused-supports",
+        choices=UNUSED_SUPPORTS,
+        default="skip",
+        help="supports a step's subnet does not use: skip = AdamW leaves them untouched; update = zero gradients, "
+        "so AdamW still applies momentum and weight decay (the paper's reference code)",
     )
-    g.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
+
+
+def _add_runtime_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_runtime_options(g)
 
 
 def _add_output_options(g: argparse._ArgumentGroup) -> None:
@@ -251,9 +260,10 @@ class _SupernetRun:
             normalize=Normalizer(self.inputs["mean"], self.inputs["std"]).to(device),
             device=device,
             val_set=val,
-            forward=torch.compile(self.model, backend=args.compile_backend) if args.compile else None,
+            forward=compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend),
             dist=dist,
             progress=args.progress,
+            data_on_device=args.data_on_device,
         )
         if ckpt is not None:
             self._restore(ckpt)
@@ -263,6 +273,7 @@ class _SupernetRun:
         model = build_backbone(self.spec)
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
         inject(model, self.adapter)
+        set_execution(model, path=self.args.execution)
         self.fingerprint = fingerprint(model)
         self.inputs = input_config(model)
         self.model = model.to(device)
