@@ -112,7 +112,8 @@ def linear_targets(model: nn.Module) -> list[str]:
 
 
 def build_method(name: str, make: Callable[[], nn.Module], ranks=(8, 4), seed: int = 0) -> Method:
-    """bias-only | glora-supernet | glora-reference | glora-lora8 | peft-lora | peft-glora."""
+    """bias-only | glora-supernet (fused path) | glora-static (the compiled graph's path, eager) | glora-reference
+    (plain autograd) | glora-lora8 | peft-lora | peft-glora."""
     torch.manual_seed(seed)
     model = make()
     if name == "bias-only":
@@ -125,9 +126,8 @@ def build_method(name: str, make: Callable[[], nn.Module], ranks=(8, 4), seed: i
         if name == "glora-lora8":
             glora.set_subnet(model, glora.make_subnet(model, B=f"lora_{max(ranks)}"))
             return Method(name, model)
-        if name == "glora-reference":
-            for layer in glora.glora_layers(model).values():
-                layer.fused = False
+        if name in ("glora-reference", "glora-static"):
+            glora.set_execution(model, path="autograd" if name == "glora-reference" else "static")
         rng = random.Random(seed)
         return Method(name, model, lambda: glora.set_subnet(model, glora.sample_subnet(model, rng)))
     if name.startswith("peft"):

@@ -28,6 +28,13 @@ def parse() -> argparse.Namespace:
     add_workload_args(p, "vit_small_patch16_224", 100, classes=False)
     p.add_argument("--images", type=int, default=200, help="validation images per candidate (VTAB-1k: 200)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the compiled supernet evaluating candidates under glora.folded (what search does on CUDA), and "
+        "the plain model compiled alike",
+    )
+    p.add_argument("--compile-mode", default=None, help="default: reduce-overhead on CUDA, default on the CPU")
     return p.parse_args()
 
 
@@ -71,6 +78,16 @@ def main() -> None:
         "supernet, no fold": candidate_unfolded,
         "glora.fold (copy)": candidate_copy,
     }
+    if args.compile:  # the static path: a candidate is the same graph with other codes (no fold, no recompile)
+        mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
+        compiled, plain_compiled = torch.compile(supernet, mode=mode), torch.compile(plain, mode=mode)
+
+        def candidate_compiled() -> None:
+            with glora.folded(supernet, glora.sample_subnet(supernet, rng)):
+                infer(compiled)
+
+        fns["plain model, compiled"] = lambda: infer(plain_compiled)
+        fns["compiled + glora.folded"] = candidate_compiled
     times = interleaved(fns, args.rounds, 1, device)
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
     print(
@@ -78,9 +95,9 @@ def main() -> None:
         f"{args.rounds} interleaved rounds (median), a new random candidate each call"
     )
     base = times["plain model"]
-    print(f"{'per candidate':24s} {'seconds':>8s} {'vs plain':>9s} {'candidates/min':>15s}")
+    print(f"{'per candidate':26s} {'seconds':>8s} {'vs plain':>9s} {'candidates/min':>15s}")
     for k, t in times.items():
-        print(f"{k:24s} {t:8.3f} {t / base:8.3f}x {60 / t:15.1f}")
+        print(f"{k:26s} {t:8.3f} {t / base:8.3f}x {60 / t:15.1f}")
     rows = {k: {"seconds": t, "vs_plain": t / base, "candidates_per_min": 60 / t} for k, t in times.items()}
     write_json(args.json, "candidate_eval", args, rows)
 

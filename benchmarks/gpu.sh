@@ -13,7 +13,7 @@ model="${2:-vit_base_patch16_224}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
 status=0
-steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile train_step_fp32 train_step_compile} "
+steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32} "
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/NAME.log
     local name=$1 limit=$2
@@ -31,14 +31,17 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 "$py" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
 
-step tests 240 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py
-step train_step_bf16 240 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
+# (one device call may run 10 minutes: split the steps over calls with STEPS="...")
+step tests 300 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py tests/test_compile.py
+# eager bias-only is the floor the targets name; +compile = the captured path (torch.compile, CUDA graphs)
+step train_step_bf16 420 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
+    --methods bias-only glora-supernet glora-supernet+compile glora-lora8 peft-lora peft-lora+compile bias-only+compile \
     --peak --json "$out/train_step_bf16.json"
-step candidate_eval 150 "$py" -m benchmarks.candidate_eval --model "$model" --images 200 --batch-size 100 --rounds 10
-step profile 150 "$py" -m benchmarks.profile_step --model "$model" --batch-size 64 \
-    --methods bias-only glora-supernet glora-lora8 peft-lora
-step train_step_fp32 200 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
-    --amp off --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_fp32.json"
-step train_step_compile 420 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 \
-    --warmup 3 --compile --methods bias-only glora-supernet glora-lora8 peft-lora --json "$out/train_step_compile.json"
+step candidate_eval 240 "$py" -m benchmarks.candidate_eval --model "$model" --images 200 --batch-size 100 \
+    --rounds 10 --compile --json "$out/candidate_eval.json"
+step profile 240 "$py" -m benchmarks.profile_step --model "$model" --batch-size 64 \
+    --methods bias-only glora-supernet glora-supernet+compile peft-lora --json "$out/profile.json"
+step vtab_e2e 600 "$py" -m benchmarks.vtab_e2e --model "$model" --json "$out/vtab_e2e.json"
+step train_step_fp32 300 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
+    --amp off --methods bias-only glora-supernet glora-supernet+compile peft-lora --json "$out/train_step_fp32.json"
 exit "$status"

@@ -3,7 +3,9 @@
     python -m benchmarks.profile_step [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
 
 On a GPU a step is fast enough that the host can become the bottleneck: when the wall time per step is well above
-the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs.
+the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs. "aten ops" counts the
+operator calls the host dispatches per step (nested calls included; measurable on a CPU too): a compiled model
+(``NAME+compile``) runs most of its step as generated kernels, so it dispatches far fewer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from glora.app.evaluate import resolve_device
 
 from ._common import add_workload_args, machine, sync, write_json
-from .train_step import ALL, setup
+from .train_step import ALL, method_name, setup
 
 __all__ = ["main"]
 
@@ -31,12 +33,16 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_args(p, "vit_base_patch16_224", 64)
     p.add_argument(
-        "--methods", nargs="+", default=["bias-only", "glora-supernet", "glora-lora8", "peft-lora"], choices=ALL
+        "--methods",
+        nargs="+",
+        default=["bias-only", "glora-supernet", "glora-supernet+compile", "glora-lora8", "peft-lora"],
+        type=method_name,
+        help=f"of {', '.join(ALL)}, each optionally +compile",
     )
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--out", default=None, help="write each method's op tables here")
     args = p.parse_args()
-    args.compile = False
+    args.compile, args.compile_mode = False, None
     return args
 
 
@@ -54,7 +60,8 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
     print(f"model {args.model}, batch {args.batch_size}")
-    print(f"{'method':16s} {'wall ms':>8s} {'kernels ms':>10s} {'host-bound':>10s} {'syncs':>6s} {'subnet ms':>9s}")
+    head = f"{'method':24s} {'wall ms':>8s} {'kernels ms':>10s} {'host-bound':>10s} {'syncs':>6s} {'subnet ms':>9s}"
+    print(head + f" {'aten ops':>9s}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     rows = {}
     for name in args.methods:
@@ -80,14 +87,15 @@ def main() -> None:
         kernels = _kernel_us(avgs) / 1e3 / args.steps
         syncs = (sum(a.count for a in avgs if a.key in SYNC_OPS) - (device.type == "cuda")) / args.steps
         wall = statistics.median(walls) * 1e3
-        rows[name] = {"wall_ms": wall, "subnet_ms": subnet_ms}
+        ops = sum(a.count for a in avgs if a.key.startswith("aten::")) / args.steps
+        rows[name] = {"wall_ms": wall, "subnet_ms": subnet_ms, "aten_ops_per_step": ops}
         if device.type == "cuda":
             rows[name] |= {"kernel_ms": kernels, "syncs_per_step": syncs}
         if device.type == "cuda":
             bound = "yes" if kernels < 0.8 * wall else "no"
-            print(f"{name:16s} {wall:8.1f} {kernels:10.1f} {bound:>10s} {syncs:6.0f} {subnet_ms:9.2f}")
+            print(f"{name:24s} {wall:8.1f} {kernels:10.1f} {bound:>10s} {syncs:6.0f} {subnet_ms:9.2f} {ops:9.0f}")
         else:  # on CPU the ops are the kernels: there is no separate device timeline to compare against
-            print(f"{name:16s} {wall:8.1f} {'-':>10s} {'-':>10s} {'-':>6s} {subnet_ms:9.2f}")
+            print(f"{name:24s} {wall:8.1f} {'-':>10s} {'-':>10s} {'-':>6s} {subnet_ms:9.2f} {ops:9.0f}")
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)

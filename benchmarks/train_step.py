@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from glora.app.evaluate import autocast, resolve_device
+from glora.app.trainer import make_adamw
 
 from ._common import (
     add_workload_args,
@@ -40,18 +41,31 @@ __all__ = ["ALL", "setup", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ALL = ["bias-only", "glora-supernet", "glora-reference", "glora-lora8", "peft-lora", "peft-glora"]
+ALL = ["bias-only", "glora-supernet", "glora-static", "glora-reference", "glora-lora8", "peft-lora", "peft-glora"]
+
+
+def method_name(text: str) -> str:
+    """A method of ALL, optionally with ``+compile`` (that method's model under torch.compile)."""
+    base, plus, tag = text.partition("+")
+    if base not in ALL or (plus and tag != "compile"):
+        raise argparse.ArgumentTypeError(
+            f"unknown method {text!r}; methods: {', '.join(ALL)}, each optionally +compile"
+        )
+    return text
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_args(p, "vit_small_patch16_224", 32)
-    p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
+    p.add_argument("--methods", nargs="+", default=ALL, type=method_name, help="ALL's names, each optionally +compile")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--memory-samples", type=int, default=6, help="random subnets averaged for saved-tensor memory")
     p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
-    p.add_argument("--compile", action="store_true", help="torch.compile each model (GLoRA layers stay eager)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every method's model (as NAME+compile)")
+    p.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)"
+    )
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method
     return p.parse_args()
 
@@ -60,10 +74,15 @@ def setup(args, name, device):
     def make():
         return timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size)
 
-    method = build_method(name, make, ranks=args.ranks)
+    base, _, tag = name.partition("+")
+    method = build_method(base, make, ranks=args.ranks)
     method.model.to(device).train()
-    opt = torch.optim.AdamW([p for p in method.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-    forward = torch.compile(method.model) if args.compile else method.model
+    # The trainer's optimizer for every method (fused AdamW where torch has it for the device).
+    opt = make_adamw([p for p in method.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+    forward = method.model
+    if args.compile or tag == "compile":  # GLoRA layers trace their static path: one graph for every subnet
+        mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
+        forward = torch.compile(method.model, mode=mode)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
@@ -93,7 +112,10 @@ def _rss_mib(field: str) -> float:
 def peak_of_one(args, name: str) -> float:
     """Peak memory of training steps above what the built model (and libraries) already hold."""
     device = resolve_device(args.device)
-    _, _, step = setup(args, name, device)
+    method, loss, step = setup(args, name, device)
+    if args.compile or name.endswith("+compile"):  # compile outside the measurement; optimizer state stays inside
+        loss().backward()
+        method.model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -113,10 +135,10 @@ def saved_memory(args, runs: dict) -> dict[str, float]:
     """MiB kept for backward per method, averaged over random subnets for the supernet."""
     saved = {}
     for m, (method, loss, _) in runs.items():
-        if args.compile:  # compiled graphs keep their tensors outside autograd's saved-tensor hooks
+        if args.compile or m.endswith("+compile"):  # compiled graphs keep tensors outside autograd's saved-tensor hooks
             saved[m] = float("nan")
             continue
-        samples = args.memory_samples if m.endswith(("supernet", "reference")) else 1
+        samples = args.memory_samples if m.startswith(("glora-supernet", "glora-static", "glora-reference")) else 1
         saved[m] = sum(saved_for_backward_mib(method.model, loss) for _ in range(samples)) / samples
     return saved
 
@@ -128,6 +150,7 @@ def peak_memory(args, methods: list[str]) -> dict[str, float | None]:
         workload = ["--model", args.model, "--batch-size", str(args.batch_size), "--img-size", str(args.img_size)]
         workload += ["--num-classes", str(args.num_classes), "--device", args.device, "--amp", args.amp]
         workload += ["--ranks", *map(str, args.ranks), *(["--compile"] if args.compile else [])]
+        workload += ["--compile-mode", args.compile_mode] if args.compile_mode else []
         cmd = [sys.executable, "-m", "benchmarks.train_step", "--one", m, *workload]
         env = os.environ | {"PYTHONWARNINGS": "ignore"}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -155,7 +178,7 @@ def main() -> None:
         f"model {args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, GLoRA ranks "
         f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)" + (", torch.compile" if args.compile else "")
     )
-    header = f"{'method':18s} {'trainable':>10s} {'step ms':>9s} {'img/s':>7s} {'vs bias-only':>13s} {'saved MiB':>10s}"
+    header = f"{'method':24s} {'trainable':>10s} {'step ms':>9s} {'img/s':>7s} {'vs bias-only':>13s} {'saved MiB':>10s}"
     print(header + (f" {'peak +MiB':>9s}" if peaks else ""))
     rows = {}
     for m, (method, _, _) in runs.items():
@@ -169,7 +192,7 @@ def main() -> None:
             "peak_mib": peaks.get(m),
         }
         line = (
-            f"{m:18s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {args.batch_size / times[m]:7.1f} "
+            f"{m:24s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {args.batch_size / times[m]:7.1f} "
             f"{ratio:12.2f}x {saved[m]:10.1f}"
         )
         print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))

@@ -15,7 +15,7 @@ from torch import nn
 
 from .formula import uni_bias, uni_weight
 from .gift import GiftBank
-from .inject import glora_layers
+from .inject import _LAYERS_ATTR, glora_layers
 from .layer import GLoRALinear, code_layout, encode_choice, masked_terms, set_codes
 from .space import Kind, LayerChoice
 from .subnet import parse_subnet
@@ -104,6 +104,7 @@ def fold(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> nn.Module
     for parent_name, key in holders:
         memo[id(model.get_submodule(parent_name)._modules[key])] = None
     folded = copy.deepcopy(model, memo)
+    folded.__dict__.pop(_LAYERS_ATTR, None)  # the copy is plain: no GLoRA layers to list
     for parent_name, key in holders:
         del folded.get_submodule(parent_name)._modules[key]
     folded.requires_grad_(True)

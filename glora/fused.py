@@ -12,10 +12,11 @@ vector/scalar A are all inside ``W_uni``). Autograd through that would take the 
   ``h s = y - b_uni - B x``, using the sums already computed for b_uni and B, so neither ``h`` (an output-sized
   activation) nor ``G`` is needed. The output is usually kept alive downstream anyway (attention keeps q/k/v,
   GELU its input), so this costs no memory there. Exact up to rounding; when ``|1 + a|`` is tiny the layer uses
-  the reference path instead.
+  the autograd path instead.
 
-``W_uni`` is recomputed in backward rather than stored, so a step keeps no weight-sized tensors. Parameters a
-choice does not touch get no gradient (``None``), exactly as autograd would leave them.
+``W_uni`` (:func:`glora.formula.uni_weight`) is kept for the input gradient, as autograd keeps a linear layer's
+weight: one weight-sized tensor per layer. Parameters a choice does not touch get no gradient (``None``), exactly as
+autograd would leave them.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class _GLoRAFunction(torch.autograd.Function):
         # W0 and every factor separately (each cast is a kernel launch) and round W_uni's sum in bf16.
         with torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
             w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+            w = w if amp is None else w.to(amp)
             xc = x if amp is None else _as(x, amp)
-            y = torch.nn.functional.linear(xc, w if amp is None else w.to(amp), _as(bias, amp))
+            y = torch.nn.functional.linear(xc, w, _as(bias, amp))
             x2 = xc.reshape(-1, x.shape[-1])
             y2 = y.reshape(-1, y.shape[-1])
             need = ctx.needs_input_grad
@@ -73,7 +75,11 @@ class _GLoRAFunction(torch.autograd.Function):
         keep_x = (a_grad and a_kind == _LORA) or (b_grad and b_kind == _LORA)
         keep_y = a_grad and a_kind in (_VECTOR, _SCALAR)
         # (x2 is in autocast's dtype: what autograd would keep)
-        ctx.save_for_backward(x2 if keep_x else None, y2 if keep_y else None, u, sx, w0, bias, Ad, Au, Bd, Bu)
+        # W_uni is kept for the input gradient, as autograd keeps a linear layer's weight: one weight-sized tensor per
+        # layer (in the matmul's precision), cheaper than forming it again in backward.
+        keep_w = ctx.needs_input_grad[0]
+        saved = (x2 if keep_x else None, y2 if keep_y else None, u, sx, w if keep_w else None)
+        ctx.save_for_backward(*saved, w0, bias, Ad, Au, Bd, Bu)
         ctx.plan = (a_kind, a_rank, b_kind, b_rank)
         ctx.cpu_forms = cpu_forms
         ctx.x_shape = x.shape
@@ -84,14 +90,13 @@ class _GLoRAFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         # Backward runs without autocast; every product casts explicitly (the gradient arrives in autocast's dtype).
-        x2, y2, u, sx, w0, bias, Ad, Au, Bd, Bu = ctx.saved_tensors
+        x2, y2, u, sx, w, w0, bias, Ad, Au, Bd, Bu = ctx.saved_tensors
         a_kind, a_rank, b_kind, b_rank = ctx.plan
         acc = torch.promote_types(w0.dtype, torch.float32)  # accumulate in at least float32
         need = ctx.needs_input_grad
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_bias = gAd = gAu = gBd = gBu = None
         if need[0]:  # (the first adapted layer of a frozen backbone needs no input gradient)
-            w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
             grad_x = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
         a_grad, b_grad = need[3] or need[4], need[5] or need[6]
         gsum = None  # Σ_t g: the bias gradient, and part of the vector/scalar-A gradient

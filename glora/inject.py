@@ -27,6 +27,7 @@ __all__ = ["inject", "glora_layers", "require_layers", "get_space", "head_names"
 _logger = logging.getLogger(__name__)
 
 GIFT_ATTR = "glora_gift"  # where the shared GIFT generators live on the model root
+_LAYERS_ATTR = "_glora_layers"  # the injected model's layers, in order (a plain attribute: never saved or moved)
 # Fallback head names for non-timm models, by priority; the first group present wins.
 _HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("fc",), ("last_linear",))
 
@@ -72,6 +73,8 @@ def inject(
     names = _select_targets(model, config.targets, heads, edited_in_place)
     bank = _wrap(model, config.space, names, edited_in_place)
     _freeze_backbone(model, bank, heads)
+    # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
+    model.__dict__[_LAYERS_ATTR] = {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
     _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
     return model
 
@@ -142,6 +145,9 @@ def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:
 
     Keys stay the same when the model is later wrapped (DDP's ``module.``, ``torch.compile``).
     """
+    found = model.__dict__.get(_LAYERS_ATTR)
+    if found is not None:  # the model inject was called on: its layers, listed once (a step asks several times)
+        return dict(found)
     return {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
 
 

@@ -103,6 +103,20 @@ class _Code:
         return code
 
 
+_SUPPORT_TENSORS = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unused_names(choice: LayerChoice, has_bias: bool, present: tuple[bool, ...]) -> tuple[str, ...]:
+    """Names of the support tensors a choice leaves unread (cached: it runs every training step)."""
+    used = set()
+    for s, c in zip(SUPPORTS, choice):
+        if c.kind in (Kind.NONE, Kind.GIFT) or (s == "D" and not has_bias):
+            continue
+        used |= {s} if s in "DE" else ({f"{s}d", f"{s}u"} if c.kind is Kind.LORA else {f"{s}d"})
+    return tuple(n for n, here in zip(_SUPPORT_TENSORS, present) if here and n not in used)
+
+
 @functools.lru_cache(maxsize=64)
 def code_layout(space: SearchSpace) -> _Code:
     """Where each part of a choice sits in the code vectors of ``space``'s layers."""
@@ -114,10 +128,15 @@ def encode_choice(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
     return _encoded(space, choice).clone()
 
 
-@functools.lru_cache(maxsize=4096)
 def _encoded(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
-    """The code of ``choice`` (a CPU float64 tensor; cached: supernet training draws from a finite set)."""
-    return torch.tensor(code_layout(space).encode(choice), dtype=torch.float64)
+    """The code of ``choice`` as a CPU float64 tensor."""
+    return torch.tensor(_encoded_values(space, choice), dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded_values(space: SearchSpace, choice: LayerChoice) -> tuple[float, ...]:
+    """The code of ``choice`` as plain numbers (cached: supernet training draws from a finite set every step)."""
+    return tuple(code_layout(space).encode(choice))
 
 
 class GLoRALinear(nn.Module):
@@ -173,6 +192,7 @@ class GLoRALinear(nn.Module):
         for s in ("D", "E"):
             self._param(s, torch.zeros(out_f, **like) if space.offers(s, Kind.VECTOR, Kind.SCALAR) else None)
         self._layout = code_layout(space)
+        self._present = tuple(self._parameters[n] is not None for n in _SUPPORT_TENSORS)
         self.register_buffer("code", torch.zeros(self._layout.size, **like), persistent=False)
         self._choice: LayerChoice | None = None
         self.execution = execution or Execution()
@@ -209,19 +229,13 @@ class GLoRALinear(nn.Module):
         """The layer's own trainable tensors (GIFT generators live at the model root)."""
         return [p for n, p in self.named_parameters(recurse=False) if n not in ("weight", "bias")]
 
-    def used_params(self, choice: LayerChoice | None = None) -> list[nn.Parameter]:
-        """The layer's own support tensors ``choice`` (default: the current one) reads; the others would get no
-        gradient on an eager path and a zero gradient on the static path."""
+    def unused_params(self, choice: LayerChoice | None = None) -> list[nn.Parameter]:
+        """The layer's own support tensors ``choice`` (default: the current one) does not read: an eager step leaves
+        them without a gradient, the static path gives them zeros. (GIFT generators are shared: see
+        :func:`glora.unused_params`.)"""
         choice = choice if choice is not None else self._require_choice()
-        used: list[nn.Parameter | None] = []
-        for s, c in zip(SUPPORTS, choice):
-            if c.kind in (Kind.NONE, Kind.GIFT) or (s == "D" and self.bias is None):
-                continue
-            if s in "DE":
-                used.append(getattr(self, s))
-            else:
-                used += [getattr(self, f"{s}d"), getattr(self, f"{s}u") if c.kind is Kind.LORA else None]
-        return [p for p in used if p is not None]
+        params = self._parameters
+        return [params[n] for n in _unused_names(choice, self.bias is not None, self._present)]
 
     # ------------------------------------------------------------------ the supports as terms of the formula
     def terms(self, choice: LayerChoice) -> Terms:
@@ -369,10 +383,12 @@ def masked_terms(p: Mapping[str, torch.Tensor | None], code: torch.Tensor, lay: 
 def set_codes(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
     """Write many layers' choices at once: one host-to-device copy per device, then one fused copy into the codes."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    codes = [layer._buffers["code"] for layer in layers]
     for i, layer in enumerate(layers):
-        layer._choice = choices[i]
-        groups.setdefault((layer.code.device, layer.code.dtype), []).append(i)
+        layer.__dict__["_choice"] = choices[i]  # (past nn.Module.__setattr__: this runs every training step)
+        groups.setdefault((codes[i].device, codes[i].dtype), []).append(i)
     with torch.no_grad():
         for (device, dtype), idx in groups.items():
-            staged = torch.stack([_encoded(layers[i].space, choices[i]) for i in idx]).to(device, dtype)
-            torch._foreach_copy_([layers[i].code for i in idx], list(staged.unbind(0)))
+            values = [v for i in idx for v in _encoded_values(layers[i].space, choices[i])]
+            staged = torch.tensor(values, dtype=dtype).view(len(idx), -1).to(device, non_blocking=True)
+            torch._foreach_copy_([codes[i] for i in idx], list(staged.unbind(0)))

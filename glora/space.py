@@ -140,6 +140,7 @@ class SearchSpace:
     choices: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False)
     _table: tuple[tuple[Choice, ...], ...] = field(init=False, repr=False, compare=False)
     _names: tuple[dict[str, Choice], ...] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_ranks", _ranks(self.lora_ranks, "lora_ranks"))
@@ -174,6 +175,8 @@ class SearchSpace:
         object.__setattr__(self, "_table", tuple(table[s] for s in SUPPORTS))
         # name -> Choice per support: a subnet is checked every training step, so the common case is one lookup
         object.__setattr__(self, "_names", tuple({c.name: c for c in table[s]} for s in SUPPORTS))
+        # Hashed once: spaces key the per-step caches of choice codes.
+        object.__setattr__(self, "_hash", hash((self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table)))
 
     def _full(self, support: str) -> tuple[Choice, ...]:
         out: list[Choice] = []
@@ -262,7 +265,7 @@ class SearchSpace:
         return cls(**dict(data))
 
     def __hash__(self) -> int:
-        return hash((self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table))
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchSpace):

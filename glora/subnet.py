@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from ._text import first_of
 from .gift import gift_group, gift_params
 from .inject import get_space, require_layers
 from .layer import set_codes
-from .space import SUPPORTS, Kind, LayerChoice
+from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
 
 __all__ = [
     "Subnet",
@@ -56,6 +57,13 @@ def _parse(layers: Mapping[str, nn.Module], subnet: Mapping[str, Mapping[str, st
     parsed = {}
     for name, layer in layers.items():
         entry = subnet[name]
+        if isinstance(entry, dict) and len(entry) == len(SUPPORTS):  # the common case, once per layer per step
+            key = tuple(entry.get(s) for s in SUPPORTS)
+            if all(isinstance(k, str) for k in key):
+                hit = _known_choice(layer.space, key)
+                if hit is not None:
+                    parsed[name] = hit
+                    continue
         if not isinstance(entry, Mapping):
             raise ValueError(f"layer {name!r}: expected a mapping of supports A-E to choices, got {entry!r}")
         extra = [k for k in entry if k not in SUPPORTS]
@@ -72,6 +80,15 @@ def _parse(layers: Mapping[str, nn.Module], subnet: Mapping[str, Mapping[str, st
                 raise ValueError(f"layer {name!r}: {e}") from None
         parsed[name] = LayerChoice(*choices)
     return parsed
+
+
+@functools.lru_cache(maxsize=8192)
+def _known_choice(space: SearchSpace, names: tuple[str, ...]) -> LayerChoice | None:
+    """The parsed layer choice of valid names (None otherwise: the full check then says what is wrong)."""
+    try:
+        return LayerChoice(*(space.check(s, n) for s, n in zip(SUPPORTS, names)))
+    except ValueError:
+        return None
 
 
 def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> None:
@@ -134,19 +151,15 @@ def unused_params(model: nn.Module) -> list[nn.Parameter]:
     (``torch.compile``) they get zero gradients (so AdamW still applies momentum and weight decay to them, as in the
     paper's reference code). A trainer picks one behaviour for both by dropping or zero-filling their gradients.
     """
-    layers = require_layers(model)
-    used: set[int] = set()
-    generators: dict[int, nn.Module] = {}
-    for layer in layers.values():
+    unused: list[nn.Parameter] = []
+    generators: dict[int, tuple[nn.Module, bool]] = {}  # id -> (generator, used by some layer)
+    for layer in require_layers(model).values():
         choice = layer._require_choice()
-        used.update(id(p) for p in layer.used_params(choice))
+        unused += layer.unused_params(choice)
         if layer.gift is not None:
-            generators[id(layer.gift)] = layer.gift
-            if choice.A.kind is Kind.GIFT:
-                used.update(id(p) for p in layer.gift.parameters())
-    own = [p for layer in layers.values() for p in layer.support_params()]
-    shared = [p for g in generators.values() for p in g.parameters()]
-    return [p for p in own + shared if id(p) not in used]
+            seen = generators.get(id(layer.gift), (layer.gift, False))[1]
+            generators[id(layer.gift)] = (layer.gift, seen or choice.A.kind is Kind.GIFT)
+    return unused + [p for g, used in generators.values() if not used for p in g.parameters()]
 
 
 def save_subnet(subnet: Mapping[str, Mapping[str, str]], path: str | os.PathLike) -> None:

@@ -23,7 +23,11 @@ TOY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "4
         ),
         ("candidate_eval", [*TOY, "--images", "8", "--rounds", "1"], ["plain model", "glora.folded (search)"]),
         ("layer_costs", [*TOY[:6], "--rounds", "1", "--warmup", "0"], ["shapes", "uniform_all_layers"]),
-        ("profile_step", [*TOY, "--num-classes", "5", "--steps", "1", "--methods", "bias-only", "glora-supernet"], []),
+        (
+            "profile_step",
+            [*TOY, "--num-classes", "5", "--steps", "1", "--methods", "bias-only", "glora-supernet"],
+            ["bias-only", "glora-supernet"],
+        ),
     ],
 )
 def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
@@ -36,6 +40,16 @@ def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
     assert set(rows) <= set(record["results"])
     if name == "train_step":
         assert all(r["peak_mib"] is not None and r["step_ms"] > 0 for r in record["results"].values())
+
+
+def test_vtab_e2e_runs_the_three_commands_on_synthetic_data(tmp_path):
+    args = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--train", "20", "--val", "10", "--test", "10"]
+    args += ["--epochs", "1", "--batch-size", "8", "--population", "4", "--generations", "1", "--device", "cpu"]
+    done = python("-m", "benchmarks.vtab_e2e", *args, "--work", str(tmp_path / "w"), "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    seconds = json.loads((tmp_path / "e.json").read_text())["results"]["seconds"]
+    assert set(seconds) == {"data", "train", "search", "export"}
+    assert (tmp_path / "w" / "export" / "model.safetensors").is_file()
 
 
 def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):

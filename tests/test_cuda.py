@@ -13,13 +13,16 @@ import torch
 from helpers import (
     CASE_IDS,
     CASES,
+    TINY_SEARCH,
     build,
     check_every_choice,
     layer_grads,
     make_layer,
+    perturb,
     python,
     randomize_supports,
     rel_err,
+    tiny_vit,
 )
 
 import glora
@@ -94,18 +97,58 @@ def test_fold_matches_supernet_float64_on_cuda(case):
             assert rel_err(supernet(x), y) < 1e-9
 
 
+def test_compiled_step_with_cuda_graphs_equals_eager_without_recompiling():
+    """The captured path (torch.compile, mode reduce-overhead: CUDA graphs) against the eager static path, over
+    random subnets: outputs and every gradient agree in float32, and switching subnets replays the same graph."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = tiny_vit(num_classes=5)
+    perturb(model, seed=1)
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,)))
+    randomize_supports(model, seed=2)
+    model.to(CUDA).train()
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    x = torch.randn(8, 3, 16, 16, device=CUDA, generator=torch.Generator(CUDA).manual_seed(3))
+    rng = random.Random(4)
+    graphs = None
+
+    def step(forward):
+        model.zero_grad(set_to_none=True)
+        y = forward(x)
+        y.square().sum().backward()
+        return y.detach().clone(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    for _ in range(12):
+        glora.set_subnet(model, glora.sample_subnet(model, rng))
+        y_c, g_c = step(compiled)
+        graphs = counters["stats"]["unique_graphs"] if graphs is None else graphs
+        glora.set_execution(model, path="static")
+        y_s, g_s = step(model)
+        glora.set_execution(model, path="auto")
+        torch.testing.assert_close(y_c, y_s, rtol=1e-4, atol=1e-4)
+        scale = max(g.abs().max().item() for g in g_s.values())
+        for name in g_s:
+            torch.testing.assert_close(
+                g_c[name], g_s[name], rtol=1e-3, atol=1e-4 * scale, msg=lambda m, n=name: f"{n}: {m}"
+            )
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize(
     "launch",
     [
         ["train_supernet.py"],
-        ["train_supernet.py", "--compile"],
+        ["train_supernet.py", "--no-compile"],
+        ["train_supernet.py", "--unused-supports", "update", "--execution", "static"],
         ["-m", "torch.distributed.run", "--nproc_per_node=1", "train_supernet.py"],
     ],
-    ids=["amp", "amp-compile", "torchrun-nccl"],
+    ids=["default-compiled", "eager-fused", "update-semantics", "torchrun-nccl"],
 )
 @pytest.mark.slow
 def test_training_on_cuda(tmp_path, launch):
-    """bf16 autocast on CUDA (the default there) trains the embedded task; compile and nccl run the same loop."""
+    """bf16 autocast on CUDA (the default there) trains the embedded task: compiled with CUDA graphs by default,
+    eagerly, with the reference optimizer semantics, and under torchrun (nccl); then a compiled search runs."""
     out = tmp_path / "run"
     done = python(*launch, "--epochs", "3", "--device", "cuda", "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -113,3 +156,7 @@ def test_training_on_cuda(tmp_path, launch):
     assert len(ckpt["log"]) == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in ckpt["log"])
     assert ckpt["log"][-1]["val_acc"] > 0.3  # chance is 0.2: the adapted classes are being learned
+    if launch == ["train_supernet.py"]:
+        search = [*TINY_SEARCH, "--device", "cuda", "--no-progress", "--out", str(tmp_path / "search")]
+        done = python("search.py", "--supernet", str(out / "last.pt"), *search)
+        assert done.returncode == 0, done.stderr[-3000:]

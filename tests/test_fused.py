@@ -33,24 +33,30 @@ def test_fused_equals_reference_for_every_choice(space, bias, forms, monkeypatch
     check_every_choice(layer, x, g)
 
 
-def test_fused_path_is_taken_and_keeps_no_weight_sized_tensor():
-    """The fused backward recomputes W_uni; it saves inputs/outputs and small tensors only."""
+def _saved_by(layer: glora.GLoRALinear, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The layer's output and the tensors autograd keeps for its backward, parameters excluded."""
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    params = {p.data_ptr() for p in layer.parameters()}
+    return y, [t for t in saved if t.data_ptr() not in params]
+
+
+def test_fused_path_is_taken_and_keeps_one_weight_sized_tensor():
+    """The fused forward keeps W_uni (for the input gradient, as autograd keeps a linear layer's weight), the inputs
+    or outputs the choice needs and small tensors: no other weight-sized tensor (no weight gradient, no dense A/B)."""
     layer = make_layer(glora.SearchSpace(lora_ranks=(8, 4)), bias=True)
     x = torch.randn(64, IN, dtype=torch.float64, requires_grad=True)
     for combo in [("lora_8", "lora_4", "vector", "vector", "scalar"), ("vector", "lora_8", "none", "none", "none")]:
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
-        saved: list[torch.Tensor] = []
-
-        def keep(t: torch.Tensor, saved: list = saved) -> torch.Tensor:
-            saved.append(t)
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            y = layer(x)
+        y, saved = _saved_by(layer, x)
         assert type(y.grad_fn).__name__ == "_GLoRAFunctionBackward"
-        params = {p.data_ptr() for p in layer.parameters()}
-        big = [t for t in saved if t.data_ptr() not in params and t.numel() >= OUT * IN]
-        assert all(t.shape[0] == 64 for t in big), [t.shape for t in big]  # activations only, no W_uni
+        weights = [t for t in saved if t.shape == (OUT, IN)]
+        assert len(weights) == 1, [t.shape for t in saved]
+        torch.testing.assert_close(weights[0], layer.merged()[0], rtol=0, atol=0)
+        assert all(t.shape[0] == 64 for t in saved if t.numel() >= OUT * IN and t.shape != (OUT, IN))
+        _, saved = _saved_by(layer, x.detach())  # a first layer (no input gradient) keeps no W_uni at all
+        assert not [t for t in saved if t.shape == (OUT, IN)]
 
 
 def test_guard_uses_the_reference_path_near_a_zero_scale():

@@ -179,7 +179,10 @@ def _materialise(files: list[Path], labels: list[int], num_classes: int, size, c
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        images = list(tqdm(pool.map(lambda f: _load_image(f, size), files), total=len(files), desc=desc, leave=False))
+        bar = tqdm(
+            pool.map(lambda f: _load_image(f, size), files), total=len(files), desc=desc, leave=False, disable=None
+        )
+        images = list(bar)  # (a bar on a terminal only)
     stacked = torch.stack(images) if images else torch.empty((0, *size), dtype=torch.uint8)
     return ImageSet(labels=label_t, num_classes=num_classes, images=stacked, size=size)
 

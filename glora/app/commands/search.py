@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ class _SearchRun:
         set_execution(self.model, path=args.execution)
         # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
         self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
+        self._compiled = False
         self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
         self.inputs = ckpt["input"]
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
@@ -173,8 +175,13 @@ class _SearchRun:
             self.evo.restore(state)
 
     def _fitness(self, genes: list[int]) -> float:
+        started = time.time()
         with folded(self.model, self.genome.decode(genes)):  # fold once, then plain-weight inference over the split
-            return accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp, self.forward)
+            acc = accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp, self.forward)
+        if self.forward is not None and not self._compiled:
+            _logger.info("first candidate with the compiled model (compilation included): %.1fs", time.time() - started)
+            self._compiled = True
+        return acc
 
     def run(self) -> None:
         from tqdm.auto import tqdm
