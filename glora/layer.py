@@ -124,12 +124,7 @@ def code_layout(space: SearchSpace) -> _Code:
 
 
 def encode_choice(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
-    """The code vector of ``choice`` (rank masks and kind gates) that the static path multiplies by."""
-    return _encoded(space, choice).clone()
-
-
-def _encoded(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
-    """The code of ``choice`` as a CPU float64 tensor."""
+    """The code vector of ``choice`` (rank masks and kind gates) that the static path multiplies by (CPU float64)."""
     return torch.tensor(_encoded_values(space, choice), dtype=torch.float64)
 
 
@@ -223,7 +218,7 @@ class GLoRALinear(nn.Module):
         """Set the subnet this layer computes. ``choice`` must come from this layer's space (see set_subnet)."""
         self._choice = choice
         with torch.no_grad():
-            self.code.copy_(_encoded(self.space, choice))
+            self.code.copy_(encode_choice(self.space, choice))
 
     def support_params(self) -> list[nn.Parameter]:
         """The layer's own trainable tensors (GIFT generators live at the model root)."""

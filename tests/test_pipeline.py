@@ -380,3 +380,14 @@ def test_compile_path_gives_the_same_training(tmp_path, pipeline):
     num = sum(((static[k] - fused[k]) ** 2).sum() for k in fused)
     den = sum((fused[k] ** 2).sum() for k in fused)
     assert (num / den).sqrt() < 1e-2
+
+
+def test_compiled_search_equals_the_static_path(tmp_path, pipeline):
+    """A compiled search evaluates every candidate with the same graph (codes, no fold on the host): with dynamo's
+    eager backend it equals an eager search on the static path exactly."""
+    supernet = pipeline / "supernet" / "last.pt"
+    assert _search(supernet, tmp_path / "c", "--compile", "--compile-backend", "eager") == 0
+    assert _search(supernet, tmp_path / "s", "--execution", "static") == 0
+    assert _state(tmp_path / "c" / "search_state.json") | {"config": None} == _state(
+        tmp_path / "s" / "search_state.json"
+    ) | {"config": None}

@@ -1,10 +1,12 @@
 """The one training loop: supernets, single subnets, plain fine-tuning and the embedded backbone all go through it.
 
-Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast, cross-entropy
-(label smoothing optional), backward, all-reduce of exactly the gradients that exist (data parallelism), optional
-clipping, AdamW, timm's cosine schedule with warmup (stepped per update, paper Appendix A). The data order of each
-epoch depends only on the seed and the epoch, and everything the loop's future depends on is in
-:meth:`Trainer.state_dict`, so a run stopped at any step boundary continues exactly.
+Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast (eagerly or through
+a compiled model: the same graph for every subnet), cross-entropy (label smoothing optional), backward, the unused
+supports' gradients settled by the recipe's semantics, all-reduce of the gradients that exist (data parallelism),
+optional clipping, AdamW (fused where torch has it), timm's cosine schedule with warmup (stepped per update, paper
+Appendix A). A step's loss is read on the host one step later, so the host never waits for the device mid-epoch.
+The data order of each epoch depends only on the seed and the epoch, and everything the loop's future depends on is
+in :meth:`Trainer.state_dict`, so a run stopped at any step boundary continues exactly.
 """
 
 from __future__ import annotations
