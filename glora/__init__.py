@@ -14,7 +14,7 @@ export, the three commands) is :mod:`glora.app`, and the evolutionary search is 
 
 from .config import AdapterConfig
 from .fold import fold, folded
-from .inject import get_space, glora_layers, head_names, inject, set_execution
+from .inject import get_space, glora_layers, head_names, inject, set_execution, supernet_size
 from .layer import GLoRALinear
 from .reference import convert_reference_subnet, load_reference_state_dict
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
@@ -43,6 +43,7 @@ __all__ = [
     "AdapterConfig",
     "GLoRALinear",
     "inject",
+    "supernet_size",
     "glora_layers",
     "get_space",
     "head_names",

@@ -6,13 +6,65 @@ A crash at any moment leaves either the old file or the new one, never a torn mi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_writer", "atomic_save", "default_mode", "publish_tree"]
+__all__ = [
+    "DiskFullError",
+    "is_out_of_space",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_writer",
+    "atomic_save",
+    "default_mode",
+    "publish_tree",
+]
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (or quota): says so in one line, naming the file and the free space."""
+
+    def __init__(self, target: Path) -> None:
+        free = "unknown"
+        with contextlib.suppress(OSError):
+            free = _size(shutil.disk_usage(target.parent).free)
+        super().__init__(
+            errno.ENOSPC,
+            f"disk full: could not write {target} ({free} free there); nothing was "
+            "replaced; free some space or write elsewhere",
+            str(target),
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT/EFBIG anywhere in the chain (torch.save wraps the OSError in a RuntimeError)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -28,9 +80,11 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_out_of_space(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(target) from e
         raise
     _fsync_dir(target.parent)
 

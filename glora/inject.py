@@ -22,7 +22,16 @@ from .gift import GiftBank, gift_group
 from .layer import Execution, GLoRALinear
 from .space import Kind, SearchSpace
 
-__all__ = ["inject", "glora_layers", "require_layers", "get_space", "head_names", "set_execution", "GIFT_ATTR"]
+__all__ = [
+    "inject",
+    "supernet_size",
+    "glora_layers",
+    "require_layers",
+    "get_space",
+    "head_names",
+    "set_execution",
+    "GIFT_ATTR",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -60,23 +69,102 @@ def inject(
         >>> len(glora.glora_layers(model))
         48
     """
-    if isinstance(config, SearchSpace):
-        config = AdapterConfig(config, targets, heads)
-    elif not isinstance(config, AdapterConfig):
-        raise TypeError(f"config must be a glora.AdapterConfig or glora.SearchSpace, got {type(config).__name__}")
-    elif targets is not None or heads is not None:
-        raise TypeError("give targets and heads inside the AdapterConfig, not beside it")
+    config = _as_config(config, targets, heads)
     if any(isinstance(m, GLoRALinear) for m in model.modules()):
         raise ValueError("model already holds GLoRA layers; inject once per model")
     heads = _resolve_heads(model, config.heads)
     edited_in_place: set[str] = set()
     names = _select_targets(model, config.targets, heads, edited_in_place)
+    _check_ranks(model, names, config.space)
     bank = _wrap(model, config.space, names, edited_in_place)
     _freeze_backbone(model, bank, heads)
     # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
     model.__dict__[_LAYERS_ATTR] = {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
     _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
     return model
+
+
+def _as_config(
+    config: AdapterConfig | SearchSpace, targets: str | Sequence[str] | None, heads: Sequence[str] | None
+) -> AdapterConfig:
+    if isinstance(config, SearchSpace):
+        return AdapterConfig(config, targets, heads)
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(f"config must be a glora.AdapterConfig or glora.SearchSpace, got {type(config).__name__}")
+    if targets is not None or heads is not None:
+        raise TypeError("give targets and heads inside the AdapterConfig, not beside it")
+    return config
+
+
+def _check_ranks(model: nn.Module, names: Sequence[str], space: SearchSpace) -> None:
+    """A LoRA rank above a layer's min(in, out), or a GIFT rank above its input width, adds parameters without
+    adding anything the layer can express. Past every adapted layer's limit it is refused (before anything is
+    allocated, naming the allowed range); past some layers' limits it is a warning naming them."""
+    layers = {n: model.get_submodule(n) for n in names}
+    checks = (
+        (
+            "LoRA",
+            max(space.max_rank("A"), space.max_rank("B")),
+            "min(in, out)",
+            lambda m: min(m.in_features, m.out_features),
+        ),
+        ("GIFT", space.max_rank("A", Kind.GIFT), "the input width", lambda m: m.in_features),
+    )
+    for what, rank, bound, limit_of in checks:
+        over = [n for n, m in layers.items() if rank > limit_of(m)]
+        if not over:
+            continue
+        widest = max(layers, key=lambda n: limit_of(layers[n]))
+        if len(over) == len(layers):
+            m = layers[widest]
+            raise ValueError(
+                f"{what} rank {rank} exceeds {bound} of every adapted layer (largest: {limit_of(m)}, layer "
+                f"{widest!r}, {m.in_features}->{m.out_features}); allowed {what} ranks here: 1..{limit_of(m)}"
+            )
+        shown = ", ".join(f"{n!r} ({limit_of(layers[n])})" for n in over[:3]) + (", ..." if len(over) > 3 else "")
+        warnings.warn(
+            f"GLoRA: {what} rank {rank} exceeds {bound} of {len(over)} adapted layer(s): {shown}; there it adds "
+            "parameters but no expressiveness",
+            stacklevel=3,
+        )
+
+
+def supernet_size(
+    model: nn.Module,
+    config: AdapterConfig | SearchSpace,
+    targets: str | Sequence[str] | None = None,
+    *,
+    heads: Sequence[str] | None = None,
+) -> int:
+    """Trainable elements :func:`inject` would give ``model`` (supports at their largest ranks, GIFT generators,
+    heads), counted without allocating anything: check a space's size before building it.
+
+    Raises the same errors as :func:`inject` (no target matched, a rank no adapted layer can use).
+    """
+    config = _as_config(config, targets, heads)
+    head_list = _resolve_heads(model, config.heads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inject will say which layers it skips
+        names = _select_targets(model, config.targets, head_list, set())
+    space = config.space
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check_ranks(model, names, space)
+    total, groups = 0, {}
+    for name in names:
+        base = model.get_submodule(name)
+        n_in, n_out = base.in_features, base.out_features
+        for s in ("A", "B"):
+            rank = space.max_rank(s)
+            total += n_out * max(rank, int(space.offers(s, Kind.VECTOR, Kind.SCALAR))) + rank * n_in
+        rank = space.max_rank("C")
+        total += n_in * max(rank, int(space.offers("C", Kind.VECTOR))) + rank
+        total += sum(n_out for s in ("D", "E") if space.offers(s, Kind.VECTOR, Kind.SCALAR))
+        if space.offers("A", Kind.GIFT):
+            groups[gift_group(name, n_in, space.gift_sharing)] = n_in
+    total += sum(2 * n_in * space.max_rank("A", Kind.GIFT) for n_in in groups.values())
+    total += sum(p.numel() for h in head_list for p in model.get_submodule(h).parameters())
+    return total
 
 
 def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_place: set[str]) -> GiftBank | None:

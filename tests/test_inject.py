@@ -106,7 +106,7 @@ def test_bad_adapter_configs(build, error, match):
 
 def test_explicit_heads_for_a_plain_module():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    glora.inject(model, glora.SearchSpace(), heads=["2"])
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)), heads=["2"])
     assert list(glora.glora_layers(model)) == ["0"]
     assert model[2].weight.requires_grad
     with pytest.raises(ValueError, match="no module named"):
@@ -115,7 +115,7 @@ def test_explicit_heads_for_a_plain_module():
 
 def test_no_head_found_means_every_linear_is_adapted():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    glora.inject(model, glora.SearchSpace())
+    glora.inject(model, glora.SearchSpace(lora_ranks=(3, 2)))
     assert list(glora.glora_layers(model)) == ["0", "2"]
     assert not any(p.requires_grad for n, p in model.named_parameters() if n.endswith(("weight", "bias")))
 
@@ -139,7 +139,7 @@ class DirectReader(nn.Module):
 def test_layer_whose_weight_is_read_directly_is_excluded_with_a_warning():
     model = DirectReader().double()
     with pytest.warns(UserWarning, match=r"'proj'.*reads its weight directly"):
-        glora.inject(model, glora.SearchSpace())
+        glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)))
     assert list(glora.glora_layers(model)) == ["fc"]
     randomize_supports(model, seed=0)
     x = torch.randn(3, 6, dtype=torch.float64)
@@ -162,7 +162,7 @@ def test_multihead_attention_out_proj_is_excluded():
 
     model = WithMHA().double().eval()
     with pytest.warns(UserWarning, match="attn.out_proj"):
-        glora.inject(model, glora.SearchSpace())
+        glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)))
     assert list(glora.glora_layers(model)) == ["fc"]
 
 
@@ -192,7 +192,7 @@ def test_shared_module_is_excluded_with_a_warning():
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 4), nn.Linear(4, 2))
     with pytest.warns(UserWarning, match="several names"):
-        glora.inject(model, glora.SearchSpace(), heads=["4"])
+        glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)), heads=["4"])
     assert list(glora.glora_layers(model)) == ["3"]
 
 

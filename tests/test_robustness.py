@@ -135,7 +135,7 @@ CASES = [
         lambda d, t: ["--dataset", "folder", "--data-root", str(_write(t / "f/.keep", "").parent)],
         "no class sub-folders",
     ),
-    ("vtab-no-task", "train", lambda d, t: ["--dataset", "vtab", "--data-root", str(t)], "needs --task"),
+    ("vtab-no-task", "train", lambda d, t: ["--dataset", "vtab", "--data-root", str(t / "vtab")], "needs --task"),
     (
         "targets-match-nothing",
         "train",

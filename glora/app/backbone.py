@@ -36,6 +36,8 @@ class BackboneSpec:
         pretrained_file: load pretrained weights from this local file instead (offline use of a timm name).
         num_classes: classes of the new head.
         model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``drop_path_rate``).
+        init_seed: seeds the weights the model initialises itself (all of them with ``pretrained=False``), so a
+            random-init backbone is rebuilt bit for bit by search and export; ``None`` (old checkpoints): unseeded.
     """
 
     model: str
@@ -43,6 +45,7 @@ class BackboneSpec:
     pretrained: bool = True
     pretrained_file: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,22 +99,38 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm model {spec.model!r}{hint}")
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes, **kwargs)
-    except TypeError as e:  # an architecture argument the model does not take
-        raise ValueError(f"cannot build {spec.model!r} with {kwargs or 'its defaults'}: {e}") from None
-    except (RuntimeError, OSError) as e:
-        text = str(e)
-        if "Unknown model" in text:
-            raise ValueError(f"unknown timm model {spec.model!r}") from None
-        if "loading state_dict" in text:
-            detail = next((line.strip() for line in text.splitlines()[1:] if line.strip()), text)
-            source = spec.pretrained_file or spec.model
-            raise ValueError(f"pretrained weights of {source!r} do not fit the model ({detail})") from None
-        raise
+        with torch.random.fork_rng(devices=[], enabled=spec.init_seed is not None):
+            if spec.init_seed is not None:
+                torch.manual_seed(spec.init_seed)
+            model = timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes, **kwargs)
+    except Exception as e:
+        raise _build_error(spec, name, kwargs, pretrained, e) from None
     if pretrained:
         # The classifier is always new (paper: the head is new and trainable), even if the class count matches.
         model.reset_classifier(spec.num_classes)
     return model.to(device)
+
+
+def _build_error(spec: BackboneSpec, name: str, kwargs: dict[str, Any], pretrained: bool, e: Exception) -> Exception:
+    """One line saying why ``timm.create_model`` failed, and what to do about it."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if "Unknown model" in text:
+        return ValueError(f"unknown timm model {spec.model!r}")
+    if "loading state_dict" in text:
+        detail = next((line.strip() for line in text.splitlines()[1:] if line.strip()), first)
+        source = spec.pretrained_file or spec.model
+        return ValueError(f"pretrained weights of {source!r} do not fit the model ({detail})")
+    remote = pretrained and not spec.pretrained_file and not name.startswith("local-dir:")
+    if remote and isinstance(e, (OSError, ConnectionError, TimeoutError)):
+        return ValueError(
+            f"cannot fetch the pretrained weights of {spec.model!r} ({first}); offline, pass --pretrained-file "
+            "<a local weights file> or --no-pretrained (a seeded random init)"
+        )
+    if isinstance(e, OSError):
+        return e
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "pretrained_cfg_overlay") or "its defaults"
+    return ValueError(f"cannot build {spec.model!r} with {shown}: {type(e).__name__}: {first}")
 
 
 def fingerprint(model: nn.Module, names: list[str] | None = None) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "load_supernet",
     "load_trainable",
     "trainable_state",
+    "supernet_inputs",
 ]
 
 CHECKPOINT_FORMAT = "glora-supernet"
@@ -109,9 +110,12 @@ def load_supernet(
     inject(model, adapter)
     found = fingerprint(model)
     if found != ckpt["fingerprint"]:
+        why = "different pretrained weights"
+        if not spec.pretrained and not spec.pretrained_file and spec.init_seed is None:
+            why = "a random-init backbone saved without its init seed (an older version) cannot be rebuilt"
         raise ValueError(
             f"{where}: the rebuilt backbone ({spec.model}) has weight fingerprint {found}, but the supernet was "
-            f"trained on {ckpt['fingerprint']}: different pretrained weights"
+            f"trained on {ckpt['fingerprint']}: {why}"
         )
     load_trainable(model, ckpt["trainable"], where)
     return model.to(device).eval()
@@ -135,3 +139,18 @@ def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where:
     with torch.no_grad():
         for n, p in own.items():
             p.copy_(tensors[n])
+
+
+def supernet_inputs(ckpt: Mapping[str, Any], data: Any = None) -> list[tuple[str, str | None]]:
+    """The files and folders rebuilding a checkpoint's supernet reads (its data root, local weights), as
+    (what, path) pairs for :func:`glora.app.outputs.check_no_overlap`."""
+    backbone, stored = ckpt.get("backbone", {}), ckpt.get("data", {})
+    root = getattr(data, "data_root", None) if data is not None else stored.get("data_root")
+    found: list[tuple[str, str | None]] = [
+        ("the data root", root),
+        ("the pretrained file", backbone.get("pretrained_file")),
+    ]
+    model = str(backbone.get("model", ""))
+    if model.startswith("local-dir:"):
+        found.append(("the backbone folder", model.removeprefix("local-dir:")))
+    return found

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["run", "setup_logging", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["run", "setup_logging", "terminate_as_interrupt", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -51,3 +54,27 @@ def _one_line(e: BaseException) -> str:
     if not isinstance(e, (ValueError, OSError)) and not getattr(e, "user_facing", False):
         text = f"{type(e).__name__}: {text}" if not text.startswith(type(e).__name__) else text
     return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's stop) behaves like Ctrl-C for the block: KeyboardInterrupt, a clean exit 130.
+
+    Like SIGINT, it stays ignored when the process was started with it ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

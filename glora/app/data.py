@@ -9,7 +9,9 @@ VTAB-1k task (1000 images) in ~150 MB and makes 500 epochs cheap on a CPU.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import logging
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,8 @@ __all__ = [
     "place",
     "DATA_ON_DEVICE",
 ]
+
+_logger = logging.getLogger(__name__)
 
 DATASETS = ("digits", "vtab", "folder")
 
@@ -79,6 +83,7 @@ class ImageSet:
     images: torch.Tensor | None = None
     files: list[Path] | None = None
     size: tuple[int, int, int] = (3, 224, 224)
+    class_names: tuple[str, ...] | None = None  # label i -> name (ImageFolder: the class folders), when known
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -108,6 +113,7 @@ class ImageSet:
             images=None if self.images is None else self.images[sel],
             files=None if self.files is None else self.files[sel],
             size=self.size,
+            class_names=self.class_names,
         )
 
 
@@ -157,8 +163,8 @@ def _load_image(path: Path, size: tuple[int, int, int]) -> torch.Tensor:
             return _transform(tuple(size))(img.convert("L" if size[0] == 1 else "RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"image {str(path)!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {' '.join(str(e).split())}") from None
 
 
 class _FileDataset(Dataset):
@@ -172,19 +178,33 @@ class _FileDataset(Dataset):
         return _load_image(self.files[i], self.size), self.labels[i]
 
 
-def _materialise(files: list[Path], labels: list[int], num_classes: int, size, cache: bool, desc: str) -> ImageSet:
+def _materialise(
+    files: list[Path],
+    labels: list[int],
+    num_classes: int,
+    size,
+    cache: bool,
+    desc: str,
+    progress: bool | None = None,
+    class_names: Sequence[str] | None = None,
+) -> ImageSet:
     label_t = torch.tensor(labels, dtype=torch.long)
+    names = None if class_names is None else tuple(class_names)
     if not cache:
-        return ImageSet(labels=label_t, num_classes=num_classes, files=files, size=size)
+        return ImageSet(labels=label_t, num_classes=num_classes, files=files, size=size, class_names=names)
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         bar = tqdm(
-            pool.map(lambda f: _load_image(f, size), files), total=len(files), desc=desc, leave=False, disable=None
+            pool.map(lambda f: _load_image(f, size), files),
+            total=len(files),
+            desc=desc,
+            leave=False,
+            disable=None if progress is None else not progress,  # None: a bar on a terminal only
         )
-        images = list(bar)  # (a bar on a terminal only)
+        images = list(bar)
     stacked = torch.stack(images) if images else torch.empty((0, *size), dtype=torch.uint8)
-    return ImageSet(labels=label_t, num_classes=num_classes, images=stacked, size=size)
+    return ImageSet(labels=label_t, num_classes=num_classes, images=stacked, size=size, class_names=names)
 
 
 def _split_per_class(
@@ -237,11 +257,14 @@ def load_digits(part: str = "transfer", split: str = "train") -> ImageSet:
         num_classes=len(classes),
         images=images[sel].unsqueeze(1).contiguous(),
         size=(1, 8, 8),
+        class_names=tuple(str(c) for c in classes),
     )
 
 
 # ---------------------------------------------------------------------- VTAB-1k
-def load_vtab(root: str | Path, task: str, split_file: str, size, *, cache: bool = True) -> ImageSet:
+def load_vtab(
+    root: str | Path, task: str, split_file: str, size, *, cache: bool = True, progress: bool | None = None
+) -> ImageSet:
     """One split of a VTAB-1k task: ``<root>/<task>/<split_file>`` lines ``relative/path.jpg label``."""
     if task not in VTAB_TASKS:
         raise ValueError(f"unknown VTAB-1k task {task!r}; tasks: {', '.join(VTAB_TASKS)}")
@@ -264,7 +287,23 @@ def load_vtab(root: str | Path, task: str, split_file: str, size, *, cache: bool
         labels.append(label)
     if not files:
         raise ValueError(f"split file {str(listing)!r} lists no images")
-    return _materialise(files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}")
+    used = len(set(labels))
+    if used < num_classes:
+        _logger.warning(
+            "%s uses %d of %s's %d classes (labels %s): the head keeps %d outputs; is this the right task or list?",
+            listing,
+            used,
+            task,
+            num_classes,
+            _label_span(labels),
+            num_classes,
+        )
+    return _materialise(files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}", progress)
+
+
+def _label_span(labels: list[int]) -> str:
+    found = sorted(set(labels))
+    return ", ".join(map(str, found)) if len(found) <= 6 else f"{found[0]}..{found[-1]}"
 
 
 _VTAB_ALIASES = {"train": "train800", "val": "val200", "trainval": "train800val200", "test": "test"}
@@ -286,13 +325,25 @@ def _scan_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"image folder {str(root)!r} has no class sub-folders (expected <root>/<class>/<image>)")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for i, c in enumerate(classes):
         found = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in _IMAGE_EXTENSIONS and p.is_file())
+        if not found:
+            empty.append(c)
         files += found
         labels += [i] * len(found)
     if not files:
         raise ValueError(f"image folder {str(root)!r} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+    if empty:  # it would silently become a class the model can never learn
+        shown = ", ".join(repr(c) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise ValueError(
+            f"image folder {str(root)!r}: class folder(s) {shown} hold no images ({', '.join(_IMAGE_EXTENSIONS)}); "
+            "add images or remove the folder(s)"
+        )
+    if len(classes) < 2:
+        raise ValueError(
+            f"image folder {str(root)!r} has one class ({classes[0]!r}); a classifier needs at least 2 class folders"
+        )
     return classes, files, labels
 
 
@@ -305,6 +356,7 @@ def load_folder(
     test_fraction: float = 0.0,
     split_seed: int = 0,
     cache: bool = True,
+    progress: bool | None = None,
 ) -> ImageSet:
     """An ImageFolder tree. With ``train/``, ``val/`` (and ``test/``) sub-trees those are used as they are;
     otherwise one tree is split per class (stratified) into train / val / test by the given fractions."""
@@ -319,7 +371,7 @@ def load_folder(
         train_classes = _scan_folder(root / "train")[0]
         if classes != train_classes:
             raise ValueError(f"{str(sub)!r} has classes {classes}, train/ has {train_classes}")
-        return _materialise(files, labels, len(classes), tuple(size), cache, f"{root.name}/{split}")
+        return _materialise(files, labels, len(classes), tuple(size), cache, f"{root.name}/{split}", progress, classes)
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
             f"val-fraction ({val_fraction}) must be in (0, 1), test-fraction ({test_fraction}) in [0, 1), "
@@ -343,6 +395,8 @@ def load_folder(
         tuple(size),
         cache,
         f"{root.name}/{split}",
+        progress,
+        classes,
     )
 
 
@@ -375,7 +429,15 @@ def make_loader(
     batches, meta = batches[skip:], meta[skip:]
     if data.images is not None:  # cached: one gather per batch, on whatever device the images are
         return _CachedBatches(data.images, data.labels, batches), meta
-    loader = DataLoader(data.dataset(), batch_sampler=batches, num_workers=workers, persistent_workers=False)
+    # An explicit generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG, which
+    # would shift every later draw (drop-path, dropout) when an epoch is resumed part-way.
+    loader = DataLoader(
+        data.dataset(),
+        batch_sampler=batches,
+        num_workers=workers,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return loader, meta
 
 
@@ -439,8 +501,12 @@ class DataSpec:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
         if self.dataset in ("vtab", "folder") and not self.data_root:
             raise ValueError(f"dataset {self.dataset!r} needs --data-root")
+        if self.dataset == "vtab" and not self.task:
+            raise ValueError(f"dataset vtab needs --task, one of: {', '.join(VTAB_TASKS)}")
         if self.dataset == "vtab" and self.task not in VTAB_TASKS:
-            raise ValueError(f"dataset vtab needs --task, one of: {', '.join(VTAB_TASKS)}; got {self.task!r}")
+            close = difflib.get_close_matches(str(self.task), list(VTAB_TASKS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown VTAB-1k task {self.task!r}; {hint}tasks: {', '.join(VTAB_TASKS)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> DataSpec:
@@ -458,8 +524,9 @@ class DataSpec:
         root = Path(self.data_root).expanduser()
         return len(_scan_folder(root / "train" if (root / "train").is_dir() else root)[0])
 
-    def load(self, split: str, input_size: Sequence[int]) -> ImageSet:
-        """Load ``split`` (train / val / test) at the model's input size."""
+    def load(self, split: str, input_size: Sequence[int], progress: bool | None = None) -> ImageSet:
+        """Load ``split`` (train / val / test) at the model's input size (``progress``: the caching bar; None: on
+        a terminal only)."""
         name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
         size = tuple(input_size)
         if self.dataset == "digits":
@@ -467,7 +534,7 @@ class DataSpec:
                 raise ValueError(f"the digits task has 1x8x8 images, but the model expects {'x'.join(map(str, size))}")
             return load_digits("transfer", name)
         if self.dataset == "vtab":
-            return load_vtab(self.data_root, self.task, name, size, cache=self.cache_images)
+            return load_vtab(self.data_root, self.task, name, size, cache=self.cache_images, progress=progress)
         return load_folder(
             self.data_root,
             name,
@@ -476,4 +543,5 @@ class DataSpec:
             test_fraction=self.test_fraction,
             split_seed=self.split_seed,
             cache=self.cache_images,
+            progress=progress,
         )

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from glora._io import publish_tree
+from glora._io import DiskFullError, is_out_of_space, publish_tree
 
 __all__ = [
     "count_flops",
@@ -51,10 +51,17 @@ def check_finite(model: nn.Module) -> None:
             raise ValueError(f"folded tensor {name!r} holds NaN or inf; refusing to export a broken model")
 
 
-def export_timm_folder(model: nn.Module, folder: Path, inputs: Mapping[str, Any]) -> None:
-    """timm's own save helper, with the preprocessing the supernet was trained with (squash resize, mean/std)."""
+def export_timm_folder(
+    model: nn.Module, folder: Path, inputs: Mapping[str, Any], label_names: Sequence[str] | None = None
+) -> None:
+    """timm's own save helper, with the preprocessing the supernet was trained with (squash resize, mean/std) and
+    the class names where timm keeps them (``label_names`` in config.json), so outputs map back to classes."""
     data_config = {"mean": tuple(inputs["mean"]), "std": tuple(inputs["std"]), "crop_pct": 1.0, "crop_mode": "squash"}
-    model_config = {"pretrained_cfg": {"tag": "glora"}}
+    model_config: dict[str, Any] = {"pretrained_cfg": {"tag": "glora"}}
+    if label_names:
+        if len(label_names) != getattr(model, "num_classes", len(label_names)):
+            raise ValueError(f"{len(label_names)} class names for a model with {model.num_classes} classes")
+        model_config["label_names"] = list(label_names)
     timm.models.save_for_hf(
         model, str(folder), safe_serialization=True, model_config=model_config, data_config=data_config
     )
@@ -73,8 +80,10 @@ def staged_folder(target: Path) -> Iterator[Path]:
         yield tmp
         publish_tree(tmp)
         _replace_dir(tmp, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_out_of_space(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(target) from e
         raise
 
 

@@ -192,7 +192,7 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"python": self.rng.getstate(), "torch": torch.get_rng_state()},
+            "rng": self._rng_state(),
             "epoch": self.epoch,
             "step": self.step,
             "batch": self.batch,
@@ -200,14 +200,27 @@ class Trainer:
             "log": list(self.log),
         }
 
+    def _rng_state(self) -> dict[str, Any]:
+        """Every generator the rest of the run draws from: subnets and augmentation (Python), drop-path and dropout
+        (torch, and the accelerator's own generator when the model runs there)."""
+        state: dict[str, Any] = {"python": self.rng.getstate(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: Mapping[str, Any]) -> None:
+        self.rng.setstate(_to_tuple(state["python"]))
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output. ``recipe.epochs`` may have grown: the schedule follows it."""
         self.optimizer.load_state_dict(state["optimizer"])
         sched = dict(state["scheduler"])
         sched.pop("t_initial", None)
         self.scheduler.load_state_dict(sched | {"t_initial": self.scheduler.t_initial})
-        self.rng.setstate(_to_tuple(state["rng"]["python"]))
-        torch.set_rng_state(state["rng"]["torch"])
+        self._set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch = int(state.get("batch", 0))
         self.partial = dict(state.get("partial", self.partial))
@@ -261,7 +274,12 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # A signal the process was started with ignored (nohup, `cmd &` in a script: SIGINT) stays ignored.
+        previous = {
+            sig: handler
+            for sig in (signal.SIGINT, signal.SIGTERM)
+            if (handler := signal.getsignal(sig)) is not signal.SIG_IGN
+        }
 
         def request_stop(signum, _frame):
             self._stop = True

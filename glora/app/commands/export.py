@@ -23,12 +23,13 @@ from glora.fold import fold
 from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
 
 from ..backbone import BackboneSpec, build_backbone
-from ..checkpoint import load_supernet, read_checkpoint
+from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
 from ..data import DataSpec, Normalizer
 from ..evaluate import resolve_device
 from ..export import check_finite, count_flops, export_timm_folder, max_difference, staged_folder
 from ..options import make_parser, nonneg_float, parse_args, positive_int
+from ..outputs import check_no_overlap, output_lock
 
 __all__ = ["build_parser", "main", "cli"]
 
@@ -64,14 +65,18 @@ class _Checked:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     out = Path(args.out)
-    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
-    ckpt = read_checkpoint(args.supernet)
-    model = load_supernet(ckpt, device=resolve_device(args.device))
-    subnet = load_subnet(args.subnet)
-    parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
-    checked = _fold_and_check(args, ckpt, model, subnet)
-    _write_export(args, out, ckpt, checked)
+    inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
+    check_no_overlap(out, inputs + [("--config", c) for c in args.config])
+    with output_lock(out, command="glora-export"):
+        if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
+        ckpt = read_checkpoint(args.supernet)
+        check_no_overlap(out, supernet_inputs(ckpt) if not args.data_root else supernet_inputs(ckpt)[1:])
+        model = load_supernet(ckpt, device=resolve_device(args.device))
+        subnet = load_subnet(args.subnet)
+        parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
+        checked = _fold_and_check(args, ckpt, model, subnet)
+        _write_export(args, out, ckpt, checked)
     print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
     print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
     return 0
@@ -143,7 +148,7 @@ def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torc
 def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked) -> None:
     """Write the timm folder privately, reload it with plain timm, check it, then put it in place."""
     with staged_folder(out) as tmp:
-        export_timm_folder(checked.folded, tmp, ckpt["input"])
+        export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
         shutil.copyfile(args.subnet, tmp / "subnet.yaml")
         reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
         with torch.no_grad():

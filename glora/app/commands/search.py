@@ -24,8 +24,8 @@ from glora.subnet import save_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
 from search.plots import plot_accuracy_vs_params, plot_choices, plot_progress, png_bytes
 
-from ..checkpoint import load_supernet, read_checkpoint
-from ..cli import run
+from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
+from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, Normalizer, make_loader, place
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import accuracy, compile_model, resolve_device
@@ -44,6 +44,7 @@ from ..options import (
     save_config,
     start_or_resume,
 )
+from ..outputs import check_no_overlap, output_lock, writes_files
 
 __all__ = ["build_parser", "main", "cli", "RESUMABLE_OPTIONS", "STATE_FILE"]
 
@@ -124,24 +125,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     out = Path(args.out)
-    args, state = start_or_resume(
-        parser,
-        argv,
-        args,
-        RESUMABLE_OPTIONS,
-        load=lambda: _read_state(out / STATE_FILE),
-        saved_config=lambda s: s["config"],
-        existing=[out / STATE_FILE, out / "subnet.yaml"],
-        what="search results",
-    )
-    job, device = setup_distributed(resolve_device(args.device))
-    if not job.main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        _SearchRun(args, job, device, state).run()
-    finally:
-        job.close()
+    check_no_overlap(out, _inputs(args, configs=not args.resume))
+    with output_lock(out, enabled=writes_files(), command="glora-search"):
+        args, state = start_or_resume(
+            parser,
+            argv,
+            args,
+            RESUMABLE_OPTIONS,
+            load=lambda: _read_state(out / STATE_FILE),
+            saved_config=lambda s: s["config"],
+            existing=[out / STATE_FILE, out / "subnet.yaml"],
+            what="search results",
+        )
+        check_no_overlap(out, _inputs(args, configs=False))
+        job, device = setup_distributed(resolve_device(args.device))
+        if not job.main:
+            logging.getLogger().setLevel(logging.WARNING)
+        try:
+            with terminate_as_interrupt():
+                _SearchRun(args, job, device, state).run()
+        finally:
+            job.close()
     return 0
+
+
+def _inputs(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
+    found: list[tuple[str, str | None]] = [("--supernet", args.supernet), ("--data-root", args.data_root)]
+    return found + ([("--config", c) for c in args.config] if configs else [])
 
 
 def cli() -> int:
@@ -164,9 +174,10 @@ class _SearchRun:
         self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
         self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+        check_no_overlap(self.out, supernet_inputs(ckpt, self.data))
         self.inputs = ckpt["input"]
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
-        self.val = place(self.data.load("val", self.inputs["input_size"]), device, args.data_on_device)
+        self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
         self.genome = Genome(self.model)
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
@@ -227,7 +238,7 @@ class _SearchRun:
     def _test_accuracy(self, subnet) -> float | None:
         """The test split, looked at once, for the pick; None when the data has no test split."""
         try:
-            test = self.data.load("test", self.inputs["input_size"])
+            test = self.data.load("test", self.inputs["input_size"], self.args.progress)
         except (ValueError, FileNotFoundError) as e:
             _logger.warning("no test split (%s); test accuracy not reported", e)
             return None

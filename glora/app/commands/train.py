@@ -18,7 +18,7 @@ import torch
 
 from glora._io import atomic_write_text
 from glora.config import AdapterConfig
-from glora.inject import glora_layers, head_names, inject, set_execution
+from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import GIFT_SHARING, SearchSpace
 
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec, build_backbone, fingerprint
@@ -44,9 +44,20 @@ from ..options import (
     start_or_resume,
     yaml_mapping,
 )
+from ..outputs import check_no_overlap, output_lock, writes_files
+from ..sizes import check_training_size
 from ..trainer import UNUSED_SUPPORTS, DivergenceError, Recipe, Trainer
 
-__all__ = ["build_parser", "main", "cli", "adapter_from_args", "data_from_args", "RESUMABLE_OPTIONS", "DEFAULT_MODEL"]
+__all__ = [
+    "build_parser",
+    "main",
+    "cli",
+    "adapter_from_args",
+    "data_from_args",
+    "inputs_of",
+    "RESUMABLE_OPTIONS",
+    "DEFAULT_MODEL",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +78,7 @@ RESUMABLE_OPTIONS = {
     "compile_backend",
     "execution",
     "data_on_device",
+    "memory_check",
 }
 
 
@@ -160,6 +172,12 @@ def _add_runtime_options(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_output_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--memory-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refuse a supernet whose training state (values, gradients, AdamW) exceeds the free memory",
+    )
     g.add_argument("--out", default="runs/default/supernet", help="output folder (last.pt, log.jsonl, config.yaml)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     g.add_argument("--force", action="store_true", help="start over even if <out> already holds a checkpoint")
@@ -210,30 +228,44 @@ def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> Bac
         pretrained=args.pretrained,
         pretrained_file=args.pretrained_file,
         model_kwargs=kwargs,
+        init_seed=args.seed,
     )
+
+
+def inputs_of(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
+    """What a training run reads, as (option, path): the output folder must not overlap any of them."""
+    found: list[tuple[str, str | None]] = [("--data-root", args.data_root), ("--pretrained-file", args.pretrained_file)]
+    if str(args.model).startswith("local-dir:"):
+        found.append(("--model", str(args.model).removeprefix("local-dir:")))
+    if configs:
+        found += [("--config", c) for c in args.config]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     last = Path(args.out) / "last.pt"
-    args, ckpt = start_or_resume(
-        parser,
-        argv,
-        args,
-        RESUMABLE_OPTIONS,
-        load=lambda: read_checkpoint(last),
-        saved_config=lambda c: c.get("config", {}),
-        existing=[last],
-        what="a supernet checkpoint",
-    )
-    dist, device = setup_distributed(resolve_device(args.device))
-    try:
-        if not dist.main:
-            logging.getLogger().setLevel(logging.WARNING)
-        _SupernetRun(args, dist, device, ckpt).fit()
-    finally:
-        dist.close()
+    check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
+    with output_lock(args.out, enabled=writes_files(), command="glora-train"):
+        args, ckpt = start_or_resume(
+            parser,
+            argv,
+            args,
+            RESUMABLE_OPTIONS,
+            load=lambda: read_checkpoint(last),
+            saved_config=lambda c: c.get("config", {}),
+            existing=[last],
+            what="a supernet checkpoint",
+        )
+        check_no_overlap(args.out, inputs_of(args, configs=False))  # a resumed run reads its saved inputs
+        dist, device = setup_distributed(resolve_device(args.device))
+        try:
+            if not dist.main:
+                logging.getLogger().setLevel(logging.WARNING)
+            _SupernetRun(args, dist, device, ckpt).fit()
+        finally:
+            dist.close()
     return 0
 
 
@@ -253,6 +285,7 @@ class _SupernetRun:
         self.spec = backbone_from_args(args, self.data.num_classes())
         self._build_model(device)
         train, val = self._load_splits()
+        self.class_names = list(train.class_names) if train.class_names else None
         self.trainer = Trainer(
             self.model,
             train,
@@ -272,6 +305,8 @@ class _SupernetRun:
         torch.manual_seed(self.args.seed)  # the new head's init
         model = build_backbone(self.spec)
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
+        # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
+        check_training_size(supernet_size(model, self.adapter), device, self.out, enabled=self.args.memory_check)
         inject(model, self.adapter)
         set_execution(model, path=self.args.execution)
         self.fingerprint = fingerprint(model)
@@ -281,7 +316,7 @@ class _SupernetRun:
     def _load_splits(self):
         splits = []
         for name in ("train", "val"):
-            s = self.data.load(name, self.inputs["input_size"])
+            s = self.data.load(name, self.inputs["input_size"], progress=self.args.progress)
             if len(s) == 0:
                 raise ValueError(f"the {name} split is empty")
             if s.num_classes != self.spec.num_classes:
@@ -312,6 +347,7 @@ class _SupernetRun:
                     "adapter": self.adapter.to_dict(),
                     "data": self.data.to_dict(),
                     "input": {k: list(v) for k, v in self.inputs.items()},
+                    "class_names": self.class_names,
                     "trainable": trainable_state(self.model),
                     **self.trainer.state_dict(),
                     "config": args_to_dict(self.args),
