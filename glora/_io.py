@@ -35,7 +35,7 @@ class DiskFullError(OSError):
     def __init__(self, target: Path) -> None:
         free = "unknown"
         with contextlib.suppress(OSError):
-            free = _size(shutil.disk_usage(target.parent).free)
+            free = human_size(shutil.disk_usage(target.parent).free)
         super().__init__(
             errno.ENOSPC,
             f"disk full: could not write {target} ({free} free there); nothing was "
@@ -47,7 +47,8 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as a short human-readable size (``1.5 GB``)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -141,13 +141,12 @@ def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where:
             p.copy_(tensors[n])
 
 
-def supernet_inputs(ckpt: Mapping[str, Any], data: Any = None) -> list[tuple[str, str | None]]:
-    """The files and folders rebuilding a checkpoint's supernet reads (its data root, local weights), as
-    (what, path) pairs for :func:`glora.app.outputs.check_no_overlap`."""
-    backbone, stored = ckpt.get("backbone", {}), ckpt.get("data", {})
-    root = getattr(data, "data_root", None) if data is not None else stored.get("data_root")
+def supernet_inputs(ckpt: Mapping[str, Any], data_root: str | None = None) -> list[tuple[str, str | None]]:
+    """The files and folders rebuilding a checkpoint's supernet reads (its data root, unless ``data_root``
+    overrides it, and local weights), as (what, path) pairs for :func:`glora.app.outputs.check_no_overlap`."""
+    backbone = ckpt.get("backbone", {})
     found: list[tuple[str, str | None]] = [
-        ("the data root", root),
+        ("the data root", data_root or ckpt.get("data", {}).get("data_root")),
         ("the pretrained file", backbone.get("pretrained_file")),
     ]
     model = str(backbone.get("model", ""))

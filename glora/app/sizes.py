@@ -14,20 +14,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TRAIN_BYTES_PER_ELEMENT", "SAVE_BYTES_PER_ELEMENT", "available_memory", "check_training_size", "human"]
+from glora._io import human_size as human
+
+__all__ = ["TRAIN_BYTES_PER_ELEMENT", "SAVE_BYTES_PER_ELEMENT", "available_memory", "check_training_size"]
 
 _logger = logging.getLogger(__name__)
 
 TRAIN_BYTES_PER_ELEMENT = 16  # float32 value, gradient and AdamW's two moments
 SAVE_BYTES_PER_ELEMENT = 12  # a checkpoint: the values and the two moments
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
         ckpt = read_checkpoint(args.supernet)
-        check_no_overlap(out, supernet_inputs(ckpt) if not args.data_root else supernet_inputs(ckpt)[1:])
+        check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         model = load_supernet(ckpt, device=resolve_device(args.device))
         subnet = load_subnet(args.subnet)
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet

@@ -174,7 +174,7 @@ class _SearchRun:
         self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
         self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
-        check_no_overlap(self.out, supernet_inputs(ckpt, self.data))
+        check_no_overlap(self.out, supernet_inputs(ckpt, self.data.data_root))
         self.inputs = ckpt["input"]
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
