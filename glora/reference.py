@@ -9,6 +9,7 @@ space whose largest LoRA rank is R, and its per-layer configs convert to our sub
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,12 +18,14 @@ import torch
 from torch import nn
 
 from ._text import first_of
-from .inject import require_layers
+from .inject import head_names, require_layers
 from .layer import GLoRALinear
 from .space import Kind
 from .subnet import Subnet, parse_subnet
 
 __all__ = ["load_reference_state_dict", "convert_reference_subnet", "reference_choice_name"]
+
+_logger = logging.getLogger(__name__)
 
 _SUPPORT_TENSORS = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
 
@@ -47,13 +50,15 @@ def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Load a supernet checkpoint saved by the paper's reference code into an injected ``model``.
 
-    Every support tensor of every adapted layer must be present with the shape this model expects; backbone
-    weights and the head are loaded when present (the reference saves the whole model). Anything that does
-    not fit raises ``ValueError`` naming the tensor, before anything is changed.
+    Every support tensor of every adapted layer must be present with the shape this model expects; the head and
+    backbone weights are loaded when present. The reference saves only A-E and the head, so the backbone must
+    be the one it trained on: ``vit_base_patch16_224.orig_in21k`` (timm's old ``vit_base_patch16_224_in21k``),
+    not ``augreg_in21k``. Anything that does not fit raises ``ValueError`` naming the tensor, before anything is
+    changed; a checkpoint without the head's weights loads with a warning (the head keeps its values).
 
     Example:
-        >>> model = glora.inject(timm.create_model("vit_base_patch16_224_in21k", num_classes=100),
-        ...                      glora.SearchSpace(lora_ranks=(8, 4)))
+        >>> model = glora.inject(timm.create_model("vit_base_patch16_224.orig_in21k", pretrained=True,
+        ...                                        num_classes=100), glora.SearchSpace(lora_ranks=(8, 4)))
         >>> glora.load_reference_state_dict(model, torch.load("ref.pth", weights_only=True))
     """
     sd = _unwrap(state_dict)
@@ -86,6 +91,11 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -
             if k.rsplit(".", 1)[-1] in _SUPPORT_TENSORS and k.rsplit(".", 1)[-1] not in ("D", "E"):
                 msg += "; build the SearchSpace so its largest lora rank equals the reference rank"
             raise ValueError(msg)
+    heads = [h for h in head_names(model) if any(k.startswith(h + ".") for k in own)]
+    if heads and not any(k.startswith(h + ".") for h in heads for k in sd):
+        _logger.warning(
+            "reference checkpoint holds no weights for the head (%s); it keeps its current values", ", ".join(heads)
+        )
     model.load_state_dict(sd, strict=False)
 
 

@@ -31,6 +31,10 @@ def test_every_shipped_config_parses(path):
         assert (args.dataset, args.task, args.epochs, args.batch_size) == ("vtab", task, 500, 64)
         assert args.lr == (1e-4 if task in data.VTAB_SMALL_LR_TASKS else 5e-4)
         assert args.model == "vit_base_patch16_224.orig_in21k"
+        # The reference's recipe, value for value (DESIGN.md, paper Appendix A).
+        assert (args.drop_path, args.warmup_epochs, args.warmup_lr, args.min_lr) == (0.1, 10, 1e-6, 1e-5)
+        assert args.mean == [0.485, 0.456, 0.406] and args.std == [0.229, 0.224, 0.225]
+        assert (args.train_split, args.val_split, args.test_split) == ("train800", "val200", "test")
 
 
 def test_all_19_vtab_tasks_have_a_config():

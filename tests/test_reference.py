@@ -146,3 +146,29 @@ def test_incomplete_or_foreign_checkpoints_are_refused_before_loading():
         glora.load_reference_state_dict(ours, {"blocks.0.attn.qkv.Ad": [1, 2]})
     after = ours.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_checkpoint_of_only_supports_and_head_loads_onto_the_same_backbone(caplog):
+    """What the reference actually saves: A-E and the head; the backbone comes from the same pretrained weights."""
+    ref = _reference_model()
+    sd = ref.state_dict()
+    supports_and_head = {
+        k: v
+        for k, v in sd.items()
+        if k.rsplit(".", 1)[-1] in ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E") or k.startswith("head.")
+    }
+    backbone = {k: v for k, v in sd.items() if k not in supports_and_head}
+    ours = _ours()
+    ours.load_state_dict(backbone, strict=False)  # "pretrained=True" on the same weights
+    glora.load_reference_state_dict(ours, supports_and_head)
+    refs = [m for m in ref.modules() if isinstance(m, RefLinear)]
+    configs = _ref_configs(len(refs), random.Random(3))
+    for m, c in zip(refs, configs):
+        m.config = c
+    glora.set_subnet(ours, glora.convert_reference_subnet(ours, configs))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert rel_err(ours(x), ref(x)) < 1e-12
+    no_head = {k: v for k, v in supports_and_head.items() if not k.startswith("head.")}
+    with caplog.at_level("WARNING", logger="glora.reference"):
+        glora.load_reference_state_dict(_ours(), no_head)
+    assert "no weights for the head (head)" in caplog.text

@@ -32,6 +32,8 @@ __all__ = [
     "ImageSet",
     "Normalizer",
     "input_config",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "load_digits",
     "load_vtab",
     "load_folder",
@@ -129,18 +131,45 @@ class Normalizer(nn.Module):
         return (x.float() - self.mean) * self.inv_std
 
 
-def input_config(model: nn.Module) -> dict:
-    """The model's real input size (channels, H, W) and its mean/std."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_config(model: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict:
+    """The model's real input size (channels, H, W) and the mean/std images are normalised with.
+
+    ``mean`` / ``std`` override the model's own statistics (timm's ``--mean`` / ``--std``): the paper's VTAB-1k
+    recipe normalises with ImageNet's even where the pretrained config says 0.5. One value stands for every
+    channel.
+    """
     from timm.data import resolve_data_config
     from timm.models import get_model_input_config
 
     cfg = resolve_data_config({}, model=model)
     size = tuple(get_model_input_config(model)["input_size"])
     channels = size[0]
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    if len(mean) != channels:  # e.g. a 1-channel model whose config kept RGB statistics
-        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-    return {"input_size": size, "mean": mean, "std": std}
+    own_mean, own_std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(own_mean) != channels:  # e.g. a 1-channel model whose config kept RGB statistics
+        own_mean = (sum(own_mean) / len(own_mean),) * channels
+        own_std = (sum(own_std) / len(own_std),) * channels
+    return {
+        "input_size": size,
+        "mean": _per_channel(mean, channels, "mean") if mean else own_mean,
+        "std": _per_channel(std, channels, "std") if std else own_std,
+    }
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(
+            f"--{what} has {len(values)} values; the model takes {channels} channel(s): give 1 or {channels}"
+        )
+    if what == "std" and any(v <= 0 for v in values):
+        raise ValueError(f"--std values must be positive, got {list(values)}")
+    return values
 
 
 # ---------------------------------------------------------------------- image decoding
@@ -507,6 +536,15 @@ class DataSpec:
             close = difflib.get_close_matches(str(self.task), list(VTAB_TASKS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown VTAB-1k task {self.task!r}; {hint}tasks: {', '.join(VTAB_TASKS)}")
+
+    @property
+    def selects_on_test(self) -> bool:
+        """Whether the validation split is the test split (the paper's Table 1 protocol): a search then picks on
+        the very images it reports, so its test accuracy is not held out."""
+        if self.dataset != "vtab":
+            return self.val_split == self.test_split
+        name = lambda s: _VTAB_ALIASES.get(s, s).removesuffix(".txt")  # noqa: E731
+        return name(self.val_split) == name(self.test_split)
 
     @classmethod
     def from_dict(cls, data: dict) -> DataSpec:

@@ -32,6 +32,7 @@ __all__ = [
     "save_config",
     "args_to_dict",
     "positive_int",
+    "finite_float",
     "nonneg_int",
     "positive_float",
     "nonneg_float",
@@ -60,6 +61,7 @@ def _number(kind: type, check: Callable[[float], bool], what: str) -> Callable[[
     return convert
 
 
+finite_float = _number(float, lambda v: True, "a number")
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive number")

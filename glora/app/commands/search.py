@@ -175,6 +175,12 @@ class _SearchRun:
         self._compiled = False
         self.data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
         check_no_overlap(self.out, supernet_inputs(ckpt, self.data.data_root))
+        if self.data.selects_on_test:
+            _logger.warning(
+                "the validation split (%s) is the test split: subnets are chosen on test, so the test accuracy "
+                "reported is not held out (the paper's Table 1 protocol; use val200 for an unbiased figure)",
+                self.data.val_split,
+            )
         self.inputs = ckpt["input"]
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)

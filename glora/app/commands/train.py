@@ -32,6 +32,7 @@ from ..options import (
     add_progress_option,
     add_runtime_options,
     args_to_dict,
+    finite_float,
     make_parser,
     nonneg_float,
     nonneg_int,
@@ -143,6 +144,22 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         help="decode and resize every image once and keep it in memory (uint8)",
     )
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
+    g.add_argument(
+        "--mean",
+        type=finite_float,
+        nargs="+",
+        default=None,
+        metavar="MEAN",
+        help="normalisation mean per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
+    )
+    g.add_argument(
+        "--std",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        metavar="STD",
+        help="normalisation std per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
+    )
 
 
 def _add_training_options(g: argparse._ArgumentGroup) -> None:
@@ -310,7 +327,7 @@ class _SupernetRun:
         inject(model, self.adapter)
         set_execution(model, path=self.args.execution)
         self.fingerprint = fingerprint(model)
-        self.inputs = input_config(model)
+        self.inputs = input_config(model, self.args.mean, self.args.std)
         self.model = model.to(device)
 
     def _load_splits(self):
