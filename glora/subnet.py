@@ -20,7 +20,7 @@ from ._text import first_of
 from .gift import gift_group, gift_params
 from .inject import get_space, require_layers
 from .layer import set_codes
-from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
+from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
 __all__ = [
     "Subnet",
@@ -29,12 +29,15 @@ __all__ = [
     "parse_subnet",
     "make_subnet",
     "count_params",
+    "params_by_type",
     "unused_params",
     "save_subnet",
     "load_subnet",
 ]
 
 Subnet = dict[str, dict[str, str]]
+
+_NONE_CHOICE = Choice(Kind.NONE)
 
 
 def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
@@ -142,6 +145,34 @@ def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> i
             gift_rank[group] = (max(prev, choice.A.rank), layer.in_features)
     total += sum(gift_params(in_f, r) for r, in_f in gift_rank.values())
     return total
+
+
+def params_by_type(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, int]]:
+    """``count_params`` split by layer type and support: ``{"blocks.*.attn.qkv": {"A": n, ..., "E": n}}``.
+
+    A layer's type is its name with numeric parts wildcarded (the paper's Fig. 3 groups ViT-B's 48 layers into
+    Q-K-V, projection, FC1, FC2). A GIFT generator is counted once, under key ``"gift"`` of the type of its
+    group's first layer. The values sum to :func:`count_params`.
+    """
+    layers = require_layers(model)
+    parsed = _parse(layers, subnet)
+    space = get_space(model)
+    out: dict[str, dict[str, int]] = {}
+    gift_rank: dict[str, tuple[int, int, str]] = {}  # group -> (largest rank, in_features, type of first layer)
+    for name, layer in layers.items():
+        kind = ".".join("*" if part.isdigit() else part for part in name.split("."))
+        row = out.setdefault(kind, dict.fromkeys(SUPPORTS, 0))
+        choice = parsed[name]
+        for i, support in enumerate(SUPPORTS):
+            alone = LayerChoice(*(c if j == i else _NONE_CHOICE for j, c in enumerate(choice)))
+            row[support] += layer.count(alone)
+        if choice.A.kind is Kind.GIFT:
+            group = gift_group(name, layer.in_features, space.gift_sharing)
+            prev = gift_rank.get(group, (0, layer.in_features, kind))
+            gift_rank[group] = (max(prev[0], choice.A.rank), layer.in_features, prev[2])
+    for r, in_f, kind in gift_rank.values():
+        out[kind]["gift"] = out[kind].get("gift", 0) + gift_params(in_f, r)
+    return out
 
 
 def unused_params(model: nn.Module) -> list[nn.Parameter]:

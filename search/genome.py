@@ -16,12 +16,25 @@ from torch import nn
 
 from glora.gift import gift_group, gift_params
 from glora.inject import get_space, require_layers
-from glora.space import SUPPORTS, Choice, Kind, LayerChoice
+from glora.space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 from glora.subnet import Subnet
 
 __all__ = ["Genome", "BudgetError"]
 
 _NONE = Choice(Kind.NONE)
+
+
+def _narrowed(own: SearchSpace, space: SearchSpace) -> SearchSpace:
+    for s in SUPPORTS:
+        extra = [n for n in space.choice_names(s) if n not in own.choice_names(s)]
+        if extra:
+            raise ValueError(
+                f"choice {extra[0]!r} for support {s} is not in the supernet's space; "
+                f"it offers: {', '.join(own.choice_names(s))}"
+            )
+    if space.gift_sharing != own.gift_sharing and space.offers("A", Kind.GIFT):
+        raise ValueError(f"gift_sharing {space.gift_sharing!r} differs from the supernet's {own.gift_sharing!r}")
+    return space
 
 
 class BudgetError(ValueError):
@@ -31,9 +44,11 @@ class BudgetError(ValueError):
 class Genome:
     """Encoding of a model's subnets; ``low``/``up`` are the per-gene bounds deap's mutUniformInt takes."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, space: SearchSpace | None = None) -> None:
+        """``space``: search a narrower space than the supernet's (every choice it offers must be the supernet's)."""
         layers = require_layers(model)
-        space = get_space(model)
+        own = get_space(model)
+        space = own if space is None else _narrowed(own, space)
         self.layer_names = list(layers)
         self.genes: list[tuple[str, str]] = [(n, s) for n in self.layer_names for s in SUPPORTS]
         self.options: list[tuple[str, ...]] = [space.choice_names(s) for _, s in self.genes]

@@ -1,4 +1,5 @@
-"""Figures of a search: progress per generation, accuracy vs params, and the chosen layer x support grid.
+"""Figures of a search: progress per generation, accuracy vs params, the chosen layer x support grid and the
+subnet's parameters per layer type.
 
 Each function returns a :class:`matplotlib.figure.Figure` built with the object API (no pyplot, no backend switch,
 nothing global touched), so the caller decides where it goes; :func:`png_bytes` renders one for writing.
@@ -16,7 +17,7 @@ from matplotlib.patches import Rectangle
 
 from glora.space import SUPPORTS, Choice, Kind
 
-__all__ = ["plot_progress", "plot_accuracy_vs_params", "plot_choices", "png_bytes"]
+__all__ = ["plot_progress", "plot_accuracy_vs_params", "plot_choices", "plot_params_by_type", "png_bytes"]
 
 # Grid colours of the choice plot, from "nothing" to "most expressive".
 _KIND_COLORS: dict[Kind, str] = {
@@ -98,4 +99,33 @@ def plot_choices(subnet: Mapping[str, Mapping[str, str]]) -> Figure:
     ax.xaxis.tick_top()
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in _KIND_COLORS.values()]
     ax.legend(handles, [k.value for k in kinds], loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    return fig
+
+
+_SUPPORT_COLORS = {"A": "#1f77b4", "B": "#ff7f0e", "C": "#2ca02c", "D": "#9467bd", "E": "#8c564b", "gift": "#bcbd22"}
+
+
+def plot_params_by_type(by_type: Mapping[str, Mapping[str, int]]) -> Figure:
+    """Parameters of the chosen subnet per layer type, stacked by support (like the paper's Fig. 3).
+
+    ``by_type`` is :func:`glora.params_by_type`; the total of each bar is written beside it.
+    """
+    kinds = list(by_type)
+    keys = [k for k in _SUPPORT_COLORS if any(by_type[t].get(k, 0) for t in kinds)] or list(SUPPORTS)
+    fig = Figure(figsize=(6, 0.9 + 0.45 * len(kinds)))
+    ax = fig.subplots()
+    left = [0.0] * len(kinds)
+    for key in keys:
+        values = [by_type[t].get(key, 0) / 1e3 for t in kinds]
+        label = "GIFT generator" if key == "gift" else key
+        ax.barh(range(len(kinds)), values, left=left, color=_SUPPORT_COLORS[key], label=label)
+        left = [a + b for a, b in zip(left, values)]
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {total:.1f}k", va="center", fontsize=8)
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("parameters (thousands, paper's # params)")
+    ax.set_xlim(0, max([*left, 1e-3]) * 1.2)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title="support", title_fontsize=7, frameon=False)
     return fig

@@ -3,10 +3,12 @@ training augmentation, extra evaluation sets with class masks, export latency an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import timm
+import torch
 from helpers import ROOT
 
 import glora
@@ -100,8 +102,8 @@ def test_selecting_on_test_is_recognised():
     assert DataSpec(dataset="folder", data_root="x", val_split="test").selects_on_test
 
 
-def _tiny() -> dict:
-    return dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+def _tiny(**overrides) -> dict:
+    return dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2) | overrides
 
 
 def test_default_options_still_have_no_mean_or_std(tmp_path):
@@ -111,3 +113,188 @@ def test_default_options_still_have_no_mean_or_std(tmp_path):
     bad.write_text("mean: [a]\n")
     with pytest.raises(ConfigError, match="mean: expected a number"):
         parse_args(train_parser(), ["-c", str(bad)])
+
+
+# ---------------------------------------------------------------------- baselines as narrowed spaces
+METHODS = {
+    "lora": {"A": "none", "B": "lora_8", "C": "none", "D": "none", "E": "none"},
+    "ssf": {"A": "vector", "B": "none", "C": "none", "D": "vector", "E": "vector"},
+    "gift": {"A": "gift_16", "B": "none", "C": "none", "D": "none", "E": "none"},
+    "peft-glora": {"A": "lora_8", "B": "lora_8", "C": "lora_8", "D": "scalar", "E": "scalar"},
+}
+
+
+def _independent_count(model, choice: dict[str, str]) -> int:
+    """The paper's count written out per kind (DESIGN.md), for a subnet using ``choice`` on every layer."""
+    total, gift_widths = 0, {}
+    for name, layer in glora.glora_layers(model).items():
+        n_in, n_out = layer.in_features, layer.out_features
+        for s, c in choice.items():
+            if c.startswith("lora_"):
+                r = int(c[5:])
+                total += r * (n_in + 1) if s == "C" else r * (n_out + n_in)
+            elif c == "vector":
+                total += n_in if s == "C" else n_out
+            elif c == "scalar":
+                total += 1
+            elif c.startswith("gift_"):
+                gift_widths[name.split(".")[-2:].__str__() + str(n_in)] = (n_in, int(c[5:]))
+    return total + sum(2 * r * n_in for n_in, r in gift_widths.values())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_presets_are_one_fixed_subnet_with_the_expected_count(method):
+    args = parse_args(train_parser(), ["-c", str(ROOT / f"configs/methods/{method}.yaml")])
+    from glora.app.commands.train import adapter_from_args
+
+    adapter = adapter_from_args(args)
+    assert adapter.space.layer_size == 1
+    assert {s: adapter.space.choice_names(s) for s in "ABCDE"} == {s: (c,) for s, c in METHODS[method].items()}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
+    glora.inject(model, adapter)
+    subnet = {n: dict(METHODS[method]) for n in glora.glora_layers(model)}
+    assert glora.count_params(model, subnet) == _independent_count(model, METHODS[method])
+    if method == "gift":
+        assert all(n.endswith("attn.proj") for n in glora.glora_layers(model))
+
+
+def test_peft_glora_preset_has_peft_glora_parameter_count():
+    """Independent: HF PEFT's own GLoRA (r=8, lora/lora/constant) trains exactly as many adapter tensors."""
+    peft = pytest.importorskip("peft")
+    if not hasattr(peft, "GloraConfig"):
+        pytest.skip("this peft has no GLoRA")
+    targets = r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
+    wrapped = peft.get_peft_model(base, peft.GloraConfig(r=8, target_modules=targets))
+    theirs = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "glora_" in n)
+    ours = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
+    args = parse_args(train_parser(), ["-c", str(ROOT / "configs/methods/peft-glora.yaml")])
+    from glora.app.commands.train import adapter_from_args
+
+    glora.inject(ours, adapter_from_args(args))
+    subnet = {n: dict(METHODS["peft-glora"]) for n in glora.glora_layers(ours)}
+    assert glora.count_params(ours, subnet) == theirs > 0
+
+
+def test_choices_on_the_command_line_and_in_yaml(tmp_path):
+    args = parse_args(train_parser(), ["--choices", "a=none", "B=lora_8,lora_4", "--lora-ranks", "8", "4"])
+    assert args.choices == ["A=none", "B=lora_8,lora_4"]
+    from glora.app.commands.train import adapter_from_args
+
+    assert adapter_from_args(args).space.choice_names("B") == ("lora_8", "lora_4")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("choices: [A=none, 'C=vector,none']\n")
+    assert parse_args(train_parser(), ["-c", str(listed)]).choices == ["A=none", "C=vector,none"]
+    for text, match in [
+        ("choices: {F: none}\n", "SUPPORT one of A-E"),
+        ("choices: {A: []}\n", "expected a choice name or a list"),
+        ("choices: [3]\n", "expected SUPPORT=NAME"),
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            parse_args(train_parser(), ["-c", str(bad)])
+    with pytest.raises(ConfigError, match="names support A twice"):
+        adapter_from_args(parse_args(train_parser(), ["--choices", "A=none", "A=vector"]))
+    with pytest.raises(ValueError, match="'lora_16' is not allowed for support B"):
+        adapter_from_args(parse_args(train_parser(), ["--choices", "B=lora_16"]))
+
+
+@pytest.fixture(scope="module")
+def lora_pipeline(tmp_path_factory):
+    """The embedded task through train -> search -> export with the LoRA preset (a fixed adapter)."""
+    import contextlib
+    import io
+
+    work = tmp_path_factory.mktemp("lora")
+    sup = work / "supernet"
+    lora = str(ROOT / "configs/methods/lora.yaml")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert run(train_main, ["-c", lora, "--epochs", "3", "--out", str(sup), "--no-progress"]) == 0
+        assert (
+            run(search_main, ["--supernet", str(sup / "last.pt"), "--out", str(work / "search"), "--no-progress"]) == 0
+        )
+        assert run(
+            export_main,
+            ["--supernet", str(sup / "last.pt"), "--subnet", str(work / "search" / "subnet.yaml"), "--out",
+             str(work / "export"), "--latency-rounds", "2"],
+        ) == 0  # fmt: skip
+    return work, out.getvalue()
+
+
+def test_a_fixed_adapter_trains_searches_and_exports(lora_pipeline):
+    work, printed = lora_pipeline
+    subnet = glora.load_subnet(work / "search" / "subnet.yaml")
+    assert all(choices == METHODS["lora"] for choices in subnet.values())
+    log = [json.loads(line) for line in (work / "search" / "search_log.jsonl").read_text().splitlines()]
+    assert log[-1]["evaluated"] == 1  # nothing to search: the one subnet, evaluated once, whatever the budget
+    stats = json.loads((work / "export" / "glora_export.json").read_text())
+    model = glora.app.load_supernet(glora.app.read_checkpoint(work / "supernet" / "last.pt"))
+    assert stats["glora_params"] == _independent_count(model, METHODS["lora"]) > 30_000  # above the 0.03M budget
+    assert "params" in printed
+
+
+def test_search_narrows_a_full_supernet(tmp_path, capsys):
+    from glora.app.commands.search import _search_space
+    from search import Genome
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)))
+    space = _search_space(glora.get_space(model), ["C=none", "D=vector,none"])
+    genome = Genome(model, space)
+    options = {s: set() for s in "ABCDE"}
+    for (_, s), names in zip(genome.genes, genome.options):
+        options[s] |= set(names)
+    assert options["C"] == {"none"} and options["D"] == {"vector", "none"} and "lora_4" in options["B"]
+    with pytest.raises(ValueError, match="'lora_8' is not allowed for support B"):
+        _search_space(glora.get_space(model), ["B=lora_8"])
+    narrow = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
+    glora.inject(narrow, glora.SearchSpace(lora_ranks=(4, 2), choices={"B": ["lora_4"]}))
+    with pytest.raises(ValueError, match="'lora_2' for support B is not in the supernet's space; it offers: lora_4"):
+        Genome(narrow, _search_space(glora.get_space(narrow), ["B=lora_2"]))
+
+
+def test_export_records_interleaved_latency(lora_pipeline):
+    work, printed = lora_pipeline
+    lat = json.loads((work / "export" / "glora_export.json").read_text())["latency"]
+    assert lat["rounds"] == 2 and lat["interleaved"] and lat["batch"] > 0
+    for name in ("folded", "supernet", "base"):
+        assert lat[name]["ms_per_batch"] > 0 and lat[name]["images_per_s"] > 0
+    assert lat["folded_vs_base"] == pytest.approx(lat["folded"]["ms_per_batch"] / lat["base"]["ms_per_batch"], 1e-3)
+    assert "latency on" in printed
+
+
+def test_measure_latency_rotates_the_order_and_times_every_model():
+    from glora.app.export import measure_latency
+
+    calls = []
+    models = {n: (lambda x, n=n: calls.append(n)) for n in ("a", "b", "c")}
+    out = measure_latency(models, torch.zeros(4, 1), rounds=3, warmup=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(out) >= {"a", "b", "c"} and out["batch"] == 4
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        measure_latency(models, torch.zeros(1), rounds=0)
+
+
+# ---------------------------------------------------------------------- parameters per layer type
+@pytest.mark.parametrize("sharing", ["type", "width", "layer"])
+def test_params_by_type_sums_to_the_count_and_groups_numbered_layers(sharing):
+    import random
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny(depth=3))
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(3, 2), gift_sharing=sharing))
+    for seed in range(5):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        by_type = glora.params_by_type(model, subnet)
+        assert set(by_type) == {"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"}
+        assert sum(sum(row.values()) for row in by_type.values()) == glora.count_params(model, subnet)
+    qkv_lora = {n: {"A": "none", "B": "lora_4" if "qkv" in n else "none", "C": "none", "D": "none", "E": "none"}
+                for n in glora.glora_layers(model)}  # fmt: skip
+    by_type = glora.params_by_type(model, qkv_lora)
+    assert by_type["blocks.*.attn.qkv"]["B"] == 3 * 4 * (16 + 48) and by_type["blocks.*.mlp.fc1"]["B"] == 0
+
+
+def test_search_writes_the_params_by_type_plot(lora_pipeline):
+    work, _ = lora_pipeline
+    png = work / "search" / "plots" / "params_by_type.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000

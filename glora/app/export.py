@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import statistics
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ __all__ = [
     "check_finite",
     "export_timm_folder",
     "staged_folder",
+    "measure_latency",
 ]
 
 
@@ -102,3 +105,40 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
+
+
+def measure_latency(
+    models: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, warmup: int = 1
+) -> dict[str, Any]:
+    """Median milliseconds per forward of each model on the same batch ``x``, interleaved.
+
+    Every round runs each model once, in an order rotated round by round, so drifting clocks, caches and other
+    load touch all models alike (the paper's Table 3 compares inference cost; a ratio measured this way is what
+    carries over between machines). ``warmup`` untimed rounds go first.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for r in range(warmup + rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                sync()
+                start = time.perf_counter()
+                models[name](x)
+                sync()
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    out: dict[str, Any] = {
+        "device": str(x.device),
+        "batch": len(x),
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "interleaved": True,
+    }
+    for name in names:
+        ms = statistics.median(times[name]) * 1e3
+        out[name] = {"ms_per_batch": round(ms, 3), "images_per_s": round(len(x) / ms * 1e3, 2)}
+    return out

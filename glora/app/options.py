@@ -39,6 +39,8 @@ __all__ = [
     "probability",
     "optional",
     "yaml_mapping",
+    "support_choices",
+    "parse_choices",
 ]
 
 
@@ -78,6 +80,60 @@ def yaml_mapping(text: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise argparse.ArgumentTypeError(f"expected a mapping such as '{{drop_rate: 0.1}}', got {text!r}")
     return value
+
+
+_SUPPORT_NAMES = ("A", "B", "C", "D", "E")
+
+
+def support_choices(text: str) -> str:
+    """``SUPPORT=NAME[,NAME...]`` (e.g. ``B=lora_8,lora_4``), checked for form and normalised; the names are
+    checked against the search space later, where the ranks are known."""
+    support, sep, names = str(text).partition("=")
+    support = support.strip().upper()
+    picked = [n.strip() for n in names.split(",") if n.strip()]
+    if not sep or support not in _SUPPORT_NAMES or not picked:
+        raise argparse.ArgumentTypeError(
+            f"expected SUPPORT=NAME[,NAME...] with SUPPORT one of A-E, e.g. B=lora_8 or D=vector,none; got {text!r}"
+        )
+    return f"{support}={','.join(picked)}"
+
+
+def _choices_from_yaml(value: Any, where: str) -> list[str]:
+    """YAML form of ``--choices``: a mapping ``{B: [lora_8], C: none}`` or a list of ``SUPPORT=NAMES`` strings."""
+    if isinstance(value, Mapping):
+        items = []
+        for k, v in value.items():
+            names = v if isinstance(v, list) else [v]
+            if not names or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"{where}: {k}: expected a choice name or a list of them, got {v!r}")
+            items.append(f"{k}={','.join(names)}")
+        value = items
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: expected SUPPORT=NAME[,NAME...] or a mapping of supports, got {item!r}")
+        try:
+            out.append(support_choices(item))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return out
+
+
+support_choices.from_yaml = _choices_from_yaml  # type: ignore[attr-defined]
+
+
+def parse_choices(items: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """``["A=none", "B=lora_8"]`` -> ``{"A": ["none"], "B": ["lora_8"]}`` (None: the full space)."""
+    if not items:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in items:
+        support, _, names = support_choices(item).partition("=")
+        if support in out:
+            raise ConfigError(f"--choices names support {support} twice; give each support once")
+        out[support] = names.split(",")
+    return out
 
 
 def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -144,6 +200,9 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
+    from_yaml = getattr(action.type, "from_yaml", None)
+    if from_yaml is not None and value is not None:
+        return from_yaml(value, where)
     if value is None:
         if action.default is None or action.nargs in ("*", "?"):
             return None

@@ -27,8 +27,8 @@ from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
 from ..data import DataSpec, Normalizer
 from ..evaluate import resolve_device
-from ..export import check_finite, count_flops, export_timm_folder, max_difference, staged_folder
-from ..options import make_parser, nonneg_float, parse_args, positive_int
+from ..export import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
+from ..options import make_parser, nonneg_float, nonneg_int, parse_args, positive_int
 from ..outputs import check_no_overlap, output_lock
 
 __all__ = ["build_parser", "main", "cli"]
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonneg_float,
         default=1e-4,
         help="largest allowed |folded - supernet| relative to the largest logit",
+    )
+    p.add_argument(
+        "--latency-rounds",
+        type=nonneg_int,
+        default=5,
+        help="timed forwards of the folded model, the unfolded supernet and the base model on the verification "
+        "batch, interleaved, recorded in glora_export.json (0: skip)",
     )
     p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
@@ -130,7 +137,23 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         "max_abs_diff": diff,
         "max_rel_diff": rel,
     }
+    if args.latency_rounds:
+        stats["latency"] = _latency(args.latency_rounds, folded, model, base, x)
     return _Checked(folded.to("cpu"), x.cpu(), got.cpu(), stats)
+
+
+def _latency(rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: torch.Tensor) -> dict:
+    """What folding buys at inference: the folded model should cost what the base model costs."""
+    lat = measure_latency({"folded": folded, "supernet": supernet.eval(), "base": base}, x, rounds)
+    for name in ("folded", "supernet"):
+        lat[f"{name}_vs_base"] = round(lat[name]["ms_per_batch"] / lat["base"]["ms_per_batch"], 4)
+    print(
+        f"latency on {lat['batch']} images ({lat['device']}, median of {rounds} interleaved rounds): folded "
+        f"{lat['folded']['ms_per_batch']:.1f} ms ({lat['folded_vs_base']:.2f}x base), unfolded supernet "
+        f"{lat['supernet']['ms_per_batch']:.1f} ms ({lat['supernet_vs_base']:.2f}x), base "
+        f"{lat['base']['ms_per_batch']:.1f} ms"
+    )
+    return lat
 
 
 def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:

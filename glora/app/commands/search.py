@@ -8,6 +8,7 @@ and search_state.json (for ``--resume``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -19,10 +20,11 @@ import torch
 
 from glora._io import atomic_write_bytes, atomic_write_text
 from glora.fold import folded
-from glora.inject import set_execution
-from glora.subnet import save_subnet
+from glora.inject import get_space, set_execution
+from glora.space import SUPPORTS, SearchSpace
+from glora.subnet import params_by_type, save_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
-from search.plots import plot_accuracy_vs_params, plot_choices, plot_progress, png_bytes
+from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_type, plot_progress, png_bytes
 
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run, terminate_as_interrupt
@@ -38,11 +40,13 @@ from ..options import (
     nonneg_int,
     optional,
     parse_args,
+    parse_choices,
     positive_float,
     positive_int,
     probability,
     save_config,
     start_or_resume,
+    support_choices,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
 
@@ -80,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest allowed subnet, millions of params (none: no limit)",
     )
     g.add_argument("--min-param-limit", type=nonneg_float, default=0.0, help="smallest allowed subnet, millions")
+    p.add_argument(
+        "--choices",
+        type=support_choices,
+        nargs="+",
+        default=None,
+        metavar="SUPPORT=NAMES",
+        help="search only these choices per support, e.g. C=none D=vector,none (each must be the supernet's); "
+        "a space of one subnet is evaluated as it is, whatever the budget",
+    )
     g = p.add_argument_group("evolution")
     g.add_argument(
         "--objective",
@@ -185,9 +198,20 @@ class _SearchRun:
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
-        self.genome = Genome(self.model)
+        self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
+        self.fixed = all(up == 0 for up in self.genome.up)
+        settings = _settings(args)
+        if self.fixed:
+            cost = self.genome.cost([0] * len(self.genome))
+            _logger.info("the space holds one subnet (%s params): evaluating it, no search", f"{cost:,}")
+            if not settings.min_params <= cost <= settings.max_params:
+                _logger.warning("the one subnet has %s params, outside --param-limit; kept anyway", f"{cost:,}")
+            settings = dataclasses.replace(
+                settings, population=1, parents=1, mutations=0, crossovers=0, generations=1, min_params=0,
+                max_params=10**12,
+            )  # fmt: skip
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
-        self.evo = Evolution(self.genome, _settings(args), self._fitness, meta=meta, map_fn=job.map)
+        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=job.map)
         if state is not None:
             self.evo.restore(state)
 
@@ -284,6 +308,7 @@ class _SearchRun:
                 [(p, a) for p, a, _ in points], [(p, a) for p, a, _ in front], (params, val_acc), limits=limits
             ),
             "choices.png": plot_choices(subnet),
+            "params_by_type.png": plot_params_by_type(params_by_type(self.model, subnet)),
         }
         for name, fig in figures.items():
             atomic_write_bytes(out / "plots" / name, png_bytes(fig))
@@ -296,6 +321,20 @@ class _SearchRun:
         print(
             f"next: glora-export --supernet {args.supernet} --subnet {out / 'subnet.yaml'} (or python reparam.py ...)"
         )
+
+
+def _search_space(own: SearchSpace, choices: Sequence[str] | None) -> SearchSpace:
+    """The supernet's space, narrowed by ``--choices`` (supports not named keep the supernet's choices)."""
+    narrowed = parse_choices(choices)
+    if not narrowed:
+        return own
+    current = {s: list(own.choice_names(s)) for s in SUPPORTS}
+    return SearchSpace(
+        lora_ranks=own.lora_ranks,
+        gift_ranks=own.gift_ranks,
+        gift_sharing=own.gift_sharing,
+        choices=current | narrowed,
+    )
 
 
 def _settings(args: argparse.Namespace) -> SearchSettings:

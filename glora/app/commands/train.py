@@ -38,11 +38,13 @@ from ..options import (
     nonneg_int,
     optional,
     parse_args,
+    parse_choices,
     positive_float,
     positive_int,
     probability,
     save_config,
     start_or_resume,
+    support_choices,
     yaml_mapping,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
@@ -121,6 +123,15 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument("--gift-ranks", type=positive_int, nargs="*", default=[], help="GIFT ranks offered to A")
     g.add_argument("--gift-sharing", choices=GIFT_SHARING, default="type", help="which layers share a GIFT generator")
+    g.add_argument(
+        "--choices",
+        type=support_choices,
+        nargs="+",
+        default=None,
+        metavar="SUPPORT=NAMES",
+        help="narrow the space per support, e.g. A=none B=lora_8 C=none D=none E=none (LoRA r=8); one choice per "
+        "support trains a fixed adapter (presets: configs/methods/*.yaml); unnamed supports keep every choice",
+    )
     g.add_argument("--targets", nargs="+", default=None, help="layer-name suffixes to adapt (default: all but heads)")
     g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
 
@@ -212,10 +223,17 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
     if args.targets and args.targets_regex:
         raise ConfigError("give --targets or --targets-regex, not both")
     space = SearchSpace(
-        lora_ranks=tuple(args.lora_ranks), gift_ranks=tuple(args.gift_ranks), gift_sharing=args.gift_sharing
+        lora_ranks=tuple(args.lora_ranks),
+        gift_ranks=tuple(args.gift_ranks),
+        gift_sharing=args.gift_sharing,
+        choices=parse_choices(getattr(args, "choices", None)),
     )
     targets = args.targets_regex or (list(args.targets) if args.targets else None)
     return AdapterConfig(space, targets, None if heads is None else tuple(heads))
+
+
+def _describe(space: SearchSpace) -> str:
+    return " ".join(f"{s}={','.join(space.choice_names(s))}" for s in "ABCDE")
 
 
 def data_from_args(args: argparse.Namespace) -> DataSpec:
@@ -325,6 +343,8 @@ class _SupernetRun:
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         check_training_size(supernet_size(model, self.adapter), device, self.out, enabled=self.args.memory_check)
         inject(model, self.adapter)
+        if self.adapter.space.layer_size == 1:
+            _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=self.args.execution)
         self.fingerprint = fingerprint(model)
         self.inputs = input_config(model, self.args.mean, self.args.std)
