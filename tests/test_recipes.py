@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import ROOT
+from helpers import ROOT, TINY_SEARCH
 
 import glora
 from glora.app.cli import run
@@ -298,3 +298,120 @@ def test_search_writes_the_params_by_type_plot(lora_pipeline):
     work, _ = lora_pipeline
     png = work / "search" / "plots" / "params_by_type.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+# ---------------------------------------------------------------------- few-shot FGVC lists and augmentation
+def _fewshot_tree(root: Path, task: str = "toy_birds", classes: int = 3, shots=(1, 2), seeds=(0, 1)) -> Path:
+    """The reference's layout: images/ and annotations/ (train_meta.list.num_shot_N.seed_S, val / test_meta.list)."""
+    base = root / task
+    rows = []
+    for c in range(classes):
+        for i in range(6):
+            rel = f"class_{c}/img_{i}.png"
+            _image(base / "images" / rel, (40 * c + 20, 30 * i, 200 - 50 * c), size=20)
+            rows.append((rel, c))
+    ann = base / "annotations"
+    ann.mkdir(parents=True)
+    for shot in shots:
+        for seed in seeds:
+            picked = [r for c in range(classes) for r in [x for x in rows if x[1] == c][seed : seed + shot]]
+            (ann / f"train_meta.list.num_shot_{shot}.seed_{seed}").write_text("".join(f"{p} {c}\n" for p, c in picked))
+    (ann / "val_meta.list").write_text("".join(f"{p} {c}\n" for p, c in rows if p.endswith(("_4.png", "_5.png"))))
+    (ann / "test_meta.list").write_text("".join(f"{p} {c}\n" for p, c in rows if p.endswith("_3.png")))
+    return root
+
+
+def test_fewshot_lists_pick_shot_and_seed(tmp_path):
+    root = _fewshot_tree(tmp_path / "fs")
+    spec = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=2, split_seed=1)
+    assert spec.num_classes() == 3  # not a known dataset: counted from its val and test lists
+    train = spec.load("train", (3, 16, 16))
+    assert len(train) == 6 and train.labels.tolist() == [0, 0, 1, 1, 2, 2] and train.images.dtype == torch.uint8
+    assert len(spec.load("val", (3, 16, 16))) == 6 and len(spec.load("test", (3, 16, 16))) == 3
+    missing = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=8, split_seed=0)
+    with pytest.raises(
+        FileNotFoundError, match=r"num_shot_8.seed_0' does not exist; shots and seeds there: num_shot_1"
+    ):
+        missing.load("train", (3, 16, 16))
+    with pytest.raises(ValueError, match="needs --shot"):
+        DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds")
+    assert DataSpec(dataset="fewshot", data_root="x", task="oxford_pets", shot=1).num_classes() == 37
+
+
+def test_fewshot_evaluation_center_crops():
+    """crop-pct 0.5 at 16 px: resize the shorter side to 32, keep the middle 16 (the border is cut away)."""
+    import tempfile
+
+    from PIL import Image, ImageDraw
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "framed.png"
+        img = Image.new("RGB", (64, 64), (255, 0, 0))
+        ImageDraw.Draw(img).rectangle([16, 16, 47, 47], fill=(0, 255, 0))
+        img.save(path)
+        from glora.app.data import _load_image
+
+        cropped = _load_image(path, (3, 16, 16), 0.5)
+        squashed = _load_image(path, (3, 16, 16), None)
+    assert cropped[1].min() > 200 and cropped[0].max() < 50  # all green
+    assert squashed[0, 0, 0] > 200  # the red frame is still there
+
+
+def test_augmented_items_depend_on_the_seed_only(tmp_path):
+    from glora.app.data import TrainAugment, make_loader
+
+    root = _fewshot_tree(tmp_path / "fs")
+    spec = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=2, split_seed=0)
+    train = spec.load("train", (3, 16, 16), augment=TrainAugment(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert train.images is None and train.augment is not None
+
+    def epoch(seed: int, workers: int) -> torch.Tensor:
+        loader, _ = make_loader(train, 4, shuffle=True, seed=seed, workers=workers)
+        return torch.cat([x for x, _ in loader])
+
+    state = torch.random.get_rng_state()
+    a = epoch(7, 0)
+    assert torch.equal(state, torch.random.get_rng_state())  # the run's own generator is untouched
+    assert a.dtype == torch.float32 and a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, epoch(7, 0)) and torch.equal(a, epoch(7, 2))  # same seed, any number of workers
+    assert not torch.equal(a, epoch(8, 0))
+    plain = spec.load("train", (3, 16, 16))
+    assert not torch.equal(a, plain.images.float())  # really augmented (and normalised by the transform)
+
+
+def test_bad_augmentation_options_are_one_line(tmp_path, capsys):
+    root = _fewshot_tree(tmp_path / "fs")
+    base = [
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--dataset", "fewshot",
+        "--data-root", root, "--task", "toy_birds", "--shot", "2", "--epochs", "1", "--no-progress",
+    ]  # fmt: skip
+    code, err = _cli("train", [*base, "--augment", "--aa", "bogus", "--out", tmp_path / "a"], capsys)
+    assert code != 0 and "--aa 'bogus'" in err and "Traceback" not in err
+    code, err = _cli("train", [*base, "--augment", "--scale", "0.9", "0.1", "--out", tmp_path / "b"], capsys)
+    assert code != 0 and "--scale must be two positive numbers, low first" in err
+    no_task = [a for a in base if a not in ("--task", "toy_birds")]
+    code, err = _cli("train", [*no_task, "--out", tmp_path / "c"], capsys)
+    assert code != 0 and "needs --task" in err
+
+
+def test_fewshot_preset_end_to_end_on_tiny_data(tmp_path, capsys):
+    """A few-shot preset with augmentation, on a tiny random-init ViT: train, search, export."""
+    root = _fewshot_tree(tmp_path / "fs")
+    preset = str(ROOT / "configs/fewshot/oxford_pets.yaml")
+    train = [
+        "-c", preset, "--task", "toy_birds", "--data-root", root, "--shot", "2", "--split-seed", "1",
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--epochs", "2",
+        "--batch-size", "4", "--workers", "0", "--lora-ranks", "2", "--out", tmp_path / "sup", "--no-progress",
+    ]  # fmt: skip
+    code, err = _cli("train", train, capsys)
+    assert code == 0, err
+    ckpt = glora.app.read_checkpoint(tmp_path / "sup" / "last.pt")
+    assert ckpt["data"]["shot"] == 2 and ckpt["data"]["crop_pct"] == 0.875 and ckpt["config"]["augment"] is True
+    search = ["--supernet", tmp_path / "sup" / "last.pt", "--out", tmp_path / "s", "--no-progress", *TINY_SEARCH]
+    code, err = _cli("search", search, capsys)
+    assert code == 0, err
+    export = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out",
+              tmp_path / "e", "--latency-rounds", "0"]  # fmt: skip
+    code, err = _cli("export", export, capsys)
+    assert code == 0, err
+    assert "latency" not in json.loads((tmp_path / "e" / "glora_export.json").read_text())

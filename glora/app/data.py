@@ -1,9 +1,13 @@
-"""Datasets: the embedded digits transfer task, VTAB-1k (the paper's list-file layout), any ImageFolder tree.
+"""Datasets: the embedded digits transfer task, VTAB-1k and few-shot FGVC (the reference's list-file layouts),
+any ImageFolder tree, and extra evaluation sets.
 
 Images go through timm's eval transform once (bicubic squash-resize to the model's input size, as the paper's VTAB
-pipeline does; prefetcher mode, so uint8 tensors come out) and stay in memory; normalisation with the model's
-mean/std happens on the device, batch by batch, as timm's prefetcher does. That keeps a
-VTAB-1k task (1000 images) in ~150 MB and makes 500 epochs cheap on a CPU.
+pipeline does, or resize and center crop with ``crop_pct``; prefetcher mode, so uint8 tensors come out) and stay in
+memory; normalisation with the model's mean/std happens on the device, batch by batch, as timm's prefetcher does.
+That keeps a VTAB-1k task (1000 images) in ~150 MB and makes 500 epochs cheap on a CPU. A training split with
+augmentation (:class:`TrainAugment`, timm's ``create_transform``) is read from its files every epoch instead, each
+image drawn from a generator seeded by (run seed, epoch, index), so the same seed gives the same images whatever the
+number of workers.
 """
 
 from __future__ import annotations
@@ -36,15 +40,30 @@ __all__ = [
     "IMAGENET_STD",
     "load_digits",
     "load_vtab",
+    "load_fewshot",
+    "FEWSHOT_TASKS",
+    "FEWSHOT_SHOTS",
+    "TrainAugment",
     "load_folder",
     "make_loader",
+    "read_list_file",
     "place",
     "DATA_ON_DEVICE",
 ]
 
 _logger = logging.getLogger(__name__)
 
-DATASETS = ("digits", "vtab", "folder")
+DATASETS = ("digits", "vtab", "fewshot", "folder")
+
+# Few-shot FGVC (GLoRA paper Sec. 4, the reference's folder names): dataset -> number of classes.
+FEWSHOT_TASKS: dict[str, int] = {
+    "food-101": 101,
+    "oxford_flowers": 102,
+    "stanford_cars": 196,
+    "oxford_pets": 37,
+    "fgvc_aircraft": 100,
+}
+FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
 # VTAB-1k: task -> number of classes (DESIGN.md).
 VTAB_TASKS: dict[str, int] = {
@@ -86,14 +105,22 @@ class ImageSet:
     files: list[Path] | None = None
     size: tuple[int, int, int] = (3, 224, 224)
     class_names: tuple[str, ...] | None = None  # label i -> name (ImageFolder: the class folders), when known
+    crop_pct: float | None = None  # eval transform of files read on access: None = squash-resize, else center crop
+    augment: TrainAugment | None = None  # training transform of files read on access (normalised float out)
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # what ``augment`` normalises with
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def dataset(self) -> Dataset:
+    def dataset(self, seed: int = 0) -> Dataset:
+        """Items as (image, label); augmented items are drawn from a generator seeded by ``seed`` and the index."""
         if self.images is not None:
             return TensorDataset(self.images, self.labels)
-        return _FileDataset(self.files or [], self.labels, self.size)
+        if self.augment is not None:
+            transform = self.augment.transform(self.size, self.mean, self.std)
+            return _AugmentedDataset(self.files or [], self.labels, self.size, transform, seed)
+        return _FileDataset(self.files or [], self.labels, self.size, self.crop_pct)
 
     @property
     def nbytes(self) -> int:
@@ -116,11 +143,18 @@ class ImageSet:
             files=None if self.files is None else self.files[sel],
             size=self.size,
             class_names=self.class_names,
+            crop_pct=self.crop_pct,
+            augment=self.augment,
+            mean=self.mean,
+            std=self.std,
         )
 
 
 class Normalizer(nn.Module):
-    """uint8 batch -> float, normalised with the model's mean/std; runs on the model's device."""
+    """uint8 batch -> float, normalised with the model's mean/std; runs on the model's device.
+
+    A floating batch passes unchanged: it comes from a training transform that normalised it already (timm's
+    random erasing works on normalised pixels)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -128,6 +162,8 @@ class Normalizer(nn.Module):
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            return x
         return (x.float() - self.mean) * self.inv_std
 
 
@@ -174,37 +210,135 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[flo
 
 # ---------------------------------------------------------------------- image decoding
 @functools.cache
-def _transform(size: tuple[int, int, int]):
-    """timm's eval transform in prefetcher mode: bicubic squash-resize to the input size, uint8 tensor out
-    (normalisation happens later, on the device, as timm's prefetcher does)."""
+def _transform(size: tuple[int, int, int], crop_pct: float | None = None):
+    """timm's eval transform in prefetcher mode, uint8 tensor out (normalisation happens later, on the device, as
+    timm's prefetcher does): bicubic squash-resize to the input size (VTAB-1k), or with ``crop_pct`` a resize of
+    the shorter side to size / crop_pct and a center crop (the few-shot reference: 256 -> 224 is 0.875)."""
     from timm.data import create_transform
 
+    if crop_pct is None:
+        return create_transform(
+            size, is_training=False, interpolation="bicubic", crop_pct=1.0, crop_mode="squash", use_prefetcher=True
+        )
     return create_transform(
-        size, is_training=False, interpolation="bicubic", crop_pct=1.0, crop_mode="squash", use_prefetcher=True
+        size, is_training=False, interpolation="bicubic", crop_pct=crop_pct, crop_mode="center", use_prefetcher=True
     )
 
 
-def _load_image(path: Path, size: tuple[int, int, int]) -> torch.Tensor:
+@dataclass(frozen=True)
+class TrainAugment:
+    """Training augmentation through timm's ``create_transform``, with timm train.py's option names.
+
+    The defaults are the GLoRA/NOAH reference's few-shot recipe: random resized crop, horizontal flip, RandAugment
+    ``rand-m9-mstd0.5-inc1``, color jitter 0.4 (timm drops it when RandAugment is on, as the reference's timm
+    did), random erasing 0.25 in pixel mode, bicubic.
+    """
+
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    train_interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.remode not in ("pixel", "rand", "const"):
+            raise ValueError(f"remode must be pixel, rand or const; got {self.remode!r}")
+        for name in ("scale", "ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"--{name} must be two positive numbers, low first; got {lo} {hi}")
+        if self.aa:
+            self.transform((3, 32, 32), (0.5,) * 3, (0.5,) * 3)  # a bad policy string fails here, in one line
+
+    def transform(self, size: Sequence[int], mean: Sequence[float], std: Sequence[float]):
+        from timm.data import create_transform
+
+        try:
+            return create_transform(
+                tuple(size),
+                is_training=True,
+                auto_augment=self.aa or None,
+                color_jitter=self.color_jitter,
+                re_prob=self.reprob,
+                re_mode=self.remode,
+                re_count=self.recount,
+                scale=tuple(self.scale),
+                ratio=tuple(self.ratio),
+                hflip=self.hflip,
+                vflip=self.vflip,
+                interpolation=self.train_interpolation,
+                mean=tuple(mean),
+                std=tuple(std),
+            )
+        except (AssertionError, KeyError, ValueError) as e:
+            raise ValueError(f"timm cannot build this augmentation (--aa {self.aa!r}?): {e}") from None
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _open_image(path: Path, channels: int):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return _transform(tuple(size))(img.convert("L" if size[0] == 1 else "RGB"))
+            return img.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image {str(path)!r} does not exist") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {str(path)!r}: {' '.join(str(e).split())}") from None
 
 
+def _load_image(path: Path, size: tuple[int, int, int], crop_pct: float | None = None) -> torch.Tensor:
+    return _transform(tuple(size), crop_pct)(_open_image(path, size[0]))
+
+
 class _FileDataset(Dataset):
-    def __init__(self, files: list[Path], labels: torch.Tensor, size: tuple[int, int, int]) -> None:
-        self.files, self.labels, self.size = files, labels, size
+    def __init__(
+        self, files: list[Path], labels: torch.Tensor, size: tuple[int, int, int], crop_pct: float | None = None
+    ) -> None:
+        self.files, self.labels, self.size, self.crop_pct = files, labels, size, crop_pct
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return _load_image(self.files[i], self.size), self.labels[i]
+        return _load_image(self.files[i], self.size, self.crop_pct), self.labels[i]
+
+
+class _AugmentedDataset(Dataset):
+    """Training images through a random transform, item ``i`` drawn from RNGs seeded by (``seed``, ``i``).
+
+    timm's transforms draw from Python's, numpy's and torch's global generators; all are forked around each item, so the
+    run's own random state is untouched and an image is the same whichever worker (or none) loads it."""
+
+    def __init__(self, files: list[Path], labels: torch.Tensor, size, transform, seed: int) -> None:
+        self.files, self.labels, self.size, self.transform, self.seed = files, labels, size, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        img = _open_image(self.files[i], self.size[0])
+        import numpy as np
+
+        item_seed = (self.seed * 1_000_003 + i) % (2**63)
+        state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(item_seed)
+            np.random.seed(item_seed % (2**32))  # timm's RandAugment picks its ops with numpy
+            torch.manual_seed(item_seed)
+            try:
+                x = self.transform(img)
+            finally:
+                random.setstate(state)
+                np.random.set_state(np_state)
+        return x, self.labels[i]
 
 
 def _materialise(
@@ -216,16 +350,19 @@ def _materialise(
     desc: str,
     progress: bool | None = None,
     class_names: Sequence[str] | None = None,
+    crop_pct: float | None = None,
 ) -> ImageSet:
     label_t = torch.tensor(labels, dtype=torch.long)
     names = None if class_names is None else tuple(class_names)
     if not cache:
-        return ImageSet(labels=label_t, num_classes=num_classes, files=files, size=size, class_names=names)
+        return ImageSet(
+            labels=label_t, num_classes=num_classes, files=files, size=size, class_names=names, crop_pct=crop_pct
+        )
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         bar = tqdm(
-            pool.map(lambda f: _load_image(f, size), files),
+            pool.map(lambda f: _load_image(f, size, crop_pct), files),
             total=len(files),
             desc=desc,
             leave=False,
@@ -233,7 +370,9 @@ def _materialise(
         )
         images = list(bar)
     stacked = torch.stack(images) if images else torch.empty((0, *size), dtype=torch.uint8)
-    return ImageSet(labels=label_t, num_classes=num_classes, images=stacked, size=size, class_names=names)
+    return ImageSet(
+        labels=label_t, num_classes=num_classes, images=stacked, size=size, class_names=names, crop_pct=crop_pct
+    )
 
 
 def _split_per_class(
@@ -292,7 +431,14 @@ def load_digits(part: str = "transfer", split: str = "train") -> ImageSet:
 
 # ---------------------------------------------------------------------- VTAB-1k
 def load_vtab(
-    root: str | Path, task: str, split_file: str, size, *, cache: bool = True, progress: bool | None = None
+    root: str | Path,
+    task: str,
+    split_file: str,
+    size,
+    *,
+    cache: bool = True,
+    progress: bool | None = None,
+    crop_pct: float | None = None,
 ) -> ImageSet:
     """One split of a VTAB-1k task: ``<root>/<task>/<split_file>`` lines ``relative/path.jpg label``."""
     if task not in VTAB_TASKS:
@@ -302,20 +448,7 @@ def load_vtab(
         raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist (expected <data-root>/{task})")
     listing = _vtab_list(base, split_file)
     num_classes = VTAB_TASKS[task]
-    files, labels = [], []
-    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{listing}:{lineno}: expected 'relative/path.jpg label', got {line.strip()!r}")
-        label = int(parts[1])
-        if not 0 <= label < num_classes:
-            raise ValueError(f"{listing}:{lineno}: label {label} out of range for {task} ({num_classes} classes)")
-        files.append(base / parts[0])
-        labels.append(label)
-    if not files:
-        raise ValueError(f"split file {str(listing)!r} lists no images")
+    files, labels = read_list_file(listing, base, num_classes, task)
     used = len(set(labels))
     if used < num_classes:
         _logger.warning(
@@ -327,12 +460,101 @@ def load_vtab(
             _label_span(labels),
             num_classes,
         )
-    return _materialise(files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}", progress)
+    return _materialise(
+        files, labels, num_classes, tuple(size), cache, f"{task}/{split_file}", progress, crop_pct=crop_pct
+    )
+
+
+def read_list_file(listing: Path, image_root: Path, num_classes: int | None, what: str) -> tuple[list[Path], list[int]]:
+    """A list file of ``relative/path label`` lines (VTAB-1k, few-shot FGVC, extra evaluation sets); paths are
+    relative to ``image_root``; labels must lie in [0, num_classes) when that is known."""
+    files, labels = [], []
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"split file {str(listing)!r} does not exist") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{listing}:{lineno}: expected 'relative/path.jpg label', got {line.strip()!r}")
+        label = int(parts[1])
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise ValueError(f"{listing}:{lineno}: label {label} out of range for {what} ({num_classes} classes)")
+        files.append(image_root / parts[0].strip())
+        labels.append(label)
+    if not files:
+        raise ValueError(f"split file {str(listing)!r} lists no images")
+    return files, labels
 
 
 def _label_span(labels: list[int]) -> str:
     found = sorted(set(labels))
     return ", ".join(map(str, found)) if len(found) <= 6 else f"{found[0]}..{found[-1]}"
+
+
+# ---------------------------------------------------------------------- few-shot FGVC
+def fewshot_list(base: Path, split: str, shot: int | None, seed: int) -> Path:
+    """``train`` -> ``annotations/train_meta.list.num_shot_<shot>.seed_<seed>``, ``val`` / ``test`` ->
+    ``annotations/<split>_meta.list``; any other name is a file under ``annotations/``."""
+    if split == "train":
+        if shot is None:
+            raise ValueError("dataset fewshot needs --shot (the reference's lists: 1, 2, 4, 8 or 16)")
+        name = f"train_meta.list.num_shot_{shot}.seed_{seed}"
+    elif split in ("val", "test"):
+        name = f"{split}_meta.list"
+    else:
+        name = split
+    path = base / "annotations" / name
+    if not path.is_file():
+        have = sorted(p.name for p in (base / "annotations").glob("train_meta.list.num_shot_*"))
+        found = ", ".join(h.removeprefix("train_meta.list.") for h in have)
+        hint = f"; shots and seeds there: {found}" if have else ""
+        raise FileNotFoundError(f"split file {str(path)!r} does not exist{hint}")
+    return path
+
+
+def load_fewshot(
+    root: str | Path,
+    task: str,
+    split_file: str,
+    size,
+    *,
+    shot: int | None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    crop_pct: float | None = 0.875,
+    cache: bool = True,
+    progress: bool | None = None,
+) -> ImageSet:
+    """One split of a few-shot FGVC dataset in the reference's layout: ``<root>/<task>/annotations/<list>``, lines
+    ``relative/path label`` relative to ``<root>/<task>/images/``."""
+    base = Path(root).expanduser() / task
+    if not base.is_dir():
+        raise FileNotFoundError(f"few-shot dataset folder {str(base)!r} does not exist (expected <data-root>/{task})")
+    listing = fewshot_list(base, split_file, shot, seed)
+    files, labels = read_list_file(listing, base / "images", num_classes, task)
+    n = num_classes if num_classes is not None else max(labels) + 1
+    return _materialise(files, labels, n, tuple(size), cache, f"{task}/{listing.name}", progress, crop_pct=crop_pct)
+
+
+def fewshot_num_classes(root: str | Path, task: str) -> int:
+    """Known datasets: their class count; any other: one more than the largest label of its val and test lists."""
+    if task in FEWSHOT_TASKS:
+        return FEWSHOT_TASKS[task]
+    base = Path(root).expanduser() / task
+    top = -1
+    for split in ("val", "test"):
+        try:
+            top = max(top, *read_list_file(fewshot_list(base, split, None, 0), base / "images", None, task)[1])
+        except FileNotFoundError:
+            continue
+    if top < 0:
+        raise FileNotFoundError(
+            f"{str(base / 'annotations')!r} has no val_meta.list or test_meta.list to count classes"
+        )
+    return top + 1
 
 
 _VTAB_ALIASES = {"train": "train800", "val": "val200", "trainval": "train800val200", "test": "test"}
@@ -386,6 +608,7 @@ def load_folder(
     split_seed: int = 0,
     cache: bool = True,
     progress: bool | None = None,
+    crop_pct: float | None = None,
 ) -> ImageSet:
     """An ImageFolder tree. With ``train/``, ``val/`` (and ``test/``) sub-trees those are used as they are;
     otherwise one tree is split per class (stratified) into train / val / test by the given fractions."""
@@ -400,7 +623,9 @@ def load_folder(
         train_classes = _scan_folder(root / "train")[0]
         if classes != train_classes:
             raise ValueError(f"{str(sub)!r} has classes {classes}, train/ has {train_classes}")
-        return _materialise(files, labels, len(classes), tuple(size), cache, f"{root.name}/{split}", progress, classes)
+        return _materialise(
+            files, labels, len(classes), tuple(size), cache, f"{root.name}/{split}", progress, classes, crop_pct
+        )
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
             f"val-fraction ({val_fraction}) must be in (0, 1), test-fraction ({test_fraction}) in [0, 1), "
@@ -426,6 +651,7 @@ def load_folder(
         f"{root.name}/{split}",
         progress,
         classes,
+        crop_pct,
     )
 
 
@@ -461,7 +687,7 @@ def make_loader(
     # An explicit generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG, which
     # would shift every later draw (drop-path, dropout) when an epoch is resumed part-way.
     loader = DataLoader(
-        data.dataset(),
+        data.dataset(seed),
         batch_sampler=batches,
         num_workers=workers,
         persistent_workers=False,
@@ -524,12 +750,21 @@ class DataSpec:
     test_fraction: float = 0.0
     split_seed: int = 0
     cache_images: bool = True
+    shot: int | None = None  # few-shot: images per class of the train list
+    crop_pct: float | None = None  # evaluation crop; None: the dataset's (few-shot 0.875, else squash-resize)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
-        if self.dataset in ("vtab", "folder") and not self.data_root:
+        if self.dataset in ("vtab", "folder", "fewshot") and not self.data_root:
             raise ValueError(f"dataset {self.dataset!r} needs --data-root")
+        if self.dataset == "fewshot":
+            if not self.task:
+                raise ValueError(f"dataset fewshot needs --task: {', '.join(FEWSHOT_TASKS)} or another folder name")
+            if self.shot is None:
+                raise ValueError(f"dataset fewshot needs --shot (the reference's lists: {FEWSHOT_SHOTS})")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop-pct must be in (0, 1], got {self.crop_pct}")
         if self.dataset == "vtab" and not self.task:
             raise ValueError(f"dataset vtab needs --task, one of: {', '.join(VTAB_TASKS)}")
         if self.dataset == "vtab" and self.task not in VTAB_TASKS:
@@ -546,6 +781,13 @@ class DataSpec:
         name = lambda s: _VTAB_ALIASES.get(s, s).removesuffix(".txt")  # noqa: E731
         return name(self.val_split) == name(self.test_split)
 
+    @property
+    def eval_crop_pct(self) -> float | None:
+        """How evaluation images are cut: None = squash-resize (VTAB-1k), else timm's center crop."""
+        if self.crop_pct is not None:
+            return None if self.crop_pct == 1.0 and self.dataset != "fewshot" else self.crop_pct
+        return 0.875 if self.dataset == "fewshot" else None
+
     @classmethod
     def from_dict(cls, data: dict) -> DataSpec:
         return cls(**data)
@@ -559,12 +801,29 @@ class DataSpec:
             return len(DIGITS_TRANSFER_CLASSES)
         if self.dataset == "vtab":
             return VTAB_TASKS[self.task]
+        if self.dataset == "fewshot":
+            return fewshot_num_classes(self.data_root, self.task)
         root = Path(self.data_root).expanduser()
         return len(_scan_folder(root / "train" if (root / "train").is_dir() else root)[0])
 
-    def load(self, split: str, input_size: Sequence[int], progress: bool | None = None) -> ImageSet:
+    def load(
+        self,
+        split: str,
+        input_size: Sequence[int],
+        progress: bool | None = None,
+        *,
+        augment: TrainAugment | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> ImageSet:
         """Load ``split`` (train / val / test) at the model's input size (``progress``: the caching bar; None: on
-        a terminal only)."""
+        a terminal only). ``augment``: the split's files are transformed afresh every epoch (normalised with
+        ``mean`` / ``std`` there), never cached."""
+        if augment is not None:
+            if self.dataset == "digits":
+                raise ValueError("--augment needs image files (vtab, fewshot or folder); digits are 8x8 arrays")
+            plain = dataclasses.replace(self, cache_images=False).load(split, input_size, progress)
+            return dataclasses.replace(plain, augment=augment, mean=tuple(mean), std=tuple(std))
         name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
         size = tuple(input_size)
         if self.dataset == "digits":
@@ -572,7 +831,16 @@ class DataSpec:
                 raise ValueError(f"the digits task has 1x8x8 images, but the model expects {'x'.join(map(str, size))}")
             return load_digits("transfer", name)
         if self.dataset == "vtab":
-            return load_vtab(self.data_root, self.task, name, size, cache=self.cache_images, progress=progress)
+            return load_vtab(
+                self.data_root, self.task, name, size, cache=self.cache_images, progress=progress,
+                crop_pct=self.eval_crop_pct,
+            )  # fmt: skip
+        if self.dataset == "fewshot":
+            return load_fewshot(
+                self.data_root, self.task, name, size, shot=self.shot, seed=self.split_seed,
+                num_classes=self.num_classes(), crop_pct=self.eval_crop_pct, cache=self.cache_images,
+                progress=progress,
+            )  # fmt: skip
         return load_folder(
             self.data_root,
             name,
@@ -582,4 +850,5 @@ class DataSpec:
             split_seed=self.split_seed,
             cache=self.cache_images,
             progress=progress,
+            crop_pct=self.eval_crop_pct,
         )

@@ -24,7 +24,7 @@ from glora.space import GIFT_SHARING, SearchSpace
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec, build_backbone, fingerprint
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
-from ..data import DATASETS, DataSpec, Normalizer, input_config
+from ..data import DATASETS, DataSpec, Normalizer, TrainAugment, input_config
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..options import (
@@ -56,6 +56,7 @@ __all__ = [
     "main",
     "cli",
     "adapter_from_args",
+    "augment_from_args",
     "data_from_args",
     "inputs_of",
     "RESUMABLE_OPTIONS",
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_options(p.add_argument_group("backbone"))
     _add_space_options(p.add_argument_group("search space"))
     _add_data_options(p.add_argument_group("data"))
+    _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
     _add_training_options(p.add_argument_group("training"))
     _add_runtime_options(p.add_argument_group("runtime"))
     _add_output_options(p.add_argument_group("output"))
@@ -137,9 +139,16 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_data_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (embedded), vtab or folder")
-    g.add_argument("--data-root", default=None, help="VTAB-1k root (<root>/<task>/...) or an ImageFolder tree")
-    g.add_argument("--task", default=None, help="VTAB-1k task name, e.g. cifar")
+    g.add_argument(
+        "--dataset", choices=DATASETS, default="digits", help="digits (embedded), vtab, fewshot (FGVC lists) or folder"
+    )
+    g.add_argument(
+        "--data-root", default=None, help="VTAB-1k or few-shot root (<root>/<task>/...) or an ImageFolder tree"
+    )
+    g.add_argument("--task", default=None, help="VTAB-1k task (e.g. cifar) or few-shot dataset (e.g. oxford_pets)")
+    g.add_argument(
+        "--shot", type=optional(positive_int), default=None, help="few-shot: images per class (1, 2, 4, 8, 16)"
+    )
     g.add_argument("--train-split", default="train", help="train split (VTAB-1k: train800 or a list file)")
     g.add_argument("--val-split", default="val", help="validation split: the search ranks subnets on it")
     g.add_argument("--test-split", default="test", help="test split, looked at once for the final pick")
@@ -147,7 +156,18 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         "--val-fraction", type=probability, default=0.2, help="ImageFolder: per-class share held out for val"
     )
     g.add_argument("--test-fraction", type=probability, default=0.0, help="ImageFolder: per-class share for test")
-    g.add_argument("--split-seed", type=nonneg_int, default=0, help="ImageFolder: seed of the stratified split")
+    g.add_argument(
+        "--split-seed",
+        type=nonneg_int,
+        default=0,
+        help="ImageFolder: seed of the stratified split; few-shot: the seed of the train list",
+    )
+    g.add_argument(
+        "--crop-pct",
+        type=optional(probability),
+        default=None,
+        help="evaluation: resize to size/crop-pct, center crop (default: squash-resize; few-shot 0.875 = 256->224)",
+    )
     g.add_argument(
         "--cache-images",
         action=argparse.BooleanOptionalAction,
@@ -170,6 +190,50 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="STD",
         help="normalisation std per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
+    )
+
+
+def _add_augment_options(g: argparse._ArgumentGroup) -> None:
+    ref = TrainAugment()
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="augment training images with timm's create_transform (the options below; images are then read "
+        "from files every epoch); off = the VTAB-1k recipe",
+    )
+    g.add_argument("--aa", type=optional(str), default=ref.aa, help="timm auto-augment policy (none: off)")
+    g.add_argument("--color-jitter", type=nonneg_float, default=ref.color_jitter, help="color jitter strength")
+    g.add_argument("--reprob", type=probability, default=ref.reprob, help="random erasing probability")
+    g.add_argument("--remode", choices=("pixel", "rand", "const"), default=ref.remode, help="random erasing mode")
+    g.add_argument("--recount", type=positive_int, default=ref.recount, help="random erasing count")
+    g.add_argument("--scale", type=positive_float, nargs=2, default=list(ref.scale), help="random resized crop scale")
+    g.add_argument("--ratio", type=positive_float, nargs=2, default=list(ref.ratio), help="random resized crop ratio")
+    g.add_argument("--hflip", type=probability, default=ref.hflip, help="horizontal flip probability")
+    g.add_argument("--vflip", type=probability, default=ref.vflip, help="vertical flip probability")
+    g.add_argument(
+        "--train-interpolation",
+        choices=("bicubic", "bilinear", "nearest", "random"),
+        default=ref.train_interpolation,
+        help="interpolation of the training crop",
+    )
+
+
+def augment_from_args(args: argparse.Namespace) -> TrainAugment | None:
+    """The training augmentation the options describe (None without ``--augment``)."""
+    if not getattr(args, "augment", False):
+        return None
+    return TrainAugment(
+        aa=args.aa,
+        color_jitter=args.color_jitter,
+        reprob=args.reprob,
+        remode=args.remode,
+        recount=args.recount,
+        scale=tuple(args.scale),
+        ratio=tuple(args.ratio),
+        hflip=args.hflip,
+        vflip=args.vflip,
+        train_interpolation=args.train_interpolation,
     )
 
 
@@ -248,6 +312,8 @@ def data_from_args(args: argparse.Namespace) -> DataSpec:
         test_fraction=args.test_fraction,
         split_seed=args.split_seed,
         cache_images=args.cache_images,
+        shot=getattr(args, "shot", None),
+        crop_pct=getattr(args, "crop_pct", None),
     )
 
 
@@ -352,8 +418,16 @@ class _SupernetRun:
 
     def _load_splits(self):
         splits = []
+        augment = augment_from_args(self.args)
         for name in ("train", "val"):
-            s = self.data.load(name, self.inputs["input_size"], progress=self.args.progress)
+            s = self.data.load(
+                name,
+                self.inputs["input_size"],
+                progress=self.args.progress,
+                augment=augment if name == "train" else None,
+                mean=self.inputs["mean"],
+                std=self.inputs["std"],
+            )
             if len(s) == 0:
                 raise ValueError(f"the {name} split is empty")
             if s.num_classes != self.spec.num_classes:
