@@ -26,6 +26,7 @@ from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
 from ..data import DataSpec, Normalizer
+from ..evalsets import add_eval_set_option, eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
 from ..export import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 from ..options import make_parser, nonneg_float, nonneg_int, parse_args, positive_int
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="timed forwards of the folded model, the unfolded supernet and the base model on the verification "
         "batch, interleaved, recorded in glora_export.json (0: skip)",
     )
+    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size of the --eval-set evaluations")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers of the --eval-set evaluations")
+    add_eval_set_option(p)
     p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
     return p
@@ -73,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     out = Path(args.out)
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
+    inputs += eval_set_inputs(args.eval_set)
     check_no_overlap(out, inputs + [("--config", c) for c in args.config])
     with output_lock(out, command="glora-export"):
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
@@ -139,7 +144,38 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     }
     if args.latency_rounds:
         stats["latency"] = _latency(args.latency_rounds, folded, model, base, x)
+    if args.eval_set:
+        stats["eval_sets"] = _eval_sets(args, ckpt, folded, device)
     return _Checked(folded.to("cpu"), x.cpu(), got.cpu(), stats)
+
+
+def _eval_sets(args: argparse.Namespace, ckpt: dict[str, Any], folded: nn.Module, device: torch.device) -> dict:
+    """The folded model (what ships) on each ``--eval-set``: the paper's domain-generalization table."""
+    data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+    inputs = ckpt["input"]
+    head = _head_outputs(folded)
+    results = evaluate_sets(
+        folded,
+        args.eval_set,
+        input_cfg=inputs,
+        num_classes=head,
+        class_names=ckpt.get("class_names"),
+        crop_pct=data.eval_crop_pct,
+        normalize=Normalizer(inputs["mean"], inputs["std"]).to(device),
+        device=device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    for name, r in results.items():
+        print(f"eval set {name}: acc {r['acc']:.4f} on {r['images']} images ({r['classes']} classes)")
+    return results
+
+
+def _head_outputs(model: nn.Module) -> int:
+    num = getattr(model, "num_classes", None)
+    if isinstance(num, int) and num > 0:
+        return num
+    raise ValueError("cannot tell how many classes the model predicts (it has no num_classes)")
 
 
 def _latency(rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: torch.Tensor) -> dict:

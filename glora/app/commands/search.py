@@ -30,6 +30,7 @@ from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, Normalizer, make_loader, place
 from ..distributed import Distributed, setup_distributed
+from ..evalsets import add_eval_set_option, eval_set_inputs, evaluate_sets
 from ..evaluate import accuracy, compile_model, resolve_device
 from ..options import (
     add_progress_option,
@@ -68,6 +69,7 @@ RESUMABLE_OPTIONS = {
     "compile_backend",
     "execution",
     "data_on_device",
+    "eval_set",
 }
 STATE_FILE = "search_state.json"
 
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
+    add_eval_set_option(g)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     add_runtime_options(g)
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _inputs(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = [("--supernet", args.supernet), ("--data-root", args.data_root)]
+    found += eval_set_inputs(args.eval_set)
     return found + ([("--config", c) for c in args.config] if configs else [])
 
 
@@ -195,6 +199,7 @@ class _SearchRun:
                 self.data.val_split,
             )
         self.inputs = ckpt["input"]
+        self.class_names = ckpt.get("class_names")
         self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
@@ -276,6 +281,26 @@ class _SearchRun:
         with folded(self.model, subnet):
             return accuracy(self.model, loader, self.normalize, self.device, self.args.amp, self.forward)
 
+    def _extra_sets(self, subnet) -> dict[str, dict[str, Any]]:
+        """The pick on each ``--eval-set``, side by side with test (domain generalization)."""
+        if not self.args.eval_set:
+            return {}
+        with folded(self.model, subnet):
+            return evaluate_sets(
+                self.model,
+                self.args.eval_set,
+                input_cfg=self.inputs,
+                num_classes=self.val.num_classes,
+                class_names=self.class_names,
+                crop_pct=self.data.eval_crop_pct,
+                normalize=self.normalize,
+                device=self.device,
+                batch_size=self.args.batch_size,
+                workers=self.args.workers,
+                amp=self.args.amp,
+                forward=self.forward,
+            )
+
     def _finish(self) -> None:
         args, evo, out = self.args, self.evo, self.out
         ranked = evo.ranked()
@@ -283,6 +308,7 @@ class _SearchRun:
         subnet = self.genome.decode(genes)
         save_subnet(subnet, out / "subnet.yaml")
         test_acc = self._test_accuracy(subnet)
+        extra = self._extra_sets(subnet)
         final = {
             "final": True,
             "subnet": "subnet.yaml",
@@ -291,6 +317,8 @@ class _SearchRun:
             "test_acc": None if test_acc is None else round(test_acc, 6),
             "evaluated": len(evo.cache),
         }
+        if extra:
+            final["eval_sets"] = extra
         self._write_log(final)
         points = [(p, a, g) for g, a, p in ranked]
         front = pareto_front(points)
@@ -313,6 +341,7 @@ class _SearchRun:
         for name, fig in figures.items():
             atomic_write_bytes(out / "plots" / name, png_bytes(fig))
         test_txt = "n/a" if test_acc is None else f"{test_acc:.4f}"
+        test_txt += "".join(f", {name} {r['acc']:.4f}" for name, r in extra.items())
         print(
             f"best subnet: {params:,} params ({params / 1e6:.4f}M), val acc {val_acc:.4f}, test acc {test_txt} "
             f"({len(evo.cache)} candidates evaluated)"
