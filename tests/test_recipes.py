@@ -524,3 +524,15 @@ def test_search_and_export_report_eval_sets_side_by_side(tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code != 0 and "--eval-set" in err  # an output inside an input set is refused
+
+
+def test_imagenet_fewshot_labels_are_wnids_so_wnid_folders_evaluate(tmp_path):
+    from glora.app.evalsets import load_eval_set, parse_eval_set
+
+    root = _fewshot_tree(tmp_path / "fs", task="imagenet", shots=(16,), seeds=(0,))
+    spec = DataSpec(dataset="fewshot", data_root=str(root), task="imagenet", shot=16, split_seed=0)
+    train = spec.load("train", (3, 8, 8))
+    assert train.num_classes == 1000 and train.class_names[:2] == ("n01440764", "n01443537")
+    _image(tmp_path / "r" / "n01443537" / "0.png", (9, 9, 9))  # ImageNet-R's layout: a folder per wnid
+    images, mask = load_eval_set(parse_eval_set(f"r={tmp_path / 'r'},mask=present"), (3, 8, 8), 1000, train.class_names)
+    assert images.labels.tolist() == [1] and mask == [1]

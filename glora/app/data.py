@@ -43,6 +43,7 @@ __all__ = [
     "load_fewshot",
     "FEWSHOT_TASKS",
     "FEWSHOT_SHOTS",
+    "imagenet_class_names",
     "TrainAugment",
     "load_folder",
     "make_loader",
@@ -62,6 +63,7 @@ FEWSHOT_TASKS: dict[str, int] = {
     "stanford_cars": 196,
     "oxford_pets": 37,
     "fgvc_aircraft": 100,
+    "imagenet": 1000,  # the domain-generalization source: 16 shots of ImageNet-1k, labels in timm's wnid order
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
@@ -536,7 +538,18 @@ def load_fewshot(
     listing = fewshot_list(base, split_file, shot, seed)
     files, labels = read_list_file(listing, base / "images", num_classes, task)
     n = num_classes if num_classes is not None else max(labels) + 1
-    return _materialise(files, labels, n, tuple(size), cache, f"{task}/{listing.name}", progress, crop_pct=crop_pct)
+    names = imagenet_class_names() if task == "imagenet" and n == 1000 else None
+    return _materialise(
+        files, labels, n, tuple(size), cache, f"{task}/{listing.name}", progress, names, crop_pct=crop_pct
+    )
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """ImageNet-1k's wnids in label order (shipped with timm): exported as label names, and what lets the
+    domain-generalization sets' wnid folders (ImageNet-Sketch, -A, -R) find their labels."""
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo("imagenet-1k").label_names())
 
 
 def fewshot_num_classes(root: str | Path, task: str) -> int:
