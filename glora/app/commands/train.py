@@ -8,6 +8,7 @@ digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -223,18 +224,8 @@ def augment_from_args(args: argparse.Namespace) -> TrainAugment | None:
     """The training augmentation the options describe (None without ``--augment``)."""
     if not getattr(args, "augment", False):
         return None
-    return TrainAugment(
-        aa=args.aa,
-        color_jitter=args.color_jitter,
-        reprob=args.reprob,
-        remode=args.remode,
-        recount=args.recount,
-        scale=tuple(args.scale),
-        ratio=tuple(args.ratio),
-        hflip=args.hflip,
-        vflip=args.vflip,
-        train_interpolation=args.train_interpolation,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainAugment)}  # same names as the options
+    return TrainAugment(**values | {"scale": tuple(args.scale), "ratio": tuple(args.ratio)})
 
 
 def _add_training_options(g: argparse._ArgumentGroup) -> None:
