@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -280,9 +281,6 @@ class TrainAugment:
         except (AssertionError, KeyError, ValueError) as e:
             raise ValueError(f"timm cannot build this augmentation (--aa {self.aa!r}?): {e}") from None
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
 
 def _open_image(path: Path, channels: int):
     from PIL import Image, UnidentifiedImageError
@@ -327,8 +325,6 @@ class _AugmentedDataset(Dataset):
 
     def __getitem__(self, i: int):
         img = _open_image(self.files[i], self.size[0])
-        import numpy as np
-
         item_seed = (self.seed * 1_000_003 + i) % (2**63)
         state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
