@@ -11,13 +11,19 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GiftGenerator", "GiftBank", "gift_group", "gift_params"]
+__all__ = ["GiftGenerator", "GiftBank", "gift_group", "gift_params", "layer_type"]
 
 
 def gift_params(in_features: int, rank: int) -> int:
     """What a generator used at ``rank`` adds to the paper's "# params": phi (in x r) and psi (r x in), paid once
     per group, at the largest rank any member uses."""
     return 2 * rank * in_features
+
+
+def layer_type(name: str) -> str:
+    """A layer name with its numeric parts wildcarded: ``blocks.3.attn.qkv`` -> ``blocks.*.attn.qkv`` (the layers
+    one GIFT generator serves under ``type`` sharing, and one bar of the per-type parameter plot)."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
 
 
 def gift_group(name: str, in_features: int, sharing: str) -> str:
@@ -32,8 +38,7 @@ def gift_group(name: str, in_features: int, sharing: str) -> str:
     if sharing == "width":
         return f"in={in_features}"
     if sharing == "type":
-        pattern = ".".join("*" if part.isdigit() else part for part in name.split("."))
-        return f"{pattern}[in={in_features}]"
+        return f"{layer_type(name)}[in={in_features}]"
     raise ValueError(f"gift_sharing must be one of type, width, layer; got {sharing!r}")
 
 

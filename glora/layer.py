@@ -36,7 +36,7 @@ from torch import nn
 from .formula import Terms, uni_bias, uni_weight
 from .fused import ScaleGuard, fused_linear
 from .gift import GiftGenerator
-from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
+from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
 __all__ = ["GLoRALinear", "Execution", "PATHS", "FORMS", "masked_terms", "set_codes", "encode_choice", "code_layout"]
 
@@ -289,16 +289,18 @@ class GLoRALinear(nn.Module):
 
         D only scales an existing bias, so on a bias-free layer it is never used and counts 0.
         """
+        return sum(self.count_support(s, c) for s, c in zip(SUPPORTS, choice))
+
+    def count_support(self, support: str, choice: Choice) -> int:
+        """What one support's ``choice`` adds to :meth:`count` (the count is additive over supports)."""
         out_f, in_f = self.out_features, self.in_features
-        n = 0
-        for s, c in zip(SUPPORTS, choice):
-            if c.kind is Kind.LORA:
-                n += c.rank * (in_f + 1) if s == "C" else c.rank * (out_f + in_f)
-            elif c.kind is Kind.VECTOR:
-                n += 0 if (s == "D" and self.bias is None) else (in_f if s == "C" else out_f)
-            elif c.kind is Kind.SCALAR:
-                n += 0 if (s == "D" and self.bias is None) else 1
-        return n
+        if choice.kind is Kind.LORA:
+            return choice.rank * (in_f + 1) if support == "C" else choice.rank * (out_f + in_f)
+        if support == "D" and self.bias is None:
+            return 0
+        if choice.kind is Kind.VECTOR:
+            return in_f if support == "C" else out_f
+        return 1 if choice.kind is Kind.SCALAR else 0
 
     def _require_choice(self) -> LayerChoice:
         if self._choice is None:

@@ -17,10 +17,10 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._text import first_of
-from .gift import gift_group, gift_params
+from .gift import gift_group, gift_params, layer_type
 from .inject import get_space, require_layers
 from .layer import set_codes
-from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
+from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
 
 __all__ = [
     "Subnet",
@@ -36,8 +36,6 @@ __all__ = [
 ]
 
 Subnet = dict[str, dict[str, str]]
-
-_NONE_CHOICE = Choice(Kind.NONE)
 
 
 def parse_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, LayerChoice]:
@@ -160,12 +158,11 @@ def params_by_type(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) ->
     out: dict[str, dict[str, int]] = {}
     gift_rank: dict[str, tuple[int, int, str]] = {}  # group -> (largest rank, in_features, type of first layer)
     for name, layer in layers.items():
-        kind = ".".join("*" if part.isdigit() else part for part in name.split("."))
+        kind = layer_type(name)
         row = out.setdefault(kind, dict.fromkeys(SUPPORTS, 0))
         choice = parsed[name]
-        for i, support in enumerate(SUPPORTS):
-            alone = LayerChoice(*(c if j == i else _NONE_CHOICE for j, c in enumerate(choice)))
-            row[support] += layer.count(alone)
+        for support, c in zip(SUPPORTS, choice):
+            row[support] += layer.count_support(support, c)
         if choice.A.kind is Kind.GIFT:
             group = gift_group(name, layer.in_features, space.gift_sharing)
             prev = gift_rank.get(group, (0, layer.in_features, kind))

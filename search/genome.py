@@ -16,12 +16,10 @@ from torch import nn
 
 from glora.gift import gift_group, gift_params
 from glora.inject import get_space, require_layers
-from glora.space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
+from glora.space import SUPPORTS, Choice, Kind, SearchSpace
 from glora.subnet import Subnet
 
 __all__ = ["Genome", "BudgetError"]
-
-_NONE = Choice(Kind.NONE)
 
 
 def _narrowed(own: SearchSpace, space: SearchSpace) -> SearchSpace:
@@ -67,9 +65,8 @@ class Genome:
             row, ranks = [], []
             for opt in options:
                 choice = Choice.parse(opt)
-                lc = LayerChoice(*(choice if s == support else _NONE for s in SUPPORTS))
                 gift = choice.kind is Kind.GIFT
-                row.append(0 if gift else layer.count(lc))
+                row.append(0 if gift else layer.count_support(support, choice))
                 ranks.append(choice.rank if gift else 0)
             self.cost_table.append(row)
             self.gift_rank.append(ranks)

@@ -12,6 +12,7 @@ logits, as the benchmarks define it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -51,8 +52,6 @@ class EvalSet:
 
 def parse_eval_set(text: str) -> EvalSet:
     """``NAME=PATH[,mask=MASK]`` -> :class:`EvalSet` (form only; files are checked when loaded)."""
-    import argparse
-
     name, sep, rest = str(text).partition("=")
     path, _, opt = rest.partition(",mask=")
     if not sep or not _NAME.fullmatch(name) or not path:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from glora._io import atomic_write_text
+from glora.space import SUPPORTS
 
 __all__ = [
     "ConfigError",
@@ -82,16 +83,13 @@ def yaml_mapping(text: str) -> dict[str, Any]:
     return value
 
 
-_SUPPORT_NAMES = ("A", "B", "C", "D", "E")
-
-
 def support_choices(text: str) -> str:
     """``SUPPORT=NAME[,NAME...]`` (e.g. ``B=lora_8,lora_4``), checked for form and normalised; the names are
     checked against the search space later, where the ranks are known."""
     support, sep, names = str(text).partition("=")
     support = support.strip().upper()
     picked = [n.strip() for n in names.split(",") if n.strip()]
-    if not sep or support not in _SUPPORT_NAMES or not picked:
+    if not sep or support not in SUPPORTS or not picked:
         raise argparse.ArgumentTypeError(
             f"expected SUPPORT=NAME[,NAME...] with SUPPORT one of A-E, e.g. B=lora_8 or D=vector,none; got {text!r}"
         )
