@@ -112,8 +112,8 @@ def linear_targets(model: nn.Module) -> list[str]:
 
 
 def build_method(name: str, make: Callable[[], nn.Module], ranks=(8, 4), seed: int = 0) -> Method:
-    """bias-only | glora-supernet (fused path) | glora-static (the compiled graph's path, eager) | glora-reference
-    (plain autograd) | glora-lora8 | peft-lora | peft-glora."""
+    """bias-only | glora-supernet (manual path, formerly "fused") | glora-static (the compiled graph's path, eager)
+    | glora-reference (plain autograd) | glora-lora8 | peft-lora | peft-glora."""
     torch.manual_seed(seed)
     model = make()
     if name == "bias-only":

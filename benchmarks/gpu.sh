@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$py" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
 
 # (one device call may run 10 minutes: split the steps over calls with STEPS="...")
-step tests 300 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py tests/test_compile.py
+step tests 300 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_paths.py tests/test_compile.py
 # eager bias-only is the floor the targets name; +compile = the captured path (torch.compile, CUDA graphs)
 step train_step_bf16 420 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 20 --warmup 3 \
     --methods bias-only glora-supernet glora-supernet+compile glora-lora8 peft-lora peft-lora+compile bias-only+compile \

@@ -2,7 +2,7 @@
 
     python -m benchmarks.layer_costs [--model vit_small_patch16_224] [--batch-size 32] [--rounds 5]
 
-For every distinct adapted layer shape of the model (ViT: qkv, proj, fc1, fc2), the fused GLoRA layer runs forward
+For every distinct adapted layer shape of the model (ViT: qkv, proj, fc1, fc2), the manual-path GLoRA layer runs forward
 and backward under each A x B pair (C, D, E vector: they only move the bias) on one batch worth of tokens, timed
 round by round against the same ``nn.Linear`` with a frozen weight (bias and input gradients: what bias-only
 tuning runs in that layer). "uniform" is the expectation when every choice is drawn uniformly, as supernet
@@ -99,7 +99,7 @@ def main() -> None:
     counts, names = layer_shapes(args)
     print(f"machine: {machine()}")
     print(
-        f"model {args.model}, batch {args.batch_size}, GLoRA ranks {set(args.ranks)}; fused layer forward + "
+        f"model {args.model}, batch {args.batch_size}, GLoRA ranks {set(args.ranks)}; manual-path layer forward + "
         f"backward vs a frozen nn.Linear, {args.rounds} interleaved rounds (median); C, D, E = vector"
     )
     pairs = [f"{a.name}/{b.name}" for a, b in itertools.product(space.choices_for("A"), space.choices_for("B"))]

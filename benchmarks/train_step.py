@@ -4,7 +4,7 @@
 
 Bias-only tuning (biases + head train) is the floor for any method that adapts every layer: its backward still
 runs through every layer. The GLoRA supernet draws a new random subnet every step (ranks {8, 4} by default), as
-training does. Also shown: the same supernet on plain autograd (``glora-reference``, the fused path switched
+training does. Also shown: the same supernet on plain autograd (``glora-reference``, the manual path switched
 off) and a fixed GLoRA subnet equal to LoRA r=8 (B = lora_8). Memory: tensors kept for backward, averaged over
 random subnets (in process), and with --peak each method's peak memory in a process of its own (CPU: peak RSS;
 CUDA: max allocated), counted above what the built model already holds, so optimizer state, gradients and

@@ -1,10 +1,11 @@
 """GLoRA: generalized LoRA supernets with exact folding, for timm models and any ``nn.Module``.
 
 The core library is the math and its operations on models, read in this order: search space (``space``) -> the
-formula (``formula``) -> supernet layer (``layer``, ``fused``, ``gift``) -> injection (``inject``, ``config``) ->
-subnets (``subnet``) -> folding (``fold``), plus interop with the paper's reference code (``reference``). It holds
-no CLI, data or training code; the application built on it (options, data, backbones, checkpoints, training,
-export, the three commands) is :mod:`glora.app`, and the evolutionary search is the ``search`` package.
+formula (``formula``) -> supernet layer (``layer``, its execution paths ``paths``, ``gift``) -> injection
+(``inject``, ``config``) -> subnets (``subnet``) -> folding (``fold``), plus interop with the paper's reference
+code (``reference``). It holds no CLI, data or training code; the application built on it (options, data,
+backbones, checkpoints, training, export, the three commands) is :mod:`glora.app`, and the evolutionary search is
+the ``search`` package.
 
     import random, glora
     model = glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))   # wrap linears, freeze the backbone

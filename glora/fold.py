@@ -15,7 +15,7 @@ from torch import nn
 
 from .formula import uni_bias, uni_weight
 from .gift import GiftBank
-from .inject import _LAYERS_ATTR, glora_layers
+from .inject import glora_layers
 from .layer import GLoRALinear, code_layout, encode_choice, masked_terms, set_codes
 from .space import Kind, LayerChoice
 from .subnet import parse_subnet
@@ -103,8 +103,7 @@ def fold(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> nn.Module
     ]
     for parent_name, key in holders:
         memo[id(model.get_submodule(parent_name)._modules[key])] = None
-    folded = copy.deepcopy(model, memo)
-    folded.__dict__.pop(_LAYERS_ATTR, None)  # the copy is plain: no GLoRA layers to list
+    folded = copy.deepcopy(model, memo)  # (the layer index at the root is not copied: the copy has no GLoRA layers)
     for parent_name, key in holders:
         del folded.get_submodule(parent_name)._modules[key]
     folded.requires_grad_(True)
@@ -128,11 +127,11 @@ def folded(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Iterato
     previous = [layer.choice for layer in layers.values()]
     set_codes(list(layers.values()), [parsed[name] for name in layers])
     for layer in layers.values():
-        layer._folding, layer._fold = True, None
+        layer.merge()
     try:
         yield model
     finally:
         for layer in layers.values():
-            layer._folding, layer._fold = False, None
+            layer.unmerge()
         if all(c is not None for c in previous):
             set_codes(list(layers.values()), previous)

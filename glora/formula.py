@@ -11,11 +11,14 @@ for a stack of same-shape layers at once (every function broadcasts over leading
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["Terms", "uni_weight", "uni_bias"]
+from .space import SUPPORTS, Choice, Kind
+
+__all__ = ["Terms", "choice_terms", "uni_weight", "uni_bias"]
 
 
 class Terms(NamedTuple):
@@ -34,6 +37,33 @@ class Terms(NamedTuple):
     c: torch.Tensor | None = None
     d: torch.Tensor | None = None
     e: torch.Tensor | None = None
+
+
+def choice_terms(p: Mapping[str, torch.Tensor | None], choice: Sequence[Choice]) -> Terms:
+    """The terms ``choice`` uses: slices of the entangled storages ``p`` (a layer's ``Ad, Au, ..., E`` and GIFT's
+    ``phi``, ``psi``), ``None`` for the rest. ``choice`` holds the choices of A, B, ... in order (a prefix will do:
+    the manual path passes only A and B). The one place a choice turns into tensor slices."""
+    t: dict[str, torch.Tensor] = {}
+    for support, c in zip(SUPPORTS, choice):
+        kind = c.kind
+        if kind is Kind.NONE:
+            continue
+        if support in "AB":
+            low = support.lower()
+            down = p[f"{support}d"]
+            if kind is Kind.LORA:
+                t[f"{low}_down"], t[f"{low}_up"] = down[:, : c.rank], p[f"{support}u"][: c.rank]
+            elif kind is Kind.GIFT:
+                t["gift_phi"], t["gift_psi"] = p["phi"][:, : c.rank], p["psi"][: c.rank]
+            else:
+                t[f"{low}_row"] = down[:, :1] if kind is Kind.VECTOR else down[0, 0]
+        elif support == "C":
+            cd = p["Cd"]
+            t["c"] = (cd[:, : c.rank] @ p["Cu"][: c.rank]).squeeze(-1) if kind is Kind.LORA else cd[:, 0]
+        else:
+            v = p[support]
+            t[support.lower()] = v if kind is Kind.VECTOR else v[0]
+    return Terms(**t)
 
 
 def uni_weight(w0: torch.Tensor, t: Terms) -> torch.Tensor:

@@ -45,7 +45,9 @@ def gift_group(name: str, in_features: int, sharing: str) -> str:
 class GiftGenerator(nn.Module):
     """``phi`` (in x G) and ``psi`` (G x in); psi starts at zero so the generated update starts at zero.
 
-    phi gets nn.Linear's default init (GIFT's two plain linear layers), psi zeros as LoRA's up factor.
+    phi gets nn.Linear's default init (GIFT's two plain linear layers), psi zeros as LoRA's up factor. The generator
+    holds parameters only: ``W0 phi psi`` is one term of the formula (:func:`glora.formula.uni_weight`), so training,
+    folding and export form it in the one place.
     """
 
     def __init__(
@@ -63,14 +65,6 @@ class GiftGenerator(nn.Module):
         self.psi = nn.Parameter(torch.zeros(rank, in_features, device=device, dtype=dtype))
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.phi, -bound, bound)
-
-    def transform(self, x: torch.Tensor, rank: int) -> torch.Tensor:
-        """Activation-space form: ``x (I + phi psi)^T`` so ``F.linear(result, W0)`` equals ``W0 (I + phi psi) x``."""
-        return x + (x @ self.psi[:rank].t()) @ self.phi[:, :rank].t()
-
-    def delta(self, weight: torch.Tensor, rank: int) -> torch.Tensor:
-        """Weight-space form: ``W0 phi psi`` (out x in), used when folding."""
-        return (weight @ self.phi[:, :rank]) @ self.psi[:rank]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, rank={self.rank}"

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import re
 import warnings
 from collections import Counter
@@ -17,9 +18,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from .config import AdapterConfig
-from .fused import ScaleGuard
 from .gift import GiftBank, gift_group
-from .layer import Execution, GLoRALinear
+from .layer import Execution, GLoRALinear, storage_shapes
+from .paths import make_path
 from .space import Kind, SearchSpace
 
 __all__ = [
@@ -37,6 +38,16 @@ _logger = logging.getLogger(__name__)
 
 GIFT_ATTR = "glora_gift"  # where the shared GIFT generators live on the model root
 _LAYERS_ATTR = "_glora_layers"  # the injected model's layers, in order (a plain attribute: never saved or moved)
+
+
+class _LayerIndex(dict):
+    """The injected model's layers by name, kept at its root. A copy of the model (``copy.deepcopy``, which
+    :func:`glora.fold` uses to build the plain model) does not inherit it: the copy's layers are found afresh."""
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+
 # Fallback head names for non-timm models, by priority; the first group present wins.
 _HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("fc",), ("last_linear",))
 
@@ -79,7 +90,7 @@ def inject(
     bank = _wrap(model, config.space, names, edited_in_place)
     _freeze_backbone(model, bank, heads)
     # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
-    model.__dict__[_LAYERS_ATTR] = {m.name: m for m in model.modules() if isinstance(m, GLoRALinear)}
+    model.__dict__[_LAYERS_ATTR] = _LayerIndex((m.name, m) for m in model.modules() if isinstance(m, GLoRALinear))
     _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
     return model
 
@@ -154,12 +165,7 @@ def supernet_size(
     for name in names:
         base = model.get_submodule(name)
         n_in, n_out = base.in_features, base.out_features
-        for s in ("A", "B"):
-            rank = space.max_rank(s)
-            total += n_out * max(rank, int(space.offers(s, Kind.VECTOR, Kind.SCALAR))) + rank * n_in
-        rank = space.max_rank("C")
-        total += n_in * max(rank, int(space.offers("C", Kind.VECTOR))) + rank
-        total += sum(n_out for s in ("D", "E") if space.offers(s, Kind.VECTOR, Kind.SCALAR))
+        total += sum(math.prod(shape) for shape in storage_shapes(space, n_in, n_out).values() if shape)
         if space.offers("A", Kind.GIFT):
             groups[gift_group(name, n_in, space.gift_sharing)] = n_in
     total += sum(2 * n_in * space.max_rank("A", Kind.GIFT) for n_in in groups.values())
@@ -188,13 +194,13 @@ def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_plac
 
 
 def _freeze_backbone(model: nn.Module, bank: GiftBank | None, heads: list[str]) -> None:
-    """Only the support tensors, the GIFT generators and the heads train; the layers share one scale guard."""
+    """Only the support tensors, the GIFT generators and the heads train; the layers share one path object."""
     model.requires_grad_(False)
     layers = glora_layers(model).values()
     for layer in layers:
         for p in layer.support_params():
             p.requires_grad_(True)
-    _share_guard(layers)
+    _share_path(layers, Execution())
     if bank is not None:
         bank.requires_grad_(True)
     for h in heads:
@@ -213,19 +219,16 @@ def set_execution(
     current = next(iter(layers)).execution
     changes = {"path": path, "forms": forms, "scale_guard": scale_guard}
     new = dataclasses.replace(current, **{k: v for k, v in changes.items() if v is not None})
-    for layer in layers:
-        layer.execution = new
-    _share_guard(layers)
+    _share_path(layers, new)
     return new
 
 
-def _share_guard(layers) -> None:
-    """One scale guard for all of a model's layers: one device read per step answers for every layer."""
+def _share_path(layers, execution: Execution) -> None:
+    """One path object for all of a model's layers (the manual path's scale guard: one device read per step)."""
     layers = list(layers)
-    if layers:
-        guard = ScaleGuard(layers, layers[0].execution.scale_guard)
-        for layer in layers:
-            layer.scale_guard = guard
+    path = make_path(execution, layers)
+    for layer in layers:
+        layer.use_path(path)
 
 
 def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:

@@ -12,15 +12,10 @@ The current choice is held twice: as a :class:`LayerChoice` (what the eager path
 ``code`` buffer of rank masks and kind gates (what the static path multiplies by). ``set_choice`` writes both, in
 place, so a compiled model computes every subnet with one graph and switching subnets never recompiles.
 
-Execution paths (a per-model setting, :class:`Execution`, changed with :func:`glora.set_execution`):
-
-* ``fused`` (eager): the folding math forward, a hand-written backward that pays only for what the choice uses
-  (:mod:`glora.fused`); the fastest eager path.
-* ``static``: the formula over every support, masked by ``code``: no Python branching on the choice, no host
-  reads, the same kernels for every subnet. This is what ``torch.compile`` traces (always, whatever the setting)
-  and what CUDA graphs capture. Supports a subnet does not use get zero gradients.
-* ``autograd``: plain autograd through the formula of the current choice (the fused path's test oracle).
-* ``auto``: ``static`` under ``torch.compile``, ``fused`` otherwise.
+How the layer runs is a per-model setting (:class:`Execution`, changed with :func:`glora.set_execution`) naming
+a path from :mod:`glora.paths` (``auto``, ``manual``, ``static``, ``autograd``); a compiled model always runs the
+static path. :meth:`GLoRALinear.merge` / :meth:`~GLoRALinear.unmerge` put a layer in and out of folded mode (its
+``W_uni``, ``b_uni`` cached: how the search evaluates a candidate), as PEFT's merge/unmerge do.
 """
 
 from __future__ import annotations
@@ -30,17 +25,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .formula import Terms, uni_bias, uni_weight
-from .fused import ScaleGuard, fused_linear
-from .gift import GiftGenerator
+from . import paths
+from .formula import Terms, choice_terms, uni_bias, uni_weight
+from .gift import GiftGenerator, gift_group
+from .paths.static import static_forward
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
-__all__ = ["GLoRALinear", "Execution", "PATHS", "FORMS", "masked_terms", "set_codes", "encode_choice", "code_layout"]
+__all__ = [
+    "GLoRALinear",
+    "Execution",
+    "FORMS",
+    "masked_terms",
+    "set_codes",
+    "encode_choice",
+    "code_layout",
+    "storage_shapes",
+]
 
-PATHS = ("auto", "fused", "static", "autograd")
 FORMS = ("auto", "cpu", "accelerator")
 
 
@@ -49,10 +52,11 @@ class Execution:
     """How a model's GLoRA layers run (one setting per model, see :func:`glora.set_execution`).
 
     Args:
-        path: ``auto`` (static under ``torch.compile``, fused otherwise), ``fused``, ``static`` or ``autograd``.
-        forms: the fused backward's reduction forms: ``cpu`` (one-pass skinny products, cache-blocked column dots),
+        path: a path of :mod:`glora.paths`: ``auto`` (= ``manual``), ``manual`` (hand-written backward),
+            ``static`` or ``autograd``; a compiled model runs ``static`` whatever this says.
+        forms: the manual backward's reduction forms: ``cpu`` (one-pass skinny products, cache-blocked column dots),
             ``accelerator`` (fewest kernel launches) or ``auto`` (by the input's device).
-        scale_guard: the fused path recovers a vector/scalar A's gradient from the output, dividing by ``1 + a``;
+        scale_guard: the manual path recovers a vector/scalar A's gradient from the output, dividing by ``1 + a``;
             a layer whose ``|1 + a|`` falls below this runs on the autograd path instead.
     """
 
@@ -61,8 +65,9 @@ class Execution:
     scale_guard: float = 1e-2
 
     def __post_init__(self) -> None:
-        if self.path not in PATHS:
-            raise ValueError(f"execution path must be one of {', '.join(PATHS)}; got {self.path!r}")
+        object.__setattr__(self, "path", paths.canonical(self.path))
+        if self.path not in paths.path_names():
+            raise ValueError(f"execution path must be one of {', '.join(paths.path_names())}; got {self.path!r}")
         if self.forms not in FORMS:
             raise ValueError(f"execution forms must be one of {', '.join(FORMS)}; got {self.forms!r}")
         if not 0 <= self.scale_guard < 1:
@@ -104,6 +109,27 @@ class _Code:
 
 
 _SUPPORT_TENSORS = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
+
+
+def storage_shapes(space: SearchSpace, in_features: int, out_features: int) -> dict[str, tuple[int, ...] | None]:
+    """The shape of each support storage a layer of ``space`` holds (``None``: absent), GIFT generators excluded.
+
+    A, B: down factor (out x R) whose first column is the vector and first element the scalar choice; up factor
+    (R x in) only when a lora choice exists. C: (in x R) and (R x 1). D, E: (out,). R is the largest rank.
+    """
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for s in ("A", "B"):
+        rank = space.max_rank(s)
+        width = max(rank, int(space.offers(s, Kind.VECTOR, Kind.SCALAR)))
+        shapes[f"{s}d"] = (out_features, width) if width else None
+        shapes[f"{s}u"] = (rank, in_features) if rank else None
+    rank = space.max_rank("C")
+    width = max(rank, int(space.offers("C", Kind.VECTOR)))
+    shapes["Cd"] = (in_features, width) if width else None
+    shapes["Cu"] = (rank, 1) if rank else None
+    for s in ("D", "E"):
+        shapes[s] = (out_features,) if space.offers(s, Kind.VECTOR, Kind.SCALAR) else None
+    return shapes
 
 
 @functools.lru_cache(maxsize=4096)
@@ -171,31 +197,26 @@ class GLoRALinear(nn.Module):
         if space.offers("A", Kind.GIFT) and gift is None:
             raise ValueError(f"layer {name!r}: the space offers gift choices for A but no GIFT generator was given")
 
-        out_f, in_f = self.out_features, self.in_features
         like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        # A, B: down factor (out x R) whose first column is the vector and first element the scalar choice;
-        # up factor (R x in) only when a lora choice exists. Zero down factor => every subnet starts at W0.
-        for s in ("A", "B"):
-            rank = space.max_rank(s)
-            width = max(rank, int(space.offers(s, Kind.VECTOR, Kind.SCALAR)))
-            self._param(f"{s}d", torch.zeros(out_f, width, **like) if width else None)
-            self._param(f"{s}u", self._xavier(rank, in_f, like) if rank else None)
-        rank = space.max_rank("C")
-        width = max(rank, int(space.offers("C", Kind.VECTOR)))
-        self._param("Cd", torch.zeros(in_f, width, **like) if width else None)
-        self._param("Cu", self._xavier(rank, 1, like) if rank else None)
-        for s in ("D", "E"):
-            self._param(s, torch.zeros(out_f, **like) if space.offers(s, Kind.VECTOR, Kind.SCALAR) else None)
+        # Down factors start at zero (every subnet starts at W0); up factors get Xavier's init, as in the reference.
+        for n, shape in storage_shapes(space, self.in_features, self.out_features).items():
+            if shape is None:
+                data = None
+            elif n in ("Au", "Bu", "Cu"):
+                data = self._xavier(*shape, like)
+            else:
+                data = torch.zeros(shape, **like)
+            self._param(n, data)
         self._layout = code_layout(space)
         self._present = tuple(self._parameters[n] is not None for n in _SUPPORT_TENSORS)
         self.register_buffer("code", torch.zeros(self._layout.size, **like), persistent=False)
         self._choice: LayerChoice | None = None
-        self.execution = execution or Execution()
-        # Shared with the model's other GLoRA layers by glora.inject (one device read per step for all of them).
-        self.scale_guard = ScaleGuard([self], self.execution.scale_guard)
-        # While a candidate is evaluated in folded form (glora.folded): its (W_uni, b_uni), computed on first use.
-        self._folding = False
-        self._fold: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._execution = execution or Execution()
+        # The path object; a model's layers share one (glora.inject, glora.set_execution), a lone layer makes its own.
+        self._path: paths.LayerPath | None = None
+        # Folded mode (merge / unmerge): the choice being evaluated and its (W_uni, b_uni), computed on first use.
+        self._merged_choice: LayerChoice | None = None
+        self._merged_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # Set by inject when the parent adds to this layer's output in place (BEiT-style qkv bias).
     output_edited_in_place: bool = False
@@ -209,16 +230,84 @@ class GLoRALinear(nn.Module):
         nn.init.xavier_uniform_(t)
         return t
 
+    # ------------------------------------------------------------------ execution
+    @property
+    def execution(self) -> Execution:
+        """How this layer runs (a per-model setting: change it with :func:`glora.set_execution`)."""
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: Execution) -> None:
+        self._execution, self._path = value, None
+
+    def use_path(self, path: paths.LayerPath) -> None:
+        """Run on ``path`` (shared with the model's other layers; its ``execution`` becomes this layer's)."""
+        self._execution, self._path = path.execution, path
+
+    @property
+    def path(self) -> paths.LayerPath:
+        """The path object this layer runs on."""
+        if self._path is None:
+            self._path = paths.make_path(self._execution, [self])
+        return self._path
+
+    # ------------------------------------------------------------------ folded mode
+    def merge(self, choice: LayerChoice | None = None) -> None:
+        """Enter folded mode for ``choice`` (default: the current one): until :meth:`unmerge` the eager forward is
+        one plain linear map with ``(W_uni, b_uni)`` computed on first use. Nothing is written into the frozen
+        weights, so unmerging is exact. (A static-path or compiled model reads the codes and ignores this.)"""
+        self._merged_choice = choice if choice is not None else self._require_choice()
+        self._merged_weights = None
+
+    def unmerge(self) -> None:
+        """Leave folded mode (the cached weights are dropped)."""
+        self._merged_choice = self._merged_weights = None
+
+    @property
+    def is_merged(self) -> bool:
+        return self._merged_choice is not None
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The merged choice's ``(W_uni, b_uni)``, computed once per :meth:`merge`, without autograd."""
+        if self._merged_choice is None:
+            raise RuntimeError(f"GLoRA layer {self.name!r} is not merged: call merge() first")
+        if self._merged_weights is None:
+            with torch.no_grad():
+                self._merged_weights = self.merged(self._merged_choice)
+        return self._merged_weights
+
     # ------------------------------------------------------------------ subnet
     @property
     def choice(self) -> LayerChoice | None:
         return self._choice
+
+    @property
+    def gift_group(self) -> str | None:
+        """The GIFT generator group this layer belongs to (``None`` when the space offers no GIFT choice)."""
+        if not self.space.offers("A", Kind.GIFT):
+            return None
+        return gift_group(self.name, self.in_features, self.space.gift_sharing)
 
     def set_choice(self, choice: LayerChoice) -> None:
         """Set the subnet this layer computes. ``choice`` must come from this layer's space (see set_subnet)."""
         self._choice = choice
         with torch.no_grad():
             self.code.copy_(encode_choice(self.space, choice))
+
+    @staticmethod
+    def set_choices(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
+        """:meth:`set_choice` for many layers at once: one host-to-device copy per device, then one fused copy into
+        the codes (this runs every training step)."""
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        codes = [layer._buffers["code"] for layer in layers]
+        for i, layer in enumerate(layers):
+            layer.__dict__["_choice"] = choices[i]  # (past nn.Module.__setattr__'s checks: a plain attribute)
+            groups.setdefault((codes[i].device, codes[i].dtype), []).append(i)
+        with torch.no_grad():
+            for (device, dtype), idx in groups.items():
+                values = [v for i in idx for v in _encoded_values(layers[i].space, choices[i])]
+                staged = torch.tensor(values, dtype=dtype).view(len(idx), -1).to(device, non_blocking=True)
+                torch._foreach_copy_([codes[i] for i in idx], list(staged.unbind(0)))
 
     def support_params(self) -> list[nn.Parameter]:
         """The layer's own trainable tensors (GIFT generators live at the model root)."""
@@ -235,27 +324,7 @@ class GLoRALinear(nn.Module):
     # ------------------------------------------------------------------ the supports as terms of the formula
     def terms(self, choice: LayerChoice) -> Terms:
         """The supports ``choice`` uses: slices of the entangled storages, ``None`` for the rest."""
-        a, b, c, d, e = choice
-        t: dict[str, torch.Tensor | None] = {}
-        if a.kind is Kind.LORA:
-            t["a_down"], t["a_up"] = self.Ad[:, : a.rank], self.Au[: a.rank]
-        elif a.kind is Kind.GIFT:
-            t["gift_phi"], t["gift_psi"] = self.gift.phi[:, : a.rank], self.gift.psi[: a.rank]
-        elif a.kind is not Kind.NONE:
-            t["a_row"] = self.Ad[:, :1] if a.kind is Kind.VECTOR else self.Ad[0, 0]
-        if b.kind is Kind.LORA:
-            t["b_down"], t["b_up"] = self.Bd[:, : b.rank], self.Bu[: b.rank]
-        elif b.kind is not Kind.NONE:
-            t["b_row"] = self.Bd[:, :1] if b.kind is Kind.VECTOR else self.Bd[0, 0]
-        if c.kind is Kind.LORA:
-            t["c"] = (self.Cd[:, : c.rank] @ self.Cu[: c.rank]).squeeze(-1)
-        elif c.kind is Kind.VECTOR:
-            t["c"] = self.Cd[:, 0]
-        if d.kind is not Kind.NONE:
-            t["d"] = self.D if d.kind is Kind.VECTOR else self.D[0]
-        if e.kind is not Kind.NONE:
-            t["e"] = self.E if e.kind is Kind.VECTOR else self.E[0]
-        return Terms(**t)
+        return choice_terms(self.storages(), choice)
 
     def static_terms(self, code: torch.Tensor | None = None) -> Terms:
         """Every support the space offers, masked by ``code`` (default: the layer's own, i.e. the current choice):
@@ -314,20 +383,12 @@ class GLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under torch.compile the static path is traced whatever the setting: it reads the choice from ``code`` (a
         # buffer written in place), so one graph serves every subnet and nothing here is guarded on the choice.
-        if torch.compiler.is_compiling() or self.execution.path == "static":
-            t = self.static_terms()
-            return F.linear(x, uni_weight(self.weight, t), uni_bias(self.bias, self.weight, t))
-        choice = self._require_choice()
-        if self._folding:  # evaluating one candidate: its W_uni, b_uni computed once (see glora.folded)
-            if self._fold is None:
-                with torch.no_grad():
-                    self._fold = self.merged(choice)
-            return F.linear(x, *self._fold)
-        if self.execution.path != "autograd":
-            y = fused_linear(self, choice, x)
-            if y is not None:
-                return y
-        return F.linear(x, *self.merged(choice))
+        if torch.compiler.is_compiling():
+            return static_forward(self, x)
+        path = self._path if self._path is not None else self.path
+        if self._merged_choice is not None and path.folds:
+            return _FOLDED.forward(self, x)
+        return path.forward(self, x)
 
     def extra_repr(self) -> str:
         choice = "unset" if self._choice is None else " ".join(f"{s}={c.name}" for s, c in zip(SUPPORTS, self._choice))
@@ -378,14 +439,8 @@ def masked_terms(p: Mapping[str, torch.Tensor | None], code: torch.Tensor, lay: 
 
 
 def set_codes(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
-    """Write many layers' choices at once: one host-to-device copy per device, then one fused copy into the codes."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    codes = [layer._buffers["code"] for layer in layers]
-    for i, layer in enumerate(layers):
-        layer.__dict__["_choice"] = choices[i]  # (past nn.Module.__setattr__: this runs every training step)
-        groups.setdefault((codes[i].device, codes[i].dtype), []).append(i)
-    with torch.no_grad():
-        for (device, dtype), idx in groups.items():
-            values = [v for i in idx for v in _encoded_values(layers[i].space, choices[i])]
-            staged = torch.tensor(values, dtype=dtype).view(len(idx), -1).to(device, non_blocking=True)
-            torch._foreach_copy_([codes[i] for i in idx], list(staged.unbind(0)))
+    """Write many layers' choices at once (:meth:`GLoRALinear.set_choices`)."""
+    GLoRALinear.set_choices(layers, choices)
+
+
+_FOLDED = paths.path_class("folded")(Execution())

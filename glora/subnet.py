@@ -17,9 +17,9 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._text import first_of
-from .gift import gift_group, gift_params, layer_type
-from .inject import get_space, require_layers
-from .layer import set_codes
+from .gift import gift_params, layer_type
+from .inject import require_layers
+from .layer import GLoRALinear, set_codes
 from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
 
 __all__ = [
@@ -131,18 +131,23 @@ def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> i
     """
     layers = require_layers(model)
     parsed = _parse(layers, subnet)
-    space = get_space(model)
-    total = 0
-    gift_rank: dict[str, tuple[int, int]] = {}
+    total = sum(layer.count(parsed[name]) for name, layer in layers.items())
+    return total + sum(gift_params(in_f, r) for r, in_f, _ in _gift_usage(layers, parsed).values())
+
+
+def _gift_usage(
+    layers: Mapping[str, GLoRALinear], parsed: Mapping[str, LayerChoice]
+) -> dict[str, tuple[int, int, str]]:
+    """The GIFT generators ``parsed`` uses: group -> (largest rank used, in_features, name of the group's first
+    layer). A generator is counted once per group, at that rank, by every count."""
+    usage: dict[str, tuple[int, int, str]] = {}
     for name, layer in layers.items():
-        choice = parsed[name]
-        total += layer.count(choice)
-        if choice.A.kind is Kind.GIFT:
-            group = gift_group(name, layer.in_features, space.gift_sharing)
-            prev = gift_rank.get(group, (0, layer.in_features))[0]
-            gift_rank[group] = (max(prev, choice.A.rank), layer.in_features)
-    total += sum(gift_params(in_f, r) for r, in_f in gift_rank.values())
-    return total
+        a = parsed[name].A
+        if a.kind is Kind.GIFT:
+            group = layer.gift_group
+            rank, in_f, first = usage.get(group, (0, layer.in_features, name))
+            usage[group] = (max(rank, a.rank), in_f, first)
+    return usage
 
 
 def params_by_type(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, int]]:
@@ -154,21 +159,14 @@ def params_by_type(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) ->
     """
     layers = require_layers(model)
     parsed = _parse(layers, subnet)
-    space = get_space(model)
     out: dict[str, dict[str, int]] = {}
-    gift_rank: dict[str, tuple[int, int, str]] = {}  # group -> (largest rank, in_features, type of first layer)
     for name, layer in layers.items():
-        kind = layer_type(name)
-        row = out.setdefault(kind, dict.fromkeys(SUPPORTS, 0))
-        choice = parsed[name]
-        for support, c in zip(SUPPORTS, choice):
+        row = out.setdefault(layer_type(name), dict.fromkeys(SUPPORTS, 0))
+        for support, c in zip(SUPPORTS, parsed[name]):
             row[support] += layer.count_support(support, c)
-        if choice.A.kind is Kind.GIFT:
-            group = gift_group(name, layer.in_features, space.gift_sharing)
-            prev = gift_rank.get(group, (0, layer.in_features, kind))
-            gift_rank[group] = (max(prev[0], choice.A.rank), layer.in_features, prev[2])
-    for r, in_f, kind in gift_rank.values():
-        out[kind]["gift"] = out[kind].get("gift", 0) + gift_params(in_f, r)
+    for r, in_f, first in _gift_usage(layers, parsed).values():
+        row = out[layer_type(first)]
+        row["gift"] = row.get("gift", 0) + gift_params(in_f, r)
     return out
 
 

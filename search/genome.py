@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from glora.gift import gift_group, gift_params
+from glora.gift import gift_params
 from glora.inject import get_space, require_layers
 from glora.space import SUPPORTS, Choice, Kind, SearchSpace
 from glora.subnet import Subnet
@@ -71,7 +71,7 @@ class Genome:
             self.cost_table.append(row)
             self.gift_rank.append(ranks)
             if support == "A" and any(ranks):
-                key = gift_group(name, layer.in_features, space.gift_sharing)
+                key = layer.gift_group
                 if key not in groups:
                     groups[key] = len(groups)
                     self.group_width.append(layer.in_features)

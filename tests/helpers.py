@@ -7,10 +7,13 @@ Models are tiny random-init versions of real timm families, so every test runs i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from glora.gift import GiftBank, GiftGenerator
 from glora.space import Kind, LayerChoice
 
 ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ROOT / "glora" / "app" / "presets"  # the shipped -c presets (package data)
 
 # Small searches for pipeline tests: (population, parents, mutations, crossovers, generations).
 SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]
@@ -216,7 +220,7 @@ def all_choices(space: glora.SearchSpace):
 
 
 def layer_grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, path: str):
-    """(output, gradients of x and of every support tensor) on one execution path (fused, static, autograd)."""
+    """(output, gradients of x and of every support tensor) on one execution path (manual, static, autograd)."""
     layer.execution = dataclasses.replace(layer.execution, path=path)
     params = [x, *layer.support_params()]
     y = layer(x)
@@ -225,13 +229,13 @@ def layer_grads(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor, path
 
 
 def check_every_choice(layer: glora.GLoRALinear, x: torch.Tensor, g: torch.Tensor) -> None:
-    """Fused == reference, outputs and every gradient, for every choice of the layer's space (float64 inputs)."""
+    """Manual and static == autograd, outputs and every gradient, for every choice of the layer's space (float64)."""
     names = [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")]
     for entry in all_choices(layer.space):
         combo = tuple(entry.values())
         layer.set_choice(LayerChoice(*map(glora.Choice.parse, combo)))
         y_ref, g_ref = layer_grads(layer, x, g, "autograd")
-        for path in ("fused", "static"):
+        for path in ("manual", "static"):
             y, grads = layer_grads(layer, x, g, path)
             torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12, msg=f"{path} {combo}")
             for name, a, b in zip(["x", *names], grads, g_ref):
@@ -257,3 +261,79 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 900) -> subprocess.Com
     """``torchrun --nproc_per_node=N ARGS`` on a free port."""
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
     return python(*launcher, *args, timeout=timeout)
+
+
+# ---------------------------------------------------------------------- the commands, in this process and others
+def commands() -> dict[str, Callable]:
+    """Each command's ``main`` by name (``reparam`` = ``export``), imported on first use."""
+    from glora.app.commands.export import main as export_main
+    from glora.app.commands.search import main as search_main
+    from glora.app.commands.train import main as train_main
+
+    return {"train": train_main, "search": search_main, "export": export_main, "reparam": export_main}
+
+
+def cli(command: str, argv: list, capsys) -> tuple[int, str]:
+    """Run a command as its console script would (one error line, exit code); (code, stderr)."""
+    from glora.app.cli import run
+
+    try:
+        code = run(commands()[command], [str(a) for a in argv])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` by its hash: equal snapshots = nothing written, moved or removed."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 8) -> Path:
+    """A tiny ImageFolder tree of 12x12 PNGs, distinct per class and image."""
+    from PIL import Image
+
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (12, 12), (i * 25, 80 * k, 40)).save(root / c / f"{i}.png")
+    return root
+
+
+def start(args: list[str], log: Path, **kw) -> subprocess.Popen:
+    """A script of the repository in its own process, stdout and stderr into ``log``."""
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, **kw)
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``text`` appears in ``log``; fails if the process ends first or the time runs out."""
+    deadline = time.time() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {text!r}: {log.read_text()[-2000:]}")
+        assert time.time() < deadline, f"timed out waiting for {text!r}"
+        time.sleep(0.02)
+
+
+def same_training(a: Path, b: Path) -> None:
+    """Two supernet checkpoints hold the same tensors, bit for bit, and the same log (timings aside)."""
+    from glora.app.checkpoint import read_checkpoint
+
+    ca, cb = read_checkpoint(a), read_checkpoint(b)
+    differ = [k for k in cb["trainable"] if not torch.equal(ca["trainable"][k], cb["trainable"][k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+    strip = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
+    assert strip(ca["log"]) == strip(cb["log"])
+
+
+def search_state(path: Path) -> dict:
+    """A search state without what may differ between equal runs (timings, the output folder)."""
+    state = json.loads(path.read_text())
+    for r in state["log"]:
+        r.pop("seconds")
+    state["config"].pop("out")
+    return state

@@ -53,7 +53,7 @@ def test_compiled_training_step_equals_eager_for_every_subnet_without_recompilin
         graphs = _graphs() if graphs is None else graphs
         glora.set_execution(model, path="static")
         y_s, g_s = _step(model, model, x)
-        glora.set_execution(model, path="fused")
+        glora.set_execution(model, path="manual")
         y_f, _ = _step(model, model, x)
         glora.set_execution(model, path="auto")
         torch.testing.assert_close(y_c, y_s, rtol=1e-5, atol=1e-5)

@@ -38,7 +38,7 @@ CUDA = torch.device("cuda")
 @pytest.mark.parametrize(
     "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
 )
-def test_fused_equals_reference_on_cuda_float64(space, bias):
+def test_manual_equals_reference_on_cuda_float64(space, bias):
     layer = make_layer(space, bias).to(CUDA)
     if layer.gift is not None:  # shared by its group, so not a submodule of the layer
         layer.gift.to(CUDA)
@@ -48,8 +48,8 @@ def test_fused_equals_reference_on_cuda_float64(space, bias):
     check_every_choice(layer, x, gy)
 
 
-def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
-    """Under bf16 autocast the fused path's error against a float64 reference is that of plain autograd."""
+def test_manual_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
+    """Under bf16 autocast the manual path's error against a float64 reference is that of plain autograd."""
     torch.manual_seed(0)
     layer = glora.GLoRALinear(torch.nn.Linear(256, 384), glora.SearchSpace(lora_ranks=(8, 4)))
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
         layer.float().to(CUDA)
         xc = x.to(CUDA).requires_grad_()
         err = {}
-        for path in ("autograd", "fused", "static"):
+        for path in ("autograd", "manual", "static"):
             layer.execution = dataclasses.replace(layer.execution, path=path)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 y = layer(xc)
@@ -77,7 +77,7 @@ def test_fused_bf16_autocast_on_cuda_is_as_close_to_float64_as_autograd():
                 rel_err(a.double().cpu(), b) for a, b in pairs if a is not None and b is not None and b.any()
             )
         layer.cpu()
-        for path in ("fused", "static"):
+        for path in ("manual", "static"):
             assert err[path] < 2e-2, (combo, err)
             assert err[path] <= 2 * err["autograd"] + 1e-3, (combo, err)
 
@@ -143,7 +143,7 @@ def test_compiled_step_with_cuda_graphs_equals_eager_without_recompiling():
         ["train_supernet.py", "--unused-supports", "update", "--execution", "static"],
         ["-m", "torch.distributed.run", "--nproc_per_node=1", "train_supernet.py"],
     ],
-    ids=["default-compiled", "eager-fused", "update-semantics", "torchrun-nccl"],
+    ids=["default-compiled", "eager-manual", "update-semantics", "torchrun-nccl"],
 )
 @pytest.mark.slow
 def test_training_on_cuda(tmp_path, launch):

@@ -1,5 +1,5 @@
-"""Fused training path of a GLoRA layer: the folding math forward, a hand-written backward that only pays for
-what the sampled choice needs.
+"""The manual path (``manual``, formerly ``fused``): the folding math forward, a hand-written backward that only
+pays for what the sampled choice needs. Opt-in through ``auto`` / ``manual``; the fastest eager path on CPU.
 
 Forward is exactly what folding computes, ``y = x W_uniᵀ + b_uni`` (one matmul; a vector/scalar/lora B and a
 vector/scalar A are all inside ``W_uni``). Autograd through that would take the full weight gradient
@@ -17,6 +17,10 @@ vector/scalar A are all inside ``W_uni``). Autograd through that would take the 
 ``W_uni`` (:func:`glora.formula.uni_weight`) is kept for the input gradient, as autograd keeps a linear layer's
 weight: one weight-sized tensor per layer. Parameters a choice does not touch get no gradient (``None``), exactly as
 autograd would leave them.
+
+Cases it does not cover run on the autograd path, each for a named reason (:data:`FALLBACKS`), counted on the
+model's path object (``ManualPath.fallbacks``) and logged once per reason: a GIFT A, a backbone weight that
+trains, a non-float input, ``|1 + a|`` below the scale guard, a vector/scalar A beside a frozen B.
 """
 
 from __future__ import annotations
@@ -24,40 +28,47 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
+import logging
+from collections import Counter
 
 import torch
 
-from .formula import Terms, uni_bias, uni_weight
-from .space import Kind
+from ..formula import choice_terms, uni_bias, uni_weight
+from ..space import Choice, Kind
+from . import LayerPath, register_path
+from .autograd import autograd_forward
 
-__all__ = ["fused_linear", "ScaleGuard"]
+__all__ = ["ManualPath", "ScaleGuard", "FALLBACKS", "manual_linear"]
+
+_logger = logging.getLogger(__name__)
 
 _NONE, _LORA, _VECTOR, _SCALAR = Kind.NONE, Kind.LORA, Kind.VECTOR, Kind.SCALAR
 
+# Why a layer runs on the autograd path instead (the keys of ManualPath.fallbacks).
+FALLBACKS = {
+    "gift": "A is a GIFT choice (its generator is shared across layers)",
+    "weight-trains": "the backbone weight requires grad",
+    "non-float-input": "the input is not a floating-point tensor",
+    "scale-guard": "|1 + a| of a vector/scalar A is below the scale guard",
+    "frozen-b": "a vector/scalar A beside a B that does not train",
+}
 
-def _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank):
-    """W_uni for A in {none, vector, scalar, lora} and any B: :func:`glora.formula.uni_weight` of these slices."""
-    a = {}
-    if a_kind == _LORA:
-        a = {"a_down": Ad[:, :a_rank], "a_up": Au[:a_rank]}
-    elif a_kind != _NONE:
-        a = {"a_row": Ad[:, :1] if a_kind == _VECTOR else Ad[0, 0]}
-    if b_kind == _LORA:
-        a |= {"b_down": Bd[:, :b_rank], "b_up": Bu[:b_rank]}
-    elif b_kind != _NONE:
-        a |= {"b_row": Bd[:, :1] if b_kind == _VECTOR else Bd[0, 0]}
-    return uni_weight(w0, Terms(**a))
+
+def _dense(w0, Ad, Au, Bd, Bu, a: Choice, b: Choice):
+    """W_uni for A in {none, vector, scalar, lora} and any B (the formula over :func:`choice_terms`'s slices)."""
+    return uni_weight(w0, choice_terms({"Ad": Ad, "Au": Au, "Bd": Bd, "Bu": Bu}, (a, b)))
 
 
 class _GLoRAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank, copy_out, cpu_forms):
+    def forward(ctx, x, w0, bias, Ad, Au, Bd, Bu, a, b, copy_out, cpu_forms):
+        a_kind, a_rank, b_kind, b_rank = a.kind, a.rank, b.kind, b.rank
         dev = x.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and x.dtype != torch.float64 else None
         # Under autocast: W_uni in the weights' precision, then one cast for the matmul, where autocast would cast
         # W0 and every factor separately (each cast is a kernel launch) and round W_uni's sum in bf16.
         with torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
-            w = _dense(w0, Ad, Au, Bd, Bu, a_kind, a_rank, b_kind, b_rank)
+            w = _dense(w0, Ad, Au, Bd, Bu, a, b)
             w = w if amp is None else w.to(amp)
             xc = x if amp is None else _as(x, amp)
             y = torch.nn.functional.linear(xc, w, _as(bias, amp))
@@ -163,8 +174,6 @@ class _GLoRAFunction(torch.autograd.Function):
             None,
             None,
             None,
-            None,
-            None,
         )
 
 
@@ -254,23 +263,24 @@ class ScaleGuard:
     """Answers "is every ``|1 + a|`` at least ``threshold``?" for a group of layers with one device read.
 
     Reading a device tensor on the host is a sync on a GPU: the host stops running ahead and waits, which asked once
-    per vector/scalar-A layer cost a ViT-B step on an H100 about a third of its time. A group (``glora.inject``
-    makes one per model) reads column 0 of every member's ``Ad`` at once, and each member keeps its answer until
-    its ``Ad`` changes (storage or version counter: an optimizer step or ``load_state_dict`` bumps it), so a
-    training step pays one read. An edit through ``Ad.data`` bypasses the counter: edit ``Ad`` itself under
-    ``torch.no_grad()`` instead.
+    per vector/scalar-A layer cost a ViT-B step on an H100 about a third of its time. A group (the layers sharing a
+    :class:`ManualPath`: one per model) reads column 0 of every member's ``Ad`` at once, and each member's answer
+    is kept until its ``Ad`` changes (storage or version counter: an optimizer step or ``load_state_dict`` bumps
+    it), so a training step pays one read. An edit through ``Ad.data`` bypasses the counter: edit ``Ad`` itself
+    under ``torch.no_grad()`` instead.
     """
 
     def __init__(self, layers=(), threshold: float = 1e-2) -> None:
         self.layers = list(layers)
         self.threshold = threshold
+        self._state: dict[int, tuple] = {}  # id(layer) -> (key, vector safe, scalar safe)
 
     def is_safe(self, layer, scalar: bool) -> bool:
         """For ``layer``'s vector A (all rows) or scalar A (row 0 only)."""
-        state = layer.__dict__.get("_scale_state")
+        state = self._state.get(id(layer))
         if state is None or state[0] != self._key(layer):
             self._refresh(layer)
-            state = layer.__dict__["_scale_state"]
+            state = self._state[id(layer)]
         return state[2] if scalar else state[1]
 
     def _key(self, layer) -> tuple:
@@ -289,27 +299,67 @@ class ScaleGuard:
             rows.setdefault(j, []).append(i - starts[j])
         for j, m in enumerate(group):
             hit = rows.get(j, [])
-            m._scale_state = (self._key(m), not hit, 0 not in hit)
+            self._state[id(m)] = (self._key(m), not hit, 0 not in hit)
 
 
 def _same_kind(t: torch.Tensor | None, like: torch.Tensor) -> bool:
     return t is not None and t.device == like.device and t.dtype == like.dtype
 
 
-def fused_linear(layer, choice, x: torch.Tensor) -> torch.Tensor | None:
-    """Run ``layer`` under ``choice`` on the fused path, or return None when the autograd path must be used."""
-    a, b = choice.A, choice.B
-    if a.kind is Kind.GIFT or layer.weight.requires_grad or not x.is_floating_point():
+@register_path
+class ManualPath(LayerPath):
+    """The hand-written backward, with its scale guard shared by the model's layers and its fallbacks counted."""
+
+    name = "manual"
+
+    def __init__(self, execution, layers=()) -> None:
+        super().__init__(execution, layers)
+        self.guard = ScaleGuard(self.layers, execution.scale_guard)
+        self.fallbacks: Counter[str] = Counter()
+
+    def unsupported(self, layer, x: torch.Tensor) -> str | None:
+        """Why ``layer`` cannot run on this path for input ``x`` under its current choice (a key of
+        :data:`FALLBACKS`), or ``None`` when it can."""
+        a, b = layer._require_choice()[:2]
+        if a.kind is Kind.GIFT:
+            return "gift"
+        if layer.weight.requires_grad:
+            return "weight-trains"
+        if not x.is_floating_point():
+            return "non-float-input"
+        if a.kind in (_VECTOR, _SCALAR):
+            if not self.guard.is_safe(layer, scalar=a.kind == _SCALAR):
+                return "scale-guard"
+            if b.kind != _NONE and not layer.Bd.requires_grad:
+                return "frozen-b"  # B's share of y is only known through its own gradient sums
         return None
-    Ad, Au, Bd, Bu = layer.Ad, layer.Au, layer.Bd, layer.Bu
-    if a.kind in (_VECTOR, _SCALAR):
-        if not layer.scale_guard.is_safe(layer, scalar=a.kind == _SCALAR):
-            return None
-        if b.kind != _NONE and not Bd.requires_grad:
-            return None  # B's share of y is only known through its own gradient sums
-    forms = layer.execution.forms
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+        reason = self.unsupported(layer, x)
+        if reason is None:
+            return manual_linear(layer, x, self.execution.forms)
+        if not self.fallbacks[reason]:
+            _logger.debug("GLoRA layer %r runs on the autograd path: %s", layer.name, FALLBACKS[reason])
+        self.fallbacks[reason] += 1
+        return autograd_forward(layer, x)
+
+
+def manual_linear(layer, x: torch.Tensor, forms: str = "auto") -> torch.Tensor:
+    """``layer``'s output under its current choice through the hand-written backward (no fallback checks: see
+    :meth:`ManualPath.unsupported`)."""
+    choice = layer._require_choice()
     cpu_forms = forms == "cpu" or (forms == "auto" and x.device.type == "cpu")
     bias = uni_bias(layer.bias, layer.weight, layer.terms(choice))
     return _GLoRAFunction.apply(
-        x, layer.weight, bias, Ad, Au, Bd, Bu, a.kind, a.rank, b.kind, b.rank, layer.output_edited_in_place, cpu_forms
+        x,
+        layer.weight,
+        bias,
+        layer.Ad,
+        layer.Au,
+        layer.Bd,
+        layer.Bu,
+        choice.A,
+        choice.B,
+        layer.output_edited_in_place,
+        cpu_forms,
     )
