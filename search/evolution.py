@@ -25,9 +25,12 @@ from deap import algorithms, base, creator, tools
 
 from .genome import Genome
 
-__all__ = ["SearchSettings", "Evolution", "pareto_front"]
+__all__ = ["SearchSettings", "Evolution", "pareto_front", "OBJECTIVES"]
 
 _logger = logging.getLogger(__name__)
+
+# accuracy: the paper's top-k loop (ties broken by fewer parameters); pareto: NSGA-II over (accuracy, params).
+OBJECTIVES = ("accuracy", "pareto")
 
 STATE_VERSION = 1
 
@@ -55,12 +58,12 @@ class SearchSettings:
     generations: int = 20
     min_params: int = 0
     max_params: int = 10**12
-    objective: str = "accuracy"  # or "pareto"
+    objective: str = "accuracy"  # one of OBJECTIVES
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.objective not in ("accuracy", "pareto"):
-            raise ValueError(f"objective must be accuracy or pareto, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.parents > self.population:
             raise ValueError(f"--parents ({self.parents}) cannot exceed --population ({self.population})")
         if self.mutations + self.crossovers > self.population:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import PRESETS
 
 from glora.app import data
 from glora.app import options as cfg
@@ -15,18 +15,18 @@ from glora.app.commands.train import build_parser as train_parser
 
 # ---------------------------------------------------------------------- configs
 def test_default_config_files_equal_the_builtin_defaults():
-    for parser, path in ((train_parser, "configs/default.yaml"), (search_parser, "configs/search/default.yaml")):
+    for parser, path in ((train_parser, "default"), (search_parser, "search/default")):
         plain = vars(cfg.parse_args(parser(), []))
-        from_file = vars(cfg.parse_args(parser(), ["-c", str(ROOT / path)]))
+        from_file = vars(cfg.parse_args(parser(), ["-c", path]))  # a preset by name
         from_file.pop("config"), plain.pop("config")
         assert from_file == plain, path
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(p.relative_to(PRESETS).as_posix() for p in PRESETS.rglob("*.yaml")))
 def test_every_shipped_config_parses(path):
-    parser = search_parser() if path.startswith("configs/search/") else train_parser()
-    args = cfg.parse_args(parser, ["-c", str(ROOT / path)])
-    if path.startswith("configs/vtab/"):
+    parser = search_parser() if path.startswith("search/") else train_parser()
+    args = cfg.parse_args(parser, ["-c", str(PRESETS / path)])
+    if path.startswith("vtab/"):
         task = Path(path).stem
         assert (args.dataset, args.task, args.epochs, args.batch_size) == ("vtab", task, 500, 64)
         assert args.lr == (1e-4 if task in data.VTAB_SMALL_LR_TASKS else 5e-4)
@@ -38,7 +38,7 @@ def test_every_shipped_config_parses(path):
 
 
 def test_all_19_vtab_tasks_have_a_config():
-    assert sorted(p.stem for p in (ROOT / "configs" / "vtab").glob("*.yaml")) == sorted(data.VTAB_TASKS)
+    assert sorted(p.stem for p in (PRESETS / "vtab").glob("*.yaml")) == sorted(data.VTAB_TASKS)
 
 
 def test_stacked_configs_and_command_line_override(tmp_path):
@@ -46,9 +46,9 @@ def test_stacked_configs_and_command_line_override(tmp_path):
         train_parser(),
         [
             "-c",
-            str(ROOT / "configs/vtab/cifar.yaml"),
+            str(PRESETS / "vtab/cifar.yaml"),
             "-c",
-            str(ROOT / "configs/spaces/glora-4-2.yaml"),
+            str(PRESETS / "spaces/glora-4-2.yaml"),
             "--lr",
             "1e-3",
         ],
@@ -81,3 +81,35 @@ def test_bad_config_files(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.parse_args(train_parser(), ["-c", str(tmp_path / "none.yaml")])
+
+
+# ---------------------------------------------------------------------- presets by name (package data)
+@pytest.mark.parametrize("name", ["vtab/cifar", "vtab/cifar.yaml", "configs/vtab/cifar.yaml"])
+def test_a_preset_is_found_by_name_from_any_folder(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shipped copy is read
+    by_name = cfg.parse_args(train_parser(), ["-c", name, "--data-root", "x"])
+    by_file = cfg.parse_args(train_parser(), ["-c", str(PRESETS / "vtab/cifar.yaml"), "--data-root", "x"])
+    assert {**vars(by_name), "config": None} == {**vars(by_file), "config": None}
+
+
+def test_a_local_file_wins_over_a_preset_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vtab").mkdir()
+    (tmp_path / "vtab" / "cifar.yaml").write_text("epochs: 3\n")
+    assert cfg.parse_args(train_parser(), ["-c", "vtab/cifar.yaml"]).epochs == 3
+
+
+def test_list_presets_names_every_shipped_file(capsys):
+    with pytest.raises(SystemExit) as e:
+        cfg.parse_args(search_parser(), ["--list-presets"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith("use one")]
+    assert listed == cfg.preset_names() and "vtab/cifar" in listed and "search/default" in listed
+    assert "VTAB-1k cifar" in out  # each with its description line
+
+
+@pytest.mark.parametrize("name", ["vtab/cifr", "../presets/vtab/cifar", "/nonexistent/x.yaml"])
+def test_an_unknown_preset_is_one_clear_error(name):
+    with pytest.raises(cfg.ConfigError, match="does not exist, nor is it a preset name"):
+        cfg.parse_args(train_parser(), ["-c", name])

@@ -116,6 +116,8 @@ def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"glora/app/assets/digits-vit/config.json", "glora/app/assets/digits-vit/model.safetensors"} <= names
+    presets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "glora/app/presets").rglob("*.yaml")}
+    assert presets and presets <= names  # every -c preset ships
     for command in ("glora-train", "glora-search", "glora-export"):
         assert command in entry_points
     site = tmp_path / "site"
@@ -143,6 +145,8 @@ def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
         command("glora-search", *TINY_SEARCH, "--no-progress"),
         command("glora-export"),
     ]
+    listed = command("glora-search", "--list-presets")  # the presets are found inside the installed package
+    assert listed.returncode == 0 and "vtab/cifar" in listed.stdout and str(site) in listed.stdout, listed.stderr
     for done in steps:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (work / "runs/default/export/model.safetensors").is_file()

@@ -16,3 +16,16 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     assert (tmp_path / "subnet.yaml").exists()
+
+
+def test_every_config_the_readme_names_is_a_shipped_preset():
+    """``-c configs/...`` in the README's commands and its preset list resolve after a plain install."""
+    from glora.app.options import PRESETS, resolve_config
+
+    text = README.read_text(encoding="utf-8")
+    named = set(re.findall(r"(configs/[\w./-]+\.yaml)", text))
+    assert len(named) > 10
+    for name in sorted(named):
+        if "<" in name or "*" in name:
+            continue
+        assert resolve_config(name).is_relative_to(PRESETS), name

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_SEARCH
+from helpers import PRESETS, TINY_SEARCH
 
 import glora
 from glora.app.cli import run
@@ -74,12 +74,12 @@ def test_mean_std_reach_the_checkpoint_and_bad_values_are_one_line(tmp_path, cap
 def test_backbone_and_protocol_presets_stack_on_a_task():
     args = parse_args(
         train_parser(),
-        ["-c", str(ROOT / "configs/vtab/cifar.yaml"), "-c", str(ROOT / "configs/backbones/swin-b.yaml")],
+        ["-c", str(PRESETS / "vtab/cifar.yaml"), "-c", str(PRESETS / "backbones/swin-b.yaml")],
     )
     assert args.model == "swin_base_patch4_window7_224.ms_in22k" and args.drop_path == 0.1 and args.lr == 5e-4
     args = parse_args(
         train_parser(),
-        ["-c", str(ROOT / "configs/vtab/dtd.yaml"), "-c", str(ROOT / "configs/protocols/paper-table1.yaml")],
+        ["-c", str(PRESETS / "vtab/dtd.yaml"), "-c", str(PRESETS / "protocols/paper-table1.yaml")],
     )
     assert (args.train_split, args.val_split, args.task) == ("train800val200", "val200", "dtd")
 
@@ -144,8 +144,8 @@ def _independent_count(model, choice: dict[str, str]) -> int:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_presets_are_one_fixed_subnet_with_the_expected_count(method):
-    args = parse_args(train_parser(), ["-c", str(ROOT / f"configs/methods/{method}.yaml")])
-    from glora.app.commands.train import adapter_from_args
+    args = parse_args(train_parser(), ["-c", str(PRESETS / f"methods/{method}.yaml")])
+    from glora.app.options.train import adapter_from_args
 
     adapter = adapter_from_args(args)
     assert adapter.space.layer_size == 1
@@ -168,8 +168,8 @@ def test_peft_glora_preset_has_peft_glora_parameter_count():
     wrapped = peft.get_peft_model(base, peft.GloraConfig(r=8, target_modules=targets))
     theirs = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "glora_" in n)
     ours = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **_tiny())
-    args = parse_args(train_parser(), ["-c", str(ROOT / "configs/methods/peft-glora.yaml")])
-    from glora.app.commands.train import adapter_from_args
+    args = parse_args(train_parser(), ["-c", str(PRESETS / "methods/peft-glora.yaml")])
+    from glora.app.options.train import adapter_from_args
 
     glora.inject(ours, adapter_from_args(args))
     subnet = {n: dict(METHODS["peft-glora"]) for n in glora.glora_layers(ours)}
@@ -179,7 +179,7 @@ def test_peft_glora_preset_has_peft_glora_parameter_count():
 def test_choices_on_the_command_line_and_in_yaml(tmp_path):
     args = parse_args(train_parser(), ["--choices", "a=none", "B=lora_8,lora_4", "--lora-ranks", "8", "4"])
     assert args.choices == ["A=none", "B=lora_8,lora_4"]
-    from glora.app.commands.train import adapter_from_args
+    from glora.app.options.train import adapter_from_args
 
     assert adapter_from_args(args).space.choice_names("B") == ("lora_8", "lora_4")
     listed = tmp_path / "list.yaml"
@@ -208,7 +208,7 @@ def lora_pipeline(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("lora")
     sup = work / "supernet"
-    lora = str(ROOT / "configs/methods/lora.yaml")
+    lora = str(PRESETS / "methods/lora.yaml")
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert run(train_main, ["-c", lora, "--epochs", "3", "--out", str(sup), "--no-progress"]) == 0
         assert (
@@ -265,7 +265,7 @@ def test_export_records_interleaved_latency(lora_pipeline):
 
 
 def test_measure_latency_rotates_the_order_and_times_every_model():
-    from glora.app.export import measure_latency
+    from glora.app.timm_folder import measure_latency
 
     calls = []
     models = {n: (lambda x, n=n: calls.append(n)) for n in ("a", "b", "c")}
@@ -349,7 +349,7 @@ def test_fewshot_evaluation_center_crops():
         img = Image.new("RGB", (64, 64), (255, 0, 0))
         ImageDraw.Draw(img).rectangle([16, 16, 47, 47], fill=(0, 255, 0))
         img.save(path)
-        from glora.app.data import _load_image
+        from glora.app.data.transforms import load_image as _load_image
 
         cropped = _load_image(path, (3, 16, 16), 0.5)
         squashed = _load_image(path, (3, 16, 16), None)
@@ -397,7 +397,7 @@ def test_bad_augmentation_options_are_one_line(tmp_path, capsys):
 def test_fewshot_preset_end_to_end_on_tiny_data(tmp_path, capsys):
     """A few-shot preset with augmentation, on a tiny random-init ViT: train, search, export."""
     root = _fewshot_tree(tmp_path / "fs")
-    preset = str(ROOT / "configs/fewshot/oxford_pets.yaml")
+    preset = str(PRESETS / "fewshot/oxford_pets.yaml")
     train = [
         "-c", preset, "--task", "toy_birds", "--data-root", root, "--shot", "2", "--split-seed", "1",
         "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--epochs", "2",

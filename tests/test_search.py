@@ -165,7 +165,7 @@ def test_restore_refuses_other_settings():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"objective": "speed"}, "accuracy or pareto"),
+        ({"objective": "speed"}, "one of accuracy, pareto"),
         ({"parents": 60}, "cannot exceed --population"),
         ({"mutations": 30, "crossovers": 30}, "cannot exceed --population"),
     ],

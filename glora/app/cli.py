@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["run", "setup_logging", "terminate_as_interrupt", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["run", "setup_logging", "catch_signals", "terminate_as_interrupt", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -57,24 +57,42 @@ def _one_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a job scheduler's stop) behaves like Ctrl-C for the block: KeyboardInterrupt, a clean exit 130.
+def catch_signals(
+    handler: Callable[[int], None], signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM), *, once: bool = False
+) -> Iterator[None]:
+    """Run ``handler(signum)`` on ``signals`` for the block, then restore what was there.
 
-    Like SIGINT, it stays ignored when the process was started with it ignored.
+    The one place the commands touch signal handlers. A signal the process was started with ignored (``nohup``,
+    ``cmd &`` in a script: SIGINT) stays ignored, and outside the main thread (where Python cannot install a
+    handler) the block runs unchanged. ``once``: the previous handlers are back as soon as one signal arrives, so
+    a second Ctrl-C / SIGTERM acts at once (aborts) instead of being queued behind the first.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN:
-        yield
-        return
+    previous = {sig: h for sig in signals if (h := signal.getsignal(sig)) is not signal.SIG_IGN}
 
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt
+    def restore() -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
-    signal.signal(signal.SIGTERM, interrupt)
+    def on_signal(signum, _frame):
+        if once:
+            restore()
+        handler(signum)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
+
+
+def terminate_as_interrupt() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM (a job scheduler's stop) behaves like Ctrl-C for the block: KeyboardInterrupt, a clean exit 130."""
+    return catch_signals(_interrupt, (signal.SIGTERM,))
+
+
+def _interrupt(_signum: int) -> None:
+    raise KeyboardInterrupt

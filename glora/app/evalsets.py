@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import _IMAGE_EXTENSIONS, ImageSet, _materialise, make_loader, read_list_file
+from .data import IMAGE_EXTENSIONS, ImageSet, make_loader, read_list_file
+from .data.images import materialise
 from .evaluate import predict
 
 __all__ = [
@@ -149,7 +150,7 @@ def load_eval_set(
         label_of = _class_labels(classes, class_names, num_classes, f"eval set {spec.name!r}")
         files, labels = [], []
         for c, label in zip(classes, label_of):
-            found = sorted(p for p in (path / c).rglob("*") if p.suffix.lower() in _IMAGE_EXTENSIONS and p.is_file())
+            found = sorted(p for p in (path / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
             files += found
             labels += [label] * len(found)
         if not files:
@@ -158,7 +159,7 @@ def load_eval_set(
         files, labels = read_list_file(path, path.parent, num_classes, f"eval set {spec.name!r}")
     else:
         raise FileNotFoundError(f"eval set {spec.name!r}: {str(path)!r} does not exist (a folder or a list file)")
-    images = _materialise(files, labels, num_classes, tuple(size), False, spec.name, crop_pct=crop_pct)
+    images = materialise(files, labels, num_classes, tuple(size), False, spec.name, crop_pct=crop_pct)
     return images, _load_mask(spec, labels, class_names, num_classes)
 
 

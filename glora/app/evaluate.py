@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["accuracy", "autocast", "resolve_device", "predict", "compile_model"]
+__all__ = ["AMP_MODES", "accuracy", "autocast", "resolve_device", "predict", "compile_model"]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ def compile_model(
         "compiling the supernet on first use (torch.compile %s)", ", ".join(f"{k}={v}" for k, v in kwargs.items())
     )
     return torch.compile(model, **kwargs)
+
+
+# --amp: mixed precision of forward passes (training steps and evaluation).
+AMP_MODES = ("auto", "bf16", "off")
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

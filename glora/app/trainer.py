@@ -16,9 +16,8 @@ import logging
 import math
 import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,9 +28,10 @@ from torch import nn
 from glora.inject import glora_layers
 from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
 
+from .cli import catch_signals
 from .data import ImageSet, make_loader, place
 from .distributed import Distributed
-from .evaluate import accuracy, autocast
+from .evaluate import AMP_MODES, accuracy, autocast
 
 __all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS", "make_adamw"]
 
@@ -56,7 +56,7 @@ class Recipe:
     """How to train: optimiser, schedule, loss, precision, seed (the train command's options of the same names).
 
     The defaults are the embedded task's; the paper's VTAB-1k recipe (500 epochs, lr 5e-4 or 1e-4, 10 warmup
-    epochs) is in ``configs/vtab``.
+    epochs) is in the ``vtab/*`` presets (``glora/app/presets``).
     """
 
     epochs: int = 120
@@ -77,8 +77,8 @@ class Recipe:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ValueError(f"amp must be auto, bf16 or off; got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
         if self.unused_supports not in UNUSED_SUPPORTS:
             allowed = ", ".join(UNUSED_SUPPORTS)
             raise ValueError(f"unused_supports must be one of {allowed}; got {self.unused_supports!r}")
@@ -268,32 +268,14 @@ class Trainer:
                     record["seconds"],
                 )
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
+    def _signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C / SIGTERM request a stop at the next step boundary; a second one aborts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        # A signal the process was started with ignored (nohup, `cmd &` in a script: SIGINT) stays ignored.
-        previous = {
-            sig: handler
-            for sig in (signal.SIGINT, signal.SIGTERM)
-            if (handler := signal.getsignal(sig)) is not signal.SIG_IGN
-        }
 
-        def request_stop(signum, _frame):
+        def request_stop(signum: int) -> None:
             self._stop = True
             _logger.warning("%s: saving after the current step (send it again to abort)", signal.Signals(signum).name)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
-        for sig in previous:
-            signal.signal(sig, request_stop)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return catch_signals(request_stop, once=True)
 
     def _train_epoch(self, start: float, on_interrupt: Callable[[], None] | None) -> float:
         from tqdm.auto import tqdm

@@ -26,41 +26,14 @@ from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
 from ..data import DataSpec, Normalizer
-from ..evalsets import add_eval_set_option, eval_set_inputs, evaluate_sets
+from ..evalsets import eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
-from ..export import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
-from ..options import make_parser, nonneg_float, nonneg_int, parse_args, positive_int
+from ..options import parse_args
+from ..options.export import build_parser
 from ..outputs import check_no_overlap, output_lock
+from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 
 __all__ = ["build_parser", "main", "cli"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("reparam.py", "Fold a searched subnet into plain weights and export a vanilla timm model.")
-    p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
-    p.add_argument("--subnet", default="runs/default/search/subnet.yaml", help="subnet YAML from search.py")
-    p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir layout)")
-    p.add_argument("--force", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--verify-images", type=positive_int, default=64, help="real validation images to compare on")
-    p.add_argument(
-        "--tolerance",
-        type=nonneg_float,
-        default=1e-4,
-        help="largest allowed |folded - supernet| relative to the largest logit",
-    )
-    p.add_argument(
-        "--latency-rounds",
-        type=nonneg_int,
-        default=5,
-        help="timed forwards of the folded model, the unfolded supernet and the base model on the verification "
-        "batch, interleaved, recorded in glora_export.json (0: skip)",
-    )
-    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size of the --eval-set evaluations")
-    p.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers of the --eval-set evaluations")
-    add_eval_set_option(p)
-    p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
-    p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
-    return p
 
 
 @dataclass
@@ -151,7 +124,7 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
 
 def _eval_sets(args: argparse.Namespace, ckpt: dict[str, Any], folded: nn.Module, device: torch.device) -> dict:
     """The folded model (what ships) on each ``--eval-set``: the paper's domain-generalization table."""
-    data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+    data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
     inputs = ckpt["input"]
     head = _head_outputs(folded)
     results = evaluate_sets(
@@ -194,7 +167,7 @@ def _latency(rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Modul
 
 def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:
     """The first ``--verify-images`` validation images, normalised as in training."""
-    data = DataSpec.from_dict(dict(ckpt["data"]) | ({"data_root": args.data_root} if args.data_root else {}))
+    data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
     inputs = ckpt["input"]
     part = data.load("val", inputs["input_size"]).subset(args.verify_images)
     images = part.images

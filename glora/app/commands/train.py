@@ -8,7 +8,6 @@ digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -18,320 +17,40 @@ from typing import Any
 import torch
 
 from glora._io import atomic_write_text
-from glora.config import AdapterConfig
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
-from glora.space import GIFT_SHARING, SearchSpace
+from glora.space import SearchSpace
 
-from ..backbone import EMBEDDED_PREFIX, BackboneSpec, build_backbone, fingerprint
+from ..backbone import build_backbone, fingerprint
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
-from ..data import DATASETS, DataSpec, Normalizer, TrainAugment, input_config
+from ..data import DataSpec, Normalizer, input_config
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..options import (
-    ConfigError,
-    add_progress_option,
-    add_runtime_options,
     args_to_dict,
-    finite_float,
-    make_parser,
-    nonneg_float,
-    nonneg_int,
-    optional,
     parse_args,
-    parse_choices,
-    positive_float,
-    positive_int,
-    probability,
     save_config,
     start_or_resume,
-    support_choices,
-    yaml_mapping,
+)
+from ..options.train import (
+    RESUMABLE_OPTIONS,
+    adapter_from_args,
+    augment_from_args,
+    backbone_from_args,
+    build_parser,
+    inputs_of,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
 from ..sizes import check_training_size
-from ..trainer import UNUSED_SUPPORTS, DivergenceError, Recipe, Trainer
+from ..trainer import DivergenceError, Recipe, Trainer
 
-__all__ = [
-    "build_parser",
-    "main",
-    "cli",
-    "adapter_from_args",
-    "augment_from_args",
-    "data_from_args",
-    "inputs_of",
-    "RESUMABLE_OPTIONS",
-    "DEFAULT_MODEL",
-]
+__all__ = ["build_parser", "main", "cli"]
 
 _logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = f"{EMBEDDED_PREFIX}digits-vit"
-
-# Options that may change when resuming (they do not alter what is computed); everything else comes from last.pt.
-RESUMABLE_OPTIONS = {
-    "epochs",
-    "stop_after",
-    "device",
-    "workers",
-    "progress",
-    "resume",
-    "force",
-    "out",
-    "compile",
-    "compile_mode",
-    "compile_backend",
-    "execution",
-    "data_on_device",
-    "memory_check",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("train_supernet.py", "Train a GLoRA supernet: a random subnet per step over a frozen backbone.")
-    _add_backbone_options(p.add_argument_group("backbone"))
-    _add_space_options(p.add_argument_group("search space"))
-    _add_data_options(p.add_argument_group("data"))
-    _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
-    _add_training_options(p.add_argument_group("training"))
-    _add_runtime_options(p.add_argument_group("runtime"))
-    _add_output_options(p.add_argument_group("output"))
-    return p
-
-
-def _add_backbone_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="timm name (e.g. vit_base_patch16_224.orig_in21k), hf-hub:<repo>, local-dir:<folder> or "
-        "embedded:<name> (a backbone shipped with glora: embedded:digits-vit)",
-    )
-    g.add_argument(
-        "--pretrained", action=argparse.BooleanOptionalAction, default=True, help="load the model's pretrained weights"
-    )
-    g.add_argument("--pretrained-file", default=None, help="load pretrained weights from this local file (offline)")
-    g.add_argument("--img-size", type=optional(positive_int), default=None, help="input size, if not the model's")
-    g.add_argument("--drop-path", type=probability, default=0.0, help="stochastic depth rate of the backbone")
-    g.add_argument(
-        "--model-kwargs",
-        type=yaml_mapping,
-        default={},
-        help="more timm.create_model arguments as a YAML/JSON mapping, e.g. '{embed_dim: 32, depth: 2}'",
-    )
-
-
-def _add_space_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--lora-ranks", type=positive_int, nargs="*", default=[8, 4], help="LoRA ranks (paper: 8 4 | 4 2 | 2)"
-    )
-    g.add_argument("--gift-ranks", type=positive_int, nargs="*", default=[], help="GIFT ranks offered to A")
-    g.add_argument("--gift-sharing", choices=GIFT_SHARING, default="type", help="which layers share a GIFT generator")
-    g.add_argument(
-        "--choices",
-        type=support_choices,
-        nargs="+",
-        default=None,
-        metavar="SUPPORT=NAMES",
-        help="narrow the space per support, e.g. A=none B=lora_8 C=none D=none E=none (LoRA r=8); one choice per "
-        "support trains a fixed adapter (presets: configs/methods/*.yaml); unnamed supports keep every choice",
-    )
-    g.add_argument("--targets", nargs="+", default=None, help="layer-name suffixes to adapt (default: all but heads)")
-    g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
-
-
-def _add_data_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--dataset", choices=DATASETS, default="digits", help="digits (embedded), vtab, fewshot (FGVC lists) or folder"
-    )
-    g.add_argument(
-        "--data-root", default=None, help="VTAB-1k or few-shot root (<root>/<task>/...) or an ImageFolder tree"
-    )
-    g.add_argument("--task", default=None, help="VTAB-1k task (e.g. cifar) or few-shot dataset (e.g. oxford_pets)")
-    g.add_argument(
-        "--shot", type=optional(positive_int), default=None, help="few-shot: images per class (1, 2, 4, 8, 16)"
-    )
-    g.add_argument("--train-split", default="train", help="train split (VTAB-1k: train800 or a list file)")
-    g.add_argument("--val-split", default="val", help="validation split: the search ranks subnets on it")
-    g.add_argument("--test-split", default="test", help="test split, looked at once for the final pick")
-    g.add_argument(
-        "--val-fraction", type=probability, default=0.2, help="ImageFolder: per-class share held out for val"
-    )
-    g.add_argument("--test-fraction", type=probability, default=0.0, help="ImageFolder: per-class share for test")
-    g.add_argument(
-        "--split-seed",
-        type=nonneg_int,
-        default=0,
-        help="ImageFolder: seed of the stratified split; few-shot: the seed of the train list",
-    )
-    g.add_argument(
-        "--crop-pct",
-        type=optional(probability),
-        default=None,
-        help="evaluation: resize to size/crop-pct, center crop (default: squash-resize; few-shot 0.875 = 256->224)",
-    )
-    g.add_argument(
-        "--cache-images",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode and resize every image once and keep it in memory (uint8)",
-    )
-    g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
-    g.add_argument(
-        "--mean",
-        type=finite_float,
-        nargs="+",
-        default=None,
-        metavar="MEAN",
-        help="normalisation mean per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
-    )
-    g.add_argument(
-        "--std",
-        type=positive_float,
-        nargs="+",
-        default=None,
-        metavar="STD",
-        help="normalisation std per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
-    )
-
-
-def _add_augment_options(g: argparse._ArgumentGroup) -> None:
-    ref = TrainAugment()
-    g.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="augment training images with timm's create_transform (the options below; images are then read "
-        "from files every epoch); off = the VTAB-1k recipe",
-    )
-    g.add_argument("--aa", type=optional(str), default=ref.aa, help="timm auto-augment policy (none: off)")
-    g.add_argument("--color-jitter", type=nonneg_float, default=ref.color_jitter, help="color jitter strength")
-    g.add_argument("--reprob", type=probability, default=ref.reprob, help="random erasing probability")
-    g.add_argument("--remode", choices=("pixel", "rand", "const"), default=ref.remode, help="random erasing mode")
-    g.add_argument("--recount", type=positive_int, default=ref.recount, help="random erasing count")
-    g.add_argument("--scale", type=positive_float, nargs=2, default=list(ref.scale), help="random resized crop scale")
-    g.add_argument("--ratio", type=positive_float, nargs=2, default=list(ref.ratio), help="random resized crop ratio")
-    g.add_argument("--hflip", type=probability, default=ref.hflip, help="horizontal flip probability")
-    g.add_argument("--vflip", type=probability, default=ref.vflip, help="vertical flip probability")
-    g.add_argument(
-        "--train-interpolation",
-        choices=("bicubic", "bilinear", "nearest", "random"),
-        default=ref.train_interpolation,
-        help="interpolation of the training crop",
-    )
-
-
-def augment_from_args(args: argparse.Namespace) -> TrainAugment | None:
-    """The training augmentation the options describe (None without ``--augment``)."""
-    if not getattr(args, "augment", False):
-        return None
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainAugment)}  # same names as the options
-    return TrainAugment(**values | {"scale": tuple(args.scale), "ratio": tuple(args.ratio)})
-
-
-def _add_training_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--epochs", type=positive_int, default=120, help="supernet epochs (paper VTAB-1k: 500)")
-    g.add_argument("--batch-size", type=positive_int, default=64, help="images per step (all processes together)")
-    g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--warmup-epochs", type=nonneg_float, default=2.0, help="linear warmup of the cosine schedule")
-    g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="learning rate the warmup starts from")
-    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="learning rate the cosine schedule ends at")
-    g.add_argument("--smoothing", type=probability, default=0.0, help="label smoothing")
-    g.add_argument("--clip-grad", type=optional(positive_float), default=None, help="max gradient norm")
-    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA only")
-    g.add_argument(
-        "--unused-supports",
-        choices=UNUSED_SUPPORTS,
-        default="skip",
-        help="supports a step's subnet does not use: skip = AdamW leaves them untouched; update = zero gradients, "
-        "so AdamW still applies momentum and weight decay (the paper's reference code)",
-    )
-    g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
-
-
-def _add_runtime_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    add_runtime_options(g)
-
-
-def _add_output_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--memory-check",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="refuse a supernet whose training state (values, gradients, AdamW) exceeds the free memory",
-    )
-    g.add_argument("--out", default="runs/default/supernet", help="output folder (last.pt, log.jsonl, config.yaml)")
-    g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    g.add_argument("--force", action="store_true", help="start over even if <out> already holds a checkpoint")
-    g.add_argument(
-        "--stop-after",
-        type=optional(positive_int),
-        default=None,
-        help="stop (resumably) after this many epochs in this run, e.g. to fit a job time limit",
-    )
-    add_progress_option(g)
-
-
-def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = None) -> AdapterConfig:
-    """The adapter the options describe (search space, target layers); ``heads`` as resolved on the model."""
-    if args.targets and args.targets_regex:
-        raise ConfigError("give --targets or --targets-regex, not both")
-    space = SearchSpace(
-        lora_ranks=tuple(args.lora_ranks),
-        gift_ranks=tuple(args.gift_ranks),
-        gift_sharing=args.gift_sharing,
-        choices=parse_choices(getattr(args, "choices", None)),
-    )
-    targets = args.targets_regex or (list(args.targets) if args.targets else None)
-    return AdapterConfig(space, targets, None if heads is None else tuple(heads))
 
 
 def _describe(space: SearchSpace) -> str:
     return " ".join(f"{s}={','.join(space.choice_names(s))}" for s in "ABCDE")
-
-
-def data_from_args(args: argparse.Namespace) -> DataSpec:
-    return DataSpec(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        task=args.task,
-        train_split=args.train_split,
-        val_split=args.val_split,
-        test_split=args.test_split,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
-        cache_images=args.cache_images,
-        shot=getattr(args, "shot", None),
-        crop_pct=getattr(args, "crop_pct", None),
-    )
-
-
-def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
-    kwargs: dict[str, Any] = dict(args.model_kwargs)
-    if args.img_size:
-        kwargs["img_size"] = args.img_size
-    if args.drop_path:
-        kwargs["drop_path_rate"] = args.drop_path
-    return BackboneSpec(
-        model=args.model,
-        num_classes=num_classes,
-        pretrained=args.pretrained,
-        pretrained_file=args.pretrained_file,
-        model_kwargs=kwargs,
-        init_seed=args.seed,
-    )
-
-
-def inputs_of(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
-    """What a training run reads, as (option, path): the output folder must not overlap any of them."""
-    found: list[tuple[str, str | None]] = [("--data-root", args.data_root), ("--pretrained-file", args.pretrained_file)]
-    if str(args.model).startswith("local-dir:"):
-        found.append(("--model", str(args.model).removeprefix("local-dir:")))
-    if configs:
-        found += [("--config", c) for c in args.config]
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -373,7 +92,7 @@ class _SupernetRun:
         self, args: argparse.Namespace, dist: Distributed, device: torch.device, ckpt: dict[str, Any] | None
     ) -> None:
         self.args, self.dist, self.out = args, dist, Path(args.out)
-        self.data = data_from_args(args)
+        self.data = DataSpec.from_options(args)
         self.spec = backbone_from_args(args, self.data.num_classes())
         self._build_model(device)
         train, val = self._load_splits()

@@ -1,6 +1,8 @@
-"""Export a folded model as a plain timm model, and the checks that make the export trustworthy.
+"""A folded model as a plain timm folder (``local-dir:`` layout), and the checks that make it trustworthy: finite
+weights, outputs against the supernet, parameters and FLOPs against the base model, interleaved latency. The
+``glora-export`` command (:mod:`glora.app.commands.export`, script ``reparam.py``) runs them in order.
 
-The export is timm's hub layout (config.json + model.safetensors, written by ``timm.models.save_for_hf``), so
+The folder is timm's hub layout (config.json + model.safetensors, written by ``timm.models.save_for_hf``), so
 ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads it without this toolkit.
 """
 

@@ -2,7 +2,8 @@
 
 As in timm's train.py: ``-c/--config`` YAML keys are option names (``batch-size`` or ``batch_size``); several
 files may be given and later ones win; unknown keys and wrongly typed values are errors; the resolved options are
-written next to the outputs.
+written next to the outputs. A ``--config`` that is not a file names a shipped preset (``-c vtab/cifar``, the
+same as ``-c configs/vtab/cifar.yaml``, the name the docs use); ``--list-presets`` lists them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from glora import paths
 from glora._io import atomic_write_text
 from glora.space import SUPPORTS
+
+from ..data.loading import DATA_ON_DEVICE
 
 __all__ = [
     "ConfigError",
@@ -30,6 +34,9 @@ __all__ = [
     "add_runtime_options",
     "COMPILE_MODES",
     "read_yaml",
+    "PRESETS",
+    "preset_names",
+    "resolve_config",
     "save_config",
     "args_to_dict",
     "positive_int",
@@ -152,6 +159,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+# The -c presets, shipped inside the package (package data), so they are there after a regular install.
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The shipped presets, as ``-c`` accepts them (``vtab/cifar``, ``search/default``, ...)."""
+    return sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml"))
+
+
+def resolve_config(name: str | os.PathLike) -> Path:
+    """The file a ``--config`` value means: an existing file as given, else the shipped preset of that name
+    (``vtab/cifar``, ``vtab/cifar.yaml`` or ``configs/vtab/cifar.yaml``, the name the docs use)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.as_posix().removeprefix("configs/").removesuffix(".yaml")
+    preset = PRESETS / f"{stem}.yaml"
+    if stem and not Path(stem).is_absolute() and ".." not in Path(stem).parts and preset.is_file():
+        return preset
+    raise ConfigError(f"config file {str(name)!r} does not exist, nor is it a preset name (see --list-presets)")
+
+
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print the shipped presets with their one-line descriptions, and exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        names = preset_names()
+        width = max(map(len, names), default=0)
+        for name in names:
+            text = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+            first = next((line.lstrip("# ").strip() for line in text if line.startswith("#")), "")
+            print(f"{name:<{width}}  {first}")
+        example = "vtab/cifar" if "vtab/cifar" in names else next(iter(names), "NAME")
+        print(f"\nuse one with -c NAME (e.g. -c {example}, stacked left to right); the files: {PRESETS}")
+        parser.exit(0)
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument(
@@ -160,9 +207,10 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="YAML",
-        help="YAML file whose keys are option names; repeat to stack files (later ones win); "
-        "the command line overrides them",
+        help="YAML file whose keys are option names, or a shipped preset's name (e.g. vtab/cifar; see "
+        "--list-presets); repeat to stack files (later ones win); the command line overrides them",
     )
+    parser.add_argument("--list-presets", action=_ListPresets, help="list the shipped -c presets and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
@@ -172,10 +220,9 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (safe_load); ConfigError says what is wrong with it."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+    """A YAML mapping from ``path`` (a file or a preset name, :func:`resolve_config`; safe_load); ConfigError says
+    what is wrong with it."""
+    p = resolve_config(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -363,14 +410,15 @@ def add_runtime_options(group: argparse._ArgumentGroup | argparse.ArgumentParser
     group.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     group.add_argument(
         "--execution",
-        choices=("auto", "fused", "static", "autograd"),
+        type=lambda name: paths.ALIASES.get(name, name),  # the old name "fused" still reads as "manual"
+        choices=paths.path_names(),
         default="auto",
-        help="how GLoRA layers run eagerly: fused (hand-written backward), static (the compiled graph's math), "
-        "autograd; auto = fused (a compiled model always runs static)",
+        help="how GLoRA layers run eagerly: manual (hand-written backward), static (the compiled graph's math), "
+        "autograd; auto = manual (a compiled model always runs static)",
     )
     group.add_argument(
         "--data-on-device",
-        choices=("auto", "on", "off"),
+        choices=DATA_ON_DEVICE,
         default="auto",
         help="keep the cached uint8 images on the accelerator (auto: when they take at most a quarter of it)",
     )

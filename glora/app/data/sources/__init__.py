@@ -1,0 +1,74 @@
+"""Where a run's images come from: one :class:`Source` per dataset format, registered by name.
+
+Every module in this package is imported the first time a source is looked up, so adding a format (a text corpus
+for language models, another list-file layout) is adding a module here that subclasses :class:`Source` and
+decorates it with :func:`register_source`; :class:`glora.app.data.DataSpec` and the ``--dataset`` option read the
+registry and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from glora._registry import Registry
+
+if TYPE_CHECKING:
+    from ..images import ImageSet
+    from ..spec import DataSpec
+
+__all__ = ["Source", "register_source", "source_names", "get_source"]
+
+_REGISTRY: Registry[Source] = Registry(__name__, "dataset")
+
+
+class Source:
+    """A dataset format: how its options are checked, how many classes it has and how a split is read.
+
+    Subclasses set :attr:`name` and override :meth:`load`; the rest has defaults that fit an image-file source.
+    """
+
+    name: ClassVar[str] = ""
+    order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
+    needs_root: ClassVar[bool] = True  # --data-root is required
+    files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
+    # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
+    # else timm's resize-and-center-crop at that fraction. With a None default, --crop-pct 1 also squashes.
+    default_crop_pct: ClassVar[float | None] = None
+
+    def check(self, spec: DataSpec) -> None:
+        """Refuse options this source cannot use (one clear ``ValueError``), before anything is read."""
+
+    def num_classes(self, spec: DataSpec) -> int | None:
+        """The number of classes, known without decoding images where possible."""
+        return None
+
+    def split_key(self, spec: DataSpec, split: str) -> str:
+        """The file or part a split name refers to (two names with one key are the same images)."""
+        return split
+
+    def load(
+        self, spec: DataSpec, split: str, size: Sequence[int], progress: bool | None, crop_pct: float | None
+    ) -> ImageSet:
+        """The images of split ``split`` (a name from ``spec``: ``train_split`` etc.) at input size ``size``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<data source {self.name!r}>"
+
+
+def register_source(cls: type[Source]) -> type[Source]:
+    """Class decorator: make (one instance of) ``cls`` available as ``--dataset <cls.name>``."""
+    _REGISTRY.add(cls.name, cls(), same=lambda a, b: type(a) is type(b))
+    return cls
+
+
+def source_names() -> tuple[str, ...]:
+    """The registered sources' names, in listing order."""
+    entries = _REGISTRY.entries()
+    return tuple(sorted(entries, key=lambda n: (entries[n].order, n)))
+
+
+def get_source(name: str) -> Source:
+    """The source registered as ``name``."""
+    return _REGISTRY.get(name, ", ".join(source_names()))

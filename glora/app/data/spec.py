@@ -1,0 +1,124 @@
+"""Which data a run uses (:class:`DataSpec`): built from the options, stored in checkpoints, read back by search
+and export; every dataset-specific decision is its source's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .images import ImageSet
+from .sources import Source, get_source, source_names
+from .transforms import TrainAugment
+
+__all__ = ["DataSpec"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSpec:
+    """Which data a run uses; stored in checkpoints so search and export see the same splits.
+
+    ``train_split`` / ``val_split`` / ``test_split`` name VTAB-1k list files (train800, val200, test) or, for the
+    other datasets, the split (train, val, test). The supernet trains on train, the search ranks on val, and
+    test is looked at once, for the final pick.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    task: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    cache_images: bool = True
+    shot: int | None = None  # few-shot: images per class of the train list
+    crop_pct: float | None = None  # evaluation crop; None: the dataset's (few-shot 0.875, else squash-resize)
+
+    def __post_init__(self) -> None:
+        source = get_source(self.dataset)  # an unknown name: "dataset must be one of ..."
+        if source.needs_root and not self.data_root:
+            raise ValueError(f"dataset {self.dataset!r} needs --data-root")
+        source.check(self)
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop-pct must be in (0, 1], got {self.crop_pct}")
+
+    @property
+    def source(self) -> Source:
+        """Where the images come from (:mod:`glora.app.data.sources`)."""
+        return get_source(self.dataset)
+
+    @property
+    def selects_on_test(self) -> bool:
+        """Whether the validation split is the test split (the paper's Table 1 protocol): a search then picks on
+        the very images it reports, so its test accuracy is not held out."""
+        key = functools.partial(self.source.split_key, self)
+        return key(self.val_split) == key(self.test_split)
+
+    @property
+    def eval_crop_pct(self) -> float | None:
+        """How evaluation images are cut: None = squash-resize (VTAB-1k), else timm's center crop."""
+        default = self.source.default_crop_pct
+        if self.crop_pct is None or (self.crop_pct == 1.0 and default is None):
+            return default
+        return self.crop_pct
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
+        return cls(**data)
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace | Mapping[str, Any]) -> DataSpec:
+        """The spec a command's options describe: every field read by its name (``--data-root`` -> ``data_root``),
+        the defaults for the ones a command does not offer."""
+        values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None})
+
+    @classmethod
+    def from_checkpoint(cls, data: Mapping[str, Any], data_root: str | os.PathLike | None = None) -> DataSpec:
+        """The spec a checkpoint stored (its ``"data"`` entry), with the data found at ``data_root`` instead when
+        given (the same dataset moved, or another machine's copy)."""
+        stored = dict(data)
+        if data_root:
+            stored["data_root"] = str(data_root)
+        return cls(**stored)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def num_classes(self) -> int | None:
+        """The number of classes, read without decoding images (a folder's classes are counted)."""
+        return self.source.num_classes(self)
+
+    def load(
+        self,
+        split: str,
+        input_size: Sequence[int],
+        progress: bool | None = None,
+        *,
+        augment: TrainAugment | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> ImageSet:
+        """Load ``split`` (train / val / test) at the model's input size (``progress``: the caching bar; None: on
+        a terminal only). ``augment``: the split's files are transformed afresh every epoch (normalised with
+        ``mean`` / ``std`` there), never cached."""
+        source = self.source
+        if augment is not None:
+            if not source.files:
+                readers = [n for n in source_names() if get_source(n).files]
+                allowed = ", ".join(readers[:-1]) + f" or {readers[-1]}" if len(readers) > 1 else "".join(readers)
+                raise ValueError(f"--augment needs image files ({allowed}); {self.dataset} images are not files")
+            plain = dataclasses.replace(self, cache_images=False).load(split, input_size, progress)
+            return dataclasses.replace(plain, augment=augment, mean=tuple(mean), std=tuple(std))
+        name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
+        return source.load(self, name, tuple(input_size), progress, self.eval_crop_pct)

@@ -1,0 +1,90 @@
+"""The data package: sources in a registry (a new format is one module, nothing else changes), DataSpec built from
+options and from checkpoints, and the per-source rules (crops, split names) read from the sources."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from glora.app import data
+from glora.app.data import DataSpec, ImageSet, Source, register_source
+from glora.app.data.sources import _REGISTRY
+from glora.app.options import parse_args
+from glora.app.options.train import build_parser
+
+
+@pytest.fixture
+def toy_source(monkeypatch):
+    """A source registered for one test: four 1x2x2 images per split, split names echoed in the labels."""
+    monkeypatch.setattr(_REGISTRY, "_entries", dict(_REGISTRY.entries()))
+
+    @register_source
+    class Toy(Source):
+        name = "toy"
+        needs_root = False
+        files = False
+
+        def check(self, spec):
+            if spec.task not in (None, "even", "odd"):
+                raise ValueError(f"toy task must be even or odd; got {spec.task!r}")
+
+        def num_classes(self, spec):
+            return 2
+
+        def load(self, spec, split, size, progress, crop_pct):
+            start = {"train": 0, "val": 1, "test": 2}.get(split, 3)
+            labels = torch.tensor([start % 2, 1, 0, 1])
+            return ImageSet(labels=labels, num_classes=2, images=torch.zeros(4, *size, dtype=torch.uint8), size=size)
+
+    return Toy
+
+
+def test_sources_are_listed_in_order_and_unknown_names_are_one_line():
+    assert data.DATASETS == data.source_names() == ("digits", "vtab", "fewshot", "folder")
+    with pytest.raises(ValueError, match="dataset must be one of digits, vtab, fewshot, folder; got 'cifar'"):
+        DataSpec(dataset="cifar")
+
+
+def test_a_registered_source_is_a_dataset_for_the_spec(toy_source):
+    assert "toy" in data.source_names()
+    spec = DataSpec(dataset="toy", task="odd")
+    assert spec.num_classes() == 2 and spec.source.name == "toy"
+    assert spec.load("val", (1, 2, 2)).labels.tolist() == [1, 1, 0, 1]
+    with pytest.raises(ValueError, match="toy task must be even or odd; got 'prime'"):
+        DataSpec(dataset="toy", task="prime")
+    with pytest.raises(ValueError, match=r"--augment needs image files \(vtab, fewshot or folder\); toy"):
+        spec.load("train", (1, 2, 2), augment=data.TrainAugment(aa=None))
+    with pytest.raises(ValueError, match="already registered"):
+        register_source(type("Other", (Source,), {"name": "toy"}))
+
+
+def test_from_options_reads_every_field_by_name():
+    args = parse_args(build_parser(), ["--dataset", "folder", "--data-root", "/d", "--val-fraction", "0.3"])
+    spec = DataSpec.from_options(args)
+    assert (spec.dataset, spec.data_root, spec.val_fraction, spec.shot) == ("folder", "/d", 0.3, None)
+    assert DataSpec.from_options(argparse.Namespace(dataset="digits", unrelated=1)) == DataSpec()
+
+
+def test_from_checkpoint_moves_the_data_root_only_when_given():
+    stored = DataSpec(dataset="vtab", data_root="/old", task="dtd").to_dict()
+    assert DataSpec.from_checkpoint(stored).data_root == "/old"
+    moved = DataSpec.from_checkpoint(stored, "/new")
+    assert moved.data_root == "/new" and moved.task == "dtd"
+    assert stored["data_root"] == "/old"  # the checkpoint's record is not edited
+
+
+@pytest.mark.parametrize(
+    "dataset, crop, expected",
+    [("vtab", None, None), ("vtab", 1.0, None), ("vtab", 0.9, 0.9), ("fewshot", None, 0.875), ("fewshot", 1.0, 1.0)],
+)
+def test_evaluation_crop_follows_the_source(dataset, crop, expected):
+    extra = {"task": "dtd"} if dataset == "vtab" else {"task": "oxford_pets", "shot": 1}
+    assert DataSpec(dataset=dataset, data_root="x", crop_pct=crop, **extra).eval_crop_pct == expected
+
+
+def test_vtab_split_aliases_name_the_same_list():
+    spec = DataSpec(dataset="vtab", data_root="x", task="dtd", val_split="val200", test_split="test.txt")
+    assert not spec.selects_on_test
+    assert DataSpec(dataset="vtab", data_root="x", task="dtd", val_split="test", test_split="test.txt").selects_on_test
