@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import ROOT, TINY_SEARCH
+from helpers import ROOT, TINY_SEARCH, cli, image_folder, snapshot
 from torch import nn
 
 import glora
@@ -40,34 +38,7 @@ from glora.app.data import DataSpec, load_folder
 from glora.app.outputs import OutputBusyError, OutputLock, check_no_overlap, lock_path
 from glora.app.sizes import check_training_size
 
-MAIN = {"train": train_main, "search": search_main, "export": export_main}
 TINY = "{img_size: 16, patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}"
-
-
-def _cli(command: str, argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = run(MAIN[command], [str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 8) -> Path:
-    from PIL import Image
-
-    for k, c in enumerate(classes):
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.new("RGB", (12, 12), (i * 25, 80 * k, 40)).save(root / c / f"{i}.png")
-    return root
 
 
 def _folder_train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -78,10 +49,10 @@ def _folder_train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def folder_pipeline(tmp_path_factory):
     """A random-init backbone on an ImageFolder tree through train, search and export (the --no-pretrained path)."""
     root = tmp_path_factory.mktemp("rand")
-    data = _image_folder(root / "imgs")
+    data = image_folder(root / "imgs")
     assert run(train_main, _folder_train_args(data, root / "supernet", "--epochs", "2")) == 0
     sup = root / "supernet" / "last.pt"
     assert run(search_main, ["--supernet", str(sup), "--out", str(root / "search"), "--no-progress", *TINY_SEARCH]) == 0
@@ -91,25 +62,25 @@ def pipeline(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------- random init and class names
-def test_random_init_backbone_goes_through_every_command(pipeline):
-    ckpt = read_checkpoint(pipeline / "supernet/last.pt")
+def test_random_init_backbone_goes_through_every_command(folder_pipeline):
+    ckpt = read_checkpoint(folder_pipeline / "supernet/last.pt")
     assert ckpt["backbone"]["pretrained"] is False and ckpt["backbone"]["init_seed"] == 0
-    model = timm.create_model(f"local-dir:{pipeline / 'export'}", pretrained=True)
+    model = timm.create_model(f"local-dir:{folder_pipeline / 'export'}", pretrained=True)
     assert model.num_classes == 3
 
 
-def test_class_names_reach_the_export(pipeline):
-    assert read_checkpoint(pipeline / "supernet/last.pt")["class_names"] == ["cat", "dog", "emu"]
-    config = json.loads((pipeline / "export/config.json").read_text())
+def test_class_names_reach_the_export(folder_pipeline):
+    assert read_checkpoint(folder_pipeline / "supernet/last.pt")["class_names"] == ["cat", "dog", "emu"]
+    config = json.loads((folder_pipeline / "export/config.json").read_text())
     assert config["label_names"] == ["cat", "dog", "emu"]
 
 
-def test_unseeded_random_init_is_explained(pipeline, tmp_path, capsys):
-    ckpt = torch.load(pipeline / "supernet/last.pt", weights_only=True)
+def test_unseeded_random_init_is_explained(folder_pipeline, tmp_path, capsys):
+    ckpt = torch.load(folder_pipeline / "supernet/last.pt", weights_only=True)
     ckpt["backbone"]["init_seed"] = None  # as an older version saved it
     ckpt["fingerprint"] = "0" * 16
     torch.save(ckpt, tmp_path / "old.pt")
-    code, err = _cli("search", ["--supernet", tmp_path / "old.pt", "--out", tmp_path / "s"], capsys)
+    code, err = cli("search", ["--supernet", tmp_path / "old.pt", "--out", tmp_path / "s"], capsys)
     assert code == 2 and "random-init backbone saved without its init seed" in err
     assert not (tmp_path / "s").exists()
 
@@ -121,7 +92,7 @@ def test_offline_hub_model_names_the_ways_out(monkeypatch, tmp_path, capsys):
         raise AssertionError("only the pretrained build is expected")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    code, err = _cli("train", ["--model", "vit_tiny_patch16_224.augreg_in21k", "--out", tmp_path / "o"], capsys)
+    code, err = cli("train", ["--model", "vit_tiny_patch16_224.augreg_in21k", "--out", tmp_path / "o"], capsys)
     assert code == 2 and "--pretrained-file" in err and "--no-pretrained" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
@@ -169,16 +140,16 @@ def test_lock_released_when_the_holder_is_killed(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "search", "export"])
-def test_second_writer_into_the_same_folder_is_refused(pipeline, tmp_path, capsys, command):
+def test_second_writer_into_the_same_folder_is_refused(folder_pipeline, tmp_path, capsys, command):
     out = tmp_path / "busy"
-    sup, sub = pipeline / "supernet/last.pt", pipeline / "search/subnet.yaml"
+    sup, sub = folder_pipeline / "supernet/last.pt", folder_pipeline / "search/subnet.yaml"
     argv = {
-        "train": _folder_train_args(pipeline / "imgs", out, "--epochs", "1"),
+        "train": _folder_train_args(folder_pipeline / "imgs", out, "--epochs", "1"),
         "search": ["--supernet", sup, "--out", out, *TINY_SEARCH],
         "export": ["--supernet", sup, "--subnet", sub, "--out", out],
     }[command]
     with OutputLock(out, command="glora-train"):
-        code, err = _cli(command, argv, capsys)
+        code, err = cli(command, argv, capsys)
     assert code == 2 and "is in use by glora-train" in err and f"pid {os.getpid()}" in err, err
     assert not out.exists() or not any(out.iterdir())
 
@@ -198,7 +169,7 @@ def test_two_trainings_at_once_one_refused(tmp_path, capsys):
         while "epoch 1/60" not in log.read_text():
             assert first.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.05)
-        code, err = _cli("train", ["--epochs", "2", "--out", out, "--force"], capsys)
+        code, err = cli("train", ["--epochs", "2", "--out", out, "--force"], capsys)
         assert code == 2 and f"in use by glora-train (pid {first.pid}" in err
     finally:
         first.send_signal(signal.SIGINT)
@@ -224,13 +195,13 @@ def _overlap_cases(p: Path, t: Path) -> list[tuple[str, list]]:
 
 
 @pytest.mark.parametrize("i", range(9))
-def test_output_that_is_an_input_is_refused_before_writing(pipeline, tmp_path, capsys, i):
-    before = _snapshot(pipeline)
-    command, argv = _overlap_cases(pipeline, tmp_path)[i]
-    code, err = _cli(command, argv, capsys)
+def test_output_that_is_an_input_is_refused_before_writing(folder_pipeline, tmp_path, capsys, i):
+    before = snapshot(folder_pipeline)
+    command, argv = _overlap_cases(folder_pipeline, tmp_path)[i]
+    code, err = cli(command, argv, capsys)
     assert code == 2 and "overlaps" in err and "Traceback" not in err, err
-    assert _snapshot(pipeline) == before
-    assert not list(pipeline.parent.glob(".*.lock"))
+    assert snapshot(folder_pipeline) == before
+    assert not list(folder_pipeline.parent.glob(".*.lock"))
 
 
 def test_overlap_rules(tmp_path):
@@ -296,7 +267,7 @@ def test_memory_check_refuses_what_does_not_fit(monkeypatch, tmp_path, caplog):
 
 def test_absurd_ranks_fail_at_once_from_the_command_line(tmp_path, capsys):
     started = time.time()
-    code, err = _cli("train", ["--lora-ranks", "100000", "--out", tmp_path / "o"], capsys)
+    code, err = cli("train", ["--lora-ranks", "100000", "--out", tmp_path / "o"], capsys)
     assert code == 2 and "exceeds min(in, out) of every adapted layer" in err and "allowed LoRA ranks here: 1.." in err
     assert time.time() - started < 30 and not (tmp_path / "o").exists()
 
@@ -305,7 +276,7 @@ def test_memory_check_from_the_command_line(monkeypatch, tmp_path, capsys):
     import glora.app.sizes as sizes
 
     monkeypatch.setattr(sizes, "available_memory", lambda device: 1000)
-    code, err = _cli("train", ["--out", tmp_path / "o"], capsys)
+    code, err = cli("train", ["--out", tmp_path / "o"], capsys)
     assert code == 2 and "--no-memory-check" in err and not (tmp_path / "o").exists()
 
 
@@ -338,7 +309,7 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, full_disk
 
 
 def test_disk_full_during_training_is_one_line(tmp_path, capsys, full_disk):
-    code, err = _cli("train", ["--epochs", "1", "--out", tmp_path / "o"], capsys)
+    code, err = cli("train", ["--epochs", "1", "--out", tmp_path / "o"], capsys)
     lines = [line for line in err.splitlines() if line.startswith("error")]
     assert code == 2 and lines and lines[0].startswith("error: disk full: could not write"), err
     assert "enforce fail" not in err and "Traceback" not in err
@@ -346,14 +317,14 @@ def test_disk_full_during_training_is_one_line(tmp_path, capsys, full_disk):
 
 # ---------------------------------------------------------------------- data sanity
 def test_empty_class_folder_is_refused(tmp_path):
-    data = _image_folder(tmp_path / "imgs")
+    data = image_folder(tmp_path / "imgs")
     (data / "zebra").mkdir()
     with pytest.raises(ValueError, match="class folder\\(s\\) 'zebra' hold no images"):
         DataSpec(dataset="folder", data_root=str(data)).num_classes()
 
 
 def test_single_class_tree_is_refused(tmp_path):
-    data = _image_folder(tmp_path / "imgs", classes=("cat",))
+    data = image_folder(tmp_path / "imgs", classes=("cat",))
     with pytest.raises(ValueError, match="one class \\('cat'\\); a classifier needs at least 2"):
         load_folder(data, "train", (3, 8, 8))
 
@@ -381,14 +352,14 @@ def test_misspelled_task_is_named_with_a_suggestion():
 def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
     from PIL import Image
 
-    data = _image_folder(tmp_path / "imgs")
+    data = image_folder(tmp_path / "imgs")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 12x12 images are now > 2x the limit
     with pytest.raises(ValueError, match=r"cannot read image '.*cat/0.png': .*decompression bomb"):
         load_folder(data, "train", (3, 8, 8))
 
 
 def test_caching_bars_follow_the_progress_option(tmp_path, capsys):
-    data = _image_folder(tmp_path / "imgs")
+    data = image_folder(tmp_path / "imgs")
     load_folder(data, "train", (3, 8, 8), progress=False)
     assert capsys.readouterr().err == ""
     load_folder(data, "train", (3, 8, 8), progress=True)
@@ -399,7 +370,7 @@ def test_caching_bars_follow_the_progress_option(tmp_path, capsys):
 
 def test_model_kwargs_that_break_the_model_are_one_line(tmp_path, capsys):
     argv = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", "{depth: -2}", "--out", tmp_path]
-    code, err = _cli("train", argv, capsys)
+    code, err = cli("train", argv, capsys)
     assert code == 2 and "cannot build 'vit_tiny_patch16_224' with depth=-2" in err and "Traceback" not in err
 
 
@@ -409,9 +380,9 @@ def test_every_option_has_help_and_shows_its_default(parser):
     assert isinstance(p.formatter_class("x"), argparse.ArgumentDefaultsHelpFormatter)
     formatter = p.formatter_class(p.prog)
     for action in p._actions:
-        if action.dest == "help":
-            continue
         assert action.help, f"{action.option_strings} has no help"
+        if action.default is argparse.SUPPRESS:  # --help, --list-presets: they print and exit, nothing to default
+            continue
         assert "default" in formatter._get_help_string(action), f"{action.option_strings} shows no default"
     text = " ".join(p.format_help().split())
     for action in p._actions:
@@ -420,97 +391,6 @@ def test_every_option_has_help_and_shows_its_default(parser):
 
 
 # ---------------------------------------------------------------------- exact resume, drop-path on
-def _start(args: list[str], log: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, **kw)
-
-
-def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while text not in log.read_text():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended before {text!r}: {log.read_text()[-2000:]}")
-        assert time.time() < deadline, f"timed out waiting for {text!r}"
-        time.sleep(0.02)
-
-
-def _same(a: Path, b: Path) -> None:
-    ca, cb = read_checkpoint(a), read_checkpoint(b)
-    differ = [k for k in cb["trainable"] if not torch.equal(ca["trainable"][k], cb["trainable"][k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
-    strip = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
-    assert strip(ca["log"]) == strip(cb["log"])
-
-
-DROP = ["--drop-path", "0.1", "--epochs", "5", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "supernet"
-    assert run(train_main, [*DROP, "--out", str(out)]) == 0
-    return out / "last.pt"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill"])
-@pytest.mark.parametrize("seed", [1, 2])
-def test_resume_with_drop_path_is_exact_from_a_random_point(tmp_path, reference_run, sig, seed):
-    out, log = tmp_path / "supernet", tmp_path / "log.txt"
-    proc = _start(["train_supernet.py", *DROP, "--out", str(out)], log)
-    _wait_for(log, "supernet:", proc)  # the model is built; stop somewhere in the next epochs
-    time.sleep(random.Random(seed * 10 + int(sig)).uniform(0.3, 2.0))
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal")
-    if not (out / "last.pt").exists():  # killed before the first save: nothing to resume, a fresh start
-        assert run(train_main, [*DROP, "--out", str(out)]) == 0
-    else:
-        assert run(train_main, ["--resume", "--out", str(out)]) == 0
-    _same(out / "last.pt", reference_run)
-
-
-@pytest.mark.slow
-def test_resume_is_exact_reading_files_with_workers_and_drop_path(tmp_path):
-    """Uncached images through a DataLoader with workers: its seed must not come from the global RNG."""
-    data = _image_folder(tmp_path / "imgs", per_class=12)
-    argv = _folder_train_args(data, tmp_path / "full", "--epochs", "3", "--drop-path", "0.2", "--no-cache-images")
-    argv += ["--workers", "1", "--batch-size", "4"]
-    assert run(train_main, argv) == 0
-    cut = [a if a != str(tmp_path / "full") else str(tmp_path / "cut") for a in argv]
-    log = tmp_path / "log.txt"
-    proc = _start(["train_supernet.py", *cut], log)
-    _wait_for(log, "epoch 1/3", proc)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    assert proc.returncode == 130, log.read_text()
-    assert read_checkpoint(tmp_path / "cut/last.pt")["batch"] > 0  # stopped mid-epoch
-    assert run(train_main, ["--resume", "--out", str(tmp_path / "cut")]) == 0
-    _same(tmp_path / "cut/last.pt", tmp_path / "full/last.pt")
 
 
 # ---------------------------------------------------------------------- signals
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", ["train", "search"])
-def test_sigint_ignored_at_start_stays_ignored_and_sigterm_stops_cleanly(pipeline, tmp_path, command):
-    out, log = tmp_path / "out", tmp_path / "log.txt"
-    if command == "train":
-        args, marker = ["train_supernet.py", "--epochs", "200", "--out", str(out), "--no-progress"], "epoch 1/200"
-    else:
-        sup = str(pipeline / "supernet/last.pt")
-        args = ["search.py", "--supernet", sup, "--out", str(out), *TINY_SEARCH[:-1], "5000", "--no-progress"]
-        marker = "searching"
-    proc = _start(args, log, preexec_fn=_ignore_sigint)
-    _wait_for(log, marker, proc)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(1.0)
-    assert proc.poll() is None, "SIGINT was ignored at start, so it must stay ignored"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    assert proc.returncode == 130, log.read_text()[-2000:]
-    assert not lock_path(out).exists()

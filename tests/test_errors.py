@@ -1,59 +1,20 @@
-"""Bad input gets one clear line and leaves outputs untouched; interrupted runs resume exactly; loading is safe."""
+"""Every user error as a row of one table: one clear line, exit 2, outputs and inputs untouched; loading is safe."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TINY_SEARCH
+from helpers import TINY_SEARCH, cli, snapshot
 
 import glora
-from glora.app import read_checkpoint
 from glora.app.checkpoint import write_checkpoint
 from glora.app.cli import run
-from glora.app.commands.export import main as reparam_main
 from glora.app.commands.search import main as search_main
-from glora.app.commands.train import main as train_main
 
 pytestmark = pytest.mark.slow  # every case runs a command against a finished pipeline
-
-MAIN = {"train": train_main, "search": search_main, "reparam": reparam_main}
-SMALL = TINY_SEARCH
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished small pipeline: supernet, search and export, for the error cases to bump into."""
-    root = tmp_path_factory.mktemp("done")
-    assert run(train_main, ["--epochs", "2", "--out", str(root / "supernet")]) == 0
-    assert run(search_main, ["--supernet", str(root / "supernet/last.pt"), "--out", str(root / "search"), *SMALL]) == 0
-    args = ["--supernet", str(root / "supernet/last.pt"), "--subnet", str(root / "search/subnet.yaml")]
-    assert run(reparam_main, [*args, "--out", str(root / "export")]) == 0
-    return root
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _cli(command: str, argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = run(MAIN[command], argv)
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- the catalogue of user errors
@@ -94,6 +55,10 @@ SUB = "search/subnet.yaml"
 
 def _reparam(d: Path, t: Path, subnet: Path) -> list[str]:
     return ["--supernet", str(d / SUP), "--out", str(t / "e"), "--subnet", str(subnet)]
+
+
+def _search(d: Path, t: Path, *extra: str) -> list[str]:
+    return ["--supernet", str(d / SUP), "--out", str(t / "s"), *TINY_SEARCH, *extra]
 
 
 def _edited(d: Path, t: Path, edit) -> list[str]:
@@ -285,6 +250,29 @@ CASES = [
         ],
         "NaN or inf",
     ),
+    # the search's budget and evolution settings
+    (
+        "budget-inverted",
+        "search",
+        lambda d, t: _search(d, t, "--param-limit", "0.001", "--min-param-limit", "0.002"),
+        "inverted budget",
+    ),
+    (
+        "budget-inverted-at-the-default-limit",
+        "search",
+        lambda d, t: _search(d, t, "--param-limit", "0.03", "--min-param-limit", "0.04"),
+        "inverted budget",
+    ),
+    (
+        "budget-unreachable-minimum",
+        "search",
+        lambda d, t: _search(d, t, "--min-param-limit", "5", "--param-limit", "none"),
+        "no subnet reaches --min-param-limit 5M",
+    ),
+    ("parents-above-population", "search", lambda d, t: _search(d, t, "--parents", "9"), "cannot exceed --population"),
+    # presets by name
+    ("preset-unknown", "train", lambda d, t: ["-c", "vtab/cifr"], "nor is it a preset name"),
+    ("execution-unknown", "train", lambda d, t: ["--execution", "fast"], "invalid choice: 'fast'"),
 ]
 
 
@@ -301,22 +289,23 @@ def _subnet_edit(done: Path, tmp: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("name, command, argv, message", CASES, ids=[c[0] for c in CASES])
-def test_user_errors_are_one_line_and_touch_nothing(done, tmp_path, capsys, name, command, argv, message):
+def test_user_errors_are_one_line_and_touch_nothing(pipeline, tmp_path, capsys, name, command, argv, message):
     if name == "supernet-malicious-pickle":
         _EVIL_MARK.unlink(missing_ok=True)
-    before = _snapshot(done)
+    done = pipeline
+    before = snapshot(done)
     args = argv(done, tmp_path)
     if command == "train" and "--out" not in args:
         args += ["--out", str(tmp_path / "never")]
-    inputs = _snapshot(tmp_path)
-    code, err = _cli(command, args, capsys)
+    inputs = snapshot(tmp_path)
+    code, err = cli(command, args, capsys)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("searching", "resuming"))]
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0], err
     assert "Traceback" not in err
-    assert _snapshot(done) == before  # earlier results untouched
-    assert {k: v for k, v in _snapshot(tmp_path).items() if k in inputs} == inputs  # inputs untouched
+    assert snapshot(done) == before  # earlier results untouched
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in inputs} == inputs  # inputs untouched
     if name == "supernet-malicious-pickle":
         assert not _EVIL_MARK.exists(), "the pickle's payload ran"
 
@@ -327,7 +316,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_divergence_stops_without_writing_a_checkpoint(tmp_path, capsys):
-    code, err = _cli("train", ["--epochs", "2", "--lr", "1e30", "--out", str(tmp_path / "d")], capsys)
+    code, err = cli("train", ["--epochs", "2", "--lr", "1e30", "--out", str(tmp_path / "d")], capsys)
     assert code == 2 and "loss became nan" in err and "Traceback" not in err
     assert not (tmp_path / "d" / "last.pt").exists()
 
@@ -339,70 +328,3 @@ def test_non_finite_tensors_are_never_written(tmp_path):
 
 
 # ---------------------------------------------------------------------- interruption
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if text in log.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended before {text!r}: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {text!r}")
-
-
-def _same_training(a: Path, b: Path) -> None:
-    ca, cb = read_checkpoint(a), read_checkpoint(b)
-    assert all(torch.equal(ca["trainable"][k], cb["trainable"][k]) for k in cb["trainable"])
-    strip = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
-    assert strip(ca["log"]) == strip(cb["log"])
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "supernet"
-    assert run(train_main, ["--epochs", "5", "--out", str(out)]) == 0
-    return out / "last.pt"
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill", "ctrl-c", "term"])
-def test_interrupted_training_resumes_exactly(tmp_path, uninterrupted, sig):
-    out = tmp_path / "supernet"
-    log = tmp_path / "log.txt"
-    proc = _start(["train_supernet.py", "--epochs", "5", "--out", str(out)], log)
-    _wait_for(log, "epoch 2/5", proc)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL
-    else:  # a clean stop at the next step boundary, with a resumable save
-        assert proc.returncode == 130, log.read_text()
-        assert "saved; continue with --resume" in log.read_text()
-    ckpt = read_checkpoint(out / "last.pt")  # the file is whole whatever the moment of the kill
-    assert ckpt["epoch"] >= 2
-    assert run(train_main, ["--resume", "--out", str(out)]) == 0
-    _same_training(out / "last.pt", uninterrupted)
-    assert not list(out.glob(".*.tmp"))
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_interrupted_search_resumes_exactly(done, tmp_path, sig):
-    args = ["search.py", "--supernet", str(done / SUP), *SMALL[:-1], "6"]
-    full = tmp_path / "full"
-    assert subprocess.run([*map(str, [sys.executable, *args]), "--out", str(full)], cwd=ROOT).returncode == 0
-    out = tmp_path / "killed"
-    log = tmp_path / "log.txt"
-    proc = _start([*args, "--out", str(out)], log)
-    _wait_for(log, "generation 3/6", proc)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
-    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log.read_text()[-1000:]
-    assert run(search_main, ["--resume", "--out", str(out)]) == 0
-    a = json.loads((out / "search_state.json").read_text())
-    b = json.loads((full / "search_state.json").read_text())
-    for key in ("cache", "population", "rng", "generation"):
-        assert a[key] == b[key], key
-    assert (out / "subnet.yaml").read_text() == (full / "subnet.yaml").read_text()
