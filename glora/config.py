@@ -16,8 +16,12 @@ from .space import SearchSpace
 __all__ = ["AdapterConfig"]
 
 
+# PEFT's spelling of "every linear layer but the output layer / classifier" (this toolkit's default).
+ALL_LINEAR = "all-linear"
+
+
 def _targets(value: Any) -> str | tuple[str, ...] | None:
-    if value is None:
+    if value is None or value == ALL_LINEAR:
         return None
     if isinstance(value, str):
         try:

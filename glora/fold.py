@@ -32,7 +32,13 @@ def fold_layer(layer: GLoRALinear, choice: LayerChoice | None = None) -> nn.Line
         return _plain(layer, *layer.merged(choice))
 
 
-def _plain(layer: GLoRALinear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+def _plain(layer: GLoRALinear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    if layer.transposed:  # a transformers Conv1D: Conv1D(nf=out, nx=in), weight stored (in, out), always a bias
+        new = layer.base_class(layer.out_features, layer.in_features)
+        new.weight = nn.Parameter(weight.detach().t().contiguous())
+        new.bias = nn.Parameter((bias if bias is not None else weight.new_zeros(layer.out_features)).detach().clone())
+        new.train(layer.training)
+        return new
     try:
         new = layer.base_class(layer.in_features, layer.out_features, bias=bias is not None, device="meta")
     except TypeError:  # a subclass with another constructor: nn.Linear computes the same thing

@@ -1,6 +1,8 @@
-"""Turn a pretrained model into a GLoRA supernet: wrap target ``nn.Linear`` layers, freeze the backbone.
+"""Turn a pretrained model into a GLoRA supernet: wrap target linear layers, freeze the backbone.
 
-Works on any ``nn.Module``; timm models get their classifier head(s) found from ``pretrained_cfg``.
+Works on any ``nn.Module``; timm models get their classifier head(s) found from ``pretrained_cfg``, transformers
+models theirs by name (``classifier``, ``score``, ``qa_outputs``) and their output layer (``lm_head``) from
+``get_output_embeddings`` (never adapted, kept frozen).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .gift import GiftBank, gift_group
-from .layer import Execution, GLoRALinear, storage_shapes
+from .layer import Execution, GLoRALinear, adaptable, io_features, storage_shapes
 from .paths import make_path
 from .space import Kind, SearchSpace
 
@@ -48,8 +50,9 @@ class _LayerIndex(dict):
         return None
 
 
-# Fallback head names for non-timm models, by priority; the first group present wins.
-_HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("fc",), ("last_linear",))
+# Fallback head names for non-timm models, by priority; the first group present wins. score / qa_outputs: the
+# new task layers of transformers' ForSequenceClassification (decoders) and ForQuestionAnswering models.
+_HEAD_ATTRS = (("head", "head_dist"), ("classifier",), ("score",), ("qa_outputs",), ("fc",), ("last_linear",))
 
 
 def inject(
@@ -65,8 +68,11 @@ def inject(
         model: a pretrained model (timm or any ``nn.Module``).
         config: an :class:`AdapterConfig` (space, targets, heads), or just the search space every adapted layer
             offers, with ``targets`` and ``heads`` given beside it.
-        targets: ``None`` = every ``nn.Linear`` except the classifier head(s); a string = regex that must match
-            the whole layer name; a list = layer-name suffixes (``["qkv", "fc1"]`` or ``["attn.proj"]``).
+        targets: ``None`` (or PEFT's ``"all-linear"``) = every linear layer except the classifier head(s) and the
+            model's output layer (a causal LM's ``lm_head``); a string = regex that must match the whole layer
+            name; a list = layer-name suffixes (``["qkv", "fc1"]``, ``["q_proj", "v_proj"]``). Linear layers are
+            ``nn.Linear`` and transformers' GPT-2 style ``Conv1D`` (adapted as the linear map it is; folding
+            gives back a ``Conv1D``).
         heads: names of the classifier head module(s); found automatically for timm models
             (``pretrained_cfg["classifier"]``) or from common names (head, classifier, fc, ...).
 
@@ -117,9 +123,9 @@ def _check_ranks(model: nn.Module, names: Sequence[str], space: SearchSpace) -> 
             "LoRA",
             max(space.max_rank("A"), space.max_rank("B")),
             "min(in, out)",
-            lambda m: min(m.in_features, m.out_features),
+            lambda m: min(io_features(m)),
         ),
-        ("GIFT", space.max_rank("A", Kind.GIFT), "the input width", lambda m: m.in_features),
+        ("GIFT", space.max_rank("A", Kind.GIFT), "the input width", lambda m: io_features(m)[0]),
     )
     for what, rank, bound, limit_of in checks:
         over = [n for n, m in layers.items() if rank > limit_of(m)]
@@ -130,7 +136,7 @@ def _check_ranks(model: nn.Module, names: Sequence[str], space: SearchSpace) -> 
             m = layers[widest]
             raise ValueError(
                 f"{what} rank {rank} exceeds {bound} of every adapted layer (largest: {limit_of(m)}, layer "
-                f"{widest!r}, {m.in_features}->{m.out_features}); allowed {what} ranks here: 1..{limit_of(m)}"
+                f"{widest!r}, {'->'.join(map(str, io_features(m)))}); allowed {what} ranks here: 1..{limit_of(m)}"
             )
         shown = ", ".join(f"{n!r} ({limit_of(layers[n])})" for n in over[:3]) + (", ..." if len(over) > 3 else "")
         warnings.warn(
@@ -164,7 +170,7 @@ def supernet_size(
     total, groups = 0, {}
     for name in names:
         base = model.get_submodule(name)
-        n_in, n_out = base.in_features, base.out_features
+        n_in, n_out = io_features(base)
         total += sum(math.prod(shape) for shape in storage_shapes(space, n_in, n_out).values() if shape)
         if space.offers("A", Kind.GIFT):
             groups[gift_group(name, n_in, space.gift_sharing)] = n_in
@@ -185,8 +191,8 @@ def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_plac
         base = getattr(parent, child)
         gift = None
         if bank is not None:
-            group = gift_group(name, base.in_features, space.gift_sharing)
-            gift = bank.get_or_create(group, base.in_features, gift_rank, base.weight)
+            n_in = io_features(base)[0]
+            gift = bank.get_or_create(gift_group(name, n_in, space.gift_sharing), n_in, gift_rank, base.weight)
         layer = GLoRALinear(base, space, gift=gift, name=name)
         layer.output_edited_in_place = name in edited_in_place
         setattr(parent, child, layer)
@@ -295,6 +301,22 @@ def _resolve_heads(model: nn.Module, heads: Sequence[str] | None) -> list[str]:
     return []
 
 
+def _output_layers(model: nn.Module) -> list[str]:
+    """The model's output (unembedding) layer, never adapted and kept frozen: a causal LM's ``lm_head`` (found
+    through transformers' ``get_output_embeddings``), which is pretrained, often tied to the input embedding,
+    and the largest matrix of the model."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    if not callable(get_output):
+        return []
+    try:
+        out = get_output()
+    except Exception:  # a model that declares the method but has no such layer
+        return []
+    if not isinstance(out, nn.Module):
+        return []
+    return [n for n, m in model.named_modules() if m is out and n]
+
+
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
@@ -303,7 +325,8 @@ def _has_params(module: nn.Module) -> bool:
 def _select_targets(
     model: nn.Module, targets: str | Sequence[str] | None, heads: list[str], edited_in_place: set[str]
 ) -> list[str]:
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n, m in model.named_modules() if adaptable(m)]
+    outputs = set(_output_layers(model))
     # (targets were checked by AdapterConfig: None, a regex that compiles, or name suffixes)
     if targets is None:
         picked = linears
@@ -320,7 +343,9 @@ def _select_targets(
         for n in picked:
             if in_head(n):
                 warnings.warn(f"GLoRA: not adapting {n!r}: it is a classifier head, trained in full", stacklevel=3)
-    picked = [n for n in picked if not in_head(n)]
+            elif n in outputs:
+                warnings.warn(f"GLoRA: not adapting {n!r}: it is the model's output layer, kept frozen", stacklevel=3)
+    picked = [n for n in picked if not in_head(n) and n not in outputs]
 
     shared = {n for n, c in Counter(_module_ids(model)).items() if c > 1}
     out = []
@@ -329,7 +354,7 @@ def _select_targets(
         reason = None
         if id(module) in shared:
             reason = "the same module is registered under several names, so one wrapper cannot replace it everywhere"
-        elif not _plain_forward(module):
+        elif isinstance(module, nn.Linear) and not _plain_forward(module):
             reason = f"{type(module).__name__} overrides nn.Linear.forward"
         else:
             reason = _direct_read(model, n, edited_in_place)

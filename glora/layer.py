@@ -42,6 +42,8 @@ __all__ = [
     "encode_choice",
     "code_layout",
     "storage_shapes",
+    "adaptable",
+    "io_features",
 ]
 
 FORMS = ("auto", "cpu", "accelerator")
@@ -72,6 +74,40 @@ class Execution:
             raise ValueError(f"execution forms must be one of {', '.join(FORMS)}; got {self.forms!r}")
         if not 0 <= self.scale_guard < 1:
             raise ValueError(f"scale_guard must be in [0, 1), got {self.scale_guard!r}")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """A transformers ``Conv1D`` (GPT-2, GPT-J's ancestors): a linear map with its weight stored (in, out). Known by
+    its shape contract, so the core needs no transformers import."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and getattr(module, "nf", None) == weight.shape[1]
+    )
+
+
+def adaptable(module: nn.Module) -> bool:
+    """Whether GLoRA can wrap ``module``: an ``nn.Linear`` (or subclass) or a transformers ``Conv1D``."""
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def io_features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an adaptable layer (:func:`adaptable`)."""
+    if _is_conv1d(module):
+        n_in, n_out = module.weight.shape
+        return int(n_in), int(n_out)
+    return module.in_features, module.out_features
+
+
+def _linear_of_conv1d(conv: nn.Module) -> nn.Linear:
+    """The nn.Linear computing what ``conv`` computes (its weight transposed once; the bias shared)."""
+    n_in, n_out = conv.weight.shape
+    linear = nn.Linear(n_in, n_out, bias=False, device="meta")
+    linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
+    linear.bias = conv.bias
+    return linear
 
 
 class _Code:
@@ -182,11 +218,17 @@ class GLoRALinear(nn.Module):
         execution: Execution | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = base.in_features
-        self.out_features = base.out_features
+        self.in_features = getattr(base, "in_features", None)
+        self.out_features = getattr(base, "out_features", None)
         self.space = space
         self.name = name
-        self.base_class: type[nn.Linear] = type(base)
+        self.base_class: type[nn.Module] = type(base)
+        # GPT-2 style Conv1D (transformers): weight stored (in, out), y = x W + b. Adapted as the linear map it is
+        # (weight transposed once here); folding writes a layer of the original class back.
+        self.transposed = _is_conv1d(base)
+        if self.transposed:
+            self.in_features, self.out_features = base.weight.shape
+            base = _linear_of_conv1d(base)
         self.register_parameter("weight", base.weight)
         self.register_parameter("bias", base.bias)
         self.weight.requires_grad_(False)

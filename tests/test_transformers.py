@@ -1,0 +1,169 @@
+"""Hugging Face transformers models in the core: tiny random-init Llama, BERT and GPT-2 built from configs (offline).
+
+Targets as PEFT users write them, the output layer (``lm_head``) never adapted, classification heads trained in
+full, GPT-2's ``Conv1D`` adapted as the linear map it is, and folding exact in float64 for random subnets and every
+choice kind, GIFT included: the folded model is the plain architecture again.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import glora
+
+transformers = pytest.importorskip("transformers")
+
+SPACE = glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(2,))
+
+
+def _llama(kind: str = "causal-lm"):
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, num_labels=3, pad_token_id=0,
+    )  # fmt: skip
+    cls = transformers.LlamaForCausalLM if kind == "causal-lm" else transformers.LlamaForSequenceClassification
+    return cls(cfg)
+
+
+def _bert():
+    cfg = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=32, num_labels=2,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(
+        vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+MODELS = {"llama-causal": _llama, "llama-classifier": lambda: _llama("classifier"), "bert": _bert, "gpt2": _gpt2}
+
+
+def _build(name: str, targets=None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(supernet, an untouched copy of the base model), both float64 in eval mode, supports random."""
+    torch.manual_seed(0)
+    base = MODELS[name]().double().eval()
+    model = MODELS[name]().double().eval()
+    model.load_state_dict(base.state_dict())
+    glora.inject(model, SPACE, targets)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+    return model, base
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(2))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fold_is_exact_for_random_subnets_and_gives_the_plain_architecture(name):
+    model, base = _build(name)
+    ids = _ids()
+    subnets = [glora.sample_subnet(model, random.Random(seed)) for seed in range(3)]
+    subnets.append(glora.make_subnet(model, A="gift_2", B="lora_4", C="lora_2", D="vector", E="scalar"))
+    for subnet in subnets:
+        glora.set_subnet(model, subnet)
+        plain = glora.fold(model, subnet)
+        assert not glora.glora_layers(plain)
+        assert {type(m).__name__ for m in plain.modules()} <= {type(m).__name__ for m in base.modules()}
+        a, b = _logits(model, ids), _logits(plain, ids)
+        assert (a - b).abs().max() <= 1e-9 * a.abs().max()
+
+
+def test_llama_output_layer_is_never_adapted_and_stays_frozen():
+    model, _ = _build("llama-causal")
+    layers = glora.glora_layers(model)
+    assert "lm_head" not in layers and not model.lm_head.weight.requires_grad
+    assert {n.rsplit(".", 1)[-1] for n in layers} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"}  # fmt: skip
+    assert glora.head_names(model) == []
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".A" in n or ".B" in n or ".C" in n or n.endswith((".D", ".E")) or "gift" in n
+                             for n in trainable)  # fmt: skip
+    with pytest.warns(UserWarning, match="'lm_head': it is the model's output layer, kept frozen"):
+        glora.inject(_llama(), SPACE, ["q_proj", "lm_head"])
+
+
+@pytest.mark.parametrize("name, head", [("llama-classifier", "score"), ("bert", "classifier")])
+def test_classification_heads_train_in_full_and_are_not_adapted(name, head):
+    model, _ = _build(name)
+    assert glora.head_names(model) == [head]
+    assert all(p.requires_grad for p in model.get_submodule(head).parameters())
+    assert not any(n == head or n.startswith(head + ".") for n in glora.glora_layers(model))
+
+
+@pytest.mark.parametrize(
+    "targets, expected",
+    [
+        (["q_proj", "v_proj"], {"q_proj", "v_proj"}),  # PEFT's spelling of the GIFT paper's Query/Value setup
+        ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+        (r".*\.layers\.1\.self_attn\.(q|v)_proj", {"q_proj", "v_proj"}),
+    ],
+)
+def test_targets_as_peft_users_write_them(targets, expected):
+    model = glora.inject(_llama(), SPACE, targets)
+    assert {n.rsplit(".", 1)[-1] for n in glora.glora_layers(model)} == expected
+    stored = glora.AdapterConfig(SPACE, targets).to_dict()["targets"]  # what a checkpoint records
+    assert stored == (None if targets == "all-linear" else targets)
+
+
+def test_gpt2_conv1d_layers_are_adapted_and_fold_back_to_conv1d():
+    model, _ = _build("gpt2")
+    layers = glora.glora_layers(model)
+    assert {n.rsplit(".", 1)[-1] for n in layers} == {"c_attn", "c_proj", "c_fc"}
+    qkv = layers["transformer.h.0.attn.c_attn"]
+    assert (qkv.in_features, qkv.out_features) == (32, 96) and qkv.transposed
+    glora.set_subnet(model, glora.make_subnet(model, B="lora_4", E="vector"))
+    plain = glora.fold(model, glora.make_subnet(model, B="lora_4", E="vector"))
+    conv = plain.get_submodule("transformer.h.0.attn.c_attn")
+    assert type(conv).__name__ == "Conv1D" and conv.weight.shape == (32, 96)
+    fresh = _gpt2().double()
+    fresh.load_state_dict(plain.state_dict())  # the plain architecture, key for key and shape for shape
+    ids = _ids()
+    assert torch.equal(_logits(fresh.eval(), ids), _logits(plain, ids))
+    # The size check counts what inject allocates, Conv1D layers included.
+    assert glora.supernet_size(_gpt2(), SPACE) == sum(p.numel() for p in _build("gpt2")[0].parameters()
+                                                      if p.requires_grad)  # fmt: skip
+
+
+def test_an_untouched_subnet_is_the_pretrained_model():
+    """Down factors, D and E start at zero: right after inject every subnet computes the base model."""
+    torch.manual_seed(0)
+    base = _llama().double().eval()
+    model = _llama().double().eval()
+    model.load_state_dict(base.state_dict())
+    glora.inject(model, SPACE)
+    glora.set_subnet(model, glora.sample_subnet(model, random.Random(0)))
+    ids = _ids()
+    torch.testing.assert_close(_logits(model, ids), _logits(base, ids), rtol=0, atol=1e-12)
+
+
+def test_a_bias_free_llama_narrowed_to_no_c_and_e_folds_to_the_plain_architecture():
+    """Llama's projections have no bias; without C and E no subnet creates one, so the folded model loads into a
+    fresh LlamaForCausalLM key for key (the README's rule until the search handles bias-free layers)."""
+    space = glora.SearchSpace(lora_ranks=(4, 2), choices={"C": ["none"], "E": ["none"]})
+    torch.manual_seed(0)
+    model = glora.inject(_llama().double().eval(), space)
+    for seed in range(3):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        glora.set_subnet(model, subnet)
+        plain = glora.fold(model, subnet)
+        fresh = _llama().double().eval()
+        fresh.load_state_dict(plain.state_dict(), strict=True)  # raises on a missing or unexpected key
+        ids = _ids()
+        torch.testing.assert_close(_logits(fresh, ids), _logits(model, ids), rtol=1e-9, atol=1e-12)
