@@ -13,7 +13,7 @@ from typing import Any
 
 from .space import SearchSpace
 
-__all__ = ["AdapterConfig"]
+__all__ = ["AdapterConfig", "ALL_LINEAR"]
 
 
 # PEFT's spelling of "every linear layer but the output layer / classifier" (this toolkit's default).

@@ -171,7 +171,8 @@ def supernet_size(
     for name in names:
         base = model.get_submodule(name)
         n_in, n_out = io_features(base)
-        total += sum(math.prod(shape) for shape in storage_shapes(space, n_in, n_out).values() if shape)
+        shapes = storage_shapes(space.for_layer(base.bias is not None), n_in, n_out)
+        total += sum(math.prod(shape) for shape in shapes.values() if shape)
         if space.offers("A", Kind.GIFT):
             groups[gift_group(name, n_in, space.gift_sharing)] = n_in
     total += sum(2 * n_in * space.max_rank("A", Kind.GIFT) for n_in in groups.values())
@@ -193,7 +194,7 @@ def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_plac
         if bank is not None:
             n_in = io_features(base)[0]
             gift = bank.get_or_create(gift_group(name, n_in, space.gift_sharing), n_in, gift_rank, base.weight)
-        layer = GLoRALinear(base, space, gift=gift, name=name)
+        layer = GLoRALinear(base, space.for_layer(base.bias is not None), gift=gift, name=name)
         layer.output_edited_in_place = name in edited_in_place
         setattr(parent, child, layer)
     return bank

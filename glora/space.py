@@ -6,16 +6,20 @@ Names are parsed once into :class:`Choice` (a :class:`Kind` and a rank) so hot p
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["SUPPORTS", "GIFT_SHARING", "Kind", "Choice", "LayerChoice", "SearchSpace"]
+__all__ = ["SUPPORTS", "GIFT_SHARING", "BIAS_FREE", "Kind", "Choice", "LayerChoice", "SearchSpace"]
 
 SUPPORTS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 GIFT_SHARING: tuple[str, ...] = ("type", "width", "layer")
+# What a layer without a bias offers (SearchSpace.bias_free), and the supports that touch the bias.
+BIAS_FREE: tuple[str, ...] = ("allow", "exclude")
+_BIAS_SUPPORTS = ("C", "D", "E")
 
 
 class Kind(str, enum.Enum):
@@ -128,6 +132,10 @@ class SearchSpace:
             wildcarded), ``width`` (same input width) or ``layer`` (one per layer).
         choices: optional per-support restriction, e.g. ``{"C": ["none"]}``; each name must be a choice the
             ranks above allow. Supports not named keep the full list.
+        bias_free: what a layer without a bias offers (Llama, Mistral, Qwen projections): ``allow`` = the same
+            choices (C and E then create a bias, a key the plain architecture may not have); ``exclude`` = only
+            ``none`` for C and E, which would create one, and for D, which scales the bias and has nothing to
+            scale there, so every subnet folds into the architecture as it is.
 
     Example:
         >>> SearchSpace(lora_ranks=(8, 4)).choice_names("C")
@@ -138,6 +146,7 @@ class SearchSpace:
     gift_ranks: tuple[int, ...] = ()
     gift_sharing: str = "type"
     choices: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False)
+    bias_free: str = "allow"
     _table: tuple[tuple[Choice, ...], ...] = field(init=False, repr=False, compare=False)
     _names: tuple[dict[str, Choice], ...] = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
@@ -145,6 +154,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_ranks", _ranks(self.lora_ranks, "lora_ranks"))
         object.__setattr__(self, "gift_ranks", _ranks(self.gift_ranks, "gift_ranks"))
+        if self.bias_free not in BIAS_FREE:
+            raise ValueError(f"bias_free must be one of {', '.join(BIAS_FREE)}; got {self.bias_free!r}")
         if self.gift_sharing not in GIFT_SHARING:
             raise ValueError(f"gift_sharing must be one of {', '.join(GIFT_SHARING)}; got {self.gift_sharing!r}")
         full = {s: self._full(s) for s in SUPPORTS}
@@ -176,7 +187,25 @@ class SearchSpace:
         # name -> Choice per support: a subnet is checked every training step, so the common case is one lookup
         object.__setattr__(self, "_names", tuple({c.name: c for c in table[s]} for s in SUPPORTS))
         # Hashed once: spaces key the per-step caches of choice codes.
-        object.__setattr__(self, "_hash", hash((self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table)))
+        object.__setattr__(self, "_hash", hash(self._key()))
+        if self.bias_free == "exclude":
+            for s in _BIAS_SUPPORTS:
+                if "none" not in self._names[SUPPORTS.index(s)]:
+                    raise ValueError(
+                        f"bias_free='exclude' gives layers without a bias only 'none' for {', '.join(_BIAS_SUPPORTS)}, "
+                        f"but this space's choices for {s} leave 'none' out"
+                    )
+
+    def _key(self) -> tuple:
+        return (self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table, self.bias_free)
+
+    def for_layer(self, has_bias: bool) -> SearchSpace:
+        """The space one layer offers: this space, or with ``bias_free="exclude"`` and no bias, this space with C, D
+        and E narrowed to ``none``."""
+        if has_bias or self.bias_free == "allow":
+            return self
+        narrowed = dict(self.choices or {}) | {s: ("none",) for s in _BIAS_SUPPORTS}
+        return dataclasses.replace(self, choices=narrowed)
 
     def _full(self, support: str) -> tuple[Choice, ...]:
         out: list[Choice] = []
@@ -250,17 +279,19 @@ class SearchSpace:
         }
         if self.choices is not None:
             out["choices"] = {s: list(v) for s, v in self.choices.items()}
+        if self.bias_free != "allow":  # (older checkpoints have no such key: they read as allow)
+            out["bias_free"] = self.bias_free
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         if not isinstance(data, Mapping):
             raise ValueError(f"a search space must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"lora_ranks", "gift_ranks", "gift_sharing", "choices"}
+        unknown = set(data) - {"lora_ranks", "gift_ranks", "gift_sharing", "choices", "bias_free"}
         if unknown:
             raise ValueError(
                 f"unknown search-space keys: {', '.join(sorted(map(str, unknown)))}; "
-                "allowed: lora_ranks, gift_ranks, gift_sharing, choices"
+                "allowed: lora_ranks, gift_ranks, gift_sharing, choices, bias_free"
             )
         return cls(**dict(data))
 
@@ -270,9 +301,4 @@ class SearchSpace:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchSpace):
             return NotImplemented
-        return (self.lora_ranks, self.gift_ranks, self.gift_sharing, self._table) == (
-            other.lora_ranks,
-            other.gift_ranks,
-            other.gift_sharing,
-            other._table,
-        )
+        return self._key() == other._key()

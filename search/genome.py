@@ -49,7 +49,18 @@ class Genome:
         space = own if space is None else _narrowed(own, space)
         self.layer_names = list(layers)
         self.genes: list[tuple[str, str]] = [(n, s) for n in self.layer_names for s in SUPPORTS]
-        self.options: list[tuple[str, ...]] = [space.choice_names(s) for _, s in self.genes]
+        # A layer may offer less than the space (a bias-free layer under bias_free="exclude"): its genes keep the
+        # choices both offer.
+        self.options: list[tuple[str, ...]] = [
+            tuple(c for c in space.choice_names(s) if c in layers[n].space.choice_names(s)) for n, s in self.genes
+        ]
+        empty = next(((n, s) for (n, s), o in zip(self.genes, self.options) if not o), None)
+        if empty is not None:
+            n, s = empty
+            raise ValueError(
+                f"layer {n!r} offers none of the searched choices for {s} ({', '.join(space.choice_names(s))}); "
+                f"it offers: {', '.join(layers[n].space.choice_names(s))}"
+            )
         self.low = [0] * len(self.genes)
         self.up = [len(o) - 1 for o in self.options]
         self._index = [{name: i for i, name in enumerate(o)} for o in self.options]

@@ -273,6 +273,7 @@ CASES = [
     # presets by name
     ("preset-unknown", "train", lambda d, t: ["-c", "vtab/cifr"], "nor is it a preset name"),
     ("execution-unknown", "train", lambda d, t: ["--execution", "fast"], "invalid choice: 'fast'"),
+    ("model-is-transformers", "train", lambda d, t: ["--model", "meta-llama/Llama-2-7b-hf"], "is a transformers model"),
 ]
 
 

@@ -113,3 +113,19 @@ def test_list_presets_names_every_shipped_file(capsys):
 def test_an_unknown_preset_is_one_clear_error(name):
     with pytest.raises(cfg.ConfigError, match="does not exist, nor is it a preset name"):
         cfg.parse_args(train_parser(), ["-c", name])
+
+
+@pytest.mark.parametrize(
+    "argv, targets, bias_free",
+    [
+        (["--targets", "q_proj,v_proj"], ("q_proj", "v_proj"), "allow"),
+        (["--targets", "q_proj", "v_proj", "--bias-free", "exclude"], ("q_proj", "v_proj"), "exclude"),
+        (["--targets", "all-linear"], None, "allow"),
+        (["--targets-regex", r".*\.(q|v)_proj"], r".*\.(q|v)_proj", "allow"),
+    ],
+)
+def test_targets_as_peft_users_write_them_and_the_bias_free_rule(argv, targets, bias_free):
+    from glora.app.options.train import adapter_from_args
+
+    adapter = adapter_from_args(cfg.parse_args(train_parser(), argv))
+    assert adapter.targets == targets and adapter.space.bias_free == bias_free

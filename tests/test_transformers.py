@@ -167,3 +167,77 @@ def test_a_bias_free_llama_narrowed_to_no_c_and_e_folds_to_the_plain_architectur
         fresh.load_state_dict(plain.state_dict(), strict=True)  # raises on a missing or unexpected key
         ids = _ids()
         torch.testing.assert_close(_logits(fresh, ids), _logits(model, ids), rtol=1e-9, atol=1e-12)
+
+
+def test_bias_free_exclude_narrows_only_the_layers_without_a_bias():
+    """``bias_free="exclude"``: Llama's bias-free projections offer none for C, D and E (so no subnet adds a key),
+    BERT's biased layers keep every choice; sampling, the search's genome and the size check all follow."""
+    from search.genome import Genome
+
+    space = glora.SearchSpace(lora_ranks=(4, 2), bias_free="exclude")
+    assert glora.SearchSpace.from_dict(space.to_dict()) == space != glora.SearchSpace(lora_ranks=(4, 2))
+    model = glora.inject(_llama(), space)
+    assert all(m.space.choice_names(s) == ("none",) for m in glora.glora_layers(model).values() for s in "CDE")
+    assert glora.supernet_size(_llama(), space) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    genome = Genome(model)
+    assert {genome.options[i] for i, (_, s) in enumerate(genome.genes) if s in "CDE"} == {("none",)}
+    for seed in range(3):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        glora.set_subnet(model, subnet)
+        _llama().load_state_dict(glora.fold(model, subnet).state_dict(), strict=True)
+    bert = glora.inject(_bert(), space)
+    assert all(m.space == space for m in glora.glora_layers(bert).values())  # every BERT linear has a bias
+    with pytest.raises(ValueError, match="bias_free='exclude' gives layers without a bias only 'none'"):
+        glora.SearchSpace(bias_free="exclude", choices={"E": ["vector"]})
+    with pytest.raises(ValueError, match="bias_free must be one of allow, exclude; got 'drop'"):
+        glora.SearchSpace(bias_free="drop")
+
+
+# ---------------------------------------------------------------------- transformers backbones for the commands
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A tiny Llama written by save_pretrained (what a user downloads or trains), read back offline."""
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    torch.manual_seed(0)
+    _llama().save_pretrained(folder)
+    return folder
+
+
+def test_a_save_pretrained_folder_is_a_transformers_backbone(llama_folder):
+    from glora.app.backbone import BackboneSpec, build_backbone
+    from glora.app.embedded import BACKBONE_DIR
+    from glora.app.hf_backbone import is_transformers_model
+
+    assert is_transformers_model(str(llama_folder)) and is_transformers_model("meta-llama/Llama-2-7b-hf")
+    for timm_name in ("vit_base_patch16_224", "hf-hub:timm/vit_tiny", f"local-dir:{BACKBONE_DIR}", str(BACKBONE_DIR)):
+        assert not is_transformers_model(timm_name), timm_name
+    lm = build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None))  # causal-lm, from the config
+    ref = transformers.LlamaForCausalLM.from_pretrained(llama_folder)
+    ids = _ids()
+    assert type(lm).__name__ == "LlamaForCausalLM" and torch.equal(_logits(lm, ids), _logits(ref, ids))
+    spec = BackboneSpec(model=str(llama_folder), num_classes=3, task_type="text-classification", init_seed=4)
+    a, b = build_backbone(spec), build_backbone(spec)
+    assert type(a).__name__ == "LlamaForSequenceClassification" and a.config.num_labels == 3
+    assert torch.equal(a.score.weight, b.score.weight)  # the new head is seeded: search and export rebuild it
+    assert torch.equal(a.model.layers[0].self_attn.q_proj.weight, ref.model.layers[0].self_attn.q_proj.weight)
+    assert glora.head_names(a) == ["score"]
+    half = build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, dtype="bf16"))
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    random_init = BackboneSpec(model=str(llama_folder), num_classes=None, pretrained=False, init_seed=1)
+    x, y = build_backbone(random_init), build_backbone(random_init)
+    assert torch.equal(x.lm_head.weight, y.lm_head.weight) and not torch.equal(x.lm_head.weight, ref.lm_head.weight)
+
+
+def test_transformers_backbone_errors_are_one_line(llama_folder, tmp_path):
+    from glora.app.backbone import BackboneSpec, build_backbone
+
+    bare = tmp_path / "bare"
+    transformers.LlamaModel(_llama().config).save_pretrained(bare)  # architectures: LlamaModel, no task in it
+    with pytest.raises(ValueError, match="cannot tell the task type .* give --task-type text-classification or"):
+        build_backbone(BackboneSpec(model=str(bare), num_classes=None))
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16; got 'int8'"):
+        build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, dtype="int8"))
+    with pytest.raises(ValueError, match="needs the number of classes"):
+        build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, task_type="text-classification"))
+    with pytest.raises(ValueError, match="task type must be one of text-classification, causal-lm; got 'ner'"):
+        build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, task_type="ner"))

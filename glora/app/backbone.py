@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from .hf_backbone import build_transformers, is_transformers_model
+
 __all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_model_name", "EMBEDDED_PREFIX", "embedded_path"]
 
 # Backbones shipped as package data (timm ``local-dir`` folders under glora/app/assets), named ``embedded:<name>``,
@@ -31,21 +33,30 @@ class BackboneSpec:
     Args:
         model: a timm model name (``vit_base_patch16_224.orig_in21k``), ``hf-hub:<repo>``,
             ``local-dir:<folder>`` (a timm export: config.json + model.safetensors) or ``embedded:<name>`` (a
-            backbone shipped with this package: ``embedded:digits-vit``).
+            backbone shipped with this package: ``embedded:digits-vit``); or a transformers model: a folder
+            written by ``save_pretrained`` or a hub id ``owner/name`` (:mod:`glora.app.hf_backbone`).
         pretrained: load pretrained weights from the model's source.
         pretrained_file: load pretrained weights from this local file instead (offline use of a timm name).
         num_classes: classes of the new head.
         model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``drop_path_rate``).
         init_seed: seeds the weights the model initialises itself (all of them with ``pretrained=False``), so a
             random-init backbone is rebuilt bit for bit by search and export; ``None`` (old checkpoints): unseeded.
+        task_type: transformers models: ``text-classification`` or ``causal-lm`` (None: from the config).
+        dtype: transformers models: the frozen weights' dtype (``auto``, ``fp32``, ``bf16``, ``fp16``).
     """
 
     model: str
-    num_classes: int
+    num_classes: int | None
     pretrained: bool = True
     pretrained_file: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     init_seed: int | None = None
+    task_type: str | None = None
+    dtype: str = "auto"
+
+    @property
+    def is_transformers(self) -> bool:
+        return is_transformers_model(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +94,18 @@ def resolve_model_name(name: str) -> str:
 
 
 def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") -> nn.Module:
-    """``timm.create_model`` for ``spec``; raises ``ValueError`` for unknown names or unreadable weight files."""
+    """``timm.create_model`` (or transformers' ``AutoModelFor...``) for ``spec``; raises ``ValueError`` for unknown
+    names or unreadable weight files."""
+    if spec.is_transformers:
+        model = build_transformers(
+            str(Path(spec.model).expanduser()) if Path(spec.model).expanduser().is_dir() else spec.model,
+            task_type=spec.task_type,
+            num_classes=spec.num_classes,
+            pretrained=spec.pretrained,
+            dtype=spec.dtype,
+            init_seed=spec.init_seed,
+        )
+        return model.to(device)
     name = resolve_model_name(spec.model)
     kwargs: dict[str, Any] = dict(spec.model_kwargs)
     pretrained = spec.pretrained

@@ -119,6 +119,14 @@ class _SupernetRun:
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         check_training_size(supernet_size(model, self.adapter), device, self.out, enabled=self.args.memory_check)
         inject(model, self.adapter)
+        bias_free = sum(m.bias is None for m in glora_layers(model).values())
+        if bias_free:
+            rule = (
+                "they offer only none for C, D and E (--bias-free exclude)"
+                if self.adapter.space.bias_free == "exclude"
+                else "C and E add one there, which the plain architecture may not load (--bias-free exclude avoids it)"
+            )
+            _logger.info("%d adapted layers have no bias: %s", bias_free, rule)
         if self.adapter.space.layer_size == 1:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=self.args.execution)

@@ -9,13 +9,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from glora.config import AdapterConfig
-from glora.space import GIFT_SHARING, SearchSpace
+from glora.config import ALL_LINEAR, AdapterConfig
+from glora.space import BIAS_FREE, GIFT_SHARING, SearchSpace
 
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
+from ..hf_backbone import is_transformers_model
 from ..trainer import UNUSED_SUPPORTS
 from . import (
     ConfigError,
@@ -108,6 +109,13 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--gift-ranks", type=positive_int, nargs="*", default=[], help="GIFT ranks offered to A")
     g.add_argument("--gift-sharing", choices=GIFT_SHARING, default="type", help="which layers share a GIFT generator")
     g.add_argument(
+        "--bias-free",
+        choices=BIAS_FREE,
+        default="allow",
+        help="layers without a bias (Llama-style projections): allow = every choice (C and E then add a bias); "
+        "exclude = C, D, E only none there, so the export keeps the architecture's keys",
+    )
+    g.add_argument(
         "--choices",
         type=support_choices,
         nargs="+",
@@ -116,7 +124,13 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
         help="narrow the space per support, e.g. A=none B=lora_8 C=none D=none E=none (LoRA r=8); one choice per "
         "support trains a fixed adapter (presets: -c methods/lora, ...); unnamed supports keep every choice",
     )
-    g.add_argument("--targets", nargs="+", default=None, help="layer-name suffixes to adapt (default: all but heads)")
+    g.add_argument(
+        "--targets",
+        nargs="+",
+        default=None,
+        help="layer-name suffixes to adapt, spaced or comma-separated (q_proj,v_proj); default / all-linear: every "
+        "linear layer but the heads and the output layer",
+    )
     g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
 
 
@@ -266,12 +280,22 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
         gift_ranks=tuple(args.gift_ranks),
         gift_sharing=args.gift_sharing,
         choices=parse_choices(getattr(args, "choices", None)),
+        bias_free=getattr(args, "bias_free", "allow"),
     )
-    targets = args.targets_regex or (list(args.targets) if args.targets else None)
+    # Suffixes as listed or comma-separated, as PEFT users write them (q_proj,v_proj); all-linear = the default.
+    names = [t for entry in args.targets or () for t in entry.split(",") if t]
+    targets = args.targets_regex or (None if not names or names == [ALL_LINEAR] else names)
     return AdapterConfig(space, targets, None if heads is None else tuple(heads))
 
 
 def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
+    """The backbone the options describe. A transformers model is refused here for now: the commands read image
+    data only (the library API, ``glora.inject`` / ``glora.fold``, takes transformers models)."""
+    if is_transformers_model(str(args.model)):
+        raise ConfigError(
+            f"--model {args.model!r} is a transformers model, but the commands train on image data only so far "
+            f"({', '.join(DATASETS)}); adapt it through the library (glora.inject, glora.fold), or give a timm model"
+        )
     kwargs: dict[str, Any] = dict(args.model_kwargs)
     if args.img_size:
         kwargs["img_size"] = args.img_size

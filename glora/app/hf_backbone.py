@@ -1,0 +1,124 @@
+"""Hugging Face transformers backbones: a ``save_pretrained`` folder or a hub id, loaded for a task type.
+
+The image backbones (timm) live in :mod:`glora.app.backbone`; this module is the text side beside it, chosen by
+:func:`is_transformers_model` and built by :func:`build_transformers`. A model is loaded with the ``AutoModelFor...``
+class of its task type: ``text-classification`` (a new classifier head with ``num_classes`` labels, trained in
+full) or ``causal-lm`` (the pretrained ``lm_head``, never adapted). Hub ids resolve through the local Hugging Face
+cache when the machine is offline. ``pretrained=False`` builds a seeded random model from the config alone, for
+tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["TASK_TYPES", "DTYPES", "is_transformers_model", "infer_task_type", "build_transformers"]
+
+TASK_TYPES = ("text-classification", "causal-lm")
+# --dtype of the frozen weights ("auto": the checkpoint's own, as transformers' torch_dtype="auto").
+DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Architecture-name endings (config.json "architectures") that say the task type.
+_ENDINGS = {
+    "ForCausalLM": "causal-lm",
+    "LMHeadModel": "causal-lm",
+    "ForSequenceClassification": "text-classification",
+}
+
+
+def _local_config(name: str) -> dict[str, Any] | None:
+    """The folder's config.json when ``name`` is a folder holding one, else None."""
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {str(path)!r}: {e}") from None
+    return data if isinstance(data, dict) else None
+
+
+def is_transformers_model(name: str) -> bool:
+    """A transformers model: a folder whose config.json has a ``model_type`` (timm's exports have none), or a hub
+    id ``owner/name`` that is not a folder here (timm names never hold a ``/``; ``hf-hub:`` stays timm's)."""
+    if name.startswith(("hf-hub:", "local-dir:", "embedded:")):
+        return False
+    config = _local_config(name)
+    if config is not None:
+        return "model_type" in config
+    if Path(name).expanduser().exists():
+        return False
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def infer_task_type(architectures: list[str] | None) -> str | None:
+    """The task type the config's ``architectures`` name, or None when they name none (or more than one)."""
+    found = {task for arch in architectures or () for end, task in _ENDINGS.items() if arch.endswith(end)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except OSError as e:  # offline and not in the cache, or no such repository
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"cannot read the transformers config of {name!r} ({first}); offline, give a folder written by "
+            "save_pretrained, or a hub id already in the local Hugging Face cache"
+        ) from None
+
+
+def build_transformers(
+    name: str,
+    *,
+    task_type: str | None,
+    num_classes: int | None,
+    pretrained: bool = True,
+    dtype: str = "auto",
+    init_seed: int | None = None,
+) -> nn.Module:
+    """The ``AutoModelFor...`` of ``task_type`` (inferred from the config when None and unambiguous)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    config = _config(name)
+    task = task_type or infer_task_type(getattr(config, "architectures", None))
+    if task is None:
+        raise ValueError(
+            f"cannot tell the task type of {name!r} from its config (architectures: "
+            f"{getattr(config, 'architectures', None)}); give --task-type {' or '.join(TASK_TYPES)}"
+        )
+    if task not in TASK_TYPES:
+        raise ValueError(f"task type must be one of {', '.join(TASK_TYPES)}; got {task!r}")
+    import transformers
+
+    kwargs: dict[str, Any] = {}
+    if task == "text-classification":
+        if not num_classes:
+            raise ValueError("a text-classification backbone needs the number of classes (labels) of the data")
+        config.num_labels = num_classes
+        auto = transformers.AutoModelForSequenceClassification
+    else:
+        auto = transformers.AutoModelForCausalLM
+    torch_dtype = DTYPES[dtype]
+    with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        if init_seed is not None:
+            torch.manual_seed(init_seed)  # the new classifier's init (everything, without pretrained weights)
+        try:
+            if pretrained:
+                model = auto.from_pretrained(name, config=config, dtype=torch_dtype, **kwargs)
+            else:
+                model = auto.from_config(config, **kwargs)
+                if torch_dtype != "auto":
+                    model = model.to(torch_dtype)
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
+    return model
