@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +41,8 @@ __all__ = [
     "peft_available",
     "interleaved",
     "saved_for_backward_mib",
+    "peak_above_base",
+    "peak_in_own_process",
 ]
 
 
@@ -190,3 +194,37 @@ def saved_for_backward_mib(model: nn.Module, run: Callable[[], torch.Tensor]) ->
     model.zero_grad(set_to_none=True)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(v for k, v in seen.items() if k not in params) / 2**20
+
+
+def _rss_mib(field: str) -> float:
+    for line in open("/proc/self/status", encoding="utf-8"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_above_base(step: Callable[[], None], device: torch.device, steps: int = 3) -> float:
+    """Peak MiB of ``steps`` training steps above what is already held (CUDA: allocated; CPU: RSS, Linux), so
+    optimizer state, gradients and activations are what is counted."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            step()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")  # reset the RSS high-water mark to the current RSS
+    base = _rss_mib("VmRSS")
+    for _ in range(steps):
+        step()
+    return _rss_mib("VmHWM") - base
+
+
+def peak_in_own_process(benchmark: str, method: str, workload: list[str]) -> float | None:
+    """``python -m benchmarks.<benchmark> --one <method> <workload>`` in a fresh process: its printed peak MiB
+    (None when that process failed), so no method inherits another's allocator high-water mark."""
+    cmd = [sys.executable, "-m", f"benchmarks.{benchmark}", "--one", method, *workload]
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None

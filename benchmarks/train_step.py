@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import timm
@@ -32,6 +29,8 @@ from ._common import (
     build_method,
     interleaved,
     machine,
+    peak_above_base,
+    peak_in_own_process,
     peft_available,
     saved_for_backward_mib,
     write_json,
@@ -102,13 +101,6 @@ def setup(args, name, device):
     return method, loss, step
 
 
-def _rss_mib(field: str) -> float:
-    for line in open("/proc/self/status", encoding="utf-8"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(f"{field} not in /proc/self/status")
-
-
 def peak_of_one(args, name: str) -> float:
     """Peak memory of training steps above what the built model (and libraries) already hold."""
     device = resolve_device(args.device)
@@ -116,19 +108,7 @@ def peak_of_one(args, name: str) -> float:
     if args.compile or name.endswith("+compile"):  # compile outside the measurement; optimizer state stays inside
         loss().backward()
         method.model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(3):
-            step()
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-        f.write("5")  # reset the RSS high-water mark to the current RSS (Linux)
-    base = _rss_mib("VmRSS")
-    for _ in range(3):
-        step()
-    return _rss_mib("VmHWM") - base
+    return peak_above_base(step, device)
 
 
 def saved_memory(args, runs: dict) -> dict[str, float]:
@@ -145,17 +125,11 @@ def saved_memory(args, runs: dict) -> dict[str, float]:
 
 def peak_memory(args, methods: list[str]) -> dict[str, float | None]:
     """Each method's peak memory in a fresh process of its own (None where that process failed)."""
-    peaks = {}
-    for m in methods:
-        workload = ["--model", args.model, "--batch-size", str(args.batch_size), "--img-size", str(args.img_size)]
-        workload += ["--num-classes", str(args.num_classes), "--device", args.device, "--amp", args.amp]
-        workload += ["--ranks", *map(str, args.ranks), *(["--compile"] if args.compile else [])]
-        workload += ["--compile-mode", args.compile_mode] if args.compile_mode else []
-        cmd = [sys.executable, "-m", "benchmarks.train_step", "--one", m, *workload]
-        env = os.environ | {"PYTHONWARNINGS": "ignore"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
-    return peaks
+    workload = ["--model", args.model, "--batch-size", str(args.batch_size), "--img-size", str(args.img_size)]
+    workload += ["--num-classes", str(args.num_classes), "--device", args.device, "--amp", args.amp]
+    workload += ["--ranks", *map(str, args.ranks), *(["--compile"] if args.compile else [])]
+    workload += ["--compile-mode", args.compile_mode] if args.compile_mode else []
+    return {m: peak_in_own_process("train_step", m, workload) for m in methods}
 
 
 def main() -> None:

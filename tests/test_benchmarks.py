@@ -24,6 +24,35 @@ TOY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "4
         ("candidate_eval", [*TOY, "--images", "8", "--rounds", "1"], ["plain model", "glora.folded (search)"]),
         ("layer_costs", [*TOY[:6], "--rounds", "1", "--warmup", "0"], ["shapes", "uniform_all_layers"]),
         (
+            "lm_step",
+            [
+                "--layers",
+                "1",
+                "--hidden",
+                "32",
+                "--heads",
+                "2",
+                "--intermediate",
+                "48",
+                "--vocab",
+                "64",
+                "--seq",
+                "16",
+                "--batch-size",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--peak",
+                "--methods",
+                "norms-only",
+                "glora-supernet",
+                "glora-lora8",
+            ],
+            ["norms-only", "glora-supernet", "glora-lora8"],
+        ),
+        (
             "profile_step",
             [*TOY, "--num-classes", "5", "--steps", "1", "--methods", "bias-only", "glora-supernet"],
             ["bias-only", "glora-supernet"],
@@ -38,7 +67,7 @@ def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
     assert record["benchmark"] == name and f"benchmarks.{name}" in record["command"]
     assert {"date", "machine", "args", "results"} <= set(record)
     assert set(rows) <= set(record["results"])
-    if name == "train_step":
+    if name in ("train_step", "lm_step"):
         assert all(r["peak_mib"] is not None and r["step_ms"] > 0 for r in record["results"].values())
 
 
