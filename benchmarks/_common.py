@@ -43,6 +43,7 @@ __all__ = [
     "saved_for_backward_mib",
     "peak_above_base",
     "peak_in_own_process",
+    "step_table",
 ]
 
 
@@ -228,3 +229,38 @@ def peak_in_own_process(benchmark: str, method: str, workload: list[str]) -> flo
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
+
+
+def step_table(
+    trainable: dict[str, int],
+    times: dict[str, float],
+    saved: dict[str, float],
+    peaks: dict[str, float | None],
+    *,
+    floor: str,
+    unit: str,
+    per_step: int,
+) -> dict[str, dict[str, Any]]:
+    """Print one row per method (trainable, step ms, ``unit``/s, ratio to the ``floor`` method, saved and peak
+    memory) and return the rows for the JSON record (keys ``<unit>_per_s`` and ``vs_<floor>``)."""
+    width = max(16, *(len(m) + 2 for m in times))
+    vs = f"vs {floor}"
+    header = f"{'method':{width}s} {'trainable':>10s} {'step ms':>9s} {unit + '/s':>9s} {vs:>{len(vs) + 2}s}"
+    print(header + f" {'saved MiB':>10s}" + (f" {'peak +MiB':>9s}" if peaks else ""))
+    base = times.get(floor)
+    rows = {}
+    for m, t in times.items():
+        ratio = t / base if base else float("nan")
+        key = floor.replace("-", "_")
+        rows[m] = {
+            "trainable": trainable[m],
+            "step_ms": t * 1e3,
+            f"{unit}_per_s": per_step / t,
+            f"vs_{key}": ratio,
+            "saved_mib": saved[m],
+            "peak_mib": peaks.get(m),
+        }
+        line = f"{m:{width}s} {trainable[m]:>10,d} {t * 1e3:9.1f} {per_step / t:9.1f} {ratio:{len(vs) + 1}.2f}x"
+        line += f" {saved[m]:10.1f}"
+        print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
+    return rows

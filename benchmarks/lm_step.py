@@ -33,6 +33,7 @@ from ._common import (
     peak_in_own_process,
     peft_available,
     saved_for_backward_mib,
+    step_table,
     write_json,
 )
 
@@ -156,33 +157,14 @@ def main(argv=None) -> None:
     saved = {m: saved_for_backward_mib(r[0].model, r[1]) for m, r in runs.items()}
     peaks = {m: peak_in_own_process("lm_step", m, _workload(args)) for m in runs} if args.peak else {}
     tokens = args.batch_size * args.seq
-    floor = times.get("norms-only")
     print(f"machine: {machine()}; device {device.type}")
     print(
         f"Llama-shaped causal LM: {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, vocab "
         f"{args.vocab}; batch {args.batch_size} x {args.seq} tokens; targets {' '.join(args.targets)}; GLoRA ranks "
         f"{set(args.ranks)}; {args.rounds} interleaved rounds (median)"
     )
-    header = (
-        f"{'method':16s} {'trainable':>10s} {'step ms':>9s} {'tokens/s':>9s} {'vs norms-only':>14s} {'saved MiB':>10s}"
-    )
-    print(header + (f" {'peak +MiB':>9s}" if peaks else ""))
-    rows = {}
-    for m, (method, _, _) in runs.items():
-        ratio = times[m] / floor if floor else float("nan")
-        rows[m] = {
-            "trainable": method.trainable,
-            "step_ms": times[m] * 1e3,
-            "tokens_per_s": tokens / times[m],
-            "vs_norms_only": ratio,
-            "saved_mib": saved[m],
-            "peak_mib": peaks.get(m),
-        }
-        line = (
-            f"{m:16s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {tokens / times[m]:9.0f} {ratio:13.2f}x "
-            f"{saved[m]:10.1f}"
-        )
-        print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
+    trainable = {m: r[0].trainable for m, r in runs.items()}
+    rows = step_table(trainable, times, saved, peaks, floor="norms-only", unit="tokens", per_step=tokens)
     for a, b in (("glora-supernet", "peft-glora"), ("glora-supernet", "peft-lora")):
         if a in times and b in times:
             print(f"{a} step / {b} step: {times[a] / times[b]:.2f}x")

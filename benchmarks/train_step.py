@@ -33,6 +33,7 @@ from ._common import (
     peak_in_own_process,
     peft_available,
     saved_for_backward_mib,
+    step_table,
     write_json,
 )
 
@@ -146,30 +147,13 @@ def main() -> None:
     saved = saved_memory(args, runs)
     peaks = peak_memory(args, methods) if args.peak else {}
 
-    floor = times.get("bias-only")
     print(f"machine: {machine()}; device {device.type}, amp {args.amp}")
     print(
         f"model {args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}, GLoRA ranks "
         f"{set(args.ranks)}, {args.rounds} interleaved rounds (median)" + (", torch.compile" if args.compile else "")
     )
-    header = f"{'method':24s} {'trainable':>10s} {'step ms':>9s} {'img/s':>7s} {'vs bias-only':>13s} {'saved MiB':>10s}"
-    print(header + (f" {'peak +MiB':>9s}" if peaks else ""))
-    rows = {}
-    for m, (method, _, _) in runs.items():
-        ratio = times[m] / floor if floor else float("nan")
-        rows[m] = {
-            "trainable": method.trainable,
-            "step_ms": times[m] * 1e3,
-            "img_per_s": args.batch_size / times[m],
-            "vs_bias_only": ratio,
-            "saved_mib": saved[m],
-            "peak_mib": peaks.get(m),
-        }
-        line = (
-            f"{m:24s} {method.trainable:>10,d} {times[m] * 1e3:9.1f} {args.batch_size / times[m]:7.1f} "
-            f"{ratio:12.2f}x {saved[m]:10.1f}"
-        )
-        print(line + (f" {peaks[m]:9.0f}" if peaks.get(m) else (" " * 10 if peaks else "")))
+    trainable = {m: r[0].trainable for m, r in runs.items()}
+    rows = step_table(trainable, times, saved, peaks, floor="bias-only", unit="img", per_step=args.batch_size)
     write_json(args.json, "train_step", args, rows)
 
 
