@@ -42,8 +42,8 @@ def toy_source(monkeypatch):
 
 
 def test_sources_are_listed_in_order_and_unknown_names_are_one_line():
-    assert data.DATASETS == data.source_names() == ("digits", "vtab", "fewshot", "folder")
-    with pytest.raises(ValueError, match="dataset must be one of digits, vtab, fewshot, folder; got 'cifar'"):
+    assert data.DATASETS == data.source_names() == ("digits", "vtab", "fewshot", "folder", "text")
+    with pytest.raises(ValueError, match="dataset must be one of digits, vtab, fewshot, folder, text; got 'cifar'"):
         DataSpec(dataset="cifar")
 
 

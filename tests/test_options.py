@@ -64,7 +64,7 @@ def test_stacked_configs_and_command_line_override(tmp_path):
         ("epochs: 0\n", "epochs: expected a positive integer"),
         ("lr: -1\n", "lr: expected a positive number"),
         ("lora-ranks: [8, x]\n", "lora-ranks: expected a positive integer"),
-        ("dataset: mnist\n", "dataset: 'mnist' is not allowed; choose from digits, vtab, fewshot, folder"),
+        ("dataset: mnist\n", "dataset: 'mnist' is not allowed; choose from digits, vtab, fewshot, folder, text"),
         ("resume: 1\n", "resume: expected true or false"),
         ("epochs: [1, 2]\n", "epochs: expected a single value"),
         ("- a\n", "must be a mapping"),

@@ -216,11 +216,16 @@ def test_a_save_pretrained_folder_is_a_transformers_backbone(llama_folder):
     ids = _ids()
     assert type(lm).__name__ == "LlamaForCausalLM" and torch.equal(_logits(lm, ids), _logits(ref, ids))
     spec = BackboneSpec(model=str(llama_folder), num_classes=3, task_type="text-classification", init_seed=4)
-    a, b = build_backbone(spec), build_backbone(spec)
-    assert type(a).__name__ == "LlamaForSequenceClassification" and a.config.num_labels == 3
-    assert torch.equal(a.score.weight, b.score.weight)  # the new head is seeded: search and export rebuild it
-    assert torch.equal(a.model.layers[0].self_attn.q_proj.weight, ref.model.layers[0].self_attn.q_proj.weight)
-    assert glora.head_names(a) == ["score"]
+    a, b = build_backbone(spec), build_backbone(spec)  # the commands' form: token batches (B, 2, L) in
+    assert type(a.model).__name__ == "LlamaForSequenceClassification" and a.model.config.num_labels == 3
+    assert torch.equal(a.model.score.weight, b.model.score.weight)  # seeded: search and export rebuild it
+    assert torch.equal(a.model.model.layers[0].self_attn.q_proj.weight, ref.model.layers[0].self_attn.q_proj.weight)
+    assert glora.head_names(a) == ["model.score"]
+    tokens = torch.stack([_ids(), torch.ones(2, 7, dtype=torch.long)], dim=1)
+    tokens[0, :, 6:], tokens[1, :, 5:] = 0, 0  # right-padded rows: the batch is trimmed to 6 of 7 positions
+    with torch.no_grad():
+        direct = a.model(input_ids=tokens[:, 0], attention_mask=tokens[:, 1]).logits
+        torch.testing.assert_close(a.eval()(tokens), direct)  # trimming padding changes nothing
     half = build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, dtype="bf16"))
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     random_init = BackboneSpec(model=str(llama_folder), num_classes=None, pretrained=False, init_seed=1)

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from .hf_backbone import build_transformers, is_transformers_model
+from .hf_backbone import SequenceClassifier, build_transformers, is_transformers_model
 
 __all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_model_name", "EMBEDDED_PREFIX", "embedded_path"]
 
@@ -105,6 +105,8 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
             dtype=spec.dtype,
             init_seed=spec.init_seed,
         )
+        if spec.task_type == "text-classification":  # the commands' form: token batches in, logits out
+            model = SequenceClassifier(model)
         return model.to(device)
     name = resolve_model_name(spec.model)
     kwargs: dict[str, Any] = dict(spec.model_kwargs)

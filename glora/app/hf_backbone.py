@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TASK_TYPES", "DTYPES", "is_transformers_model", "infer_task_type", "build_transformers"]
+__all__ = [
+    "TASK_TYPES",
+    "DTYPES",
+    "is_transformers_model",
+    "infer_task_type",
+    "build_transformers",
+    "SequenceClassifier",
+]
 
 TASK_TYPES = ("text-classification", "causal-lm")
 # --dtype of the frozen weights ("auto": the checkpoint's own, as transformers' torch_dtype="auto").
@@ -104,6 +111,9 @@ def build_transformers(
         if not num_classes:
             raise ValueError("a text-classification backbone needs the number of classes (labels) of the data")
         config.num_labels = num_classes
+        if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
+            eos = config.eos_token_id
+            config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoders find the last token by it
         auto = transformers.AutoModelForSequenceClassification
     else:
         auto = transformers.AutoModelForCausalLM
@@ -122,3 +132,25 @@ def build_transformers(
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
     return model
+
+
+class SequenceClassifier(nn.Module):
+    """A transformers sequence classifier as the commands run it: one int64 batch (B, 2, L) of token ids and
+    attention mask (right-padded) in, logits out, each batch trimmed to its longest row first.
+
+    The classification layer is named in ``pretrained_cfg["classifier"]`` (as timm models name theirs), so
+    :func:`glora.inject` trains it in full and never adapts it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        head = next((h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)), None)
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no classifier or score layer to train")
+        self.pretrained_cfg = {"classifier": f"model.{head}"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, mask = x[:, 0], x[:, 1]
+        n = max(int(mask.sum(1).max()), 1)
+        return self.model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits

@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
         ckpt = read_checkpoint(args.supernet)
+        if BackboneSpec.from_dict(ckpt["backbone"]).is_transformers:
+            raise ValueError(
+                "exporting a transformers supernet is not there yet: fold it in Python, glora.fold(model, subnet), "
+                "and call save_pretrained on the result's .model"
+            )
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         model = load_supernet(ckpt, device=resolve_device(args.device))
         subnet = load_subnet(args.subnet)

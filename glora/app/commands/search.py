@@ -28,7 +28,7 @@ from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_t
 
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run, terminate_as_interrupt
-from ..data import DataSpec, Normalizer, make_loader, place
+from ..data import DataSpec, make_loader, make_normalizer, place
 from ..distributed import Distributed, setup_distributed
 from ..evalsets import eval_set_inputs, evaluate_sets
 from ..evaluate import accuracy, compile_model, resolve_device
@@ -122,7 +122,7 @@ class _SearchRun:
             )
         self.inputs = ckpt["input"]
         self.class_names = ckpt.get("class_names")
-        self.normalize = Normalizer(self.inputs["mean"], self.inputs["std"]).to(device)
+        self.normalize = make_normalizer(self.inputs).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
         self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))

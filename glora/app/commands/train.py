@@ -8,6 +8,7 @@ digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from glora.space import SearchSpace
 from ..backbone import build_backbone, fingerprint
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
-from ..data import DataSpec, Normalizer, input_config
+from ..data import DataSpec, input_config, make_normalizer
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..options import (
@@ -93,6 +94,8 @@ class _SupernetRun:
     ) -> None:
         self.args, self.dist, self.out = args, dist, Path(args.out)
         self.data = DataSpec.from_options(args)
+        if self.data.source.kind == "tokens" and not self.data.tokenizer:  # the model's own tokenizer
+            self.data = dataclasses.replace(self.data, tokenizer=str(args.model))
         self.spec = backbone_from_args(args, self.data.num_classes())
         self._build_model(device)
         train, val = self._load_splits()
@@ -101,7 +104,7 @@ class _SupernetRun:
             self.model,
             train,
             Recipe.from_options(args),
-            normalize=Normalizer(self.inputs["mean"], self.inputs["std"]).to(device),
+            normalize=make_normalizer(self.inputs).to(device),
             device=device,
             val_set=val,
             forward=compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend),
@@ -131,7 +134,10 @@ class _SupernetRun:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=self.args.execution)
         self.fingerprint = fingerprint(model)
-        self.inputs = input_config(model, self.args.mean, self.args.std)
+        if self.data.source.kind == "tokens":
+            self.inputs = {"input_size": (2, self.data.max_seq_length), "mean": (), "std": (), "kind": "tokens"}
+        else:
+            self.inputs = input_config(model, self.args.mean, self.args.std)
         self.model = model.to(device)
 
     def _load_splits(self):
@@ -175,7 +181,7 @@ class _SupernetRun:
                     "fingerprint": self.fingerprint,
                     "adapter": self.adapter.to_dict(),
                     "data": self.data.to_dict(),
-                    "input": {k: list(v) for k, v in self.inputs.items()},
+                    "input": {k: v if isinstance(v, str) else list(v) for k, v in self.inputs.items()},
                     "class_names": self.class_names,
                     "trainable": trainable_state(self.model),
                     **self.trainer.state_dict(),

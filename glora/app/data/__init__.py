@@ -31,7 +31,7 @@ from .sources.fewshot import FEWSHOT_SHOTS, FEWSHOT_TASKS, imagenet_class_names,
 from .sources.folder import load_folder
 from .sources.vtab import VTAB_SMALL_LR_TASKS, VTAB_TASKS, load_vtab
 from .spec import DataSpec
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment, input_config
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment, input_config, make_normalizer
 
 __all__ = [
     "DATASETS",
@@ -42,6 +42,7 @@ __all__ = [
     "DataSpec",
     "ImageSet",
     "Normalizer",
+    "make_normalizer",
     "input_config",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -43,8 +43,19 @@ class DataSpec:
     cache_images: bool = True
     shot: int | None = None  # few-shot: images per class of the train list
     crop_pct: float | None = None  # evaluation crop; None: the dataset's (few-shot 0.875, else squash-resize)
+    # text (dataset "text"): the split files, read with the datasets library, and how they are tokenized
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: tuple[str, ...] = ("text",)  # one column, or two for sentence pairs
+    label_column: str = "label"
+    max_seq_length: int = 128
+    tokenizer: str | None = None  # the model's own (a save_pretrained folder or hub id); default: the --model
 
     def __post_init__(self) -> None:
+        if isinstance(self.text_column, str):
+            self.text_column = (self.text_column,)
+        self.text_column = tuple(self.text_column)
         source = get_source(self.dataset)  # an unknown name: "dataset must be one of ..."
         if source.needs_root and not self.data_root:
             raise ValueError(f"dataset {self.dataset!r} needs --data-root")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from glora.config import ALL_LINEAR, AdapterConfig
@@ -14,9 +15,10 @@ from glora.space import BIAS_FREE, GIFT_SHARING, SearchSpace
 
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
+from ..data.sources import get_source
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
-from ..hf_backbone import is_transformers_model
+from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
 from ..trainer import UNUSED_SUPPORTS
 from . import (
     ConfigError,
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_options(p.add_argument_group("backbone"))
     _add_space_options(p.add_argument_group("search space"))
     _add_data_options(p.add_argument_group("data"))
+    _add_text_options(p.add_argument_group("text data (--dataset text, a transformers --model)"))
     _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
     _add_training_options(p.add_argument_group("training"))
     _add_runtime_options(p.add_argument_group("runtime"))
@@ -192,6 +195,25 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_text_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--train-file", default=None, help="CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder")
+    g.add_argument("--validation-file", default=None, help="the validation split's file (the search ranks on it)")
+    g.add_argument("--test-file", default=None, help="the test split's file, looked at once for the final pick")
+    g.add_argument(
+        "--text-column", nargs="+", default=["text"], metavar="COLUMN", help="one column, or two for sentence pairs"
+    )
+    g.add_argument("--label-column", default="label", help="integer classes 0..n-1, or names (sorted into classes)")
+    g.add_argument("--max-seq-length", type=positive_int, default=128, help="tokens per text (longer ones are cut)")
+    g.add_argument("--tokenizer", default=None, help="the tokenizer's folder or hub id (default: the --model's)")
+    g.add_argument(
+        "--task-type",
+        choices=TASK_TYPES,
+        default=None,
+        help="transformers models: what to load (default: text-classification for --dataset text)",
+    )
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="transformers models: the frozen weights")
+
+
 def _add_augment_options(g: argparse._ArgumentGroup) -> None:
     ref = TrainAugment()
     g.add_argument(
@@ -289,12 +311,29 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
 
 
 def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
-    """The backbone the options describe. A transformers model is refused here for now: the commands read image
-    data only (the library API, ``glora.inject`` / ``glora.fold``, takes transformers models)."""
-    if is_transformers_model(str(args.model)):
+    """The backbone the options describe: a timm model for image data, a transformers model for text (sequence
+    classification; causal-LM training through the commands is not there yet)."""
+    text = get_source(args.dataset).kind == "tokens"
+    if is_transformers_model(str(args.model)) != text:
         raise ConfigError(
-            f"--model {args.model!r} is a transformers model, but the commands train on image data only so far "
-            f"({', '.join(DATASETS)}); adapt it through the library (glora.inject, glora.fold), or give a timm model"
+            f"--model {args.model!r} is a transformers model; it trains on --dataset text"
+            if not text
+            else f"--dataset text needs a transformers --model (save_pretrained folder or hub id), not {args.model!r}"
+        )
+    if text:
+        task = getattr(args, "task_type", None) or "text-classification"
+        if task != "text-classification":
+            raise ConfigError(
+                f"--task-type {task}: the commands train text classification so far; a causal LM is adapted through "
+                "the library (glora.inject, glora.fold)"
+            )
+        return BackboneSpec(
+            model=args.model,
+            num_classes=num_classes,
+            pretrained=args.pretrained,
+            init_seed=args.seed,
+            task_type=task,
+            dtype=getattr(args, "dtype", "auto"),
         )
     kwargs: dict[str, Any] = dict(args.model_kwargs)
     if args.img_size:
@@ -316,6 +355,12 @@ def inputs_of(args: argparse.Namespace, configs: bool = True) -> list[tuple[str,
     found: list[tuple[str, str | None]] = [("--data-root", args.data_root), ("--pretrained-file", args.pretrained_file)]
     if str(args.model).startswith("local-dir:"):
         found.append(("--model", str(args.model).removeprefix("local-dir:")))
+    elif is_transformers_model(str(args.model)) and Path(args.model).expanduser().is_dir():
+        found.append(("--model", str(args.model)))
+    for option in ("train_file", "validation_file", "test_file", "tokenizer"):
+        value = getattr(args, option, None)
+        if value and Path(value).expanduser().exists():
+            found.append(("--" + option.replace("_", "-"), value))
     if configs:
         found += [("--config", str(resolve_config(c))) for c in args.config]
     return found

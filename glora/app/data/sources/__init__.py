@@ -32,6 +32,7 @@ class Source:
     order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
     needs_root: ClassVar[bool] = True  # --data-root is required
     files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
+    kind: ClassVar[str] = "images"  # what a batch holds: "images" (uint8 N x C x H x W) or "tokens" (N x 2 x L)
     # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
     # else timm's resize-and-center-crop at that fraction. With a None default, --crop-pct 1 also squashes.
     default_crop_pct: ClassVar[float | None] = None

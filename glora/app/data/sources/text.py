@@ -1,0 +1,170 @@
+"""``text``: sentence(-pair) classification from CSV, TSV, JSON, JSONL or parquet files, or a ``save_to_disk``
+folder, read with the ``datasets`` library and tokenized once by the model's own tokenizer (``AutoTokenizer``).
+
+A split is cached as one int64 tensor (N, 2, L): token ids and attention mask, right-padded to ``max_seq_length``
+(longer texts are truncated); the model wrapper trims every batch to its longest row, so padding costs nothing.
+Labels are integers used as they are (classes 0..max), or strings mapped in sorted order (the class names).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+from ..images import ImageSet
+from . import Source, register_source
+
+__all__ = ["TextSource", "read_table", "TEXT_SUFFIXES"]
+
+_logger = logging.getLogger(__name__)
+
+# file suffix -> datasets builder (and its options)
+TEXT_SUFFIXES = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+def read_table(path: str):
+    """A ``datasets.Dataset`` from a data file or a ``save_to_disk`` folder; ``ValueError`` says what is wrong."""
+    import datasets
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        try:
+            data = datasets.load_from_disk(str(p))
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"{str(p)!r} is not a folder written by datasets' save_to_disk ({e})") from None
+        if isinstance(data, datasets.DatasetDict):
+            raise ValueError(f"{str(p)!r} holds several splits ({', '.join(data)}); give the folder of one split")
+        return data
+    if not p.is_file():
+        raise FileNotFoundError(f"text file {str(p)!r} does not exist")
+    builder = TEXT_SUFFIXES.get(p.suffix.lower())
+    if builder is None:
+        raise ValueError(f"text file {str(p)!r}: unknown format; give one of {', '.join(TEXT_SUFFIXES)} or a folder")
+    name, options = builder
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(name, data_files=str(p), split="train", **options)
+    except Exception as e:  # the builders raise many kinds on a malformed file
+        raise ValueError(f"cannot read {str(p)!r} as {p.suffix[1:]}: {' '.join(str(e).split())[:300]}") from None
+
+
+def _column(table, name: str, what: str, path: str) -> list:
+    if name not in table.column_names:
+        raise ValueError(f"{path}: no {what} column {name!r}; columns: {', '.join(table.column_names)}")
+    return list(table[name])
+
+
+@functools.lru_cache(maxsize=8)
+def _label_names(path: str, column: str) -> tuple[str, ...] | int:
+    """The train file's labels: the number of classes for integer labels, else the sorted label names."""
+    values = _column(read_table(path), column, "label", path)
+    if not values:
+        raise ValueError(f"{path}: no rows")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if min(values) < 0:
+            raise ValueError(f"{path}: label {min(values)} is negative; integer labels are classes 0, 1, ...")
+        return max(values) + 1
+    return tuple(sorted({str(v) for v in values}))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"cannot load the tokenizer of {name!r} ({first}); give --tokenizer <folder or hub id>"
+        ) from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"the tokenizer of {name!r} has no pad token and no eos token to pad with")
+        tok.pad_token = tok.eos_token  # what decoder-only models are padded with
+    tok.padding_side = "right"  # the wrapper trims every batch to its longest row
+    return tok
+
+
+@register_source
+class TextSource(Source):
+    name = "text"
+    order = 4
+    needs_root = False
+    files = False  # tokenized once, cached; no image augmentation
+    kind = "tokens"
+
+    def check(self, spec) -> None:
+        if not spec.train_file:
+            raise ValueError(
+                "dataset text needs --train-file (CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder)"
+            )
+        if not 1 <= len(spec.text_column) <= 2:
+            raise ValueError(f"--text-column takes one column or two (sentence pairs); got {list(spec.text_column)}")
+        if spec.max_seq_length < 2:
+            raise ValueError(f"--max-seq-length must be at least 2, got {spec.max_seq_length}")
+
+    def num_classes(self, spec) -> int:
+        labels = _label_names(spec.train_file, spec.label_column)
+        return labels if isinstance(labels, int) else len(labels)
+
+    def split_key(self, spec, split: str) -> str:
+        return str(self._file(spec, split))
+
+    def _file(self, spec, split: str) -> str:
+        files = {"train": spec.train_file, "val": spec.validation_file, "test": spec.test_file}
+        if split in files:
+            if files[split] is None:
+                option = {"val": "--validation-file", "test": "--test-file"}.get(split, "--train-file")
+                raise ValueError(f"dataset text has no {split} split: give {option}")
+            return files[split]
+        return split  # another split name is a file of its own
+
+    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+        path = self._file(spec, split)
+        table = read_table(path)
+        columns = [_column(table, c, "text", path) for c in spec.text_column]
+        raw = _column(table, spec.label_column, "label", path)
+        if not raw:
+            raise ValueError(f"{path}: no rows")
+        for col, values in zip(spec.text_column, columns):
+            empty = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+            if empty is not None:
+                raise ValueError(f"{path}: row {empty + 1} has an empty {col!r} text")
+        vocab = _label_names(spec.train_file, spec.label_column)
+        if isinstance(vocab, int):
+            bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < vocab), None)
+            if bad is not None:
+                raise ValueError(f"{path}: label {bad!r} is not one of the train file's classes 0..{vocab - 1}")
+            labels, names = list(raw), None
+        else:
+            index = {n: i for i, n in enumerate(vocab)}
+            bad = next((v for v in raw if str(v) not in index), None)
+            if bad is not None:
+                raise ValueError(f"{path}: label {bad!r} is not in the train file's labels ({', '.join(vocab)})")
+            labels, names = [index[str(v)] for v in raw], vocab
+        if not spec.tokenizer:
+            raise ValueError("dataset text needs the model's tokenizer (--tokenizer, default: the --model)")
+        tok = _tokenizer(spec.tokenizer)
+        length = spec.max_seq_length
+        enc = tok(*columns, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
+        cut = int((enc["attention_mask"].sum(1) >= length).sum())
+        if cut:
+            _logger.info("%s: %d of %d rows cut to --max-seq-length %d tokens", path, cut, len(raw), length)
+        tokens = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
+        return ImageSet(
+            labels=torch.tensor(labels, dtype=torch.long),
+            num_classes=vocab if isinstance(vocab, int) else len(vocab),
+            images=tokens,
+            size=(2, length),
+            class_names=names,
+        )
