@@ -13,6 +13,9 @@ import pytest
 import torch
 from helpers import TINY_SEARCH, cli, same_training
 
+import glora
+from glora.app import load_supernet
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
@@ -105,10 +108,22 @@ def test_text_classification_trains_and_searches(bert, texts, tmp_path, capsys):
     assert (tmp_path / "s" / "subnet.yaml").is_file()
     record = json.loads((tmp_path / "s" / "pareto.json").read_text())
     assert record  # candidates were evaluated on the validation texts
-    code, err = cli("export", ["--supernet", str(tmp_path / "sup" / "last.pt"), "--subnet", str(tmp_path / "s" /
-                               "subnet.yaml"), "--out", str(tmp_path / "e")], capsys)  # fmt: skip
-    assert code == 2 and "exporting a transformers supernet is not there yet" in err
-    assert not (tmp_path / "e").exists()
+    sup, sub, out = tmp_path / "sup" / "last.pt", tmp_path / "s" / "subnet.yaml", tmp_path / "e"
+    code, err = cli("export", ["--supernet", sup, "--subnet", sub, "--out", out, "--latency-rounds", "1"], capsys)
+    assert code == 0, err
+    # The export is a plain transformers folder: model, tokenizer and class names, loaded without this toolkit.
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert plain.config.id2label == {0: "neg", 1: "pos"} and (out / "glora_export.json").is_file()
+    stats = json.loads((out / "glora_export.json").read_text())
+    assert stats["params"] == stats["base_params"] and stats["max_rel_diff"] < 1e-5
+    supernet = load_supernet(sup).eval()
+    glora.set_subnet(supernet, glora.load_subnet(sub))
+    enc = tok(["the movie was great great", "awful plot and bad acting"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = supernet(torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1))
+        theirs = plain(**enc).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
 def test_a_fixed_adapter_learns_the_texts_and_the_search_reports_test_accuracy(bert, texts, tmp_path, capsys):
@@ -135,6 +150,9 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         return ["--validation-file", str(_csv(tmp / "v.csv", rows))]
     if what == "missing-column":
         return ["--label-column", "sentiment"]
+    if what == "regression":
+        return ["--train-file", str(_csv(tmp / "t.csv", [{"text": r["text"], "label": 0.5 + i} for i, r in
+                                                          enumerate(rows)]))]  # fmt: skip
     if what == "bad-format":
         (tmp / "v.xml").write_text("<rows/>")
         return ["--validation-file", str(tmp / "v.xml")]
@@ -150,6 +168,7 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         ("empty-text", "row 5 has an empty 'text' text"),
         ("missing-column", "no label column 'sentiment'; columns: text, label"),
         ("bad-format", "unknown format; give one of .csv, .tsv, .json, .jsonl, .parquet"),
+        ("regression", "holds real numbers (a regression task such as STS-B)"),
         ("no-validation-file", "does not exist"),
     ],
 )
@@ -181,3 +200,33 @@ def test_a_text_run_resumes_exactly(bert, texts, tmp_path, capsys):
     assert cli("train", cut, capsys)[0] == 0
     assert cli("train", ["--resume", "--out", str(tmp_path / "cut")], capsys)[0] == 0
     same_training(tmp_path / "cut" / "last.pt", tmp_path / "full" / "last.pt")
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "parquet", "save_to_disk"])
+def test_sentence_pairs_from_every_format(bert, tmp_path, fmt):
+    """Two text columns are tokenized as a pair ([CLS] a [SEP] b [SEP]), from TSV, parquet or a save_to_disk folder,
+    with integer labels used as classes."""
+    import datasets
+
+    from glora.app.data import DataSpec
+
+    rows = {"s1": ["good movie", "bad plot", "nice acting"], "s2": ["great", "awful", "fine"], "y": [1, 0, 1]}
+    table = datasets.Dataset.from_dict(rows)
+    path = tmp_path / f"pairs.{fmt}"
+    if fmt == "tsv":
+        table.to_csv(str(path), sep="\t", index=False)
+    elif fmt == "parquet":
+        table.to_parquet(str(path))
+    else:
+        table.save_to_disk(str(path))
+    spec = DataSpec(
+        dataset="text", train_file=str(path), text_column=("s1", "s2"), label_column="y", tokenizer=str(bert),
+        max_seq_length=12,
+    )  # fmt: skip
+    assert spec.num_classes() == 2
+    split = spec.load("train", (2, 12))
+    ids, mask = split.images[0]
+    tok = transformers.AutoTokenizer.from_pretrained(bert)
+    assert tok.convert_ids_to_tokens(ids[: int(mask.sum())].tolist()) == ["[CLS]", "good", "movie", "[SEP]", "great",
+                                                                          "[SEP]"]  # fmt: skip
+    assert split.labels.tolist() == [1, 0, 1] and split.class_names is None

@@ -24,6 +24,8 @@ __all__ = [
     "infer_task_type",
     "build_transformers",
     "SequenceClassifier",
+    "export_transformers_folder",
+    "reload_transformers_folder",
 ]
 
 TASK_TYPES = ("text-classification", "causal-lm")
@@ -154,3 +156,29 @@ class SequenceClassifier(nn.Module):
         ids, mask = x[:, 0], x[:, 1]
         n = max(int(mask.sum(1).max()), 1)
         return self.model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits
+
+
+def export_transformers_folder(
+    model: nn.Module, folder: Path, tokenizer: str | None, class_names: list[str] | None = None
+) -> None:
+    """``save_pretrained`` (safetensors) of a folded transformers model, with its tokenizer and, for a classifier,
+    the class names as ``id2label`` / ``label2id``: a folder plain transformers loads without this toolkit."""
+    inner = model.model if isinstance(model, SequenceClassifier) else model
+    if class_names:
+        inner.config.id2label = dict(enumerate(class_names))
+        inner.config.label2id = {name: i for i, name in enumerate(class_names)}
+    inner.save_pretrained(folder, safe_serialization=True)
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+
+
+def reload_transformers_folder(folder: Path, like: nn.Module) -> nn.Module:
+    """The exported folder loaded back with plain transformers, in the form of ``like`` (the commands' wrapper for a
+    classifier), for the after-writing check."""
+    import transformers
+
+    if isinstance(like, SequenceClassifier):
+        return SequenceClassifier(transformers.AutoModelForSequenceClassification.from_pretrained(folder))
+    return transformers.AutoModelForCausalLM.from_pretrained(folder)

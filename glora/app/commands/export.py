@@ -1,7 +1,9 @@
-"""``reparam.py`` / ``glora-export``: fold a searched subnet into the supernet's weights, export a plain timm model.
+"""``reparam.py`` / ``glora-export``: fold a searched subnet into the supernet's weights, export a plain timm model
+(or, for a transformers supernet, a plain transformers ``save_pretrained`` folder with its tokenizer).
 
-Before anything is written, the folded model is checked against the supernet on real images and against the base
-architecture (same parameters, same FLOPs); after writing, the export is reloaded with plain timm and checked again.
+Before anything is written, the folded model is checked against the supernet on real inputs and against the base
+architecture (same parameters, same FLOPs); after writing, the export is reloaded with the plain library and checked
+again.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_su
 from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
-from ..data import DataSpec, Normalizer
+from ..data import DataSpec, Normalizer, make_normalizer
 from ..evalsets import eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
+from ..hf_backbone import export_transformers_folder, reload_transformers_folder
 from ..options import parse_args
 from ..options.export import build_parser
 from ..outputs import check_no_overlap, output_lock
@@ -56,19 +59,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
         ckpt = read_checkpoint(args.supernet)
-        if BackboneSpec.from_dict(ckpt["backbone"]).is_transformers:
-            raise ValueError(
-                "exporting a transformers supernet is not there yet: fold it in Python, glora.fold(model, subnet), "
-                "and call save_pretrained on the result's .model"
-            )
+        hf = BackboneSpec.from_dict(ckpt["backbone"]).is_transformers
+        if hf and args.eval_set:
+            raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         model = load_supernet(ckpt, device=resolve_device(args.device))
         subnet = load_subnet(args.subnet)
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
         checked = _fold_and_check(args, ckpt, model, subnet)
         _write_export(args, out, ckpt, checked)
-    print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
-    print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
+    if hf:
+        print(f"plain transformers reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
+        print(f'load it anywhere with: AutoModelForSequenceClassification.from_pretrained("{out}")')
+    else:
+        print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
+        print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
     return 0
 
 
@@ -88,14 +93,15 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     if extra:
         raise ValueError(
             f"the subnet gives bias-free layer(s) a bias ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): "
-            f"the timm architecture {spec.model} has no place for it; choose C and E none there"
+            f"the architecture of {spec.model} has no place for it; choose C and E none there (or train with "
+            "--bias-free exclude)"
         )
-    x = _verification_images(args, ckpt).to(device)
+    x = _verification_inputs(args, ckpt).to(device)
     set_subnet(model, subnet)
     with torch.no_grad():
         expected, got = model(x), folded(x)
     diff, rel = max_difference(got, expected)
-    print(f"folded vs supernet on {len(x)} real images: max |diff| {diff:.3e} (relative {rel:.3e})")
+    print(f"folded vs supernet on {len(x)} real inputs: max |diff| {diff:.3e} (relative {rel:.3e})")
     if rel > args.tolerance:
         raise ValueError(
             f"folded outputs differ from the supernet by {rel:.3e} (relative) > --tolerance {args.tolerance}"
@@ -170,8 +176,8 @@ def _latency(rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Modul
     return lat
 
 
-def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:
-    """The first ``--verify-images`` validation images, normalised as in training."""
+def _verification_inputs(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:
+    """The first ``--verify-images`` validation inputs (images, or token batches), as the model takes them."""
     data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
     inputs = ckpt["input"]
     part = data.load("val", inputs["input_size"]).subset(args.verify_images)
@@ -179,17 +185,23 @@ def _verification_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> torc
     if images is None:  # not cached: read the few images we need
         files = part.dataset()
         images = torch.stack([files[i][0] for i in range(len(files))])
-    return Normalizer(inputs["mean"], inputs["std"])(images)
+    return make_normalizer(inputs)(images)
 
 
 def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked) -> None:
-    """Write the timm folder privately, reload it with plain timm, check it, then put it in place."""
+    """Write the folder privately (timm's layout, or save_pretrained for a transformers model), reload it with the
+    plain library, check it, then put it in place."""
     with staged_folder(out) as tmp:
-        export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
+        if BackboneSpec.from_dict(ckpt["backbone"]).is_transformers:
+            tokenizer = DataSpec.from_checkpoint(ckpt["data"]).tokenizer
+            export_transformers_folder(checked.folded, tmp, tokenizer, ckpt.get("class_names"))
+            reloaded, library = reload_transformers_folder(tmp, checked.folded).eval(), "transformers"
+        else:
+            export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
+            reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
         shutil.copyfile(args.subnet, tmp / "subnet.yaml")
-        reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
         with torch.no_grad():
             rdiff, _ = max_difference(reloaded(checked.x), checked.logits)
         if rdiff > 0:
-            raise ValueError(f"the export reloaded with plain timm differs from the folded model by {rdiff:.3e}")
+            raise ValueError(f"the export reloaded with plain {library} differs from the folded model by {rdiff:.3e}")
         atomic_write_text(tmp / "glora_export.json", json.dumps(checked.stats, indent=1))

@@ -18,12 +18,16 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("reparam.py", "Fold a searched subnet into plain weights and export a vanilla timm model.")
+    p = make_parser(
+        "reparam.py", "Fold a searched subnet into plain weights and export a vanilla timm (or transformers) model."
+    )
     p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
     p.add_argument("--subnet", default="runs/default/search/subnet.yaml", help="subnet YAML from search.py")
-    p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir layout)")
+    p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir or save_pretrained)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--verify-images", type=positive_int, default=64, help="real validation images to compare on")
+    p.add_argument(
+        "--verify-images", type=positive_int, default=64, help="real validation inputs (images or texts) to compare on"
+    )
     p.add_argument(
         "--tolerance",
         type=nonneg_float,

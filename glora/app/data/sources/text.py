@@ -63,17 +63,33 @@ def _column(table, name: str, what: str, path: str) -> list:
     return list(table[name])
 
 
-@functools.lru_cache(maxsize=8)
 def _label_names(path: str, column: str) -> tuple[str, ...] | int:
-    """The train file's labels: the number of classes for integer labels, else the sorted label names."""
-    values = _column(read_table(path), column, "label", path)
+    """The train file's labels: the number of classes for integer labels, else the sorted label names (read once
+    per file version: every split's load asks)."""
+    p = Path(path).expanduser()
+    return _label_names_of(path, column, p.stat().st_mtime_ns if p.exists() else 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _label_names_of(path: str, column: str, _version: int) -> tuple[str, ...] | int:
+    values = _integral(_column(read_table(path), column, "label", path))
     if not values:
         raise ValueError(f"{path}: no rows")
+    if any(isinstance(v, float) for v in values):
+        raise ValueError(
+            f"{path}: label column {column!r} holds real numbers (a regression task such as STS-B); the text "
+            "source trains classifiers so far"
+        )
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
             raise ValueError(f"{path}: label {min(values)} is negative; integer labels are classes 0, 1, ...")
         return max(values) + 1
     return tuple(sorted({str(v) for v in values}))
+
+
+def _integral(values: list) -> list:
+    """Whole-number floats (1.0, written by a tool that typed the column float) as ints; anything else as it is."""
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,7 +149,7 @@ class TextSource(Source):
         path = self._file(spec, split)
         table = read_table(path)
         columns = [_column(table, c, "text", path) for c in spec.text_column]
-        raw = _column(table, spec.label_column, "label", path)
+        raw = _integral(_column(table, spec.label_column, "label", path))
         if not raw:
             raise ValueError(f"{path}: no rows")
         for col, values in zip(spec.text_column, columns):
