@@ -112,7 +112,9 @@ def test_text_classification_trains_and_searches(bert, texts, tmp_path, capsys):
     code, err = cli("export", ["--supernet", sup, "--subnet", sub, "--out", out, "--latency-rounds", "1"], capsys)
     assert code == 0, err
     # The export is a plain transformers folder: model, tokenizer and class names, loaded without this toolkit.
-    plain = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    plain, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    plain.eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert plain.config.id2label == {0: "neg", 1: "pos"} and (out / "glora_export.json").is_file()
     stats = json.loads((out / "glora_export.json").read_text())

@@ -179,6 +179,14 @@ def reload_transformers_folder(folder: Path, like: nn.Module) -> nn.Module:
     classifier), for the after-writing check."""
     import transformers
 
-    if isinstance(like, SequenceClassifier):
-        return SequenceClassifier(transformers.AutoModelForSequenceClassification.from_pretrained(folder))
-    return transformers.AutoModelForCausalLM.from_pretrained(folder)
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if isinstance(like, SequenceClassifier)
+        else transformers.AutoModelForCausalLM
+    )
+    model, info = auto.from_pretrained(folder, output_loading_info=True)
+    odd = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if odd:  # a key the architecture does not have, or one it lacks, would be silently dropped or re-initialised
+        shown = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in odd.items())
+        raise ValueError(f"the export does not load cleanly into {type(model).__name__} ({shown})")
+    return SequenceClassifier(model) if isinstance(like, SequenceClassifier) else model
