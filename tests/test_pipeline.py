@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, SMALL_SEARCH, python, search_state
+from helpers import ROOT, SMALL_SEARCH, python, same_training, search_state
 
 import glora
 from glora.app import load_supernet, read_checkpoint
@@ -312,3 +312,10 @@ def test_compiled_search_equals_the_static_path(tmp_path, pipeline):
     assert search_state(tmp_path / "c" / "search_state.json") | {"config": None} == search_state(
         tmp_path / "s" / "search_state.json"
     ) | {"config": None}
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, pipeline):
+    """Recomputing the blocks' activations in the backward changes memory, not results: the same tensors, bit for
+    bit, as the shared pipeline's run (its supports sit inside every checkpointed block)."""
+    assert _train(tmp_path / "ckpt", "--gradient-checkpointing") == 0
+    same_training(tmp_path / "ckpt" / "last.pt", pipeline / "supernet" / "last.pt")

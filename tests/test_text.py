@@ -232,3 +232,10 @@ def test_sentence_pairs_from_every_format(bert, tmp_path, fmt):
     assert tok.convert_ids_to_tokens(ids[: int(mask.sum())].tolist()) == ["[CLS]", "good", "movie", "[SEP]", "great",
                                                                           "[SEP]"]  # fmt: skip
     assert split.labels.tolist() == [1, 0, 1] and split.class_names is None
+
+
+def test_gradient_checkpointing_of_a_transformers_backbone_gives_the_same_training(bert, texts, tmp_path, capsys):
+    assert cli("train", _train_args(bert, texts, tmp_path / "plain"), capsys)[0] == 0
+    code, err = cli("train", _train_args(bert, texts, tmp_path / "ckpt", "--gradient-checkpointing"), capsys)
+    assert code == 0, err
+    same_training(tmp_path / "ckpt" / "last.pt", tmp_path / "plain" / "last.pt")

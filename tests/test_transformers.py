@@ -246,3 +246,44 @@ def test_transformers_backbone_errors_are_one_line(llama_folder, tmp_path):
         build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, task_type="text-classification"))
     with pytest.raises(ValueError, match="task type must be one of text-classification, causal-lm; got 'ner'"):
         build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, task_type="ner"))
+
+
+@pytest.mark.parametrize("kind", ["timm", "transformers"])
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(kind):
+    """enable_checkpointing is really on (fewer tensors kept for backward) and changes no gradient of a support."""
+    from helpers import tiny_vit
+
+    from glora.app.backbone import enable_checkpointing
+    from glora.app.hf_backbone import SequenceClassifier
+
+    def build():
+        torch.manual_seed(0)
+        if kind == "timm":
+            model, x = tiny_vit(), torch.randn(4, 3, 16, 16)
+        else:
+            model = SequenceClassifier(_llama("classifier"))
+            x = torch.stack([_ids(), torch.ones(2, 7, dtype=torch.long)], dim=1)
+        glora.inject(model, SPACE)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.05)
+        glora.set_subnet(model, glora.make_subnet(model, A="lora_4", B="lora_2", C="vector", D="vector", E="scalar"))
+        return model.train(), x  # (transformers checkpoints only in training mode; no dropout in these configs)
+
+    results = []
+    for checkpointing in (False, True):
+        model, x = build()
+        if checkpointing:
+            enable_checkpointing(model)
+        saved: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
+            out = model(x)
+        out.float().square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((sum(saved), grads))
+    (plain_saved, plain_grads), (ckpt_saved, ckpt_grads) = results
+    assert ckpt_saved < plain_saved
+    assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)

@@ -18,7 +18,15 @@ from torch import nn
 
 from .hf_backbone import SequenceClassifier, build_transformers, is_transformers_model
 
-__all__ = ["BackboneSpec", "build_backbone", "fingerprint", "resolve_model_name", "EMBEDDED_PREFIX", "embedded_path"]
+__all__ = [
+    "BackboneSpec",
+    "build_backbone",
+    "fingerprint",
+    "resolve_model_name",
+    "EMBEDDED_PREFIX",
+    "embedded_path",
+    "enable_checkpointing",
+]
 
 # Backbones shipped as package data (timm ``local-dir`` folders under glora/app/assets), named ``embedded:<name>``,
 # so a run that uses one works from any folder after a plain ``pip install``.
@@ -168,3 +176,24 @@ def fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
         h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing of the backbone's blocks: activations are recomputed in the backward
+    instead of kept, trading compute for memory. Non-reentrant, so the frozen backbone's inputs need no gradient
+    and the supports inside every block still get theirs; the recomputation replays the same random draws (dropout,
+    drop-path), so a step computes what it computes without checkpointing."""
+    inner = model.model if isinstance(model, SequenceClassifier) else model
+    if getattr(inner, "supports_gradient_checkpointing", False):  # transformers (5.x renamed the call)
+        if callable(getattr(inner, "activation_checkpointing_enable", None)):
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    if callable(getattr(inner, "set_grad_checkpointing", None)):
+        try:
+            inner.set_grad_checkpointing(True)
+            return
+        except (AssertionError, NotImplementedError):  # timm: a model without checkpointable stages
+            pass
+    raise ValueError(f"{type(inner).__name__} does not support gradient checkpointing")

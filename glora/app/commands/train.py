@@ -21,7 +21,7 @@ from glora._io import atomic_write_text
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
 
-from ..backbone import build_backbone, fingerprint
+from ..backbone import build_backbone, enable_checkpointing, fingerprint
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
 from ..data import DataSpec, input_config, make_normalizer
@@ -122,6 +122,8 @@ class _SupernetRun:
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         check_training_size(supernet_size(model, self.adapter), device, self.out, enabled=self.args.memory_check)
         inject(model, self.adapter)
+        if self.args.gradient_checkpointing:
+            enable_checkpointing(model)
         bias_free = sum(m.bias is None for m in glora_layers(model).values())
         if bias_free:
             rule = (
