@@ -218,8 +218,7 @@ class GLoRALinear(nn.Module):
         execution: Execution | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = getattr(base, "in_features", None)
-        self.out_features = getattr(base, "out_features", None)
+        self.in_features, self.out_features = io_features(base)
         self.space = space
         self.name = name
         self.base_class: type[nn.Module] = type(base)
@@ -227,7 +226,6 @@ class GLoRALinear(nn.Module):
         # (weight transposed once here); folding writes a layer of the original class back.
         self.transposed = _is_conv1d(base)
         if self.transposed:
-            self.in_features, self.out_features = base.weight.shape
             base = _linear_of_conv1d(base)
         self.register_parameter("weight", base.weight)
         self.register_parameter("bias", base.bias)

@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from glora._text import first_line
+
 from .hf_backbone import SequenceClassifier, build_transformers, is_transformers_model
 
 __all__ = [
@@ -145,8 +147,7 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
 
 def _build_error(spec: BackboneSpec, name: str, kwargs: dict[str, Any], pretrained: bool, e: Exception) -> Exception:
     """One line saying why ``timm.create_model`` failed, and what to do about it."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
+    text, first = str(e).strip(), first_line(e)
     if "Unknown model" in text:
         return ValueError(f"unknown timm model {spec.model!r}")
     if "loading state_dict" in text:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from glora._io import atomic_save
+from glora._text import first_line
 from glora.config import AdapterConfig
 from glora.inject import inject
 
@@ -68,8 +69,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ) from None
         raise ValueError(f"supernet checkpoint {str(p)!r} is corrupt: {first}") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"supernet checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
+        raise ValueError(f"supernet checkpoint {str(p)!r} is truncated or corrupt ({first_line(e)})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(p)!r} is not a GLoRA supernet checkpoint (written by train_supernet.py)")
     if data.get("version") == 1 and "space" in data:  # the adapter's parts as separate keys

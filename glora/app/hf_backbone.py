@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from glora._text import first_line
+
 __all__ = [
     "TASK_TYPES",
     "DTYPES",
@@ -78,7 +80,7 @@ def _config(name: str):
     try:
         return AutoConfig.from_pretrained(name)
     except OSError as e:  # offline and not in the cache, or no such repository
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(
             f"cannot read the transformers config of {name!r} ({first}); offline, give a folder written by "
             "save_pretrained, or a hub id already in the local Hugging Face cache"
@@ -131,7 +133,7 @@ def build_transformers(
                 if torch_dtype != "auto":
                     model = model.to(torch_dtype)
         except (OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
     return model
 

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subnet = load_subnet(args.subnet)
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
         checked = _fold_and_check(args, ckpt, model, subnet)
-        _write_export(args, out, ckpt, checked)
+        _write_export(args, out, ckpt, checked, hf)
     if hf:
         print(f"plain transformers reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
         print(f'load it anywhere with: AutoModelForSequenceClassification.from_pretrained("{out}")')
@@ -188,11 +188,11 @@ def _verification_inputs(args: argparse.Namespace, ckpt: dict[str, Any]) -> torc
     return make_normalizer(inputs)(images)
 
 
-def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked) -> None:
+def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked, hf: bool) -> None:
     """Write the folder privately (timm's layout, or save_pretrained for a transformers model), reload it with the
     plain library, check it, then put it in place."""
     with staged_folder(out) as tmp:
-        if BackboneSpec.from_dict(ckpt["backbone"]).is_transformers:
+        if hf:
             tokenizer = DataSpec.from_checkpoint(ckpt["data"]).tokenizer
             export_transformers_folder(checked.folded, tmp, tokenizer, ckpt.get("class_names"))
             reloaded, library = reload_transformers_folder(tmp, checked.folded).eval(), "transformers"

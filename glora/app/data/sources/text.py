@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from glora._text import first_line
+
 from ..images import ImageSet
 from . import Source, register_source
 
@@ -99,7 +101,7 @@ def _tokenizer(name: str):
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(
             f"cannot load the tokenizer of {name!r} ({first}); give --tokenizer <folder or hub id>"
         ) from None
