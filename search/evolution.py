@@ -93,6 +93,7 @@ class Evolution:
         evaluate: accuracy of one candidate (a gene list) on the validation split.
         meta: extra plain data stored in :meth:`state` (the caller's options, the supernet's fingerprint).
         map_fn: how a generation's new candidates are evaluated (``map``; a distributed map splits them).
+        show: a fitness as the progress log shows it (e.g. ``loss 3.6200`` for a negated lower-is-better metric).
     """
 
     def __init__(
@@ -103,8 +104,10 @@ class Evolution:
         *,
         meta: dict[str, Any] | None = None,
         map_fn: Callable = map,
+        show: Callable[[float], str] = "{:.4f}".format,
     ) -> None:
         self.genome = genome
+        self._show = show
         self.s = settings
         self._evaluate = evaluate
         self.meta = meta or {}
@@ -315,12 +318,12 @@ class Evolution:
         }
         self.log.append(record)
         _logger.info(
-            "generation %d/%d  best %.4f (%d params)  mean %.4f  new %d  cached %d  %.1fs",
+            "generation %d/%d  best %s (%d params)  mean %s  new %d  cached %d  %.1fs",
             self.generation,
             self.s.generations,
-            best_acc,
+            self._show(best_acc),
             best_params,
-            record["gen_mean_acc"],
+            self._show(record["gen_mean_acc"]),
             new,
             len(self.cache),
             seconds,

@@ -36,8 +36,9 @@ def png_bytes(fig: Figure, dpi: int = 120) -> bytes:
     return buf.getvalue()
 
 
-def plot_progress(log: Sequence[Mapping[str, Any]]) -> Figure:
-    """Best-so-far, generation-best and generation-mean validation accuracy per generation."""
+def plot_progress(log: Sequence[Mapping[str, Any]], label: str = "validation accuracy") -> Figure:
+    """Best-so-far, generation-best and generation-mean fitness per generation (``label``: what it is; a
+    lower-is-better metric is plotted negated, as the search maximises it)."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     gens = [r["generation"] for r in log]
@@ -45,7 +46,7 @@ def plot_progress(log: Sequence[Mapping[str, Any]]) -> Figure:
     ax.plot(gens, [r["gen_best_acc"] for r in log], "s--", alpha=0.7, label="best of generation")
     ax.plot(gens, [r["gen_mean_acc"] for r in log], "^:", alpha=0.7, label="mean of generation")
     ax.set_xlabel("generation")
-    ax.set_ylabel("validation accuracy (inherited weights)")
+    ax.set_ylabel(f"{label} (inherited weights)")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -57,6 +58,7 @@ def plot_accuracy_vs_params(
     pick: tuple[int, float],
     *,
     limits: tuple[float, float] | None = None,
+    label: str = "validation accuracy",
 ) -> Figure:
     """Every evaluated candidate, the Pareto front and the pick; params in thousands."""
     fig = Figure(figsize=(6, 3.6))
@@ -69,7 +71,7 @@ def plot_accuracy_vs_params(
         if x and x < 1e11:  # (no upper limit is stored as a huge number)
             ax.axvline(x / 1e3, color="grey", ls="--", lw=1)
     ax.set_xlabel("parameters (thousands, paper's # params)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return fig

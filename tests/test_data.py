@@ -42,8 +42,9 @@ def toy_source(monkeypatch):
 
 
 def test_sources_are_listed_in_order_and_unknown_names_are_one_line():
-    assert data.DATASETS == data.source_names() == ("digits", "vtab", "fewshot", "folder", "text")
-    with pytest.raises(ValueError, match="dataset must be one of digits, vtab, fewshot, folder, text; got 'cifar'"):
+    assert data.DATASETS == data.source_names() == ("digits", "vtab", "fewshot", "folder", "text", "instructions")
+    allowed = "digits, vtab, fewshot, folder, text, instructions"
+    with pytest.raises(ValueError, match=f"dataset must be one of {allowed}; got 'cifar'"):
         DataSpec(dataset="cifar")
 
 

@@ -39,7 +39,7 @@ def test_training_outputs(pipeline):
     out = pipeline / "supernet"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
-    assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "seconds"}
+    assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "val_matthews", "seconds"}  # every metric of the task
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and ckpt["backbone"]["model"] == "embedded:digits-vit"
     assert all(not k.endswith((".weight", ".bias")) or k.startswith("head.") for k in ckpt["trainable"])

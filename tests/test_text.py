@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_SEARCH, cli, same_training
+from helpers import PRESETS, TINY_SEARCH, cli, same_training
 
 import glora
 from glora.app import load_supernet
@@ -152,9 +152,13 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         return ["--validation-file", str(_csv(tmp / "v.csv", rows))]
     if what == "missing-column":
         return ["--label-column", "sentiment"]
-    if what == "regression":
-        return ["--train-file", str(_csv(tmp / "t.csv", [{"text": r["text"], "label": 0.5 + i} for i, r in
-                                                          enumerate(rows)]))]  # fmt: skip
+    if what == "real-labels-as-classes":
+        return ["--problem-type", "classification", "--train-file", str(_csv(tmp / "t.csv", [{"text": r["text"],
+                "label": 0.5 + i} for i, r in enumerate(rows)]))]  # fmt: skip
+    if what == "names-as-regression":
+        return ["--problem-type", "regression"]
+    if what == "metric":
+        return ["--metric", "pearson"]
     if what == "bad-format":
         (tmp / "v.xml").write_text("<rows/>")
         return ["--validation-file", str(tmp / "v.xml")]
@@ -170,7 +174,9 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         ("empty-text", "row 5 has an empty 'text' text"),
         ("missing-column", "no label column 'sentiment'; columns: text, label"),
         ("bad-format", "unknown format; give one of .csv, .tsv, .json, .jsonl, .parquet"),
-        ("regression", "holds real numbers (a regression task such as STS-B)"),
+        ("real-labels-as-classes", "label 0.5 in column 'label' is not a class (whole numbers or names)"),
+        ("names-as-regression", "in column 'label' is not a number (a regression needs numbers)"),
+        ("metric", "metric 'pearson' does not apply to classification with 2 classes; use one of accuracy, matthews"),
         ("no-validation-file", "does not exist"),
     ],
 )
@@ -186,7 +192,7 @@ def test_bad_text_inputs_are_one_line(bert, texts, tmp_path, capsys, what, messa
     [
         (["--model", "vit_tiny_patch16_224"], "--dataset text needs a transformers --model"),
         (["--dataset", "digits"], "is a transformers model; it trains on --dataset text"),
-        (["--task-type", "causal-lm"], "the commands train text classification so far"),
+        (["--task-type", "causal-lm"], "--task-type causal-lm does not fit --dataset text"),
     ],
 )
 def test_models_and_data_must_match(bert, texts, tmp_path, capsys, argv, message):
@@ -239,3 +245,103 @@ def test_gradient_checkpointing_of_a_transformers_backbone_gives_the_same_traini
     code, err = cli("train", _train_args(bert, texts, tmp_path / "ckpt", "--gradient-checkpointing"), capsys)
     assert code == 0, err
     same_training(tmp_path / "ckpt" / "last.pt", tmp_path / "plain" / "last.pt")
+
+
+def _scores(n: int, seed: int) -> list[dict]:
+    """Sentence pairs with a 0-5 similarity: the more sentiment words the two share, the higher."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a = [rng.choice(WORDS["pos"] + WORDS["neg"]) for _ in range(3)]
+        shared = rng.randint(0, 3)
+        b = a[:shared] + [rng.choice(FILLER) for _ in range(3 - shared)]
+        rows.append({"s1": " ".join(a), "s2": " ".join(b), "score": round(shared * 5 / 3 + rng.random() * 0.2, 2)})
+    return rows
+
+
+def test_a_regression_task_trains_searches_and_exports(bert, tmp_path, capsys):
+    """STS-B's form: sentence pairs with real-valued scores are a regression (one output, mean squared error),
+    ranked by Pearson correlation, reported with Spearman and MSE; the export says problem_type regression."""
+    files = {s: _csv(tmp_path / f"{s}.csv", _scores(n, i)) for i, (s, n) in enumerate([("train", 48), ("val", 16),
+                                                                                        ("test", 16)])}  # fmt: skip
+    args = _train_args(bert, files, tmp_path / "sup", "--text-column", "s1", "s2", "--label-column", "score")
+    code, err = cli("train", [*args, "--sched", "linear", "--epochs", "4"], capsys)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    assert ckpt["task"] == {"kind": "regression", "metric": None, "num_classes": 1} and ckpt["class_names"] is None
+    assert {"val_pearson", "val_spearman", "val_mse"} <= set(ckpt["log"][-1])
+    assert ckpt["log"][-1]["lr"] == 1e-6  # the linear schedule ends at --min-lr
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress", "--metric", "spearman"], capsys)
+    assert code == 0, err
+    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
+    assert final["metric"] == "spearman" and final["val_spearman"] == final["val_metrics"]["spearman"]
+    assert set(final["test_metrics"]) == {"pearson", "spearman", "mse"}
+    out = tmp_path / "e"
+    args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
+    code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
+    assert code == 0, err
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+    assert plain.config.num_labels == 1 and plain.config.problem_type == "regression"
+
+
+def test_the_selection_metric_is_logged_and_ranks_the_search(bert, texts, tmp_path, capsys):
+    code, err = cli("train", _train_args(bert, texts, tmp_path / "sup", "--metric", "matthews"), capsys)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    assert ckpt["task"]["metric"] == "matthews" and {"val_acc", "val_matthews", "val_f1"} <= set(ckpt["log"][-1])
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
+    assert code == 0, err
+    state = json.loads((tmp_path / "s" / "search_state.json").read_text())
+    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
+    assert final["metric"] == "matthews"
+    assert final["val_matthews"] == pytest.approx(max(score for _, score in state["cache"]), abs=1e-6)
+    assert set(final["val_metrics"]) == {"accuracy", "matthews", "f1"}
+    pareto = json.loads((tmp_path / "s" / "pareto.json").read_text())
+    assert pareto["metric"] == "matthews" and all("val_matthews" in p for p in pareto["front"])
+
+
+# The GIFT paper's Table 9 (Appendix A.3): (lr, weight decay, epochs) per task for RoBERTa-base and -large.
+GIFT_TABLE_9 = {
+    "base": {"sst2": (5e-4, 0, 60), "mrpc": (1e-3, 0, 30), "cola": (5e-4, 1e-4, 80), "qnli": (5e-4, 1e-2, 25),
+             "rte": (7.5e-4, 1e-3, 160), "stsb": (5e-4, 1e-3, 80)},
+    "large": {"sst2": (1e-3, 1e-2, 10), "mrpc": (5e-4, 1e-4, 40), "cola": (7.5e-4, 1e-2, 40), "qnli": (2.5e-4, 0, 20),
+              "rte": (5e-4, 1e-2, 40), "stsb": (7.5e-4, 0, 20)},
+}  # fmt: skip
+GLUE_METRICS = {"cola": "matthews", "stsb": "pearson", "sst2": "accuracy", "mrpc": "accuracy", "qqp": "accuracy",
+                "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy"}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_METRICS))
+def test_glue_presets_follow_the_gift_papers_table_9(task):
+    from glora.app.commands.train import build_parser
+    from glora.app.options import parse_args
+
+    base = parse_args(build_parser(), ["-c", f"glue/{task}"])
+    assert base.model == "FacebookAI/roberta-base" and base.dataset == "text" and base.metric == GLUE_METRICS[task]
+    assert base.targets == ["query", "value"] and base.sched == "linear" and base.batch_size == 64
+    assert base.max_seq_length == 512 and base.warmup_epochs == pytest.approx(0.06 * base.epochs)
+    assert (base.problem_type == "regression") == (task == "stsb") and len(base.text_column) in (1, 2)
+    if task not in GIFT_TABLE_9["base"]:  # MNLI and QQP: not in the paper; the preset says what it chose
+        assert "the seeds give no values" in (PRESETS / "glue" / f"{task}.yaml").read_text()
+        return
+    assert (base.lr, base.weight_decay, base.epochs) == GIFT_TABLE_9["base"][task]
+    large = parse_args(build_parser(), ["-c", f"glue/{task}", "-c", f"glue/large/{task}"])
+    assert large.model == "FacebookAI/roberta-large" and large.batch_size == 128 and large.max_seq_length == 128
+    assert (large.lr, large.weight_decay, large.epochs) == GIFT_TABLE_9["large"][task]
+    assert large.warmup_epochs == pytest.approx(0.06 * large.epochs)
+
+
+def test_a_glue_preset_trains_with_its_columns_and_metric(bert, tmp_path, capsys):
+    """configs/glue/stsb.yaml with the tiny BERT and files in GLUE's columns: a regression ranked by Pearson."""
+    rows = [{"sentence1": r["s1"], "sentence2": r["s2"], "label": r["score"]} for r in _scores(24, 0)]
+    train, val = _csv(tmp_path / "train.csv", rows[:16]), _csv(tmp_path / "val.csv", rows[16:])
+    args = ["-c", "glue/stsb", "--model", str(bert), "--train-file", str(train), "--validation-file", str(val),
+            "--max-seq-length", "16", "--epochs", "1", "--batch-size", "8", "--no-progress", "--out",
+            str(tmp_path / "sup")]  # fmt: skip
+    code, err = cli("train", args, capsys)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    assert ckpt["task"]["kind"] == "regression" and "val_pearson" in ckpt["log"][0]
+    assert tuple(ckpt["data"]["text_column"]) == ("sentence1", "sentence2")

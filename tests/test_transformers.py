@@ -7,6 +7,7 @@ choice kind, GIFT included: the folded model is the plain architecture again.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -214,7 +215,11 @@ def test_a_save_pretrained_folder_is_a_transformers_backbone(llama_folder):
     lm = build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None))  # causal-lm, from the config
     ref = transformers.LlamaForCausalLM.from_pretrained(llama_folder)
     ids = _ids()
-    assert type(lm).__name__ == "LlamaForCausalLM" and torch.equal(_logits(lm, ids), _logits(ref, ids))
+    assert type(lm.model).__name__ == "LlamaForCausalLM" and torch.equal(_logits(lm.model, ids), _logits(ref, ids))
+    with torch.no_grad():  # the commands' form: (ids, mask) in, logits out
+        torch.testing.assert_close(lm(torch.stack([ids, torch.ones_like(ids)], dim=1)), _logits(ref, ids))
+    adapted = glora.glora_layers(glora.inject(copy.deepcopy(lm), glora.AdapterConfig()))
+    assert adapted and not any("lm_head" in name for name in adapted)  # the wrapper keeps lm_head out of all-linear
     spec = BackboneSpec(model=str(llama_folder), num_classes=3, task_type="text-classification", init_seed=4)
     a, b = build_backbone(spec), build_backbone(spec)  # the commands' form: token batches (B, 2, L) in
     assert type(a.model).__name__ == "LlamaForSequenceClassification" and a.model.config.num_labels == 3
@@ -230,6 +235,7 @@ def test_a_save_pretrained_folder_is_a_transformers_backbone(llama_folder):
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     random_init = BackboneSpec(model=str(llama_folder), num_classes=None, pretrained=False, init_seed=1)
     x, y = build_backbone(random_init), build_backbone(random_init)
+    x, y = x.model, y.model
     assert torch.equal(x.lm_head.weight, y.lm_head.weight) and not torch.equal(x.lm_head.weight, ref.lm_head.weight)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from glora._text import first_line
 
-from .hf_backbone import SequenceClassifier, build_transformers, is_transformers_model
+from .hf_backbone import CausalLM, SequenceClassifier, TokenModel, build_transformers, is_transformers_model
 
 __all__ = [
     "BackboneSpec",
@@ -115,8 +115,9 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
             dtype=spec.dtype,
             init_seed=spec.init_seed,
         )
-        if spec.task_type == "text-classification":  # the commands' form: token batches in, logits out
-            model = SequenceClassifier(model)
+        # The commands' form: token batches in, logits out.
+        classifier = type(model).__name__.endswith("ForSequenceClassification")
+        model = SequenceClassifier(model) if classifier else CausalLM(model)
         return model.to(device)
     name = resolve_model_name(spec.model)
     kwargs: dict[str, Any] = dict(spec.model_kwargs)
@@ -184,7 +185,7 @@ def enable_checkpointing(model: nn.Module) -> None:
     instead of kept, trading compute for memory. Non-reentrant, so the frozen backbone's inputs need no gradient
     and the supports inside every block still get theirs; the recomputation replays the same random draws (dropout,
     drop-path), so a step computes what it computes without checkpointing."""
-    inner = model.model if isinstance(model, SequenceClassifier) else model
+    inner = model.model if isinstance(model, TokenModel) else model
     if getattr(inner, "supports_gradient_checkpointing", False):  # transformers (5.x renamed the call)
         if callable(getattr(inner, "activation_checkpointing_enable", None)):
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -75,6 +75,15 @@ class Distributed:
             dist.all_reduce(t)
         return t
 
+    def gather(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor concatenated over ranks in rank order (on the host): a split's per-row statistics, sharded
+        for evaluation, whole again on every rank."""
+        if not self.enabled:
+            return list(tensors)
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, [t.detach().cpu() for t in tensors])
+        return [torch.cat([part[i] for part in gathered]) for i in range(len(tensors))]
+
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``map`` with the items split over ranks and the results gathered, in order, on every rank."""
         items = list(items)

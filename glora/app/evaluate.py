@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a model on a split, shared by training, search and export."""
+"""Evaluation of a model on a split (a task's metrics, or top-1 accuracy), shared by training, search and export."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["AMP_MODES", "accuracy", "autocast", "resolve_device", "predict", "compile_model"]
+from .tasks import Task
+
+__all__ = ["AMP_MODES", "accuracy", "autocast", "resolve_device", "predict", "split_stats", "compile_model"]
 
 _logger = logging.getLogger(__name__)
 
@@ -99,3 +101,31 @@ def accuracy(
 ) -> float:
     logits, labels = predict(model, loader, normalize, device, amp, forward)
     return (logits.argmax(-1) == labels).float().mean().item() if len(labels) else 0.0
+
+
+@torch.no_grad()
+def split_stats(
+    model: nn.Module,
+    loader: Iterable,
+    normalize: nn.Module,
+    device: torch.device,
+    task: Task,
+    amp: str = "off",
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """``task.stats`` of every batch of ``loader``, concatenated (on the device): what ``task.compute`` turns into
+    the split's metrics. Batch by batch, so a language model's logits are never held for the whole split."""
+    was_training = model.training
+    model.eval()
+    forward = model if forward is None else forward
+    parts: list[tuple[torch.Tensor, ...]] = []
+    try:
+        for x, y in loader:
+            with autocast(device, amp):
+                out = forward(normalize(x.to(device, non_blocking=True)))
+            parts.append(task.stats(out, y.to(device)))
+    finally:
+        model.train(was_training)
+    if not parts:
+        return [torch.zeros(0) for _ in range(2 if task.kind != "causal-lm" else 5)]
+    return [torch.cat(column) for column in zip(*parts)]

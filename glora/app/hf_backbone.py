@@ -25,7 +25,11 @@ __all__ = [
     "is_transformers_model",
     "infer_task_type",
     "build_transformers",
+    "TokenModel",
     "SequenceClassifier",
+    "CausalLM",
+    "BIAS_FLAGS",
+    "declare_biases",
     "export_transformers_folder",
     "reload_transformers_folder",
 ]
@@ -110,15 +114,19 @@ def build_transformers(
         raise ValueError(f"task type must be one of {', '.join(TASK_TYPES)}; got {task!r}")
     import transformers
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}  # from_pretrained only
     if task == "text-classification":
         if not num_classes:
             raise ValueError("a text-classification backbone needs the number of classes (labels) of the data")
         config.num_labels = num_classes
+        # One output is a regression (STS-B); saying so keeps transformers' own loss right for the export's users.
+        config.problem_type = "regression" if num_classes == 1 else "single_label_classification"
         if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
             eos = config.eos_token_id
             config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoders find the last token by it
         auto = transformers.AutoModelForSequenceClassification
+        # A checkpoint's own classifier of another size (another label set) is replaced by a new one.
+        kwargs["ignore_mismatched_sizes"] = True
     else:
         auto = transformers.AutoModelForCausalLM
     torch_dtype = DTYPES[dtype]
@@ -129,7 +137,7 @@ def build_transformers(
             if pretrained:
                 model = auto.from_pretrained(name, config=config, dtype=torch_dtype, **kwargs)
             else:
-                model = auto.from_config(config, **kwargs)
+                model = auto.from_config(config)
                 if torch_dtype != "auto":
                     model = model.to(torch_dtype)
         except (OSError, ValueError) as e:
@@ -138,21 +146,18 @@ def build_transformers(
     return model
 
 
-class SequenceClassifier(nn.Module):
-    """A transformers sequence classifier as the commands run it: one int64 batch (B, 2, L) of token ids and
-    attention mask (right-padded) in, logits out, each batch trimmed to its longest row first.
-
-    The classification layer is named in ``pretrained_cfg["classifier"]`` (as timm models name theirs), so
-    :func:`glora.inject` trains it in full and never adapts it.
-    """
+class TokenModel(nn.Module):
+    """A transformers model as the commands run it: one int64 batch (B, 2, L) of token ids and attention mask
+    (right-padded) in, logits out, each batch trimmed to its longest row first (padding costs nothing)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        head = next((h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)), None)
-        if head is None:
-            raise ValueError(f"{type(model).__name__} has no classifier or score layer to train")
-        self.pretrained_cfg = {"classifier": f"model.{head}"}
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The wrapped model's output layer (a causal LM's ``lm_head``), so injection finds and skips it."""
+        get = getattr(self.model, "get_output_embeddings", None)
+        return get() if callable(get) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids, mask = x[:, 0], x[:, 1]
@@ -160,12 +165,84 @@ class SequenceClassifier(nn.Module):
         return self.model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits
 
 
+class SequenceClassifier(TokenModel):
+    """A sequence classifier (or, with one output, regressor): logits (B, classes).
+
+    The classification layer is named in ``pretrained_cfg["classifier"]`` (as timm models name theirs), so
+    :func:`glora.inject` trains it in full and never adapts it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        head = next((h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)), None)
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no classifier or score layer to train")
+        self.pretrained_cfg = {"classifier": f"model.{head}"}
+
+
+class CausalLM(TokenModel):
+    """A causal language model: logits (B, n, vocabulary) for the batch trimmed to n tokens. Its ``lm_head`` is the
+    pretrained one, frozen and never adapted; only the GLoRA supports train."""
+
+
+# Config flags that give a family of bias-free projections a bias (Llama, Mistral, Qwen-style configs).
+BIAS_FLAGS = ("attention_bias", "mlp_bias")
+
+
+def _keys_with(cls: type, config, flags: dict[str, bool]) -> set[str]:
+    """The state-dict keys of model class ``cls`` built from ``config`` with ``flags`` set, on the meta device (no
+    memory, no init)."""
+    import copy
+
+    changed = copy.deepcopy(config)
+    for flag, value in flags.items():
+        setattr(changed, flag, value)
+    with torch.device("meta"):
+        return set(cls(changed).state_dict())
+
+
+def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
+    """Make a folded transformers model whose subnet gave bias-free layers a bias (``extra``: the new state-dict
+    keys) loadable by its plain architecture: turn on the fewest of the config's bias flags (``attention_bias``,
+    ``mlp_bias``) whose architecture holds every new key, and give the other layers the flag adds a zero bias (the
+    same function). Returns the flags turned on; ``ValueError`` when no flag of this model class covers the keys.
+    """
+    import itertools
+
+    wrapped = isinstance(model, TokenModel)
+    inner = model.model if wrapped else model
+    prefix = "model." if wrapped else ""
+    wanted = {k.removeprefix(prefix) for k in extra}
+    config = inner.config
+    available = [f for f in BIAS_FLAGS if getattr(config, f, None) is False]
+    base = _keys_with(type(inner), config, {})
+    for n in range(1, len(available) + 1):
+        for flags in itertools.combinations(available, n):
+            keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
+            if wanted <= keys:
+                modules = dict(inner.named_modules())
+                own = set(inner.state_dict())
+                for key in sorted(keys - base - own):
+                    layer = modules[key.rsplit(".", 1)[0]]
+                    w = layer.weight
+                    layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+                for flag in flags:
+                    setattr(config, flag, True)
+                return list(flags)
+    shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
+    flags_txt = f"its bias flags ({', '.join(available)}) do not cover them" if available else "it has no bias flags"
+    raise ValueError(
+        f"the subnet gives bias-free layer(s) a bias ({shown}) and {type(inner).__name__} has no place for it "
+        f"({flags_txt}); choose C and E none there (or train with --bias-free exclude)"
+    )
+
+
 def export_transformers_folder(
     model: nn.Module, folder: Path, tokenizer: str | None, class_names: list[str] | None = None
 ) -> None:
     """``save_pretrained`` (safetensors) of a folded transformers model, with its tokenizer and, for a classifier,
     the class names as ``id2label`` / ``label2id``: a folder plain transformers loads without this toolkit."""
-    inner = model.model if isinstance(model, SequenceClassifier) else model
+    inner = model.model if isinstance(model, TokenModel) else model
     if class_names:
         inner.config.id2label = dict(enumerate(class_names))
         inner.config.label2id = {name: i for i, name in enumerate(class_names)}
@@ -177,8 +254,8 @@ def export_transformers_folder(
 
 
 def reload_transformers_folder(folder: Path, like: nn.Module) -> nn.Module:
-    """The exported folder loaded back with plain transformers, in the form of ``like`` (the commands' wrapper for a
-    classifier), for the after-writing check."""
+    """The exported folder loaded back with plain transformers, in the form of ``like`` (the commands' wrapper), for
+    the after-writing check."""
     import transformers
 
     auto = (
@@ -191,4 +268,4 @@ def reload_transformers_folder(folder: Path, like: nn.Module) -> nn.Module:
     if odd:  # a key the architecture does not have, or one it lacks, would be silently dropped or re-initialised
         shown = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in odd.items())
         raise ValueError(f"the export does not load cleanly into {type(model).__name__} ({shown})")
-    return SequenceClassifier(model) if isinstance(like, SequenceClassifier) else model
+    return type(like)(model) if isinstance(like, TokenModel) else model

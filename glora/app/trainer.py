@@ -1,12 +1,13 @@
 """The one training loop: supernets, single subnets, plain fine-tuning and the embedded backbone all go through it.
 
 Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast (eagerly or through
-a compiled model: the same graph for every subnet), cross-entropy (label smoothing optional), backward, the unused
-supports' gradients settled by the recipe's semantics, all-reduce of the gradients that exist (data parallelism),
-optional clipping, AdamW (fused where torch has it), timm's cosine schedule with warmup (stepped per update, paper
-Appendix A). A step's loss is read on the host one step later, so the host never waits for the device mid-epoch.
-The data order of each epoch depends only on the seed and the epoch, and everything the loop's future depends on is
-in :meth:`Trainer.state_dict`, so a run stopped at any step boundary continues exactly.
+a compiled model: the same graph for every subnet), the task's loss (cross-entropy with optional label smoothing,
+mean squared error, or a causal LM's response-token loss), backward, the unused supports' gradients settled by the
+recipe's semantics, all-reduce of the gradients that exist (data parallelism), optional clipping, AdamW (fused where
+torch has it), timm's cosine (or linear) schedule with warmup (stepped per update, paper Appendix A). A step's loss
+is read on the host one step later, so the host never waits for the device mid-epoch. The data order of each epoch
+depends only on the seed and the epoch, and everything the loop's future depends on is in
+:meth:`Trainer.state_dict`, so a run stopped at any step boundary continues exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glora.inject import glora_layers
@@ -31,9 +31,10 @@ from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
 from .cli import catch_signals
 from .data import ImageSet, make_loader, place
 from .distributed import Distributed
-from .evaluate import AMP_MODES, accuracy, autocast
+from .evaluate import AMP_MODES, autocast, split_stats
+from .tasks import Task, result_key
 
-__all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS", "make_adamw"]
+__all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS", "SCHEDULES", "make_adamw"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ Augment = Callable[[torch.Tensor, random.Random], torch.Tensor]
 # and the trainer drops or zero-fills those gradients accordingly.
 UNUSED_SUPPORTS = ("skip", "update")
 
+# --sched: the decay after the warmup. cosine (timm's CosineLRScheduler, the paper's) runs over epochs x steps after
+# the warmup, as the reference does; linear (timm's PolyLRScheduler, power 1) reaches min_lr exactly at the last
+# step, as transformers' linear schedule does (the GLUE recipes of LoRA, VeRA and GIFT).
+SCHEDULES = ("cosine", "linear")
+
 
 @dataclass
 class Recipe:
@@ -63,6 +69,7 @@ class Recipe:
     batch_size: int = 64
     lr: float = 5e-3
     weight_decay: float = 1e-4
+    sched: str = "cosine"  # one of SCHEDULES
     warmup_epochs: float = 2.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-6
@@ -79,6 +86,8 @@ class Recipe:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
+        if self.sched not in SCHEDULES:
+            raise ValueError(f"sched must be one of {', '.join(SCHEDULES)}; got {self.sched!r}")
         if self.unused_supports not in UNUSED_SUPPORTS:
             allowed = ", ".join(UNUSED_SUPPORTS)
             raise ValueError(f"unused_supports must be one of {allowed}; got {self.unused_supports!r}")
@@ -123,6 +132,7 @@ class Trainer:
         dist: this process's place in a data-parallel job (default: a single process).
         progress: progress bars (None: only on a terminal).
         data_on_device: where cached images live during the run (``glora.app.data.place``: auto, on, off).
+        task: the loss and the validation metrics (default: classification, cross-entropy, accuracy first).
     """
 
     def __init__(
@@ -141,10 +151,12 @@ class Trainer:
         dist: Distributed | None = None,
         progress: bool | None = None,
         data_on_device: str = "auto",
+        task: Task | None = None,
     ) -> None:
         if len(train_set) == 0:
             raise ValueError("the train split is empty")
         self.model, self.recipe, self.device = model, recipe, device
+        self.task = task or Task(num_classes=train_set.num_classes)
         self.train_set = place(train_set, device, data_on_device)
         self.val_set = None if val_set is None else place(val_set, device, data_on_device)
         self.normalize, self.augment = normalize, augment
@@ -173,18 +185,14 @@ class Trainer:
         self.scheduler.step_update(0)
 
     def _schedule(self):
-        from timm.scheduler import CosineLRScheduler
+        from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
         r, total = self.recipe, self.recipe.epochs * self.steps_per_epoch
-        return CosineLRScheduler(
-            self.optimizer,
-            t_initial=total,
-            lr_min=r.min_lr,
-            warmup_t=min(round(r.warmup_epochs * self.steps_per_epoch), max(total - 1, 0)),
-            warmup_lr_init=r.warmup_lr,
-            warmup_prefix=True,
-            t_in_epochs=False,
-        )
+        warmup = min(round(r.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
+        common = dict(lr_min=r.min_lr, warmup_t=warmup, warmup_lr_init=r.warmup_lr, warmup_prefix=True)
+        if r.sched == "linear":
+            return PolyLRScheduler(self.optimizer, t_initial=total - warmup, power=1.0, t_in_epochs=False, **common)
+        return CosineLRScheduler(self.optimizer, t_initial=total, t_in_epochs=False, **common)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -241,19 +249,19 @@ class Trainer:
         ``on_epoch_end(record)`` runs after each epoch (save there). With ``handle_signals``, Ctrl-C / SIGTERM ask
         for a stop at the next step boundary: ``on_interrupt()`` runs (save there), then KeyboardInterrupt is raised.
         """
-        r = self.recipe
+        r, task = self.recipe, self.task
         stop_at = r.epochs if not stop_after else min(r.epochs, self.epoch + stop_after)
         with self._signals() if handle_signals else contextlib.nullcontext():
             while self.epoch < stop_at:
                 start = time.time() - self.partial["seconds"]
                 loss = self._train_epoch(start, on_interrupt)
-                val_acc = self.validate() if self.val_set is not None else None
+                metrics = self.validate() if self.val_set is not None else None
                 self.epoch += 1
                 self.batch = 0
                 self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}
                 record = {"epoch": self.epoch, "loss": round(loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
-                if val_acc is not None:
-                    record["val_acc"] = round(val_acc, 6)
+                for name, value in (metrics or {}).items():
+                    record[f"val_{result_key(name)}"] = round(value, 6)
                 record["seconds"] = round(time.time() - start, 3)
                 self.log.append(record)
                 if on_epoch_end:
@@ -264,7 +272,7 @@ class Trainer:
                     r.epochs,
                     loss,
                     record["lr"],
-                    "" if val_acc is None else f"  val_acc{'(random subnet)' if self.supernet else ''} {val_acc:.4f}",
+                    "" if metrics is None else f"  val{' (random subnet)' * self.supernet} {task.describe(metrics)}",
                     record["seconds"],
                 )
 
@@ -341,7 +349,7 @@ class Trainer:
         with autocast(self.device, r.amp):
             logits = self.forward(x)
         # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
-        loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=r.smoothing, reduction="sum") * weight
+        loss_sum = self.task.loss(logits, y, r.smoothing) * weight
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / global_n).backward()
         if self.adapted:
@@ -372,15 +380,17 @@ class Trainer:
             return self._stop
         return self.dist.sum([1.0 if self._stop else 0.0], self.device)[0] > 0
 
-    def validate(self) -> float:
-        """Validation accuracy: a supernet's of one random subnet (drawn from the trainer's RNG), else the model's."""
+    def validate(self) -> dict[str, float]:
+        """The task's validation metrics: a supernet's of one random subnet (drawn from the trainer's RNG), else the
+        model's. Each rank evaluates its share; the per-row statistics are gathered, so metrics are the split's."""
         if self.supernet:
             set_subnet(self.model, sample_subnet(self.model, self.rng))
         part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
-        loader, _ = make_loader(part, max(self.recipe.batch_size, 256), shuffle=False, workers=self.recipe.workers)
-        correct = accuracy(self.model, loader, self.normalize, self.device, self.recipe.amp, self.forward) * len(part)
-        correct, total = self.dist.sum([correct, float(len(part))], self.device)
-        return correct / max(total, 1.0)
+        size = max(self.recipe.batch_size, 256) if self.task.kind != "causal-lm" else self.recipe.batch_size
+        loader, _ = make_loader(part, size, shuffle=False, workers=self.recipe.workers)
+        r = self.recipe
+        stats = split_stats(self.model, loader, self.normalize, self.device, self.task, r.amp, self.forward)
+        return self.task.compute(self.dist.gather(stats))
 
 
 def _to_tuple(state: Any) -> Any:

@@ -30,7 +30,13 @@ from ..cli import run
 from ..data import DataSpec, Normalizer, make_normalizer
 from ..evalsets import eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
-from ..hf_backbone import export_transformers_folder, reload_transformers_folder
+from ..hf_backbone import (
+    CausalLM,
+    TokenModel,
+    declare_biases,
+    export_transformers_folder,
+    reload_transformers_folder,
+)
 from ..options import parse_args
 from ..options.export import build_parser
 from ..outputs import check_no_overlap, output_lock
@@ -69,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         checked = _fold_and_check(args, ckpt, model, subnet)
         _write_export(args, out, ckpt, checked, hf)
     if hf:
+        auto = "AutoModelForCausalLM" if isinstance(model, CausalLM) else "AutoModelForSequenceClassification"
         print(f"plain transformers reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
-        print(f'load it anywhere with: AutoModelForSequenceClassification.from_pretrained("{out}")')
+        print(f'load it anywhere with: {auto}.from_pretrained("{out}")')
     else:
         print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
         print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
@@ -90,7 +97,14 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     spec = BackboneSpec.from_dict(dict(ckpt["backbone"]) | {"pretrained": False, "pretrained_file": None})
     base = build_backbone(spec, device=device).eval()
     extra = sorted(set(folded.state_dict()) - set(base.state_dict()))
-    if extra:
+    declared: list[str] = []
+    if extra and isinstance(folded, TokenModel):  # turn on the architecture's bias flags, or refuse
+        declared = declare_biases(folded, extra)
+        print(
+            f"the subnet gives bias-free layers a bias: the export turns on {', '.join(declared)} in its config (the "
+            "overhead below is those biases)"
+        )
+    elif extra:
         raise ValueError(
             f"the subnet gives bias-free layer(s) a bias ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): "
             f"the architecture of {spec.model} has no place for it; choose C and E none there (or train with "
@@ -123,6 +137,7 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         "flops": f_fold,
         "base_flops": f_base,
         "verify_images": len(x),
+        "declared_bias_flags": declared,
         "max_abs_diff": diff,
         "max_rel_diff": rel,
     }

@@ -1,6 +1,7 @@
 """``search.py`` / ``glora-search``: evolutionary search of a trained supernet under a parameter budget.
 
-Fitness is top-1 accuracy on the validation split with inherited supernet weights; the test split is used once,
+Fitness is the task's validation metric (top-1 accuracy for classification; Matthews, F1, Pearson, a causal LM's
+loss, ... by ``--metric``) on the validation split with inherited supernet weights; the test split is used once,
 for the final pick. Outputs in ``--out``: subnet.yaml, search_log.jsonl, pareto.json, plots/*.png, config.yaml
 and search_state.json (for ``--resume``).
 """
@@ -31,7 +32,7 @@ from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, make_loader, make_normalizer, place
 from ..distributed import Distributed, setup_distributed
 from ..evalsets import eval_set_inputs, evaluate_sets
-from ..evaluate import accuracy, compile_model, resolve_device
+from ..evaluate import compile_model, resolve_device, split_stats
 from ..options import (
     args_to_dict,
     parse_args,
@@ -41,6 +42,7 @@ from ..options import (
 )
 from ..options.search import RESUMABLE_OPTIONS, STATE_FILE, build_parser
 from ..outputs import check_no_overlap, output_lock, writes_files
+from ..tasks import METRICS, Task, result_key
 
 __all__ = ["build_parser", "main", "cli"]
 
@@ -122,8 +124,13 @@ class _SearchRun:
             )
         self.inputs = ckpt["input"]
         self.class_names = ckpt.get("class_names")
+        stored = Task.from_dict(ckpt.get("task"))
+        self.task = dataclasses.replace(stored, metric=args.metric) if args.metric else stored
+        if args.batch_size is None:
+            args.batch_size = 8 if self.task.kind == "causal-lm" else 256
         self.normalize = make_normalizer(self.inputs).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
+        self.task.check_split(self.val.labels, "validation")
         self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
         self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
         self.fixed = all(up == 0 for up in self.genome.up)
@@ -138,18 +145,31 @@ class _SearchRun:
                 max_params=10**12,
             )  # fmt: skip
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
-        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=job.map)
+        show = "{:.4f}".format if self.task.selection == "accuracy" else self._show
+        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=job.map, show=show)
         if state is not None:
             self.evo.restore(state)
 
+    def _metrics(self, loader, subnet) -> dict[str, float]:
+        with folded(self.model, subnet):  # fold once, then plain-weight inference over the split
+            stats = split_stats(self.model, loader, self.normalize, self.device, self.task, self.args.amp, self.forward)
+        return self.task.compute(stats)
+
     def _fitness(self, genes: list[int]) -> float:
+        """The selection metric (negated when lower is better: the evolution maximises)."""
         started = time.time()
-        with folded(self.model, self.genome.decode(genes)):  # fold once, then plain-weight inference over the split
-            acc = accuracy(self.model, self.val_loader, self.normalize, self.device, self.args.amp, self.forward)
+        score = self.task.score(self._metrics(self.val_loader, self.genome.decode(genes)))
         if self.forward is not None and not self._compiled:
             _logger.info("first candidate with the compiled model (compilation included): %.1fs", time.time() - started)
             self._compiled = True
-        return acc
+        return score
+
+    def _show(self, score: float) -> str:
+        return f"{self.task.selection} {self._value(score):.4f}"
+
+    def _value(self, score: float) -> float:
+        """A fitness back as the metric's own value."""
+        return score if METRICS[self.task.selection].greater_is_better else -score
 
     def run(self) -> None:
         from tqdm.auto import tqdm
@@ -192,16 +212,15 @@ class _SearchRun:
         lines = [json.dumps(r) for r in self.evo.log] + ([json.dumps(final)] if final else [])
         atomic_write_text(self.out / "search_log.jsonl", "\n".join(lines) + "\n")
 
-    def _test_accuracy(self, subnet) -> float | None:
+    def _test_metrics(self, subnet) -> dict[str, float] | None:
         """The test split, looked at once, for the pick; None when the data has no test split."""
         try:
             test = self.data.load("test", self.inputs["input_size"], self.args.progress)
         except (ValueError, FileNotFoundError) as e:
-            _logger.warning("no test split (%s); test accuracy not reported", e)
+            _logger.warning("no test split (%s); test metrics not reported", e)
             return None
         loader, _ = make_loader(test, self.args.batch_size, shuffle=False, workers=self.args.workers)
-        with folded(self.model, subnet):
-            return accuracy(self.model, loader, self.normalize, self.device, self.args.amp, self.forward)
+        return self._metrics(loader, subnet)
 
     def _extra_sets(self, subnet) -> dict[str, dict[str, Any]]:
         """The pick on each ``--eval-set``, side by side with test (domain generalization)."""
@@ -224,19 +243,24 @@ class _SearchRun:
             )
 
     def _finish(self) -> None:
-        args, evo, out = self.args, self.evo, self.out
+        args, evo, out, task = self.args, self.evo, self.out, self.task
         ranked = evo.ranked()
-        genes, val_acc, params = ranked[0]
+        genes, score, params = ranked[0]
         subnet = self.genome.decode(genes)
         save_subnet(subnet, out / "subnet.yaml")
-        test_acc = self._test_accuracy(subnet)
+        val = self._metrics(self.val_loader, subnet)
+        test = self._test_metrics(subnet)
         extra = self._extra_sets(subnet)
+        key, name = result_key(task.selection), task.selection
         final = {
             "final": True,
             "subnet": "subnet.yaml",
             "params": params,
-            "val_acc": round(val_acc, 6),
-            "test_acc": None if test_acc is None else round(test_acc, 6),
+            "metric": name,
+            f"val_{key}": round(self._value(score), 6),
+            f"test_{key}": None if test is None or name not in test else round(test[name], 6),
+            "val_metrics": {k: round(v, 6) for k, v in val.items()},
+            "test_metrics": None if test is None else {k: round(v, 6) for k, v in test.items()},
             "evaluated": len(evo.cache),
         }
         if extra:
@@ -246,28 +270,41 @@ class _SearchRun:
         front = pareto_front(points)
         pareto = {
             "objective": args.objective,
+            "metric": name,
             "param_limit": args.param_limit,
             "min_param_limit": args.min_param_limit,
-            "front": [{"params": p, "val_acc": round(a, 6), "subnet": self.genome.decode(g)} for p, a, g in front],
+            "front": [
+                {"params": p, f"val_{key}": round(self._value(a), 6), "subnet": self.genome.decode(g)}
+                for p, a, g in front
+            ],
         }
         atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1))
         limits = (evo.s.min_params, evo.s.max_params)
+        label = f"validation {name}" + ("" if METRICS[name].greater_is_better else " (negated)")
         figures = {
-            "progress.png": plot_progress(evo.log),
+            "progress.png": plot_progress(evo.log, label=label),
             "accuracy_vs_params.png": plot_accuracy_vs_params(
-                [(p, a) for p, a, _ in points], [(p, a) for p, a, _ in front], (params, val_acc), limits=limits
+                [(p, a) for p, a, _ in points],
+                [(p, a) for p, a, _ in front],
+                (params, score),
+                limits=limits,
+                label=label,
             ),
             "choices.png": plot_choices(subnet),
             "params_by_type.png": plot_params_by_type(params_by_type(self.model, subnet)),
         }
-        for name, fig in figures.items():
-            atomic_write_bytes(out / "plots" / name, png_bytes(fig))
-        test_txt = "n/a" if test_acc is None else f"{test_acc:.4f}"
-        test_txt += "".join(f", {name} {r['acc']:.4f}" for name, r in extra.items())
+        for fname, fig in figures.items():
+            atomic_write_bytes(out / "plots" / fname, png_bytes(fig))
+        short = "acc" if name == "accuracy" else name
+        test_txt = "n/a" if test is None or name not in test else f"{test[name]:.4f}"
+        test_txt += "".join(f", {n} {r['acc']:.4f}" for n, r in extra.items())
         print(
-            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val acc {val_acc:.4f}, test acc {test_txt} "
-            f"({len(evo.cache)} candidates evaluated)"
+            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val {short} {self._value(score):.4f}, test "
+            f"{short} {test_txt} ({len(evo.cache)} candidates evaluated)"
         )
+        others = [n for n in task.metric_names if n != name]
+        if others:
+            print(f"val: {task.describe(val)}" + ("" if test is None else f"; test: {task.describe(test)}"))
         print(f"wrote {out / 'subnet.yaml'}, search_log.jsonl, pareto.json ({len(front)} points), plots/")
         print(
             f"next: glora-export --supernet {args.supernet} --subnet {out / 'subnet.yaml'} (or python reparam.py ...)"

@@ -43,6 +43,7 @@ from ..options.train import (
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
 from ..sizes import check_training_size
+from ..tasks import Task
 from ..trainer import DivergenceError, Recipe, Trainer
 
 __all__ = ["build_parser", "main", "cli"]
@@ -94,9 +95,13 @@ class _SupernetRun:
     ) -> None:
         self.args, self.dist, self.out = args, dist, Path(args.out)
         self.data = DataSpec.from_options(args)
-        if self.data.source.kind == "tokens" and not self.data.tokenizer:  # the model's own tokenizer
-            self.data = dataclasses.replace(self.data, tokenizer=str(args.model))
-        self.spec = backbone_from_args(args, self.data.num_classes())
+        if self.data.source.kind == "tokens":  # the model's own tokenizer; a local folder stored absolute
+            tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
+            found = str(tokenizer.resolve()) if tokenizer.is_dir() else self.data.tokenizer or str(args.model)
+            self.data = dataclasses.replace(self.data, tokenizer=found)
+        num_classes = self.data.num_classes()
+        self.task = Task(self.data.task_kind(), args.metric, num_classes)
+        self.spec = backbone_from_args(args, num_classes)
         self._build_model(device)
         train, val = self._load_splits()
         self.class_names = list(train.class_names) if train.class_names else None
@@ -111,6 +116,7 @@ class _SupernetRun:
             dist=dist,
             progress=args.progress,
             data_on_device=args.data_on_device,
+            task=self.task,
         )
         if ckpt is not None:
             self._restore(ckpt)
@@ -129,7 +135,8 @@ class _SupernetRun:
             rule = (
                 "they offer only none for C, D and E (--bias-free exclude)"
                 if self.adapter.space.bias_free == "exclude"
-                else "C and E add one there, which the plain architecture may not load (--bias-free exclude avoids it)"
+                else "C and E add one there; the export then turns on the architecture's bias flags (attention_bias, "
+                "mlp_bias) where its config has them, else refuses such a subnet (--bias-free exclude avoids both)"
             )
             _logger.info("%d adapted layers have no bias: %s", bias_free, rule)
         if self.adapter.space.layer_size == 1:
@@ -161,6 +168,7 @@ class _SupernetRun:
                     f"the {name} split has {s.num_classes} classes, the model head {self.spec.num_classes}"
                 )
             splits.append(s)
+        self.task.check_split(splits[1].labels, "validation")
         return splits
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -183,6 +191,7 @@ class _SupernetRun:
                     "fingerprint": self.fingerprint,
                     "adapter": self.adapter.to_dict(),
                     "data": self.data.to_dict(),
+                    "task": self.task.to_dict(),
                     "input": {k: v if isinstance(v, str) else list(v) for k, v in self.inputs.items()},
                     "class_names": self.class_names,
                     "trainable": trainable_state(self.model),

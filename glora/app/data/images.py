@@ -29,8 +29,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 class ImageSet:
     """Images of one split: uint8 tensors (N, C, H, W) in memory, or files resized on access."""
 
-    labels: torch.Tensor
-    num_classes: int
+    labels: torch.Tensor  # (N,) classes or real targets; (N, L) token labels for a causal LM
+    num_classes: int | None  # None: not a classification (a causal LM's tokens)
     images: torch.Tensor | None = None
     files: list[Path] | None = None
     size: tuple[int, int, int] = (3, 224, 224)

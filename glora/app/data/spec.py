@@ -49,8 +49,10 @@ class DataSpec:
     test_file: str | None = None
     text_column: tuple[str, ...] = ("text",)  # one column, or two for sentence pairs
     label_column: str = "label"
+    problem_type: str | None = None  # text: classification or regression; None: regression for real-valued labels
     max_seq_length: int = 128
     tokenizer: str | None = None  # the model's own (a save_pretrained folder or hub id); default: the --model
+    packing: bool = False  # instructions: the training split packed into full rows of max_seq_length tokens
 
     def __post_init__(self) -> None:
         if isinstance(self.text_column, str):
@@ -105,6 +107,10 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def task_kind(self) -> str:
+        """classification, regression or causal-lm: what the source's labels ask a model to learn."""
+        return self.source.task_kind(self)
 
     def num_classes(self) -> int | None:
         """The number of classes, read without decoding images (a folder's classes are counted)."""

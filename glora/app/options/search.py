@@ -8,6 +8,7 @@ from search.evolution import OBJECTIVES
 
 from ..evalsets import add_eval_set_option
 from ..evaluate import AMP_MODES
+from ..tasks import METRICS
 from . import (
     add_progress_option,
     add_runtime_options,
@@ -75,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=OBJECTIVES,
         default="accuracy",
-        help="accuracy: the paper's loop; pareto: NSGA-II over (accuracy, params)",
+        help="accuracy: the paper's loop (top-k by the validation metric); pareto: NSGA-II over (metric, params)",
+    )
+    g.add_argument(
+        "--metric",
+        choices=tuple(METRICS),
+        default=None,
+        help="the validation metric to maximise (default: the one the supernet was trained with; lower-is-better "
+        "ones, mse, loss, perplexity, are minimised)",
     )
     g.add_argument("--population", type=positive_int, default=50, help="candidates per generation")
     g.add_argument("--parents", type=positive_int, default=10, help="top-k candidates that breed")
@@ -85,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--generations", type=positive_int, default=20, help="generations to run (may grow on --resume)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds every random draw of the search")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    g.add_argument(
+        "--batch-size",
+        type=optional(positive_int),
+        default=None,
+        help="evaluation batch size (default: 256; 8 for a causal LM, whose logits span the vocabulary per token)",
+    )
     g.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
     g.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 autocast on CUDA only")

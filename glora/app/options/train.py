@@ -16,10 +16,12 @@ from glora.space import BIAS_FREE, GIFT_SHARING, SearchSpace
 from ..backbone import EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
 from ..data.sources import get_source
+from ..data.sources.text import PROBLEM_TYPES
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
 from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
-from ..trainer import UNUSED_SUPPORTS
+from ..tasks import METRICS
+from ..trainer import SCHEDULES, UNUSED_SUPPORTS
 from . import (
     ConfigError,
     add_progress_option,
@@ -150,7 +152,8 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         "--dataset",
         choices=DATASETS,
         default="digits",
-        help="where the images come from: digits (embedded), vtab, fewshot (FGVC lists), folder",
+        help="where the data come from: digits (embedded), vtab, fewshot (FGVC lists), folder (images); text "
+        "(classification / regression files), instructions (causal-LM instruction data)",
     )
     g.add_argument(
         "--data-root", default=None, help="VTAB-1k or few-shot root (<root>/<task>/...) or an ImageFolder tree"
@@ -204,20 +207,42 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_text_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--metric",
+        choices=tuple(METRICS),
+        default=None,
+        help="the validation metric that ranks subnets (default: accuracy; regression pearson; causal LM loss); "
+        "every metric of the task is reported",
+    )
     g.add_argument("--train-file", default=None, help="CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder")
     g.add_argument("--validation-file", default=None, help="the validation split's file (the search ranks on it)")
     g.add_argument("--test-file", default=None, help="the test split's file, looked at once for the final pick")
     g.add_argument(
         "--text-column", nargs="+", default=["text"], metavar="COLUMN", help="one column, or two for sentence pairs"
     )
-    g.add_argument("--label-column", default="label", help="integer classes 0..n-1, or names (sorted into classes)")
+    g.add_argument(
+        "--label-column", default="label", help="integer classes 0..n-1, names (sorted into classes) or real numbers"
+    )
+    g.add_argument(
+        "--problem-type",
+        choices=PROBLEM_TYPES,
+        default=None,
+        help="text: classification or regression (default: regression when the labels are real numbers)",
+    )
+    g.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="instructions: pack the training examples end to end into full --max-seq-length rows (no padding)",
+    )
     g.add_argument("--max-seq-length", type=positive_int, default=128, help="tokens per text (longer ones are cut)")
     g.add_argument("--tokenizer", default=None, help="the tokenizer's folder or hub id (default: the --model's)")
     g.add_argument(
         "--task-type",
         choices=TASK_TYPES,
         default=None,
-        help="transformers models: what to load (default: text-classification for --dataset text)",
+        help="transformers models: what to load (default: text-classification for --dataset text, causal-lm for "
+        "--dataset instructions)",
     )
     g.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="transformers models: the frozen weights")
 
@@ -261,9 +286,16 @@ def _add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--batch-size", type=positive_int, default=64, help="images per step (all processes together)")
     g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
     g.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--warmup-epochs", type=nonneg_float, default=2.0, help="linear warmup of the cosine schedule")
+    g.add_argument(
+        "--sched",
+        choices=SCHEDULES,
+        default="cosine",
+        help="learning-rate decay after the warmup (timm's name): cosine (the paper's), or linear to --min-lr "
+        "(transformers' linear schedule, the GLUE recipes')",
+    )
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=2.0, help="linear warmup before the schedule")
     g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="learning rate the warmup starts from")
-    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="learning rate the cosine schedule ends at")
+    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="learning rate the schedule ends at")
     g.add_argument("--smoothing", type=probability, default=0.0, help="label smoothing")
     g.add_argument("--clip-grad", type=optional(positive_float), default=None, help="max gradient norm")
     g.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 autocast on CUDA only")
@@ -321,23 +353,24 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
 def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
     """The backbone the options describe: a timm model for image data, a transformers model for text (sequence
     classification; causal-LM training through the commands is not there yet)."""
-    text = get_source(args.dataset).kind == "tokens"
+    source = get_source(args.dataset)
+    text = source.kind == "tokens"
     if is_transformers_model(str(args.model)) != text:
         raise ConfigError(
-            f"--model {args.model!r} is a transformers model; it trains on --dataset text"
+            f"--model {args.model!r} is a transformers model; it trains on --dataset text or instructions"
             if not text
-            else f"--dataset text needs a transformers --model (save_pretrained folder or hub id), not {args.model!r}"
+            else f"--dataset {args.dataset} needs a transformers --model (save_pretrained folder or hub id), not "
+            f"{args.model!r}"
         )
     if text:
-        task = getattr(args, "task_type", None) or "text-classification"
-        if task != "text-classification":
-            raise ConfigError(
-                f"--task-type {task}: the commands train text classification so far; a causal LM is adapted through "
-                "the library (glora.inject, glora.fold)"
-            )
-        return BackboneSpec(
-            model=args.model,
-            num_classes=num_classes,
+        wanted = "causal-lm" if source.name == "instructions" else "text-classification"
+        task = getattr(args, "task_type", None) or wanted
+        if task != wanted:
+            raise ConfigError(f"--task-type {task} does not fit --dataset {args.dataset}: it trains a {wanted} model")
+        model = Path(args.model).expanduser()
+        return BackboneSpec(  # a local folder as an absolute path: search and export may run from another folder
+            model=str(model.resolve()) if model.is_dir() else args.model,
+            num_classes=num_classes if wanted == "text-classification" else None,
             pretrained=args.pretrained,
             init_seed=args.seed,
             task_type=task,

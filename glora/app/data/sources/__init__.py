@@ -32,7 +32,8 @@ class Source:
     order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
     needs_root: ClassVar[bool] = True  # --data-root is required
     files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
-    kind: ClassVar[str] = "images"  # what a batch holds: "images" (uint8 N x C x H x W) or "tokens" (N x 2 x L)
+    # What a batch holds: "images" (uint8 N x C x H x W) or "tokens" (int64 N x 2 x L: ids and attention mask).
+    kind: ClassVar[str] = "images"
     # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
     # else timm's resize-and-center-crop at that fraction. With a None default, --crop-pct 1 also squashes.
     default_crop_pct: ClassVar[float | None] = None
@@ -43,6 +44,10 @@ class Source:
     def num_classes(self, spec: DataSpec) -> int | None:
         """The number of classes, known without decoding images where possible."""
         return None
+
+    def task_kind(self, spec: DataSpec) -> str:
+        """What is learnt from it (a :data:`glora.app.tasks.TASK_KINDS` name): classification for images."""
+        return "classification"
 
     def split_key(self, spec: DataSpec, split: str) -> str:
         """The file or part a split name refers to (two names with one key are the same images)."""

@@ -3,7 +3,9 @@ folder, read with the ``datasets`` library and tokenized once by the model's own
 
 A split is cached as one int64 tensor (N, 2, L): token ids and attention mask, right-padded to ``max_seq_length``
 (longer texts are truncated); the model wrapper trims every batch to its longest row, so padding costs nothing.
-Labels are integers used as they are (classes 0..max), or strings mapped in sorted order (the class names).
+Labels are integers used as they are (classes 0..max), strings mapped in sorted order (the class names), or real
+numbers: a regression (STS-B), one output trained with mean squared error. Whole-number labels are classes unless
+``--problem-type regression`` says otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from glora._text import first_line
 from ..images import ImageSet
 from . import Source, register_source
 
-__all__ = ["TextSource", "read_table", "TEXT_SUFFIXES"]
+__all__ = ["TextSource", "read_table", "load_tokenizer", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,22 +67,34 @@ def _column(table, name: str, what: str, path: str) -> list:
     return list(table[name])
 
 
-def _label_names(path: str, column: str) -> tuple[str, ...] | int:
-    """The train file's labels: the number of classes for integer labels, else the sorted label names (read once
-    per file version: every split's load asks)."""
+PROBLEM_TYPES = ("classification", "regression")
+
+
+def _label_names(path: str, column: str, problem_type: str | None = None) -> tuple[str, ...] | int | None:
+    """The train file's labels: the number of classes for integer labels, the sorted label names for strings, None
+    for a regression (real-valued labels; read once per file version: every split's load asks)."""
     p = Path(path).expanduser()
-    return _label_names_of(path, column, p.stat().st_mtime_ns if p.exists() else 0)
+    return _label_names_of(path, column, problem_type, p.stat().st_mtime_ns if p.exists() else 0)
 
 
 @functools.lru_cache(maxsize=8)
-def _label_names_of(path: str, column: str, _version: int) -> tuple[str, ...] | int:
+def _label_names_of(path: str, column: str, problem_type: str | None, _version: int) -> tuple[str, ...] | int | None:
     values = _integral(_column(read_table(path), column, "label", path))
     if not values:
         raise ValueError(f"{path}: no rows")
-    if any(isinstance(v, float) for v in values):
+    real = any(isinstance(v, float) for v in values)
+    if problem_type == "regression" or (problem_type is None and real):
+        bad = next((v for v in values if not _is_number(v)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: label {bad!r} in column {column!r} is not a number (a regression needs numbers)")
+        if problem_type is None:
+            _logger.info("%s: label column %r holds real numbers: a regression task", path, column)
+        return None
+    if real:
+        bad = next(v for v in values if isinstance(v, float))
         raise ValueError(
-            f"{path}: label column {column!r} holds real numbers (a regression task such as STS-B); the text "
-            "source trains classifiers so far"
+            f"{path}: label {bad!r} in column {column!r} is not a class (whole numbers or names); real-valued labels "
+            "are a regression: --problem-type regression"
         )
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
@@ -89,13 +103,18 @@ def _label_names_of(path: str, column: str, _version: int) -> tuple[str, ...] | 
     return tuple(sorted({str(v) for v in values}))
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
 def _integral(values: list) -> list:
     """Whole-number floats (1.0, written by a tool that typed the column float) as ints; anything else as it is."""
     return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(name: str):
+def load_tokenizer(name: str):
+    """The model's own tokenizer, padding on the right (with eos where it has no pad token)."""
     from transformers import AutoTokenizer
 
     try:
@@ -130,10 +149,16 @@ class TextSource(Source):
             raise ValueError(f"--text-column takes one column or two (sentence pairs); got {list(spec.text_column)}")
         if spec.max_seq_length < 2:
             raise ValueError(f"--max-seq-length must be at least 2, got {spec.max_seq_length}")
+        if spec.problem_type not in (None, *PROBLEM_TYPES):
+            raise ValueError(f"--problem-type must be one of {', '.join(PROBLEM_TYPES)}; got {spec.problem_type!r}")
 
     def num_classes(self, spec) -> int:
-        labels = _label_names(spec.train_file, spec.label_column)
-        return labels if isinstance(labels, int) else len(labels)
+        labels = _label_names(spec.train_file, spec.label_column, spec.problem_type)
+        return 1 if labels is None else labels if isinstance(labels, int) else len(labels)
+
+    def task_kind(self, spec) -> str:
+        labels = _label_names(spec.train_file, spec.label_column, spec.problem_type)
+        return "regression" if labels is None else "classification"
 
     def split_key(self, spec, split: str) -> str:
         return str(self._file(spec, split))
@@ -158,8 +183,13 @@ class TextSource(Source):
             empty = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
             if empty is not None:
                 raise ValueError(f"{path}: row {empty + 1} has an empty {col!r} text")
-        vocab = _label_names(spec.train_file, spec.label_column)
-        if isinstance(vocab, int):
+        vocab = _label_names(spec.train_file, spec.label_column, spec.problem_type)
+        if vocab is None:
+            bad = next((v for v in raw if not _is_number(v)), None)
+            if bad is not None:
+                raise ValueError(f"{path}: label {bad!r} is not a number (this is a regression task)")
+            labels, names = [float(v) for v in raw], None
+        elif isinstance(vocab, int):
             bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < vocab), None)
             if bad is not None:
                 raise ValueError(f"{path}: label {bad!r} is not one of the train file's classes 0..{vocab - 1}")
@@ -172,7 +202,7 @@ class TextSource(Source):
             labels, names = [index[str(v)] for v in raw], vocab
         if not spec.tokenizer:
             raise ValueError("dataset text needs the model's tokenizer (--tokenizer, default: the --model)")
-        tok = _tokenizer(spec.tokenizer)
+        tok = load_tokenizer(spec.tokenizer)
         length = spec.max_seq_length
         enc = tok(*columns, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
         cut = int((enc["attention_mask"].sum(1) >= length).sum())
@@ -180,8 +210,8 @@ class TextSource(Source):
             _logger.info("%s: %d of %d rows cut to --max-seq-length %d tokens", path, cut, len(raw), length)
         tokens = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
         return ImageSet(
-            labels=torch.tensor(labels, dtype=torch.long),
-            num_classes=vocab if isinstance(vocab, int) else len(vocab),
+            labels=torch.tensor(labels, dtype=torch.float32 if vocab is None else torch.long),
+            num_classes=1 if vocab is None else vocab if isinstance(vocab, int) else len(vocab),
             images=tokens,
             size=(2, length),
             class_names=names,

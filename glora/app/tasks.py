@@ -1,0 +1,258 @@
+"""What a run learns and how it is judged: the loss of a training step and the metrics of an evaluation.
+
+Three kinds of task share the commands:
+
+- ``classification`` (images, text): cross-entropy (label smoothing optional); metrics ``accuracy``,
+  ``matthews`` (Matthews correlation, CoLA's), and ``f1`` of class 1 for two classes (MRPC's and QQP's).
+- ``regression`` (STS-B): one output per row, mean squared error; metrics ``pearson``, ``spearman``, ``mse``.
+- ``causal-lm``: next-token cross-entropy on the tokens whose label is not ``-100`` (the response of an
+  instruction), averaged per sequence; metrics ``loss`` (mean per response token over the split), ``perplexity``
+  (its exponential), ``token_accuracy`` (greedy next-token hits on response tokens) and, where the split holds
+  multiple-choice rows, ``mc_accuracy``: the option with the highest summed log-likelihood is the choice.
+  Labels are (B, L + 2): the token labels, then each sequence's multiple-choice group (-1: none) and whether it is
+  the correct option (1 for every plain sequence); :func:`lm_labels` builds them.
+
+Every evaluation computes all of a task's metrics; one of them, the task's ``metric``, is the *score* that
+training logs and the search maximises (negated for the lower-is-better ones: ``mse``, ``loss``, ``perplexity``).
+Metrics are computed from per-row statistics gathered over the whole split (:meth:`Task.stats`), so a
+correlation is the split's, not a mean of per-batch ones, and data-parallel shards combine exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TASK_KINDS", "METRICS", "Metric", "Task", "IGNORE_INDEX", "result_key", "lm_labels"]
+
+TASK_KINDS = ("classification", "regression", "causal-lm")
+IGNORE_INDEX = -100  # a label the causal-LM loss skips (prompt and padding tokens), as transformers marks them
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # the task kind it belongs to
+    greater_is_better: bool = True
+    description: str = ""
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "classification", True, "top-1 accuracy"),
+        Metric("matthews", "classification", True, "Matthews correlation coefficient (CoLA)"),
+        Metric("f1", "classification", True, "F1 of class 1, two classes only (MRPC, QQP)"),
+        Metric("pearson", "regression", True, "Pearson correlation (STS-B)"),
+        Metric("spearman", "regression", True, "Spearman rank correlation"),
+        Metric("mse", "regression", False, "mean squared error"),
+        Metric("loss", "causal-lm", False, "mean next-token cross-entropy on response tokens"),
+        Metric("perplexity", "causal-lm", False, "exp(loss)"),
+        Metric("token_accuracy", "causal-lm", True, "greedy next-token accuracy on response tokens"),
+        Metric("mc_accuracy", "causal-lm", True, "multiple-choice accuracy: the most likely option is the choice"),
+    )
+}
+
+
+def lm_labels(
+    tokens: torch.Tensor, group: torch.Tensor | None = None, correct: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Causal-LM labels (B, L + 2) from token labels (B, L): plain sequences (group -1, correct 1) by default."""
+    n = tokens.shape[0]
+    group = torch.full((n,), -1, dtype=torch.long) if group is None else group
+    correct = torch.ones(n, dtype=torch.long) if correct is None else correct
+    return torch.cat([tokens, group.view(-1, 1).to(tokens), correct.view(-1, 1).to(tokens)], dim=1)
+
+
+def result_key(metric: str) -> str:
+    """A metric's name in logs and result files after ``val_`` / ``test_``: ``val_acc``, ``val_matthews``."""
+    return "acc" if metric == "accuracy" else metric
+
+
+_DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "causal-lm": "loss"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """The task of a run (stored in its checkpoints): kind, number of classes and the selection metric."""
+
+    kind: str = "classification"
+    metric: str | None = None  # None: the kind's default (accuracy, pearson, loss)
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task kind must be one of {', '.join(TASK_KINDS)}; got {self.kind!r}")
+        if self.metric is not None and self.metric not in self.metric_names:
+            raise ValueError(
+                f"metric {self.metric!r} does not apply to {self._what()}; use one of {', '.join(self.metric_names)}"
+            )
+
+    def _what(self) -> str:
+        if self.kind == "classification" and self.num_classes:
+            return f"{self.kind} with {self.num_classes} classes"
+        return self.kind
+
+    @property
+    def selection(self) -> str:
+        """The metric that ranks runs and subnets."""
+        return self.metric or _DEFAULT_METRIC[self.kind]
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric an evaluation of this task reports (f1 only for two classes)."""
+        names = [m.name for m in METRICS.values() if m.kind == self.kind]
+        if self.kind == "classification" and self.num_classes != 2:
+            names.remove("f1")
+        return tuple(names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Task:
+        """The stored task; checkpoints written before tasks existed are classification by accuracy."""
+        return cls(**dict(data)) if data else cls()
+
+    def check_split(self, labels: torch.Tensor, what: str) -> None:
+        """Refuse, before any work, a split the selection metric cannot be computed on."""
+        if self.selection == "mc_accuracy" and not bool((labels[:, -2] >= 0).any()):
+            raise ValueError(
+                f"metric mc_accuracy needs multiple-choice rows (options and an answer) in the split; the {what} "
+                "split has none (use --metric loss, or give rows with options)"
+            )
+
+    # ------------------------------------------------------------------ training
+    def loss(self, out: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """The loss summed over the batch's rows (the trainer divides by the global batch size)."""
+        out = out.float()
+        if self.kind == "classification":
+            return F.cross_entropy(out, y, label_smoothing=smoothing, reduction="sum")
+        if self.kind == "regression":
+            return F.mse_loss(out.reshape(-1), y.float(), reduction="sum")
+        nll, count, _ = self._token_stats(out, y[:, :-2], need_hits=False)
+        return (nll / count.clamp(min=1)).sum()
+
+    # ------------------------------------------------------------------ evaluation
+    def stats(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-row statistics of one batch, enough for every metric: (prediction, label) for classification and
+        regression; (summed NLL, response tokens, hits, group, correct) per sequence for a causal LM."""
+        out = out.float()
+        if self.kind == "classification":
+            return out.argmax(-1), y
+        if self.kind == "regression":
+            return out.reshape(-1), y.float()
+        return (*self._token_stats(out, y[:, :-2], need_hits=True), y[:, -2], y[:, -1])
+
+    @staticmethod
+    def _token_stats(
+        logits: torch.Tensor, labels: torch.Tensor, need_hits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Next-token NLL summed per row, the number of scored tokens per row, and greedy hits per row. Logits may
+        be shorter than the labels (the batch trimmed to its longest row): the labels are cut to match."""
+        n = logits.shape[1]
+        target = labels[:, 1:n]
+        pred = logits[:, : n - 1]
+        keep = target != IGNORE_INDEX
+        nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+        hits = (pred.argmax(-1) == target) & keep if need_hits else keep[:, :0]
+        return nll.sum(1), keep.sum(1), hits.sum(1)
+
+    def compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Every metric of the task from a split's concatenated :meth:`stats` (empty split: NaN)."""
+        stats = [s.detach().to("cpu") for s in stats]
+        if len(stats[0]) == 0:
+            return {name: math.nan for name in self.metric_names}
+        if self.kind == "classification":
+            pred, label = stats[0].long(), stats[1].long()
+            out = {"accuracy": (pred == label).double().mean().item(), "matthews": _matthews(pred, label)}
+            if "f1" in self.metric_names:
+                out["f1"] = _f1(pred, label)
+            return out
+        if self.kind == "regression":
+            pred, label = stats[0].double(), stats[1].double()
+            return {
+                "pearson": _pearson(pred, label),
+                "spearman": _pearson(_ranks(pred), _ranks(label)),
+                "mse": ((pred - label) ** 2).mean().item(),
+            }
+        nll, count, hits, group, correct = stats
+        right = correct == 1  # plain sequences, and the correct option of a multiple-choice row
+        total, tokens = nll[right].double().sum().item(), count[right].sum().item()
+        loss = total / tokens if tokens else math.nan
+        out = {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
+            "token_accuracy": hits[right].sum().item() / tokens if tokens else math.nan,
+        }
+        if (group >= 0).any():
+            out["mc_accuracy"] = _choice_accuracy(nll.double(), group, correct)
+        return out
+
+    def score(self, metrics: Mapping[str, float]) -> float:
+        """The selection metric as a number to maximise."""
+        if self.selection not in metrics:
+            raise ValueError(
+                f"metric {self.selection} needs multiple-choice rows (options and an answer) in the split; use "
+                f"{', '.join(m for m in metrics)}"
+            )
+        value = metrics[self.selection]
+        return value if METRICS[self.selection].greater_is_better else -value
+
+    def describe(self, metrics: Mapping[str, float]) -> str:
+        """``accuracy 0.9100, matthews 0.8200`` with the selection metric first."""
+        names = [self.selection] * (self.selection in metrics)
+        names += [n for n in self.metric_names if n != self.selection and n in metrics]
+        return ", ".join(f"{n} {metrics[n]:.4f}" for n in names)
+
+
+def _choice_accuracy(nll: torch.Tensor, group: torch.Tensor, correct: torch.Tensor) -> float:
+    """Share of multiple-choice groups whose most likely option (lowest summed NLL; ties: the first) is correct."""
+    rows = (group >= 0).nonzero().flatten()
+    hits, seen = 0, 0
+    for g in group[rows].unique():
+        members = rows[group[rows] == g]
+        choice = members[int(torch.argmin(nll[members]))]
+        hits += int(correct[choice] == 1)
+        seen += 1
+    return hits / seen
+
+
+def _matthews(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Matthews correlation for any number of classes (Gorodkin's R_K); 0 when undefined (one class predicted)."""
+    k = int(max(pred.max().item(), label.max().item())) + 1
+    confusion = torch.bincount(label * k + pred, minlength=k * k).reshape(k, k).double()
+    t, p = confusion.sum(1), confusion.sum(0)  # true and predicted counts per class
+    c, s = confusion.trace(), confusion.sum()
+    denom = math.sqrt(float(s * s - (p * p).sum())) * math.sqrt(float(s * s - (t * t).sum()))
+    return float(c * s - (t * p).sum()) / denom if denom > 0 else 0.0
+
+
+def _f1(pred: torch.Tensor, label: torch.Tensor) -> float:
+    tp = int(((pred == 1) & (label == 1)).sum())
+    fp = int(((pred == 1) & (label != 1)).sum())
+    fn = int(((pred != 1) & (label == 1)).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation; 0 when either side is constant (undefined)."""
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n with ties sharing their mean rank (what Spearman's coefficient correlates)."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
+    values, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, torch.ones_like(x))
+    return (sums / counts)[inverse]

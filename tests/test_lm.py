@@ -1,0 +1,341 @@
+"""Causal language models through the commands: a tiny Llama written by save_pretrained, a word-level tokenizer
+built with ``tokenizers``, Alpaca and chat rows read by ``datasets``; train, search and export as for images, the
+export reloaded by plain transformers with the same logits, the loss on response tokens only."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_SEARCH, cli, same_training
+
+import glora
+from glora.app import load_supernet
+from glora.app.data import DataSpec
+from glora.app.data.sources.instructions import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
+from glora.app.tasks import IGNORE_INDEX
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+
+COLORS = ["red", "blue", "green", "black"]
+THINGS = ["car", "ball", "cup"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
+)
+
+
+def _alpaca(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        color = rng.choice(COLORS)
+        rows.append(
+            {
+                "instruction": f"What color is the {rng.choice(THINGS)} ?",
+                "input": f"It is {color} ." if i % 3 else "",  # some rows without an input
+                "output": f"The answer is {color} .",
+            }
+        )
+    return rows
+
+
+def _chat(n: int, seed: int) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": r["instruction"] + " " + r["input"]},
+                      {"role": "assistant", "content": r["output"]}]}
+        for r in _alpaca(n, seed)
+    ]  # fmt: skip
+
+
+def make_llama(folder: Path) -> Path:
+    """A tiny random-init Llama and its word-level tokenizer (with a chat template) in one save_pretrained folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    pre = pre_tokenizers.Whitespace()
+    texts = [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, "user assistant : It is What color the ? The answer .", *COLORS,
+             *THINGS, "Answer format: option1/option2/option3 the correct answer is"]  # fmt: skip
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def _commonsense(n: int, seed: int) -> list[dict]:
+    """Commonsense170k's form (LLM-Adapters): the options in the instruction, the answer named in the output."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        colors = rng.sample(COLORS, 3)
+        k = rng.randrange(3)
+        listed = " ".join(f"option{i + 1} {c}" for i, c in enumerate(colors))
+        rows.append(
+            {
+                "instruction": f"What color is the {rng.choice(THINGS)} ? It is {colors[k]} . {listed} "
+                "Answer format: option1/option2/option3",
+                "input": "",
+                "output": f"the correct answer is option{k + 1}",
+                "answer": f"option{k + 1}",
+            }
+        )
+    return rows
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return make_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def alpaca(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("alpaca")
+    return {s: _jsonl(root / f"{s}.jsonl", _alpaca(n, i)) for i, (s, n) in enumerate([("train", 32), ("val", 8),
+                                                                                      ("test", 8)])}  # fmt: skip
+
+
+def _train_args(llama: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(llama), "--dataset", "instructions", "--train-file", str(files["train"]),
+        "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--max-seq-length", "96",
+        "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--warmup-epochs", "0", "--no-progress",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_alpaca_rows_are_scored_on_the_response_only(llama, alpaca):
+    spec = DataSpec(dataset="instructions", train_file=str(alpaca["train"]), tokenizer=str(llama), max_seq_length=96)
+    assert spec.task_kind() == "causal-lm" and spec.num_classes() is None
+    split = spec.load("train", (2, 96))
+    tok = transformers.AutoTokenizer.from_pretrained(llama)
+    row = _alpaca(32, 0)[0]
+    ids, mask = split.images[0]
+    n = int(mask.sum())
+    assert split.labels.shape == (32, 96 + 2) and (split.labels[:, -2:] == torch.tensor([-1, 1])).all()
+    labels = split.labels[0, :-2]
+    scored = tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist())
+    assert scored == [*tok.tokenize(row["output"]), "</s>"]  # the response and eos, nothing of the prompt
+    assert (labels[n:] == IGNORE_INDEX).all() and (ids[n:] == tok.pad_token_id).all()
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=row["instruction"])  # row 0 has an empty input
+    assert tok.decode(ids[: n - len(scored)]) == tok.decode(tok(prompt)["input_ids"])
+    packed = DataSpec(**{**spec.to_dict(), "packing": True, "max_seq_length": 40}).load("train", (2, 40))
+    assert packed.images[:, 1].all() and packed.labels.shape == (len(packed), 42)  # full rows, no padding
+    total = int(split.images[:, 1].sum())
+    assert len(packed) == total // 40
+
+
+def test_chat_rows_use_the_tokenizer_template_and_score_the_last_assistant_turn(llama, tmp_path):
+    path = _jsonl(tmp_path / "chat.jsonl", _chat(4, 0))
+    spec = DataSpec(dataset="instructions", train_file=str(path), tokenizer=str(llama), max_seq_length=64)
+    split = spec.load("train", (2, 64))
+    tok = transformers.AutoTokenizer.from_pretrained(llama)
+    labels = split.labels[0, :-2]
+    scored = tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist())
+    assert scored == [*tok.tokenize(_chat(4, 0)[0]["messages"][1]["content"]), "</s>"]
+
+
+def test_multiple_choice_rows_become_one_sequence_per_option(llama, tmp_path):
+    """Validation rows with options (Commonsense170k's answer format, or explicit options + answer index) are
+    scored option by option; the training split trains on the answer only."""
+    path = _jsonl(tmp_path / "cs.jsonl", _commonsense(4, 0))
+    spec = DataSpec(
+        dataset="instructions", train_file=str(path), validation_file=str(path), tokenizer=str(llama), max_seq_length=96
+    )
+    train, val = spec.load("train", (2, 96)), spec.load("val", (2, 96))
+    assert len(train) == 4 and (train.labels[:, -2] == -1).all()
+    assert len(val) == 12 and val.labels[:, -2].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    answers = [int(r["answer"][-1]) - 1 for r in _commonsense(4, 0)]
+    assert val.labels[:, -1].view(4, 3).argmax(1).tolist() == answers and val.labels[:, -1].sum() == 4
+    tok = transformers.AutoTokenizer.from_pretrained(llama)
+    second = val.labels[1, :-2]
+    assert tok.convert_ids_to_tokens(second[second != IGNORE_INDEX].tolist())[-2:] == ["option2", "</s>"]
+    explicit = [{"instruction": "What color is the cup ?", "options": ["It is red .", "It is blue ."], "answer": 1}]
+    spec = DataSpec(dataset="instructions", train_file=str(_jsonl(tmp_path / "x.jsonl", explicit)),
+                    validation_file=str(tmp_path / "x.jsonl"), tokenizer=str(llama), max_seq_length=64)  # fmt: skip
+    train, val = spec.load("train", (2, 64)), spec.load("val", (2, 64))
+    labels = train.labels[0, :-2]
+    assert tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist()) == ["It", "is", "blue", ".", "</s>"]
+    assert val.labels[:, -2:].tolist() == [[0, 0], [0, 1]]
+
+
+@pytest.mark.slow
+def test_multiple_choice_accuracy_ranks_the_search(llama, tmp_path, capsys):
+    files = {"train": _jsonl(tmp_path / "train.jsonl", _commonsense(24, 0))}
+    files["val"] = files["test"] = _jsonl(tmp_path / "val.jsonl", _commonsense(6, 1))
+    args = _train_args(llama, files, tmp_path / "sup", "--metric", "mc_accuracy", "--bias-free", "exclude")
+    code, err = cli("train", args, capsys)
+    assert code == 0, err
+    log = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)["log"]
+    assert all(0 <= r["val_mc_accuracy"] <= 1 and r["val_mc_accuracy"] * 6 == round(r["val_mc_accuracy"] * 6)
+               for r in log)  # fmt: skip
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
+    assert code == 0, err
+    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
+    assert final["metric"] == "mc_accuracy" and final["val_mc_accuracy"] == final["test_mc_accuracy"]
+    cache = json.loads((tmp_path / "s" / "search_state.json").read_text())["cache"]
+    assert final["val_mc_accuracy"] == pytest.approx(max(score for _, score in cache), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llama, alpaca, tmp_path, capsys):
+    """Bias-free Llama projections under --bias-free allow: a subnet that gives them a bias is exported with the
+    config's attention_bias / mlp_bias on, and reloads in plain transformers with the very same logits."""
+    code, err = cli("train", _train_args(llama, alpaca, tmp_path / "sup"), capsys)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    assert ckpt["task"] == {"kind": "causal-lm", "metric": None, "num_classes": None}
+    assert ckpt["backbone"]["task_type"] == "causal-lm" and ckpt["backbone"]["num_classes"] is None
+    assert {"val_loss", "val_perplexity", "val_token_accuracy"} <= set(ckpt["log"][-1])
+    model = load_supernet(ckpt)
+    assert glora.glora_layers(model) and not any("lm_head" in n for n in glora.glora_layers(model))
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
+    assert code == 0, err
+    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
+    assert final["metric"] == "loss" and final["val_loss"] == final["val_metrics"]["loss"] > 0
+    assert set(final["test_metrics"]) == {"loss", "perplexity", "token_accuracy"}
+    best = min(json.loads((tmp_path / "s" / "search_state.json").read_text())["cache"], key=lambda c: -c[1])
+    assert -best[1] == pytest.approx(final["val_loss"], abs=1e-6)  # the pick has the lowest validation loss
+    # A subnet that gives bias-free layers a bias, in both families (attention and MLP).
+    subnet = {
+        name: {"A": "lora_8", "B": "none", "C": "vector", "D": "none", "E": "scalar" if "mlp" in name else "none"}
+        for name in glora.glora_layers(model)
+    }
+    glora.save_subnet(subnet, tmp_path / "bias.yaml")
+    out = tmp_path / "e"
+    args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "bias.yaml", "--out", out]
+    code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
+    assert code == 0, err
+    plain, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert plain.config.attention_bias and plain.config.mlp_bias
+    stats = json.loads((out / "glora_export.json").read_text())
+    assert stats["declared_bias_flags"] == ["attention_bias", "mlp_bias"]
+    # Exactly the biases the flags declare are added: q, k, v, o and gate, up, down of each of the 2 layers.
+    assert stats["params"] - stats["base_params"] == 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    enc = tok(["What color is the cup ?", "It is red ."], padding=True, return_tensors="pt")
+    supernet = load_supernet(tmp_path / "sup" / "last.pt").eval()
+    glora.set_subnet(supernet, subnet)
+    with torch.no_grad():
+        ours = supernet(torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1))
+        theirs = plain.eval()(**enc).logits
+    torch.testing.assert_close(theirs[:, : ours.shape[1]], ours, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bias_free_exclude_exports_the_architecture_unchanged(llama, alpaca, tmp_path, capsys):
+    code, err = cli("train", _train_args(llama, alpaca, tmp_path / "sup", "--bias-free", "exclude"), capsys)
+    assert code == 0, err
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    assert cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)[0] == 0
+    out = tmp_path / "e"
+    args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
+    assert cli("export", [*args, "--latency-rounds", "0"], capsys)[0] == 0
+    stats = json.loads((out / "glora_export.json").read_text())
+    assert stats["params"] == stats["base_params"] and stats["declared_bias_flags"] == []
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_bias"] is False and config["mlp_bias"] is False
+
+
+@pytest.mark.slow
+def test_a_causal_lm_run_resumes_exactly_and_learns(llama, alpaca, tmp_path, capsys):
+    """One fixed LoRA subnet: the response loss falls; stopped after two epochs and resumed, the same run."""
+    lora = ["--choices", "A=none", "B=lora_8", "C=none", "D=none", "E=none", "--epochs", "4", "--lr", "0.02"]
+    full = _train_args(llama, alpaca, tmp_path / "full", *lora)
+    assert cli("train", full, capsys)[0] == 0
+    log = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["log"]
+    assert log[-1]["val_loss"] < log[0]["val_loss"], log
+    cut = _train_args(llama, alpaca, tmp_path / "cut", *lora, "--stop-after", "2")  # the resume runs 2 more
+    assert cli("train", cut, capsys)[0] == 0
+    assert cli("train", ["--resume", "--out", str(tmp_path / "cut")], capsys)[0] == 0
+    same_training(tmp_path / "cut" / "last.pt", tmp_path / "full" / "last.pt")
+
+
+def _bad_rows(tmp: Path, what: str) -> list[str]:
+    if what == "columns":
+        return ["--train-file", str(_jsonl(tmp / "t.jsonl", [{"question": "a", "answer": "b"}]))]
+    if what == "last-turn":
+        rows = [{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}]}]
+        return ["--train-file", str(_jsonl(tmp / "t.jsonl", rows))]
+    if what == "empty-output":
+        rows = _alpaca(4, 0)
+        rows[2]["output"] = " "
+        return ["--train-file", str(_jsonl(tmp / "t.jsonl", rows))]
+    if what == "too-short":
+        return ["--max-seq-length", "8"]
+    if what == "task-type":
+        return ["--task-type", "text-classification"]
+    if what == "metric":
+        return ["--metric", "accuracy"]
+    if what == "no-options":
+        return ["--metric", "mc_accuracy"]
+    if what == "bad-answer":
+        rows = [{"instruction": "Which ?", "options": ["It is red .", "It is blue ."], "answer": 2}]
+        return ["--validation-file", str(_jsonl(tmp / "v.jsonl", rows))]
+    raise ValueError(what)
+
+
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("columns", "instruction data needs the columns instruction + output (+ input, options, answer), or messages"),
+        ("last-turn", "row 1: the last turn is 'user'; it must be the assistant's response"),
+        ("empty-output", "row 3 has an empty 'output'"),
+        ("too-short", "no row keeps a response token within --max-seq-length 8"),
+        ("task-type", "--task-type text-classification does not fit --dataset instructions"),
+        ("metric", "metric 'accuracy' does not apply to causal-lm; use one of loss, perplexity, token_accuracy"),
+        ("no-options", "metric mc_accuracy needs multiple-choice rows (options and an answer) in the split"),
+        ("bad-answer", "row 1: 'answer' 2 is neither one of the options nor an index 0..1"),
+    ],
+)
+def test_bad_instruction_inputs_are_one_line(llama, alpaca, tmp_path, capsys, what, message):
+    code, err = cli("train", [*_train_args(llama, alpaca, tmp_path / "o"), *_bad_rows(tmp_path, what)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
+    assert "Traceback" not in err and not (tmp_path / "o" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_commonsense_preset_trains_a_bf16_supernet_on_q_and_v(llama, tmp_path, capsys):
+    """configs/commonsense/llama-7b.yaml with the tiny Llama in place of LLaMA-7B: bf16 frozen weights, gradient
+    checkpointing, Query and Value layers only, multiple-choice accuracy on the validation rows."""
+    from glora.app.commands.train import build_parser
+    from glora.app.options import parse_args
+
+    preset = parse_args(build_parser(), ["-c", "commonsense/llama-7b"])
+    assert (preset.lr, preset.weight_decay, preset.epochs, preset.batch_size) == (2.5e-4, 0.0, 6, 32)
+    assert preset.sched == "linear" and preset.warmup_epochs == pytest.approx(0.1 * 6) and preset.max_seq_length == 512
+    train = _jsonl(tmp_path / "train.jsonl", _commonsense(16, 0))
+    val = _jsonl(tmp_path / "val.jsonl", _commonsense(4, 1))
+    args = ["-c", "commonsense/llama-7b", "--model", str(llama), "--train-file", str(train), "--validation-file",
+            str(val), "--max-seq-length", "96", "--epochs", "1", "--batch-size", "8", "--no-progress", "--out",
+            str(tmp_path / "sup")]  # fmt: skip
+    code, err = cli("train", args, capsys)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    assert ckpt["backbone"]["dtype"] == "bf16" and "val_mc_accuracy" in ckpt["log"][0]
+    model = load_supernet(ckpt)
+    assert {n.rsplit(".", 1)[-1] for n in glora.glora_layers(model)} == {"q_proj", "v_proj"}
+    assert {p.dtype for n, p in model.named_parameters() if not p.requires_grad} == {torch.bfloat16}
