@@ -13,7 +13,7 @@ model="${2:-vit_base_patch16_224}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
 status=0
-steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32} "
+steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32 lm_7b} "
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/NAME.log
     local name=$1 limit=$2
@@ -44,4 +44,9 @@ step profile 240 "$py" -m benchmarks.profile_step --model "$model" --batch-size 
 step vtab_e2e 600 "$py" -m benchmarks.vtab_e2e --model "$model" --json "$out/vtab_e2e.json"
 step train_step_fp32 300 "$py" -m benchmarks.train_step --model "$model" --batch-size 64 --rounds 10 --warmup 2 \
     --amp off --methods bias-only glora-supernet glora-supernet+compile peft-lora --json "$out/train_step_fp32.json"
+# A Llama-2-7B-shaped causal LM (random init, built on the GPU), Q/V supernet: bf16 frozen weights, fp32 supports,
+# gradient checkpointing, batch 8 x 512 tokens: step time and peak memory against norms-only and PEFT LoRA r=8.
+step lm_7b 540 "$py" -m benchmarks.lm_step --device cuda --layers 32 --hidden 4096 --heads 32 --intermediate 11008 \
+    --vocab 32000 --seq 512 --batch-size 8 --dtype bf16 --support-dtype float32 --gradient-checkpointing \
+    --rounds 5 --warmup 2 --peak --methods norms-only glora-supernet peft-lora --json "$out/lm_7b.json"
 exit "$status"

@@ -2,6 +2,7 @@
 PEFT GLoRA on the same target layers.
 
     python -m benchmarks.lm_step [--layers 4] [--hidden 512] [--seq 256] [--batch-size 8] [--rounds 6] [--peak]
+        [--dtype bf16 --support-dtype float32 --gradient-checkpointing]   # the 7-8B recipe's memory setup
 
 A random-init ``LlamaForCausalLM`` built from a config (offline), next-token loss on random token ids. Llama's
 projections have no bias, so the floor is norms-only tuning (the RMSNorm scales train: the bias-only analogue, whose
@@ -9,7 +10,10 @@ backward still runs through every layer). Targets default to the GIFT paper's Qu
 ``v_proj``); ``--targets all-linear`` adapts every projection. The supernet draws a new random subnet per step
 (ranks {8, 4}), as training does; ``glora-lora8`` is the fixed subnet B = lora_8 (= LoRA r=8). Methods run
 interleaved round by round (medians); tokens/s = batch x sequence / step time. With ``--peak`` each method's peak
-memory is measured in a process of its own, above what the built model holds.
+memory is measured in a process of its own, above what the built model holds. ``--dtype bf16`` keeps the frozen
+weights in bf16 (built on the device), ``--support-dtype float32`` the GLoRA supports in fp32 (the commands' default
+over a bf16 backbone), ``--gradient-checkpointing`` recomputes block activations: the setup of a 7-8B supernet on one
+GPU (``benchmarks/gpu.sh``'s ``lm_7b`` step runs it at Llama-2-7B's shape).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the frozen weights")
+    p.add_argument("--support-dtype", choices=["float32", "bfloat16"], default=None, help="GLoRA supports' dtype")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations")
     p.add_argument("--peak", action="store_true", help="also measure each method's peak memory in its own process")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one method
     add_json_arg(p)
@@ -76,7 +83,12 @@ def _model(args):
         max_position_embeddings=max(args.seq, 32),
         tie_word_embeddings=False,
     )
-    return transformers.LlamaForCausalLM(cfg)
+    with torch.device(resolve_device(args.device)):  # built where it runs: a 7B model never visits the host
+        model = transformers.LlamaForCausalLM(cfg)
+    model = model.to(torch.bfloat16) if args.dtype == "bf16" else model
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def _targets(model, args) -> list[str]:
@@ -95,7 +107,8 @@ def build(name: str, args) -> Method:
             p.requires_grad_(n.endswith("norm.weight"))
         return Method(name, model)
     if name.startswith("glora"):
-        glora.inject(model, glora.SearchSpace(lora_ranks=tuple(args.ranks)), targets)
+        space = glora.SearchSpace(lora_ranks=tuple(args.ranks))
+        glora.inject(model, glora.AdapterConfig(space, tuple(targets), support_dtype=args.support_dtype))
         if name == "glora-lora8":
             glora.set_subnet(model, glora.make_subnet(model, B=f"lora_{max(args.ranks)}"))
             return Method(name, model)
@@ -134,7 +147,8 @@ def _workload(args) -> list[str]:
     out = ["--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads)]
     out += ["--intermediate", str(args.intermediate), "--vocab", str(args.vocab), "--seq", str(args.seq)]
     out += ["--batch-size", str(args.batch_size), "--device", args.device, "--ranks", *map(str, args.ranks)]
-    return [*out, "--targets", *args.targets]
+    out += ["--dtype", args.dtype, *(["--support-dtype", args.support_dtype] if args.support_dtype else [])]
+    return [*out, *(["--gradient-checkpointing"] if args.gradient_checkpointing else []), "--targets", *args.targets]
 
 
 def main(argv=None) -> None:
@@ -161,7 +175,8 @@ def main(argv=None) -> None:
     print(
         f"Llama-shaped causal LM: {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, vocab "
         f"{args.vocab}; batch {args.batch_size} x {args.seq} tokens; targets {' '.join(args.targets)}; GLoRA ranks "
-        f"{set(args.ranks)}; {args.rounds} interleaved rounds (median)"
+        f"{set(args.ranks)}; frozen weights {args.dtype}, supports {args.support_dtype or args.dtype}"
+        f"{', gradient checkpointing' * args.gradient_checkpointing}; {args.rounds} interleaved rounds (median)"
     )
     trainable = {m: r[0].trainable for m, r in runs.items()}
     rows = step_table(trainable, times, saved, peaks, floor="norms-only", unit="tokens", per_step=tokens)

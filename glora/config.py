@@ -11,9 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .space import SearchSpace
 
-__all__ = ["AdapterConfig", "ALL_LINEAR"]
+# AdapterConfig.support_dtype: torch dtype names (plain strings, so configs stay YAML and weights_only friendly).
+SUPPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+__all__ = ["AdapterConfig", "ALL_LINEAR", "SUPPORT_DTYPES"]
 
 
 # PEFT's spelling of "every linear layer but the output layer / classifier" (this toolkit's default).
@@ -55,6 +60,10 @@ class AdapterConfig:
         heads: classifier head module(s), trained in full and never adapted; ``None`` = found from the model
             (timm's ``pretrained_cfg["classifier"]`` or common names). Saved resolved, so a rebuilt supernet
             trains exactly the same tensors.
+        support_dtype: the dtype of the support tensors and GIFT generators (``"float32"``, ``"bfloat16"``,
+            ``"float16"``); ``None`` = each layer's weight dtype. ``"float32"`` over a bf16 backbone keeps the
+            trained tensors and their optimizer state in full precision while the frozen weights take half the
+            memory; each layer computes ``W_uni`` in the supports' dtype and runs in its weight's.
 
     Example:
         >>> cfg = AdapterConfig(SearchSpace(lora_ranks=(8, 4)), targets=["qkv", "fc1"])
@@ -65,10 +74,15 @@ class AdapterConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     targets: str | tuple[str, ...] | None = None
     heads: tuple[str, ...] | None = None
+    support_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, SearchSpace):
             raise TypeError(f"space must be a glora.SearchSpace, got {type(self.space).__name__}")
+        if self.support_dtype is not None and self.support_dtype not in SUPPORT_DTYPES:
+            raise ValueError(
+                f"support_dtype must be one of {', '.join(SUPPORT_DTYPES)} or None; got {self.support_dtype!r}"
+            )
         object.__setattr__(self, "targets", _targets(self.targets))
         object.__setattr__(self, "heads", _heads(self.heads))
 
@@ -79,20 +93,23 @@ class AdapterConfig:
             "space": self.space.to_dict(),
             "targets": targets,
             "heads": None if self.heads is None else list(self.heads),
+            "support_dtype": self.support_dtype,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"an adapter config must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"space", "targets", "heads"}
+        unknown = set(data) - {"space", "targets", "heads", "support_dtype"}
         if unknown:
             raise ValueError(
-                f"unknown adapter-config keys: {', '.join(sorted(map(str, unknown)))}; allowed: space, targets, heads"
+                f"unknown adapter-config keys: {', '.join(sorted(map(str, unknown)))}; allowed: space, targets, "
+                "heads, support_dtype"
             )
         space = data.get("space", {})
         return cls(
             space=space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space),
             targets=data.get("targets"),
             heads=data.get("heads"),
+            support_dtype=data.get("support_dtype"),
         )

@@ -62,7 +62,15 @@ def merged_layers(
     groups: dict[tuple, list[str]] = {}
     for name, layer in layers.items():
         w = layer.weight
-        key = (layer.out_features, layer.in_features, w.dtype, w.device, layer.bias is None, layer.space)
+        key = (
+            layer.out_features,
+            layer.in_features,
+            w.dtype,
+            layer.code.dtype,
+            w.device,
+            layer.bias is None,
+            layer.space,
+        )
         groups.setdefault(key, []).append(name)
     out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     with torch.no_grad():
@@ -74,15 +82,17 @@ def merged_layers(
                 continue
             stores = [m.storages() for m in members]
             stacked = {k: None if v is None else torch.stack([s[k] for s in stores]) for k, v in stores[0].items()}
-            code = torch.stack([encode_choice(first.space, choices[n]) for n in names]).to(first.weight)
+            # In the supports' dtype (fp32 supports over a bf16 backbone), back to the weights' at the end.
+            code = torch.stack([encode_choice(first.space, choices[n]) for n in names]).to(first.code)
             terms = masked_terms(stacked, code, code_layout(first.space))
-            w0 = torch.stack([m.weight for m in members])
-            b0 = None if first.bias is None else torch.stack([m.bias for m in members])
+            w0 = torch.stack([m.weight for m in members]).to(code.dtype)
+            b0 = None if first.bias is None else torch.stack([m.bias for m in members]).to(code.dtype)
             weights, biases = uni_weight(w0, terms), uni_bias(b0, w0, terms)
+            dtype = first.weight.dtype
             for i, name in enumerate(names):
                 c = choices[name]
                 makes_bias = b0 is not None or c.C.kind is not Kind.NONE or c.E.kind is not Kind.NONE
-                out[name] = (weights[i], biases[i] if makes_bias else None)
+                out[name] = (weights[i].to(dtype), biases[i].to(dtype) if makes_bias else None)
     return out
 
 

@@ -78,10 +78,12 @@ class GiftBank(nn.Module):
         self.generators = nn.ModuleList()
         self.groups: list[str] = []
 
-    def get_or_create(self, group: str, in_features: int, rank: int, like: torch.Tensor) -> GiftGenerator:
+    def get_or_create(
+        self, group: str, in_features: int, rank: int, like: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> GiftGenerator:
         if group in self.groups:
             return self.generators[self.groups.index(group)]  # type: ignore[return-value]
-        gen = GiftGenerator(in_features, rank, device=like.device, dtype=like.dtype)
+        gen = GiftGenerator(in_features, rank, device=like.device, dtype=dtype or like.dtype)
         self.generators.append(gen)
         self.groups.append(group)
         return gen

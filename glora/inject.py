@@ -17,9 +17,10 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-from .config import AdapterConfig
+from .config import SUPPORT_DTYPES, AdapterConfig
 from .gift import GiftBank, gift_group
 from .layer import Execution, GLoRALinear, adaptable, io_features, storage_shapes
 from .paths import make_path
@@ -93,7 +94,8 @@ def inject(
     edited_in_place: set[str] = set()
     names = _select_targets(model, config.targets, heads, edited_in_place)
     _check_ranks(model, names, config.space)
-    bank = _wrap(model, config.space, names, edited_in_place)
+    dtype = None if config.support_dtype is None else SUPPORT_DTYPES[config.support_dtype]
+    bank = _wrap(model, config.space, names, edited_in_place, dtype)
     _freeze_backbone(model, bank, heads)
     # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
     model.__dict__[_LAYERS_ATTR] = _LayerIndex((m.name, m) for m in model.modules() if isinstance(m, GLoRALinear))
@@ -180,8 +182,11 @@ def supernet_size(
     return total
 
 
-def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_place: set[str]) -> GiftBank | None:
-    """Replace each named linear by a GLoRALinear around it; the GIFT generators go to one bank at the root."""
+def _wrap(
+    model: nn.Module, space: SearchSpace, names: list[str], edited_in_place: set[str], dtype: torch.dtype | None
+) -> GiftBank | None:
+    """Replace each named linear by a GLoRALinear around it (supports in ``dtype``; None: the weight's); the GIFT
+    generators go to one bank at the root."""
     bank: GiftBank | None = None
     if space.offers("A", Kind.GIFT):
         bank = GiftBank()
@@ -193,8 +198,9 @@ def _wrap(model: nn.Module, space: SearchSpace, names: list[str], edited_in_plac
         gift = None
         if bank is not None:
             n_in = io_features(base)[0]
-            gift = bank.get_or_create(gift_group(name, n_in, space.gift_sharing), n_in, gift_rank, base.weight)
-        layer = GLoRALinear(base, space.for_layer(base.bias is not None), gift=gift, name=name)
+            group = gift_group(name, n_in, space.gift_sharing)
+            gift = bank.get_or_create(group, n_in, gift_rank, base.weight, dtype=dtype)
+        layer = GLoRALinear(base, space.for_layer(base.bias is not None), gift=gift, name=name, dtype=dtype)
         layer.output_edited_in_place = name in edited_in_place
         setattr(parent, child, layer)
     return bank

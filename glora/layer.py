@@ -206,6 +206,9 @@ class GLoRALinear(nn.Module):
         gift: the shared GIFT generator of this layer's group, when the space offers ``gift_<r>`` for A.
         name: the layer's qualified name in the model, for error messages.
         execution: how the layer runs (see :class:`Execution`).
+        dtype: the supports' dtype (default: the weight's). When it differs (fp32 supports over a bf16 backbone),
+            ``W_uni`` / ``b_uni`` are computed in the supports' dtype and cast to the weight's for the matmul, so
+            the layer runs at the backbone's precision and the trained tensors keep theirs.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class GLoRALinear(nn.Module):
         gift: GiftGenerator | None = None,
         name: str = "",
         execution: Execution | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = io_features(base)
@@ -237,7 +241,7 @@ class GLoRALinear(nn.Module):
         if space.offers("A", Kind.GIFT) and gift is None:
             raise ValueError(f"layer {name!r}: the space offers gift choices for A but no GIFT generator was given")
 
-        like = {"device": base.weight.device, "dtype": base.weight.dtype}
+        like = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
         # Down factors start at zero (every subnet starts at W0); up factors get Xavier's init, as in the reference.
         for n, shape in storage_shapes(space, self.in_features, self.out_features).items():
             if shape is None:
@@ -389,9 +393,24 @@ class GLoRALinear(nn.Module):
         }
 
     def merged(self, choice: LayerChoice | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W_uni, b_uni)`` of ``choice`` (default: the current one). Folding uses exactly this."""
-        t = self.terms(choice if choice is not None else self._require_choice())
-        return uni_weight(self.weight, t), uni_bias(self.bias, self.weight, t)
+        """``(W_uni, b_uni)`` of ``choice`` (default: the current one), in the weight's dtype. Folding uses exactly
+        this."""
+        return self.uni(self.terms(choice if choice is not None else self._require_choice()))
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the supports' dtype differs from the frozen weight's."""
+        return self.code.dtype != self.weight.dtype
+
+    def uni(self, t: Terms) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_uni, b_uni)`` of the terms ``t``: computed in the supports' dtype, returned in the weight's."""
+        w0, b0 = self.weight, self.bias
+        if not self.mixed_precision:
+            return uni_weight(w0, t), uni_bias(b0, w0, t)
+        dtype = self.code.dtype
+        w, b = w0.to(dtype), None if b0 is None else b0.to(dtype)
+        w_uni, b_uni = uni_weight(w, t), uni_bias(b, w, t)
+        return w_uni.to(w0.dtype), None if b_uni is None else b_uni.to(w0.dtype)
 
     def count(self, choice: LayerChoice) -> int:
         """Parameters this layer's own supports use for ``choice`` (the paper's "# params"; GIFT counted per group).

@@ -199,14 +199,16 @@ def make_layer(
     seed: int = 0,
     out_features: int = LAYER_OUT,
     in_features: int = LAYER_IN,
+    support_dtype: torch.dtype = torch.float64,
 ) -> glora.GLoRALinear:
-    """A float64 GLoRA layer (with its own GIFT generator when the space offers one), every support non-zero."""
+    """A float64 GLoRA layer (with its own GIFT generator when the space offers one), every support non-zero;
+    ``support_dtype`` other than float64 makes a mixed-precision layer (supports in it, the weight in float64)."""
     torch.manual_seed(seed)
     base = nn.Linear(in_features, out_features, bias=bias).double()
     gift = None
     if space.offers("A", Kind.GIFT):
-        gift = GiftGenerator(in_features, space.max_rank("A", Kind.GIFT), dtype=torch.float64)
-    layer = glora.GLoRALinear(base, space, gift=gift, name="layer")
+        gift = GiftGenerator(in_features, space.max_rank("A", Kind.GIFT), dtype=support_dtype)
+    layer = glora.GLoRALinear(base, space, gift=gift, name="layer", dtype=support_dtype)
     with torch.no_grad():
         for p in [*layer.support_params(), *(gift.parameters() if gift else [])]:
             p.normal_(0, 0.3)

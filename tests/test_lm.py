@@ -339,3 +339,36 @@ def test_a_commonsense_preset_trains_a_bf16_supernet_on_q_and_v(llama, tmp_path,
     model = load_supernet(ckpt)
     assert {n.rsplit(".", 1)[-1] for n in glora.glora_layers(model)} == {"q_proj", "v_proj"}
     assert {p.dtype for n, p in model.named_parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for n, p in model.named_parameters() if p.requires_grad} == {torch.float32}  # --support-dtype
+    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
+    assert cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)[0] == 0
+    out = tmp_path / "e"
+    args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
+    code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
+    assert code == 0, err  # the bf16 export reloads in plain transformers with the very same logits
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert plain.dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_causal_lm_as_one_process_does(llama, tmp_path):
+    """Two gloo processes: each rank takes its share of every batch (the per-sequence loss weighted by the global
+    batch) and of the validation rows (multiple-choice groups whole again after the gather)."""
+    from helpers import python, torchrun
+
+    from glora.app.checkpoint import read_checkpoint
+
+    train = _jsonl(tmp_path / "train.jsonl", _commonsense(16, 0))
+    val = _jsonl(tmp_path / "val.jsonl", _commonsense(5, 1))
+    common = ["--model", str(llama), "--dataset", "instructions", "--train-file", str(train), "--validation-file",
+              str(val), "--max-seq-length", "96", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
+              "--warmup-epochs", "0", "--no-progress", "--device", "cpu", "--bias-free", "exclude"]  # fmt: skip
+    two = torchrun("train_supernet.py", *common, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = python("train_supernet.py", *common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
+    for ra, rb in zip(a["log"], b["log"], strict=True):
+        assert ra["lr"] == rb["lr"] and ra["val_mc_accuracy"] == rb["val_mc_accuracy"]
+        assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-4)
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import LAYER_IN, LAYER_OUT, check_every_choice, make_layer
 from torch import nn
 
@@ -185,7 +186,10 @@ def test_a_registered_path_is_selectable_and_shared_by_the_model(monkeypatch):
 def _fallback_case(reason: str) -> tuple[glora.GLoRALinear, torch.Tensor]:
     """A layer and an input that make the manual path fall back to autograd for ``reason``."""
     gift = reason == "gift"
-    layer = make_layer(glora.SearchSpace(lora_ranks=(4,), gift_ranks=(2,) if gift else ()), bias=True)
+    dtype = torch.float32 if reason == "mixed-precision" else torch.float64
+    layer = make_layer(
+        glora.SearchSpace(lora_ranks=(4,), gift_ranks=(2,) if gift else ()), bias=True, support_dtype=dtype
+    )
     a = "gift_2" if gift else "vector"
     layer.set_choice(LayerChoice(*map(glora.Choice.parse, (a, "lora_4", "vector", "vector", "scalar"))))
     if reason == "weight-trains":
@@ -199,7 +203,7 @@ def _fallback_case(reason: str) -> tuple[glora.GLoRALinear, torch.Tensor]:
     return layer, torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
 
 
-@pytest.mark.parametrize("reason", ["gift", "weight-trains", "scale-guard", "frozen-b"])
+@pytest.mark.parametrize("reason", ["gift", "weight-trains", "scale-guard", "frozen-b", "mixed-precision"])
 def test_each_fallback_is_named_counted_and_exact(reason, caplog):
     layer, x = _fallback_case(reason)
     path = glora.paths.make_path(Execution(path="manual"), [layer])
@@ -231,3 +235,30 @@ def test_a_non_float_input_is_a_named_fallback():
     path = glora.paths.make_path(Execution(path="manual"), [layer])
     assert path.unsupported(layer, torch.ones(2, IN, dtype=torch.long)) == "non-float-input"
     assert path.unsupported(layer, torch.ones(2, IN, dtype=torch.float64)) is None
+
+
+@pytest.mark.parametrize("path", ["static", "autograd", "manual"])
+def test_supports_in_another_dtype_than_the_weight(path):
+    """float32 supports over a float64 weight (as fp32 supports over a bf16 backbone): W_uni is formed in the
+    supports' dtype from the weight cast to it, then cast back; the output keeps the weight's dtype, gradients
+    reach the supports in theirs, folding gives the same function."""
+    space = glora.SearchSpace(lora_ranks=(4,))
+    layer = make_layer(space, bias=False, support_dtype=torch.float32)
+    assert layer.mixed_precision and layer.weight.dtype == torch.float64
+    assert {p.dtype for p in layer.support_params()} == {torch.float32}
+    choice = LayerChoice(*map(glora.Choice.parse, ("lora_4", "vector", "vector", "vector", "scalar")))
+    layer.set_choice(choice)
+    layer.use_path(glora.paths.make_path(Execution(path=path), [layer]))
+    x = torch.randn(2, 3, IN, dtype=torch.float64)
+    y = layer(x)
+    assert y.dtype == torch.float64
+    t = layer.terms(choice)
+    w = layer.weight.float()
+    expected = F.linear(x, glora.formula.uni_weight(w, t).double(), glora.formula.uni_bias(None, w, t).double())
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    y.sum().backward()
+    assert layer.Ad.grad is not None and layer.Ad.grad.dtype == torch.float32 and layer.weight.grad is None
+    layer.merge(choice)  # folded mode: the (W_uni, b_uni) folding writes, in the weight's dtype
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), y.detach(), rtol=0, atol=0)
+    assert {t.dtype for t in layer.folded_weights()} == {torch.float64}

@@ -265,6 +265,22 @@ def test_memory_check_refuses_what_does_not_fit(monkeypatch, tmp_path, caplog):
     assert "trying anyway" in caplog.text and "more than half" in caplog.text
 
 
+def test_memory_check_counts_the_frozen_backbone_and_the_support_dtype(monkeypatch, tmp_path):
+    """On an accelerator the frozen weights must fit beside the training state; bf16 supports take half of fp32's
+    (value, gradient and two AdamW moments each in the supports' dtype)."""
+    import glora.app.sizes as sizes
+
+    free = {"cuda": 10**9, "cpu": 10**12}
+    monkeypatch.setattr(sizes, "available_memory", lambda device: free[device.type])
+    cuda = torch.device("cuda")
+    check_training_size(50 * 10**6, cuda, tmp_path)  # 800 MB of fp32 training state: fits in 1 GB
+    with pytest.raises(ValueError, match=r"the frozen backbone's 381.5 MB\); 953.7 MB is free"):
+        check_training_size(50 * 10**6, cuda, tmp_path, frozen_bytes=4 * 10**8)
+    check_training_size(50 * 10**6, cuda, tmp_path, frozen_bytes=4 * 10**8, element_size=2)  # 400 + 400 MB
+    with pytest.raises(ValueError, match="trainable elements need about"):
+        check_training_size(70 * 10**6, cuda, tmp_path, element_size=4)
+
+
 def test_absurd_ranks_fail_at_once_from_the_command_line(tmp_path, capsys):
     started = time.time()
     code, err = cli("train", ["--lora-ranks", "100000", "--out", tmp_path / "o"], capsys)

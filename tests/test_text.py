@@ -107,7 +107,10 @@ def test_text_classification_trains_and_searches(bert, texts, tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "s" / "subnet.yaml").is_file()
     record = json.loads((tmp_path / "s" / "pareto.json").read_text())
-    assert record  # candidates were evaluated on the validation texts
+    assert record["front"] and all(0 <= p["val_acc"] <= 1 for p in record["front"])
+    (tmp_path / "imgs").mkdir()
+    code, err = cli("search", [*search, "--out", str(tmp_path / "s2"), "--eval-set", f"A={tmp_path / 'imgs'}"], capsys)
+    assert code == 2 and "--eval-set takes image folders or lists; this supernet is a transformers text" in err, err
     sup, sub, out = tmp_path / "sup" / "last.pt", tmp_path / "s" / "subnet.yaml", tmp_path / "e"
     code, err = cli("export", ["--supernet", sup, "--subnet", sub, "--out", out, "--latency-rounds", "1"], capsys)
     assert code == 0, err

@@ -293,3 +293,74 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(k
     assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
     for name, g in plain_grads.items():
         torch.testing.assert_close(ckpt_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fp32_supports_over_a_bf16_backbone_train_and_fold():
+    """AdapterConfig(support_dtype="float32") on a bf16 Llama: the supports and the GIFT generator are fp32 (they
+    and AdamW's state keep full precision), the layers run in bf16, and the fold is bf16 weights with the same
+    function (to bf16 rounding) and no GLoRA module left."""
+    torch.manual_seed(0)
+    model = _llama().to(torch.bfloat16)
+    space = glora.SearchSpace(lora_ranks=(4,), gift_ranks=(2,))
+    config = glora.AdapterConfig(space, ("q_proj", "v_proj", "down_proj"), support_dtype="float32")
+    assert glora.AdapterConfig.from_dict(config.to_dict()) == config
+    glora.inject(model, config)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and {p.dtype for p in trained} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    subnet = glora.make_subnet(model, A="gift_2", B="lora_4", C="vector", D="none", E="scalar")
+    glora.set_subnet(model, subnet)
+    with torch.no_grad():
+        for p in trained:
+            p.normal_(0, 0.05)
+    ids = _ids()
+    out = model(input_ids=ids).logits
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trained)
+    assert any(p.grad is not None for p in trained)
+    folded = glora.fold(model, subnet)
+    assert not glora.glora_layers(folded) and {p.dtype for p in folded.parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(_logits(folded, ids), out.detach(), rtol=0.02, atol=0.02)
+    with pytest.raises(ValueError, match="support_dtype must be one of float32, bfloat16, float16 or None"):
+        glora.AdapterConfig(space, support_dtype="fp32")
+
+
+def test_declared_bias_flags_or_a_clear_refusal():
+    """A subnet that gives Llama's bias-free projections a bias folds into a model whose config turns on the fewest
+    bias flags needed (zero biases elsewhere in that family, the same function); Mistral has no such flags, so the
+    same subnet is refused in one line."""
+    from glora.app.hf_backbone import CausalLM, declare_biases
+
+    ids = _ids()
+    for family in ("llama", "mistral"):
+        torch.manual_seed(0)
+        if family == "llama":
+            model = CausalLM(_llama())
+        else:
+            cfg = transformers.MistralConfig(
+                vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=32,
+            )  # fmt: skip
+            model = CausalLM(transformers.MistralForCausalLM(cfg))
+        glora.inject(model, glora.SearchSpace(lora_ranks=(4,)), ["q_proj", "v_proj"])
+        subnet = glora.make_subnet(model, A="none", B="none", C="none", D="none", E="vector")
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, 0, 0.1)
+        glora.set_subnet(model, subnet)
+        tokens = torch.stack([ids, torch.ones_like(ids)], dim=1)
+        with torch.no_grad():
+            expected = model(tokens)
+        folded = glora.fold(model, subnet)
+        extra = sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
+        assert extra and all(k.endswith(("q_proj.bias", "v_proj.bias")) for k in extra)
+        if family == "mistral":
+            with pytest.raises(ValueError, match="MistralForCausalLM has no place for it .it has no bias flags."):
+                declare_biases(folded, extra)
+            continue
+        assert declare_biases(folded, extra) == ["attention_bias"]  # q and v only: the MLP flag stays off
+        assert folded.model.config.attention_bias and not folded.model.config.mlp_bias
+        assert set(transformers.LlamaForCausalLM(folded.model.config).state_dict()) == set(folded.model.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(folded(tokens), expected, rtol=1e-5, atol=1e-5)

@@ -77,6 +77,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "space": data.pop("space"),
             "targets": data.pop("targets", None),
             "heads": data.pop("heads", None),
+            "support_dtype": None,  # the supports in the weights' dtype, as every run before the option
         }
     missing = [k for k in _REQUIRED if k not in data]
     if missing:

@@ -43,21 +43,36 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def check_training_size(elements: int, device: torch.device, out: str | os.PathLike, *, enabled: bool = True) -> None:
+def check_training_size(
+    elements: int,
+    device: torch.device,
+    out: str | os.PathLike,
+    *,
+    enabled: bool = True,
+    element_size: int = 4,
+    frozen_bytes: int = 0,
+) -> None:
     """Refuse (``ValueError``) a training state larger than the memory free on ``device`` (and on the host, where
     every save copies it); warn when it takes over half of it, or when ``out``'s disk cannot hold two checkpoints
-    (the old one stays until the new one is complete). ``enabled=False`` only warns."""
-    need = elements * TRAIN_BYTES_PER_ELEMENT
-    host = elements * SAVE_BYTES_PER_ELEMENT + (need if device.type == "cpu" else 0)
-    checks = [(device, need)] if device.type != "cpu" else []
+    (the old one stays until the new one is complete). ``enabled=False`` only warns.
+
+    ``element_size``: bytes of one trainable element (4 for fp32 supports, 2 for bf16: value, gradient and the two
+    moments each take that much). ``frozen_bytes``: the frozen backbone the device must also hold (a model built on
+    the host and moved to an accelerator; on the CPU it is already in memory and in the free figure).
+    """
+    scale = element_size / 4
+    need = round(elements * TRAIN_BYTES_PER_ELEMENT * scale)
+    host = round(elements * SAVE_BYTES_PER_ELEMENT * scale) + (need if device.type == "cpu" else 0)
+    checks = [(device, need + frozen_bytes)] if device.type != "cpu" else []
     checks.append((torch.device("cpu"), host))
     for where, bytes_needed in checks:
         free = available_memory(where)
         if free is None:
             continue
+        frozen = f", the frozen backbone's {human(frozen_bytes)}" if frozen_bytes and where.type != "cpu" else ""
         what = (
             f"{elements:,} trainable elements need about {human(bytes_needed)} on {where} (values, gradients, AdamW "
-            f"state{', the copy each save makes' if where.type == 'cpu' else ''}); {human(free)} is free"
+            f"state{', the copy each save makes' if where.type == 'cpu' else ''}{frozen}); {human(free)} is free"
         )
         if bytes_needed > free:
             if enabled:
@@ -69,7 +84,7 @@ def check_training_size(elements: int, device: torch.device, out: str | os.PathL
         elif bytes_needed > free // 2:
             _logger.warning("%s: more than half of it", what)
     disk = _disk_free(Path(out))
-    ckpt = elements * SAVE_BYTES_PER_ELEMENT
+    ckpt = round(elements * SAVE_BYTES_PER_ELEMENT * scale)
     if disk is not None and 2 * ckpt > disk:
         _logger.warning(
             "each checkpoint takes about %s and %s is free where --out is: saving may run out of space",

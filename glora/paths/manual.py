@@ -20,7 +20,8 @@ autograd would leave them.
 
 Cases it does not cover run on the autograd path, each for a named reason (:data:`FALLBACKS`), counted on the
 model's path object (``ManualPath.fallbacks``) and logged once per reason: a GIFT A, a backbone weight that
-trains, a non-float input, ``|1 + a|`` below the scale guard, a vector/scalar A beside a frozen B.
+trains, a non-float input, ``|1 + a|`` below the scale guard, a vector/scalar A beside a frozen B, supports in
+another dtype than the frozen weight.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ FALLBACKS = {
     "non-float-input": "the input is not a floating-point tensor",
     "scale-guard": "|1 + a| of a vector/scalar A is below the scale guard",
     "frozen-b": "a vector/scalar A beside a B that does not train",
+    "mixed-precision": "the supports' dtype differs from the frozen weight's (fp32 supports over a bf16 backbone)",
 }
 
 
@@ -325,6 +327,8 @@ class ManualPath(LayerPath):
             return "gift"
         if layer.weight.requires_grad:
             return "weight-trains"
+        if layer.mixed_precision:
+            return "mixed-precision"
         if not x.is_floating_point():
             return "non-float-input"
         if a.kind in (_VECTOR, _SCALAR):

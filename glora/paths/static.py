@@ -10,15 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..formula import uni_bias, uni_weight
 from . import LayerPath, register_path
 
 __all__ = ["StaticPath", "static_forward"]
 
 
 def static_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    t = layer.static_terms()
-    return F.linear(x, uni_weight(layer.weight, t), uni_bias(layer.bias, layer.weight, t))
+    return F.linear(x, *layer.uni(layer.static_terms()))
 
 
 @register_path

@@ -123,6 +123,8 @@ class _SearchRun:
                 self.data.val_split,
             )
         self.inputs = ckpt["input"]
+        if self.inputs.get("kind") == "tokens" and args.eval_set:
+            raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         self.class_names = ckpt.get("class_names")
         stored = Task.from_dict(ckpt.get("task"))
         self.task = dataclasses.replace(stored, metric=args.metric) if args.metric else stored
@@ -180,12 +182,13 @@ class _SearchRun:
             save_config(args, self.out / "config.yaml")
         limit = "none" if args.param_limit is None else f"{s.max_params:,}"
         _logger.info(
-            "searching %d genes (%d layers), budget %s-%s params, %d val images",
+            "searching %d genes (%d layers), budget %s-%s params, %d val %s",
             len(self.genome),
             len(self.genome.layer_names),
             f"{s.min_params:,}",
             limit,
             len(self.val),
+            "sequences" if self.inputs.get("kind") == "tokens" else "images",
         )
         bar = tqdm(
             total=args.generations,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from glora._io import atomic_write_text
+from glora.config import SUPPORT_DTYPES
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
 
@@ -126,7 +127,15 @@ class _SupernetRun:
         model = build_backbone(self.spec)
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
-        check_training_size(supernet_size(model, self.adapter), device, self.out, enabled=self.args.memory_check)
+        support = SUPPORT_DTYPES.get(self.adapter.support_dtype or "", None)
+        check_training_size(
+            supernet_size(model, self.adapter),
+            device,
+            self.out,
+            enabled=self.args.memory_check,
+            element_size=support.itemsize if support is not None else next(model.parameters()).element_size(),
+            frozen_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        )
         inject(model, self.adapter)
         if self.args.gradient_checkpointing:
             enable_checkpointing(model)
@@ -228,11 +237,12 @@ class _SupernetRun:
         if self.dist.main:
             self._prepare_out()
         _logger.info(
-            "supernet: %d adapted layers, %d trainable tensors' elements, %d train / %d val images",
+            "supernet: %d adapted layers, %d trainable tensors' elements, %d train / %d val %s",
             len(glora_layers(self.model)),
             sum(p.numel() for p in t.params),
             len(t.train_set),
             len(t.val_set),
+            "sequences" if self.inputs.get("kind") == "tokens" else "images",
         )
         try:
             t.fit(

@@ -75,7 +75,10 @@ class DataSpec:
         """Whether the validation split is the test split (the paper's Table 1 protocol): a search then picks on
         the very images it reports, so its test accuracy is not held out."""
         key = functools.partial(self.source.split_key, self)
-        return key(self.val_split) == key(self.test_split)
+        try:
+            return key(self.val_split) == key(self.test_split)
+        except ValueError:  # no test split (a text run without --test-file)
+            return False
 
     @property
     def eval_crop_pct(self) -> float | None:

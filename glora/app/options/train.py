@@ -53,6 +53,9 @@ __all__ = [
 
 DEFAULT_MODEL = f"{EMBEDDED_PREFIX}digits-vit"
 
+# --support-dtype -> AdapterConfig.support_dtype (same: the frozen weights' dtype).
+SUPPORT_DTYPE_OPTIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "same": None}
+
 
 # Options that may change when resuming (they do not alter what is computed); everything else comes from last.pt.
 RESUMABLE_OPTIONS = {
@@ -245,6 +248,13 @@ def _add_text_options(g: argparse._ArgumentGroup) -> None:
         "--dataset instructions)",
     )
     g.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="transformers models: the frozen weights")
+    g.add_argument(
+        "--support-dtype",
+        choices=tuple(SUPPORT_DTYPE_OPTIONS),
+        default="fp32",
+        help="the trained tensors (supports, GIFT generators): fp32 keeps them and AdamW's state in full precision "
+        "over a bf16/fp16 --dtype backbone; same = the frozen weights' dtype",
+    )
 
 
 def _add_augment_options(g: argparse._ArgumentGroup) -> None:
@@ -347,12 +357,13 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
     # Suffixes as listed or comma-separated, as PEFT users write them (q_proj,v_proj); all-linear = the default.
     names = [t for entry in args.targets or () for t in entry.split(",") if t]
     targets = args.targets_regex or (None if not names or names == [ALL_LINEAR] else names)
-    return AdapterConfig(space, targets, None if heads is None else tuple(heads))
+    dtype = SUPPORT_DTYPE_OPTIONS[getattr(args, "support_dtype", "fp32")]
+    return AdapterConfig(space, targets, None if heads is None else tuple(heads), support_dtype=dtype)
 
 
 def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
-    """The backbone the options describe: a timm model for image data, a transformers model for text (sequence
-    classification; causal-LM training through the commands is not there yet)."""
+    """The backbone the options describe: a timm model for image data, a transformers model for text (a sequence
+    classifier or regressor for --dataset text, a causal LM for --dataset instructions)."""
     source = get_source(args.dataset)
     text = source.kind == "tokens"
     if is_transformers_model(str(args.model)) != text:
