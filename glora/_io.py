@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "read_text_file",
+    "weights_format",
     "DiskFullError",
     "is_out_of_space",
     "atomic_write_text",
@@ -136,3 +138,40 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """A small text file the user wrote (a list, mask or annotation file): UTF-8 with an optional byte-order mark,
+    any line ending. ``FileNotFoundError`` / ``ValueError`` name ``what``, the file and, for bytes that are not
+    UTF-8, the line they are on."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {str(p)!r} is a folder, not a text file") from None
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a byte-order mark is not content
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{what} {str(p)!r}, line {line}: byte 0x{body[e.start]:02x} is not UTF-8 text (save the file as UTF-8)"
+        ) from None
+
+
+def weights_format(path: str | os.PathLike) -> str | None:
+    """``"torch"`` (a torch.save zip or legacy pickle), ``"safetensors"`` or None (anything else: a text file, an
+    image, a truncated download), read from the first bytes, so a wrong file is named as such before a loader's
+    own message (``weights_only``, ``invalid load key``) could mislead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        return "safetensors"
+    return None

@@ -89,3 +89,17 @@ def test_vtab_split_aliases_name_the_same_list():
     spec = DataSpec(dataset="vtab", data_root="x", task="dtd", val_split="val200", test_split="test.txt")
     assert not spec.selects_on_test
     assert DataSpec(dataset="vtab", data_root="x", task="dtd", val_split="test", test_split="test.txt").selects_on_test
+
+
+def test_list_files_read_with_a_byte_order_mark_and_crlf(tmp_path):
+    """A list file saved by a Windows editor (UTF-8 with BOM, CRLF line ends) reads as the same paths and labels;
+    undecodable bytes are one line naming the file and the line."""
+    from glora.app.data import read_list_file
+
+    listing = tmp_path / "train800.txt"
+    listing.write_bytes("\ufeffimages/c0/a.png 0\r\nimages/c1/b.png 1\r\n".encode())
+    files, labels = read_list_file(listing, tmp_path, 2, "task")
+    assert files == [tmp_path / "images/c0/a.png", tmp_path / "images/c1/b.png"] and labels == [0, 1]
+    listing.write_bytes(b"images/a.png 0\nimages/b.png 1\nimages/\xe9.png 1\n")
+    with pytest.raises(ValueError, match=r"train800.txt', line 3: byte 0xe9 is not UTF-8 text"):
+        read_list_file(listing, tmp_path, 2, "task")

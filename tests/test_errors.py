@@ -123,7 +123,13 @@ CASES = [
         "supernet-not-a-checkpoint",
         "search",
         lambda d, t: ["--supernet", str(_write(t / "x.pt", b"hello")), "--out", str(t / "s")],
-        "truncated or corrupt",
+        "is not a supernet checkpoint: not a file torch.save writes",
+    ),
+    (
+        "supernet-text-file",
+        "search",
+        lambda d, t: ["--supernet", str(_write(t / "last.pt", "this is a note, not weights\n")), "--out", str(t / "s")],
+        "is not a supernet checkpoint: not a file torch.save writes",
     ),
     (
         "supernet-other-tool",
@@ -274,7 +280,116 @@ CASES = [
     ("preset-unknown", "train", lambda d, t: ["-c", "vtab/cifr"], "nor is it a preset name"),
     ("execution-unknown", "train", lambda d, t: ["--execution", "fast"], "invalid choice: 'fast'"),
     ("model-is-transformers", "train", lambda d, t: ["--model", "meta-llama/Llama-2-7b-hf"], "is a transformers model"),
+    # reliability round 3: inputs checked up front, named, never silently ignored
+    (
+        "seed-out-of-range",
+        "train",
+        lambda d, t: ["--seed", "99999999999999999999"],
+        "expected an integer >= 0 up to 9223372036854775807 (2**63 - 1), got '99999999999999999999'",
+    ),
+    (
+        "model-kwargs-without-values",
+        "train",
+        lambda d, t: ["--model-kwargs", "{img_size:32,depth:2}"],
+        "key 'img_size:32' in '{img_size:32,depth:2}' has no value; write 'key: value'",
+    ),
+    (
+        "resume-changes-an-option-through-a-config-file",
+        "train",
+        lambda d, t: ["--resume", "--out", str(d / "supernet"), "-c", str(_write(t / "c.yaml", "lr: 0.5\n"))],
+        "cannot change --lr when resuming",
+    ),
+    (
+        "search-inside-the-supernet-run-folder",
+        "search",
+        lambda d, t: ["--supernet", str(d / SUP), "--out", str(d / "supernet" / "sub"), "--force"],
+        "overlaps the --supernet's run folder",
+    ),
+    (
+        "export-inside-the-search-folder",
+        "reparam",
+        lambda d, t: ["--supernet", str(d / SUP), "--subnet", str(d / SUB), "--out", str(d / "search" / "e")],
+        "overlaps the --subnet's search folder",
+    ),
+    (
+        "out-under-a-file",
+        "train",
+        lambda d, t: ["--out", str(_write(t / "afile", "x") / "sup")],
+        "lies under",
+    ),
+    (
+        "list-file-not-utf8",
+        "train",
+        lambda d, t: ["--dataset", "vtab", "--task", "cifar", "--data-root", str(_vtab_bad_bytes(t))],
+        "line 2: byte 0xff is not UTF-8 text",
+    ),
+    (
+        "fewshot-unknown-task",
+        "train",
+        lambda d, t: ["--dataset", "fewshot", "--data-root", str(_fewshot_root(t)), "--task", "nope", "--shot", "1"],
+        "task folders there: pets",
+    ),
+    (
+        "pretrained-file-is-text",
+        "train",
+        lambda d, t: ["--pretrained-file", str(_write(t / "w.bin", "not weights\n"))],
+        "is not a weights file (neither safetensors nor a torch checkpoint)",
+    ),
+    (
+        "eval-set-missing",
+        "search",
+        lambda d, t: _search(d, t, "--eval-set", f"A={t / 'nowhere'}"),
+        "--eval-set A:",
+    ),
+    (
+        "eval-set-named-twice",
+        "reparam",
+        lambda d, t: [*_reparam(d, t, d / SUB), "--eval-set", f"A={_images(t)}", f"A={_images(t)}"],
+        "--eval-set name 'A' is given twice",
+    ),
+    (
+        "eval-set-unknown-key",
+        "search",
+        lambda d, t: _search(d, t, "--eval-set", f"A={t},foo=bar"),
+        "unknown key 'foo'",
+    ),
+    (
+        "eval-set-mask-not-utf8",
+        "reparam",
+        lambda d, t: [*_reparam(d, t, d / SUB), "--eval-set", f"A={_images(t)},mask={_bad_mask(t)}"],
+        "mask file",
+    ),
+    (
+        "export-force-over-foreign-files",
+        "reparam",
+        lambda d, t: ["--supernet", str(d / SUP), "--subnet", str(d / SUB), "--out", str(_foreign(t)), "--force"],
+        "--force replaces a previous export only",
+    ),
 ]
+
+
+def _fewshot_root(tmp: Path) -> Path:
+    _write(tmp / "fs/pets/annotations/val_meta.list", "images/a.jpg 0\n")
+    return tmp / "fs"
+
+
+def _images(tmp: Path) -> Path:
+    return _write(tmp / "imgs" / ".keep", "").parent
+
+
+def _bad_mask(tmp: Path) -> Path:
+    return _write(tmp / "m.txt", b"1 2\n\xff")
+
+
+def _foreign(tmp: Path) -> Path:
+    """A folder of the user's own files, not an export."""
+    return _write(tmp / "mine" / "notes.txt", "keep me").parent
+
+
+def _vtab_bad_bytes(tmp: Path) -> Path:
+    """A VTAB-1k task whose list file has a byte that is not UTF-8 on its second line."""
+    _write(tmp / "vtab/cifar/train800.txt", b"images/a.jpg 0\nimages/\xffb.jpg 1\n")
+    return tmp / "vtab"
 
 
 def _torch_save(path: Path, obj) -> Path:

@@ -129,3 +129,39 @@ def test_targets_as_peft_users_write_them_and_the_bias_free_rule(argv, targets, 
 
     adapter = adapter_from_args(cfg.parse_args(train_parser(), argv))
     assert adapter.targets == targets and adapter.space.bias_free == bias_free
+
+
+@pytest.mark.parametrize("command", ["train", "search", "export"])
+def test_help_states_each_default_once_under_the_name_typed(command):
+    """``--help`` adds a default only where the help text does not already say it; ``usage:`` shows the console
+    command's name when that is what was typed, the script's otherwise."""
+    import re
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script, console = {"train": ("train_supernet.py", "glora-train"), "search": ("search.py", "glora-search"),
+                       "export": ("reparam.py", "glora-export")}[command]  # fmt: skip
+    code = (f"import sys; sys.argv[0] = {console!r}; from glora.app.commands.{command} import build_parser; "
+            "print(build_parser().format_help())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    text = " ".join(done.stdout.split())
+    assert text.startswith(f"usage: {console} ")
+    assert not re.search(r"\(default[^()]*\)\s*\(default", text), "an option states its default twice"
+    done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.startswith(f"usage: {script} ")
+
+
+def test_an_empty_rank_list_is_a_note_not_silence(caplog):
+    """``--lora-ranks`` with no values is allowed (GIFT-only spaces) but never silent."""
+    import logging
+
+    from glora.app.commands.train import build_parser
+    from glora.app.options import parse_args
+    from glora.app.options.train import adapter_from_args
+
+    with caplog.at_level(logging.INFO, logger="glora.app.options.train"):
+        config = adapter_from_args(parse_args(build_parser(), ["--lora-ranks"]))
+    assert config.space.lora_ranks == ()
+    assert "--lora-ranks is empty, so no support offers a LoRA choice" in caplog.text

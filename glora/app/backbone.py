@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+from glora._io import weights_format
 from glora._text import first_line
 
 from .hf_backbone import CausalLM, SequenceClassifier, TokenModel, build_transformers, is_transformers_model
@@ -126,6 +127,10 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
         weights = Path(spec.pretrained_file).expanduser()
         if not weights.is_file():
             raise FileNotFoundError(f"pretrained file {str(weights)!r} does not exist")
+        if weights_format(weights) is None:
+            raise ValueError(
+                f"pretrained file {str(weights)!r} is not a weights file (neither safetensors nor a torch checkpoint)"
+            )
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         pretrained = True
     bare = name.split(":", 1)[-1] if not name.startswith(("local-dir:", "hf-hub:")) else None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glora._io import atomic_save
+from glora._io import atomic_save, weights_format
 from glora._text import first_line
 from glora.config import AdapterConfig
 from glora.inject import inject
@@ -58,6 +58,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"supernet checkpoint {str(p)!r} does not exist")
+    if weights_format(p) != "torch":
+        raise ValueError(
+            f"{str(p)!r} is not a supernet checkpoint: not a file torch.save writes (empty, text or another format; "
+            "a checkpoint cut short while copying?)"
+        )
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -153,4 +158,11 @@ def supernet_inputs(ckpt: Mapping[str, Any], data_root: str | None = None) -> li
     model = str(backbone.get("model", ""))
     if model.startswith("local-dir:"):
         found.append(("the backbone folder", model.removeprefix("local-dir:")))
+    elif model and Path(model).expanduser().is_dir():  # a transformers save_pretrained folder
+        found.append(("the model folder", model))
+    data = ckpt.get("data", {})
+    for key in ("train_file", "validation_file", "test_file", "tokenizer"):
+        value = data.get(key)
+        if value and Path(value).expanduser().exists():
+            found.append((f"the {key.replace('_', ' ')}", value))
     return found

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from glora._io import read_text_file
+
 from .data import IMAGE_EXTENSIONS, ImageSet, make_loader, read_list_file
 from .data.images import materialise
 from .evaluate import predict
@@ -35,11 +37,13 @@ __all__ = [
     "masked_accuracy",
     "add_eval_set_option",
     "eval_set_inputs",
+    "check_eval_sets",
 ]
 
 _logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_KEY = re.compile(r",([A-Za-z_][A-Za-z0-9_]*)=")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,32 @@ def parse_eval_set(text: str) -> EvalSet:
         )
     if rest.count(",mask=") > 1 or (opt == "" and ",mask=" in rest):
         raise argparse.ArgumentTypeError(f"expected one mask=FILE|present after the path, got {text!r}")
+    key = _KEY.search(path)
+    if key and not Path(path).expanduser().exists():  # 'DIR,foo=bar': an option this form does not have
+        raise argparse.ArgumentTypeError(
+            f"unknown key {key.group(1)!r} in {text!r}; after NAME=PATH only mask=FILE|present is allowed"
+        )
     return EvalSet(name, path, opt or None)
+
+
+def check_eval_sets(sets: Sequence[str]) -> None:
+    """Every set's name, folder or list file and mask file, checked before a model is loaded: one line names the
+    set and what is wrong (a later failure would come after folding, verification and timing)."""
+    seen: set[str] = set()
+    for text in sets:
+        spec = parse_eval_set(text)
+        if spec.name in seen:
+            raise ValueError(f"--eval-set name {spec.name!r} is given twice; give each set its own name")
+        seen.add(spec.name)
+        path = Path(spec.path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--eval-set {spec.name}: {str(path)!r} does not exist (an ImageFolder tree or a list file)"
+            )
+        if path.is_file():
+            read_text_file(path, f"--eval-set {spec.name} list file")
+        if spec.mask not in (None, "present"):
+            read_text_file(Path(spec.mask).expanduser(), f"--eval-set {spec.name} mask file")
 
 
 def add_eval_set_option(parser: Any) -> None:
@@ -112,11 +141,9 @@ def _load_mask(spec: EvalSet, labels: list[int], known: Sequence[str] | None, nu
     if spec.mask == "present":
         return sorted(set(labels))
     path = Path(spec.mask).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"eval set {spec.name!r}: mask file {str(path)!r} does not exist")
     index = {n: i for i, n in enumerate(known or ())}
     out = set()
-    for token in path.read_text(encoding="utf-8").split():
+    for token in read_text_file(path, f"eval set {spec.name!r}: mask file").split():
         if token in index:
             out.add(index[token])
         elif token.isdigit() and int(token) < num_classes:

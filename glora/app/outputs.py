@@ -26,6 +26,7 @@ __all__ = [
     "OutputBusyError",
     "OverlapError",
     "check_no_overlap",
+    "run_folder",
     "lock_path",
     "output_lock",
 ]
@@ -183,6 +184,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def run_folder(path: str | os.PathLike, *markers: str) -> str | None:
+    """The folder of ``path`` when a command wrote it as a run (it holds one of ``markers`` beside the file, e.g.
+    ``log.jsonl`` of a training run): an input as a whole for :func:`check_no_overlap`. A loose file's folder (a
+    checkpoint copied to /tmp) is not."""
+    folder = Path(path).expanduser().parent
+    return str(folder) if any((folder / m).is_file() for m in markers) else None
+
+
 def check_no_overlap(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
     """Refuse an output folder that is, contains or lies inside an input (files and folders; symlinks resolved).
 
@@ -190,6 +199,10 @@ def check_no_overlap(out: str | os.PathLike, inputs: Iterable[tuple[str, str | o
     ``--force`` never replaces or deletes what the command reads.
     """
     target = Path(out).expanduser().resolve()
+    for parent in (target, *target.parents):
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == target else f"lies under {str(parent)!r}, which is a file"
+            raise OverlapError(f"--out {str(out)!r} {what}; an output must be a folder: choose another --out")
     for option, value in inputs:
         if value is None or str(value) == "":
             continue

@@ -28,7 +28,7 @@ from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
 from ..data import DataSpec, Normalizer, make_normalizer
-from ..evalsets import eval_set_inputs, evaluate_sets
+from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
 from ..hf_backbone import (
     CausalLM,
@@ -39,7 +39,7 @@ from ..hf_backbone import (
 )
 from ..options import parse_args
 from ..options.export import build_parser
-from ..outputs import check_no_overlap, output_lock
+from ..outputs import check_no_overlap, output_lock, run_folder
 from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 
 __all__ = ["build_parser", "main", "cli"]
@@ -59,11 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     out = Path(args.out)
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
+    inputs += [
+        ("the --supernet's run folder", run_folder(args.supernet, "log.jsonl", "config.yaml")),
+        ("the --subnet's search folder", run_folder(args.subnet, "search_state.json", "search_log.jsonl")),
+    ]
     inputs += eval_set_inputs(args.eval_set)
     check_no_overlap(out, inputs + [("--config", c) for c in args.config])
+    check_eval_sets(args.eval_set)
     with output_lock(out, command="glora-export"):
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
+        _check_replaceable(out)
         ckpt = read_checkpoint(args.supernet)
         hf = BackboneSpec.from_dict(ckpt["backbone"]).is_transformers
         if hf and args.eval_set:
@@ -82,6 +88,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
         print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
     return 0
+
+
+# What an export folder holds besides the model's own files (config.json, weights, tokenizer files).
+_EXPORT_RECORD = "glora_export.json"
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--force`` replaces a previous export (a folder holding glora_export.json) or an empty folder, never a
+    folder of other files: those would be deleted with it."""
+    if not out.is_dir() or not any(out.iterdir()) or (out / _EXPORT_RECORD).is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir())
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    raise FileExistsError(
+        f"--force replaces a previous export only; {str(out)!r} holds other files ({shown}) that it would delete: "
+        "choose another --out, or empty it first"
+    )
 
 
 def cli() -> int:
@@ -219,4 +242,4 @@ def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], che
             rdiff, _ = max_difference(reloaded(checked.x), checked.logits)
         if rdiff > 0:
             raise ValueError(f"the export reloaded with plain {library} differs from the folded model by {rdiff:.3e}")
-        atomic_write_text(tmp / "glora_export.json", json.dumps(checked.stats, indent=1))
+        atomic_write_text(tmp / _EXPORT_RECORD, json.dumps(checked.stats, indent=1))

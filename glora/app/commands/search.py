@@ -31,7 +31,7 @@ from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, make_loader, make_normalizer, place
 from ..distributed import Distributed, setup_distributed
-from ..evalsets import eval_set_inputs, evaluate_sets
+from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import compile_model, resolve_device, split_stats
 from ..options import (
     args_to_dict,
@@ -41,7 +41,7 @@ from ..options import (
     start_or_resume,
 )
 from ..options.search import RESUMABLE_OPTIONS, STATE_FILE, build_parser
-from ..outputs import check_no_overlap, output_lock, writes_files
+from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
 from ..tasks import METRICS, Task, result_key
 
 __all__ = ["build_parser", "main", "cli"]
@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(parser, argv)
     out = Path(args.out)
     check_no_overlap(out, _inputs(args, configs=not args.resume))
+    check_eval_sets(args.eval_set)
     with output_lock(out, enabled=writes_files(), command="glora-search"):
         args, state = start_or_resume(
             parser,
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _inputs(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = [("--supernet", args.supernet), ("--data-root", args.data_root)]
+    found.append(("the --supernet's run folder", run_folder(args.supernet, "log.jsonl", "config.yaml")))
     found += eval_set_inputs(args.eval_set)
     return found + ([("--config", c) for c in args.config] if configs else [])
 
@@ -109,12 +111,13 @@ class _SearchRun:
         ckpt = read_checkpoint(args.supernet)
         if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
+        self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
+        self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
         self.model = load_supernet(ckpt, device=device)
         set_execution(self.model, path=args.execution)
         # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
         self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
-        self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
         check_no_overlap(self.out, supernet_inputs(ckpt, self.data.data_root))
         if self.data.selects_on_test:
             _logger.warning(

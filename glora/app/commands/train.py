@@ -100,6 +100,7 @@ class _SupernetRun:
             tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
             found = str(tokenizer.resolve()) if tokenizer.is_dir() else self.data.tokenizer or str(args.model)
             self.data = dataclasses.replace(self.data, tokenizer=found)
+        self.data.preflight()  # the train and val files, read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
         self.spec = backbone_from_args(args, num_classes)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from glora._io import read_text_file
+
 from .transforms import AugmentedDataset, FileDataset, TrainAugment, load_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "materialise", "split_per_class", "read_list_file", "label_span"]
@@ -136,10 +138,7 @@ def read_list_file(listing: Path, image_root: Path, num_classes: int | None, wha
     """A list file of ``relative/path label`` lines (VTAB-1k, few-shot FGVC, extra evaluation sets); paths are
     relative to ``image_root``; labels must lie in [0, num_classes) when that is known."""
     files, labels = [], []
-    try:
-        text = listing.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"split file {str(listing)!r} does not exist") from None
+    text = read_text_file(listing, "split file")
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

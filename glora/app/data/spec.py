@@ -111,6 +111,13 @@ class DataSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def preflight(self, splits: Sequence[str] = ("train", "val")) -> None:
+        """Check the files of ``splits`` (train / val / test) before any work: one line names the file and what is
+        wrong with it."""
+        names = {"train": self.train_split, "val": self.val_split, "test": self.test_split}
+        for split in splits:
+            self.source.preflight(self, names[split])
+
     def task_kind(self) -> str:
         """classification, regression or causal-lm: what the source's labels ask a model to learn."""
         return self.source.task_kind(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ __all__ = [
     "make_parser",
     "parse_args",
     "explicit_options",
+    "config_options",
+    "program_name",
+    "INT_MAX",
     "merge_for_resume",
     "start_or_resume",
     "add_progress_option",
@@ -57,12 +61,14 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------- value checkers (argparse types)
-def _number(kind: type, check: Callable[[float], bool], what: str) -> Callable[[str], Any]:
+def _number(kind: type, check: Callable[[float], bool], what: str, upper: int | None = None) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if upper is not None and value > upper:
+            raise argparse.ArgumentTypeError(f"expected {what} up to {upper} (2**63 - 1), got {text!r}")
         if (isinstance(value, float) and not math.isfinite(value)) or not check(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
@@ -71,9 +77,12 @@ def _number(kind: type, check: Callable[[float], bool], what: str) -> Callable[[
     return convert
 
 
+# Integers end where torch's (seeds: manual_seed takes 0 .. 2**63 - 1) and Python's C-level sizes do.
+INT_MAX = 2**63 - 1
+
 finite_float = _number(float, lambda v: True, "a number")
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_int = _number(int, lambda v: v > 0, "a positive integer", INT_MAX)
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0", INT_MAX)
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
@@ -87,6 +96,12 @@ def yaml_mapping(text: str) -> dict[str, Any]:
         value = None
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise argparse.ArgumentTypeError(f"expected a mapping such as '{{drop_rate: 0.1}}', got {text!r}")
+    empty = next((k for k, v in value.items() if v is None), None)
+    if empty is not None:  # '{img_size:32}' reads as the key 'img_size:32' with no value
+        raise argparse.ArgumentTypeError(
+            f"key {empty!r} in {text!r} has no value; write 'key: value' with a space after the colon, "
+            "e.g. '{img_size: 32, depth: 2}'"
+        )
     return value
 
 
@@ -152,6 +167,22 @@ def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 # ---------------------------------------------------------------------- parsing
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, once: an option whose help already says its default is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def program_name(script: str, command: str) -> str:
+    """The name a user typed: ``glora-train`` from the console command, ``train_supernet.py`` from the script."""
+    typed = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return command if typed == command else script
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (``error: ...``), like every other user error."""
 
@@ -200,7 +231,7 @@ class _ListPresets(argparse.Action):
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
     parser.add_argument(
         "-c",
         "--config",
@@ -320,6 +351,16 @@ def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     return set(vars(seen))
 
 
+def config_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations the ``-c`` files of this command line set (a resumed run compares them as it compares options
+    typed on the command line)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    actions = _actions(parser)
+    return {d for path in known.config for d in (str(k).replace("-", "_") for k in read_yaml(path)) if d in actions}
+
+
 def merge_for_resume(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
@@ -332,7 +373,7 @@ def merge_for_resume(
     Setting any other option to a different value is an error: a resumed run computes what it started computing.
     """
     resumable = set(resumable) | {"config", "debug", "resume"}
-    explicit = explicit_options(parser, argv)
+    explicit = explicit_options(parser, argv) | config_options(parser, argv)
     changed = sorted(
         k for k in explicit if k not in resumable and _plain(getattr(args, k)) != saved.get(k.replace("_", "-"))
     )

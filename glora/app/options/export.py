@@ -10,6 +10,7 @@ from . import (
     nonneg_float,
     nonneg_int,
     positive_int,
+    program_name,
 )
 
 __all__ = [
@@ -19,7 +20,8 @@ __all__ = [
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(
-        "reparam.py", "Fold a searched subnet into plain weights and export a vanilla timm (or transformers) model."
+        program_name("reparam.py", "glora-export"),
+        "Fold a searched subnet into plain weights and export a vanilla timm (or transformers) model.",
     )
     p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
     p.add_argument("--subnet", default="runs/default/search/subnet.yaml", help="subnet YAML from search.py")

@@ -19,6 +19,7 @@ from . import (
     positive_float,
     positive_int,
     probability,
+    program_name,
     support_choices,
 )
 
@@ -51,7 +52,10 @@ STATE_FILE = "search_state.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("search.py", "Evolutionary search (deap) of a GLoRA supernet under a parameter budget.")
+    p = make_parser(
+        program_name("search.py", "glora-search"),
+        "Evolutionary search (deap) of a GLoRA supernet under a parameter budget.",
+    )
     p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
     p.add_argument("--out", default="runs/default/search", help="output folder")
     g = p.add_argument_group("budget (the paper's # params, in millions)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from . import (
     positive_float,
     positive_int,
     probability,
+    program_name,
     resolve_config,
     support_choices,
     yaml_mapping,
@@ -50,6 +52,8 @@ __all__ = [
     "inputs_of",
 ]
 
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = f"{EMBEDDED_PREFIX}digits-vit"
 
@@ -78,7 +82,10 @@ RESUMABLE_OPTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("train_supernet.py", "Train a GLoRA supernet: a random subnet per step over a frozen backbone.")
+    p = make_parser(
+        program_name("train_supernet.py", "glora-train"),
+        "Train a GLoRA supernet: a random subnet per step over a frozen backbone.",
+    )
     _add_backbone_options(p.add_argument_group("backbone"))
     _add_space_options(p.add_argument_group("search space"))
     _add_data_options(p.add_argument_group("data"))
@@ -347,6 +354,9 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
     """The adapter the options describe (search space, target layers); ``heads`` as resolved on the model."""
     if args.targets and args.targets_regex:
         raise ConfigError("give --targets or --targets-regex, not both")
+    if not args.lora_ranks:  # an empty list is allowed (GIFT-only spaces) but never silent
+        gift = ", and GIFT for A" if args.gift_ranks else ""
+        _logger.info("note: --lora-ranks is empty, so no support offers a LoRA choice (vector, scalar, none%s)", gift)
     space = SearchSpace(
         lora_ranks=tuple(args.lora_ranks),
         gift_ranks=tuple(args.gift_ranks),

@@ -49,6 +49,10 @@ class Source:
         """What is learnt from it (a :data:`glora.app.tasks.TASK_KINDS` name): classification for images."""
         return "classification"
 
+    def preflight(self, spec: DataSpec, split: str) -> None:
+        """Read what split ``split`` names (list files, tables) without decoding images or tokenizing, so a bad file
+        is reported before a model is built or anything is written. Default: nothing to read ahead."""
+
     def split_key(self, spec: DataSpec, split: str) -> str:
         """The file or part a split name refers to (two names with one key are the same images)."""
         return split

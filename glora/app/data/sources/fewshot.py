@@ -72,7 +72,7 @@ def load_fewshot(
 ) -> ImageSet:
     """One split of a few-shot FGVC dataset in the reference's layout: ``<root>/<task>/annotations/<list>``, lines
     ``relative/path label`` relative to ``<root>/<task>/images/``."""
-    base = Path(root).expanduser() / task
+    base = task_folder(root, task)
     if not base.is_dir():
         raise FileNotFoundError(f"few-shot dataset folder {str(base)!r} does not exist (expected <data-root>/{task})")
     listing = fewshot_list(base, split_file, shot, seed)
@@ -92,11 +92,25 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(ImageNetInfo("imagenet-1k").label_names())
 
 
+def task_folder(root: str | Path, task: str) -> Path:
+    """``<root>/<task>``; ``FileNotFoundError`` lists the task folders the root has when it is missing."""
+    base = Path(root).expanduser() / task
+    if not base.is_dir():
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise FileNotFoundError(f"--data-root {str(root_path)!r} does not exist")
+        have = sorted(p.name for p in root_path.iterdir() if (p / "annotations").is_dir())
+        listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "") if have else "none"
+        raise FileNotFoundError(f"few-shot task folder {str(base)!r} does not exist; task folders there: {listed}")
+    return base
+
+
 def fewshot_num_classes(root: str | Path, task: str) -> int:
     """Known datasets: their class count; any other: one more than the largest label of its val and test lists."""
     if task in FEWSHOT_TASKS:
         return FEWSHOT_TASKS[task]
     base = Path(root).expanduser() / task
+    task_folder(root, task)
     top = -1
     for split in ("val", "test"):
         try:
@@ -124,6 +138,11 @@ class FewshotSource(Source):
 
     def num_classes(self, spec) -> int:
         return fewshot_num_classes(spec.data_root, spec.task)
+
+    def preflight(self, spec, split: str) -> None:
+        base = task_folder(spec.data_root, spec.task)
+        listing = fewshot_list(base, split, spec.shot, spec.split_seed)
+        read_list_file(listing, base / "images", self.num_classes(spec), spec.task)
 
     def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
         return load_fewshot(

@@ -201,6 +201,14 @@ class InstructionSource(Source):
             return str(files[split])
         return split
 
+    def preflight(self, spec, split: str) -> None:
+        path = self.split_key(spec, split)
+        table = read_table(path)
+        if len(table) == 0:
+            raise ValueError(f"{path}: no rows")
+        tok = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
+        render_rows(table, path, tok)
+
     def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
         path = self.split_key(spec, split)
         table = read_table(path)

@@ -172,7 +172,12 @@ class TextSource(Source):
             return files[split]
         return split  # another split name is a file of its own
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def preflight(self, spec, split: str) -> None:
+        self._labels(spec, split)
+
+    def _labels(self, spec, split: str) -> tuple[str, list[list], list, tuple[str, ...] | None, bool]:
+        """The split's file, text columns, labels (classes or reals), class names and whether it is a regression;
+        every check of the file's content, without tokenizing."""
         path = self._file(spec, split)
         table = read_table(path)
         columns = [_column(table, c, "text", path) for c in spec.text_column]
@@ -200,6 +205,10 @@ class TextSource(Source):
             if bad is not None:
                 raise ValueError(f"{path}: label {bad!r} is not in the train file's labels ({', '.join(vocab)})")
             labels, names = [index[str(v)] for v in raw], vocab
+        return path, columns, labels, names, vocab is None
+
+    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+        path, columns, labels, names, regression = self._labels(spec, split)
         if not spec.tokenizer:
             raise ValueError("dataset text needs the model's tokenizer (--tokenizer, default: the --model)")
         tok = load_tokenizer(spec.tokenizer)
@@ -207,11 +216,11 @@ class TextSource(Source):
         enc = tok(*columns, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
         cut = int((enc["attention_mask"].sum(1) >= length).sum())
         if cut:
-            _logger.info("%s: %d of %d rows cut to --max-seq-length %d tokens", path, cut, len(raw), length)
+            _logger.info("%s: %d of %d rows cut to --max-seq-length %d tokens", path, cut, len(labels), length)
         tokens = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
         return ImageSet(
-            labels=torch.tensor(labels, dtype=torch.float32 if vocab is None else torch.long),
-            num_classes=1 if vocab is None else vocab if isinstance(vocab, int) else len(vocab),
+            labels=torch.tensor(labels, dtype=torch.float32 if regression else torch.long),
+            num_classes=self.num_classes(spec),
             images=tokens,
             size=(2, length),
             class_names=names,

@@ -108,6 +108,12 @@ class VtabSource(Source):
     def split_key(self, spec, split: str) -> str:
         return _VTAB_ALIASES.get(split, split).removesuffix(".txt")
 
+    def preflight(self, spec, split: str) -> None:
+        base = Path(spec.data_root).expanduser() / spec.task
+        if not base.is_dir():
+            raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist")
+        read_list_file(_vtab_list(base, split), base, VTAB_TASKS[spec.task], spec.task)
+
     def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
         return load_vtab(
             spec.data_root, spec.task, split, size, cache=spec.cache_images, progress=progress, crop_pct=crop_pct
