@@ -27,6 +27,7 @@ from glora._io import read_text_file
 
 from .data import IMAGE_EXTENSIONS, ImageSet, make_loader, read_list_file
 from .data.images import materialise
+from .data.transforms import EvalCrop
 from .evaluate import predict
 
 __all__ = [
@@ -166,7 +167,7 @@ def load_eval_set(
     size: Sequence[int],
     num_classes: int,
     class_names: Sequence[str] | None = None,
-    crop_pct: float | None = None,
+    crop_pct: float | EvalCrop | None = None,
 ) -> tuple[ImageSet, list[int] | None]:
     """The set's images (read from files as they are evaluated: such sets can be large) and its class mask."""
     path = Path(spec.path).expanduser()
@@ -209,7 +210,7 @@ def evaluate_sets(
     input_cfg: Mapping[str, Any],
     num_classes: int,
     class_names: Sequence[str] | None,
-    crop_pct: float | None,
+    crop_pct: float | EvalCrop | None,
     normalize: nn.Module,
     device: torch.device,
     batch_size: int = 256,

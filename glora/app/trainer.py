@@ -70,6 +70,8 @@ class Recipe:
     lr: float = 5e-3
     weight_decay: float = 1e-4
     sched: str = "cosine"  # one of SCHEDULES
+    sched_on_updates: bool = True  # step the schedule per update; False: per epoch, after it (the reference code)
+    drop_last: bool = False  # drop the last incomplete batch of every epoch (the reference code does)
     warmup_epochs: float = 2.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-6
@@ -172,7 +174,12 @@ class Trainer:
             raise ValueError("nothing to train: no parameter requires grad")
         self.dist.broadcast_params(self.params)
         self.optimizer = make_adamw(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        self.steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+        n, size = len(train_set), recipe.batch_size
+        self.steps_per_epoch = n // size if recipe.drop_last else math.ceil(n / size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"--drop-last with --batch-size {size} leaves no batch of the {n} training items; lower --batch-size"
+            )
         self.scheduler = self._schedule()
         self.rng = random.Random(recipe.seed)
         self.epoch = 0  # completed epochs
@@ -182,17 +189,29 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         self._stop = False
         self._first_step = True
-        self.scheduler.step_update(0)
+        self._set_lr()
+
+    def _set_lr(self) -> None:
+        """The learning rate for where the run stands: per update, the schedule at this step; per epoch, as the
+        reference code steps it (``step(epoch)`` after each epoch), the value at the previous epoch, so the first
+        two epochs run at the warm-up's initial rate."""
+        if self.recipe.sched_on_updates:
+            self.scheduler.step_update(self.step)
+        else:
+            self.scheduler.step(max(self.epoch - 1, 0))
 
     def _schedule(self):
         from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
-        r, total = self.recipe, self.recipe.epochs * self.steps_per_epoch
-        warmup = min(round(r.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
+        r = self.recipe
+        per = self.steps_per_epoch if r.sched_on_updates else 1  # time unit: updates, or epochs
+        total = r.epochs * per
+        warmup = min(round(r.warmup_epochs * per), max(total - 1, 0))
         common = dict(lr_min=r.min_lr, warmup_t=warmup, warmup_lr_init=r.warmup_lr, warmup_prefix=True)
+        units = dict(t_in_epochs=not r.sched_on_updates)
         if r.sched == "linear":
-            return PolyLRScheduler(self.optimizer, t_initial=total - warmup, power=1.0, t_in_epochs=False, **common)
-        return CosineLRScheduler(self.optimizer, t_initial=total, t_in_epochs=False, **common)
+            return PolyLRScheduler(self.optimizer, t_initial=total - warmup, power=1.0, **units, **common)
+        return CosineLRScheduler(self.optimizer, t_initial=total, **units, **common)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -233,7 +252,7 @@ class Trainer:
         self.batch = int(state.get("batch", 0))
         self.partial = dict(state.get("partial", self.partial))
         self.log = list(state.get("log", []))
-        self.scheduler.step_update(self.step)
+        self._set_lr()
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -258,6 +277,8 @@ class Trainer:
                 metrics = self.validate() if self.val_set is not None else None
                 self.epoch += 1
                 self.batch = 0
+                if not r.sched_on_updates:
+                    self._set_lr()
                 self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}
                 record = {"epoch": self.epoch, "loss": round(loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
                 for name, value in (metrics or {}).items():
@@ -298,6 +319,7 @@ class Trainer:
             workers=r.workers,
             shard=self.dist.shard if self.dist.enabled else None,
             skip=self.batch,
+            drop_last=r.drop_last,
         )
         total, count = self.partial["loss"], self.partial["count"]
         disable = (None if self.progress is None else not self.progress) if self.dist.main else True
@@ -360,7 +382,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.params, r.clip_grad)
         self.optimizer.step()
         self.step += 1
-        self.scheduler.step_update(self.step)
+        if r.sched_on_updates:
+            self.scheduler.step_update(self.step)
         return loss
 
     def _settle_unused(self) -> None:

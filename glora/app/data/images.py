@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from glora._io import read_text_file
 
-from .transforms import AugmentedDataset, FileDataset, TrainAugment, load_image
+from .transforms import AugmentedDataset, EvalCrop, FileDataset, TrainAugment, load_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "materialise", "split_per_class", "read_list_file", "label_span"]
 
@@ -37,7 +37,7 @@ class ImageSet:
     files: list[Path] | None = None
     size: tuple[int, int, int] = (3, 224, 224)
     class_names: tuple[str, ...] | None = None  # label i -> name (ImageFolder: the class folders), when known
-    crop_pct: float | None = None  # eval transform of files read on access: None = squash-resize, else center crop
+    crop_pct: float | EvalCrop | None = None  # eval transform of files read on access (transforms.eval_transform)
     augment: TrainAugment | None = None  # training transform of files read on access (normalised float out)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # what ``augment`` normalises with
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -91,7 +91,7 @@ def materialise(
     desc: str,
     progress: bool | None = None,
     class_names: Sequence[str] | None = None,
-    crop_pct: float | None = None,
+    crop_pct: float | EvalCrop | None = None,
 ) -> ImageSet:
     label_t = torch.tensor(labels, dtype=torch.long)
     names = None if class_names is None else tuple(class_names)

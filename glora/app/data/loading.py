@@ -26,17 +26,21 @@ def make_loader(
     workers: int = 0,
     shard: Callable[[int], slice] | None = None,
     skip: int = 0,
+    drop_last: bool = False,
 ) -> tuple[DataLoader, list[tuple[int, float]]]:
     """Batches whose order depends only on ``seed`` (a fresh generator per call, so an epoch can be replayed).
 
     Global batches come from one seeded permutation; with ``shard`` (data parallelism) each rank loads its share
     of every global batch. Returns the loader and, per batch, (global batch size, weight): weight 0 marks a rank
     whose share of a tiny last batch was empty and that runs one item only to take part in the step. ``skip``
-    drops the first batches (an epoch resumed after an interruption), without loading them.
+    drops the first batches (an epoch resumed after an interruption), without loading them. ``drop_last`` leaves
+    out the last global batch when it is incomplete (the reference code's loader does).
     """
     n = len(data)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else list(range(n))
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
     meta = [(len(b), 1.0) for b in batches]
     if shard is not None:
         local = [b[shard(len(b))] for b in batches]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .images import ImageSet
 from .sources import Source, get_source, source_names
-from .transforms import TrainAugment
+from .transforms import CROP_MODES, EvalCrop, TrainAugment
 
 __all__ = ["DataSpec"]
 
@@ -43,6 +43,7 @@ class DataSpec:
     cache_images: bool = True
     shot: int | None = None  # few-shot: images per class of the train list
     crop_pct: float | None = None  # evaluation crop; None: the dataset's (few-shot 0.875, else squash-resize)
+    crop_mode: str | None = None  # timm's center / squash / border; None: the dataset's (few-shot center, else squash)
     # text (dataset "text"): the split files, read with the datasets library, and how they are tokenized
     train_file: str | None = None
     validation_file: str | None = None
@@ -64,6 +65,8 @@ class DataSpec:
         source.check(self)
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop-pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode is not None and self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {self.crop_mode!r}")
 
     @property
     def source(self) -> Source:
@@ -81,9 +84,12 @@ class DataSpec:
             return False
 
     @property
-    def eval_crop_pct(self) -> float | None:
-        """How evaluation images are cut: None = squash-resize (VTAB-1k), else timm's center crop."""
+    def eval_crop_pct(self) -> float | EvalCrop | None:
+        """How evaluation images are cut: None = squash-resize (VTAB-1k), a float = timm's center crop, or with
+        ``crop_mode`` an :class:`EvalCrop` (``crop_pct`` default: the dataset's, else 1)."""
         default = self.source.default_crop_pct
+        if self.crop_mode is not None:
+            return EvalCrop(self.crop_mode, self.crop_pct or default or 1.0)
         if self.crop_pct is None or (self.crop_pct == 1.0 and default is None):
             return default
         return self.crop_pct

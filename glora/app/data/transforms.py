@@ -23,6 +23,8 @@ __all__ = [
     "make_normalizer",
     "input_config",
     "eval_transform",
+    "EvalCrop",
+    "CROP_MODES",
     "TrainAugment",
     "ERASE_MODES",
     "TRAIN_INTERPOLATIONS",
@@ -103,19 +105,40 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[flo
     return values
 
 
+# --crop-mode, timm's names (create_transform's crop_mode): how an evaluation image becomes size x size.
+CROP_MODES = ("center", "squash", "border")
+
+
+@dataclass(frozen=True)
+class EvalCrop:
+    """An evaluation crop in timm's terms: ``center`` resizes the shorter side to size / pct and center-crops;
+    ``squash`` resizes both sides to size / pct (aspect not kept), then center-crops (the few-shot reference code:
+    256 x 256, then 224); ``border`` fits the longer side and pads. Passed where a bare ``crop_pct`` float is
+    accepted (None: squash to the size; a float: center crop)."""
+
+    mode: str
+    pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in CROP_MODES:
+            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {self.mode!r}")
+        if not 0 < self.pct <= 1:
+            raise ValueError(f"crop-pct must be in (0, 1], got {self.pct}")
+
+
 @functools.cache
-def eval_transform(size: tuple[int, int, int], crop_pct: float | None = None):
+def eval_transform(size: tuple[int, int, int], crop_pct: float | EvalCrop | None = None):
     """timm's eval transform in prefetcher mode, uint8 tensor out (normalisation happens later, on the device, as
     timm's prefetcher does): bicubic squash-resize to the input size (VTAB-1k), or with ``crop_pct`` a resize of
-    the shorter side to size / crop_pct and a center crop (the few-shot reference: 256 -> 224 is 0.875)."""
+    the shorter side to size / crop_pct and a center crop (the few-shot default: 256 -> 224 is 0.875), or any
+    :class:`EvalCrop`."""
     from timm.data import create_transform
 
-    if crop_pct is None:
-        return create_transform(
-            size, is_training=False, interpolation="bicubic", crop_pct=1.0, crop_mode="squash", use_prefetcher=True
-        )
+    crop = EvalCrop("squash") if crop_pct is None else crop_pct
+    if not isinstance(crop, EvalCrop):
+        crop = EvalCrop("center", crop)
     return create_transform(
-        size, is_training=False, interpolation="bicubic", crop_pct=crop_pct, crop_mode="center", use_prefetcher=True
+        size, is_training=False, interpolation="bicubic", crop_pct=crop.pct, crop_mode=crop.mode, use_prefetcher=True
     )
 
 
@@ -193,13 +216,17 @@ def open_image(path: Path, channels: int):
         raise ValueError(f"cannot read image {str(path)!r}: {' '.join(str(e).split())}") from None
 
 
-def load_image(path: Path, size: tuple[int, int, int], crop_pct: float | None = None) -> torch.Tensor:
+def load_image(path: Path, size: tuple[int, int, int], crop_pct: float | EvalCrop | None = None) -> torch.Tensor:
     return eval_transform(tuple(size), crop_pct)(open_image(path, size[0]))
 
 
 class FileDataset(Dataset):
     def __init__(
-        self, files: list[Path], labels: torch.Tensor, size: tuple[int, int, int], crop_pct: float | None = None
+        self,
+        files: list[Path],
+        labels: torch.Tensor,
+        size: tuple[int, int, int],
+        crop_pct: float | EvalCrop | None = None,
     ) -> None:
         self.files, self.labels, self.size, self.crop_pct = files, labels, size, crop_pct
 

@@ -299,6 +299,9 @@ def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
     if action.type is None:
+        word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+        if word is not None and action.choices is not None and word in action.choices:
+            value = word  # YAML 1.1 reads an unquoted off / on as a boolean: `amp: off` means the choice "off"
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         out = value

@@ -18,7 +18,7 @@ from ..backbone import EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
 from ..data.sources import get_source
 from ..data.sources.text import PROBLEM_TYPES
-from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
+from ..data.transforms import CROP_MODES, ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
 from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
 from ..tasks import METRICS
@@ -192,6 +192,13 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         help="evaluation: resize to size/crop-pct, center crop (default: squash-resize; few-shot 0.875 = 256->224)",
     )
     g.add_argument(
+        "--crop-mode",
+        choices=CROP_MODES,
+        default=None,
+        help="evaluation crop as timm names it: center (shorter side to size/crop-pct), squash (both sides: the "
+        "few-shot reference code's 256x256 then 224) or border (default: the dataset's)",
+    )
+    g.add_argument(
         "--cache-images",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -309,6 +316,19 @@ def _add_training_options(g: argparse._ArgumentGroup) -> None:
         default="cosine",
         help="learning-rate decay after the warmup (timm's name): cosine (the paper's), or linear to --min-lr "
         "(transformers' linear schedule, the GLUE recipes')",
+    )
+    g.add_argument(
+        "--sched-on-updates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step the schedule every update (timm's name); --no-sched-on-updates: once per epoch, after it, as the "
+        "reference code does (its one-epoch lag included: the first two epochs run at --warmup-lr)",
+    )
+    g.add_argument(
+        "--drop-last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="drop each epoch's last incomplete batch (the reference code does: 12 steps on 800 images at 64)",
     )
     g.add_argument("--warmup-epochs", type=nonneg_float, default=2.0, help="linear warmup before the schedule")
     g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="learning rate the warmup starts from")

@@ -16,6 +16,7 @@ from glora._registry import Registry
 if TYPE_CHECKING:
     from ..images import ImageSet
     from ..spec import DataSpec
+    from ..transforms import EvalCrop
 
 __all__ = ["Source", "register_source", "source_names", "get_source"]
 
@@ -58,7 +59,7 @@ class Source:
         return split
 
     def load(
-        self, spec: DataSpec, split: str, size: Sequence[int], progress: bool | None, crop_pct: float | None
+        self, spec: DataSpec, split: str, size: Sequence[int], progress: bool | None, crop_pct: float | EvalCrop | None
     ) -> ImageSet:
         """The images of split ``split`` (a name from ``spec``: ``train_split`` etc.) at input size ``size``."""
         raise NotImplementedError

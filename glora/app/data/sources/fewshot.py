@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..images import ImageSet, materialise, read_list_file
+from ..transforms import EvalCrop
 from . import Source, register_source
 
 __all__ = [
@@ -66,7 +67,7 @@ def load_fewshot(
     shot: int | None,
     seed: int = 0,
     num_classes: int | None = None,
-    crop_pct: float | None = 0.875,
+    crop_pct: float | EvalCrop | None = 0.875,
     cache: bool = True,
     progress: bool | None = None,
 ) -> ImageSet:

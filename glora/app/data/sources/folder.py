@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS, ImageSet, materialise, split_per_class
+from ..transforms import EvalCrop
 from . import Source, register_source
 
 __all__ = ["scan_folder", "load_folder", "FolderSource"]
@@ -54,7 +55,7 @@ def load_folder(
     split_seed: int = 0,
     cache: bool = True,
     progress: bool | None = None,
-    crop_pct: float | None = None,
+    crop_pct: float | EvalCrop | None = None,
 ) -> ImageSet:
     """An ImageFolder tree. With ``train/``, ``val/`` (and ``test/``) sub-trees those are used as they are;
     otherwise one tree is split per class (stratified) into train / val / test by the given fractions."""

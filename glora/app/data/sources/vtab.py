@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ..images import ImageSet, label_span, materialise, read_list_file
+from ..transforms import EvalCrop
 from . import Source, register_source
 
 __all__ = ["VTAB_TASKS", "VTAB_SMALL_LR_TASKS", "load_vtab", "VtabSource"]
@@ -53,7 +54,7 @@ def load_vtab(
     *,
     cache: bool = True,
     progress: bool | None = None,
-    crop_pct: float | None = None,
+    crop_pct: float | EvalCrop | None = None,
 ) -> ImageSet:
     """One split of a VTAB-1k task: ``<root>/<task>/<split_file>`` lines ``relative/path.jpg label``."""
     if task not in VTAB_TASKS:
