@@ -269,10 +269,12 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 900) -> subprocess.Com
 def commands() -> dict[str, Callable]:
     """Each command's ``main`` by name (``reparam`` = ``export``), imported on first use."""
     from glora.app.commands.export import main as export_main
+    from glora.app.commands.report import main as report_main
     from glora.app.commands.search import main as search_main
     from glora.app.commands.train import main as train_main
 
-    return {"train": train_main, "search": search_main, "export": export_main, "reparam": export_main}
+    return {"train": train_main, "search": search_main, "export": export_main, "reparam": export_main,
+            "report": report_main}  # fmt: skip
 
 
 def cli(command: str, argv: list, capsys) -> tuple[int, str]:

@@ -93,6 +93,7 @@ def test_the_scripts_are_thin_shims_of_the_console_commands():
         ("train_supernet.py", "glora.app.commands.train"),
         ("search.py", "glora.app.commands.search"),
         ("reparam.py", "glora.app.commands.export"),
+        ("report.py", "glora.app.commands.report"),
     ]:
         tree = ast.parse((ROOT / script).read_text())
         assert {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} == {module}, script
@@ -118,7 +119,7 @@ def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
     assert {"glora/app/assets/digits-vit/config.json", "glora/app/assets/digits-vit/model.safetensors"} <= names
     presets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "glora/app/presets").rglob("*.yaml")}
     assert presets and presets <= names  # every -c preset ships
-    for command in ("glora-train", "glora-search", "glora-export"):
+    for command in ("glora-train", "glora-search", "glora-export", "glora-report"):
         assert command in entry_points
     site = tmp_path / "site"
     install = subprocess.run(

@@ -494,6 +494,7 @@ def test_search_and_export_report_eval_sets_side_by_side(tmp_path, capsys):
     final = [json.loads(x) for x in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
     assert list(final["eval_sets"]) == ["sketchy", "v2", "listed"]
     assert final["eval_sets"]["sketchy"]["classes"] == 2 and final["eval_sets"]["v2"]["images"] == 6
+    assert final["eval_sets"]["sketchy"]["masked"] and not final["eval_sets"]["v2"]["masked"]  # marked as such
     assert "sketchy " in out and "v2 " in out
     code, out = _cli(
         "export",

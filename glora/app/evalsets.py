@@ -218,7 +218,9 @@ def evaluate_sets(
     amp: str = "off",
     forward: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{name: {"acc", "images", "classes"}}`` for each set, in the order given (names must be unique)."""
+    """``{name: {"acc", "images", "classes", "masked"}}`` for each set, in the order given (names must be unique).
+    ``masked``: the argmax was restricted to ``classes`` of the label space (not comparable with the papers'
+    unmasked 1000-way figures for ImageNet-A / -R)."""
     specs = [parse_eval_set(s) if isinstance(s, str) else s for s in sets]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -229,7 +231,8 @@ def evaluate_sets(
         loader, _ = make_loader(images, batch_size, shuffle=False, workers=workers)
         logits, labels = predict(model, loader, normalize, device, amp, forward)
         acc = masked_accuracy(logits, labels, mask)
-        out[spec.name] = {"acc": round(acc, 6), "images": len(images), "classes": len(mask or range(num_classes))}
-        n_cls = out[spec.name]["classes"]
-        _logger.info("eval set %s: acc %.4f on %d images (%d classes)", spec.name, acc, len(images), n_cls)
+        n_cls = len(mask or range(num_classes))
+        out[spec.name] = {"acc": round(acc, 6), "images": len(images), "classes": n_cls, "masked": mask is not None}
+        how = f"masked to {n_cls} classes" if mask is not None else f"{n_cls}-way, unmasked"
+        _logger.info("eval set %s: acc %.4f on %d images (%s)", spec.name, acc, len(images), how)
     return out

@@ -189,7 +189,8 @@ def _eval_sets(args: argparse.Namespace, ckpt: dict[str, Any], folded: nn.Module
         workers=args.workers,
     )
     for name, r in results.items():
-        print(f"eval set {name}: acc {r['acc']:.4f} on {r['images']} images ({r['classes']} classes)")
+        how = f"masked to {r['classes']} classes" if r["masked"] else f"{r['classes']}-way, unmasked"
+        print(f"eval set {name}: acc {r['acc']:.4f} on {r['images']} images ({how})")
     return results
 
 

@@ -303,7 +303,7 @@ class _SearchRun:
             atomic_write_bytes(out / "plots" / fname, png_bytes(fig))
         short = "acc" if name == "accuracy" else name
         test_txt = "n/a" if test is None or name not in test else f"{test[name]:.4f}"
-        test_txt += "".join(f", {n} {r['acc']:.4f}" for n, r in extra.items())
+        test_txt += "".join(f", {n} {r['acc']:.4f}{' (masked)' * r['masked']}" for n, r in extra.items())
         print(
             f"best subnet: {params:,} params ({params / 1e6:.4f}M), val {short} {self._value(score):.4f}, test "
             f"{short} {test_txt} ({len(evo.cache)} candidates evaluated)"

@@ -1,0 +1,56 @@
+"""``glora-report`` / ``report.py``: the papers' tables from finished runs (see :mod:`glora.app.report`).
+
+    glora-report runs/vtab/* runs/vtab-seed1/* --out runs/report
+
+Writes ``report.md`` (every table, the paper's numbers beside ours and the difference), one CSV per table and
+``fewshot.png``; reads nothing but the runs' small records (config.yaml, search_log.jsonl, glora_export.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..cli import run
+from ..options import make_parser, parse_args, program_name
+from ..outputs import check_no_overlap, output_lock
+from ..report import build_report, find_results, write_report
+
+__all__ = ["build_parser", "main", "cli"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(
+        program_name("report.py", "glora-report"),
+        "Tables of finished runs: VTAB-1k groups, few-shot per shot, domain generalization, beside the papers'.",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="a run folder (supernet/, search/, export/ inside) or one of those folders; seeds of one task are "
+        "averaged",
+    )
+    p.add_argument("--out", default="runs/report", help="folder for report.md, the CSV tables and fewshot.png")
+    p.add_argument("--force", action="store_true", help="replace a report already in --out")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    out = Path(args.out)
+    check_no_overlap(out, [("RUN", r) for r in args.runs])
+    with output_lock(out, command="glora-report"):
+        if (out / "report.md").exists() and not args.force:
+            raise FileExistsError(f"{str(out)!r} already holds a report; pass --force to replace it")
+        results = find_results(args.runs)
+        written = write_report(build_report(results), out)
+    done = sum(r.test is not None for r in results)
+    print(f"{len(results)} runs ({done} with a finished search); wrote {', '.join(p.name for p in written)} to {out}/")
+    return 0
+
+
+def cli() -> int:
+    """Console entry point ``glora-report``."""
+    return run(main)

@@ -1,0 +1,495 @@
+"""From finished runs to the papers' tables: ``glora-report RUN [RUN ...] --out DIR``.
+
+A run is a folder laid out as the default run is (``supernet/``, ``search/``, ``export/``) or any one of those
+folders. What each run trained on (dataset, task, shot, seed, search space) is read from the supernet's
+``config.yaml`` (found through the search's or export's record when only those are given); the result from the
+search's final record (the pick's test metric and parameter count) and the export's ``glora_export.json`` (its
+extra evaluation sets, the domain-generalization columns). Runs that differ only in their seed are one cell:
+mean ± sample standard deviation over seeds, and how many.
+
+Tables (Markdown in ``report.md``, one CSV each, the few-shot curves as PNG): VTAB-1k per task with the paper's
+group means (Natural, Specialized, Structured) and their mean, as the paper averages (Table 1); few-shot accuracy
+per shot; domain generalization (source test set and each extra set, masked ones marked); every other task with its
+own metric. The paper's published numbers sit beside ours where the seeds give them (GLoRA Tables 1, 2 and 5) with
+the difference. Missing tasks are shown as missing, never as zero; a group mean needs every task of its group.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glora._io import atomic_write_bytes, atomic_write_text
+
+from .data import FEWSHOT_SHOTS
+
+__all__ = ["RunResult", "find_results", "build_report", "write_report", "VTAB_GROUPS", "PAPER_VTAB", "PAPER_DG"]
+
+_logger = logging.getLogger(__name__)
+
+VTAB_GROUPS = {
+    "Natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
+    "Specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
+    "Structured": (
+        "clevr_count",
+        "clevr_dist",
+        "dmlab",
+        "kitti",
+        "dsprites_loc",
+        "dsprites_ori",
+        "smallnorb_azi",
+        "smallnorb_ele",
+    ),
+}
+
+# GLoRA paper, Table 1 (ViT-B/16, VTAB-1k test accuracy, %), per search space (LoRA ranks), in VTAB_GROUPS order.
+_TABLE1 = {
+    "glora (0.86M)": "76.4 92.9 74.6 99.6 92.5 91.5 57.8 87.3 96.8 88.0 76.0 83.1 67.3 54.5 86.2 83.8 52.9 37.0 41.4",
+    "glora (0.44M)": "76.5 92.3 75.2 99.6 92.3 91.2 57.5 87.3 96.7 88.1 76.1 80.6 67.2 53.4 84.5 83.5 52.8 35.2 40.8",
+    "glora (0.29M)": "76.1 92.7 75.3 99.6 92.4 90.5 57.2 87.5 96.7 88.1 76.1 81.0 66.2 52.4 84.9 81.8 53.3 33.3 39.8",
+}
+_TASK_ORDER = [t for group in VTAB_GROUPS.values() for t in group]
+PAPER_VTAB = {name: dict(zip(_TASK_ORDER, map(float, row.split()))) for name, row in _TABLE1.items()}
+PAPER_VTAB_AVERAGE = {"glora (0.86M)": 78.0, "glora (0.44M)": 77.6, "glora (0.29M)": 77.3}
+# Which paper row a search space is compared with: its LoRA ranks (the paper's three space presets).
+_SPACE_ROW = {(8, 4): "glora (0.86M)", (4, 2): "glora (0.44M)", (2,): "glora (0.29M)"}
+# GLoRA paper, Table 5: Swin-B (ImageNet-21k) on VTAB-1k, group means and their mean.
+PAPER_SWIN = {"Natural": 83.7, "Specialized": 88.7, "Structured": 61.9, "Average": 78.1}
+# GLoRA paper, Table 2: domain generalization of GLoRA (0.29M), ImageNet 16-shot source, unmasked 1000-way.
+PAPER_DG = {"ImageNet": 78.3, "-Sketch": 30.6, "-V2": 67.5, "-A": 13.3, "-R": 31.0}
+_DG_NAMES = {
+    "sketch": "-Sketch",
+    "imagenet-sketch": "-Sketch",
+    "v2": "-V2",
+    "imagenetv2": "-V2",
+    "imagenet-v2": "-V2",
+    "a": "-A",
+    "imagenet-a": "-A",
+    "r": "-R",
+    "imagenet-r": "-R",
+}
+
+
+@dataclass
+class RunResult:
+    """One finished run as the report needs it."""
+
+    run: str
+    dataset: str
+    task: str | None
+    shot: int | None
+    seed: int
+    space: str  # "lora 8,4", "lora 4 + gift 16", ...
+    lora_ranks: tuple[int, ...]
+    model: str
+    metric: str = "accuracy"
+    test: float | None = None  # the pick's test metric (None: the run has no test result yet)
+    params: int | None = None
+    eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def percent(self) -> bool:
+        """Accuracy-like metrics are reported in %, as the papers do."""
+        return self.metric in ("accuracy", "mc_accuracy", "f1", "matthews", "pearson", "spearman")
+
+
+# ---------------------------------------------------------------------- reading runs
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read {str(path)!r}: {' '.join(str(e).split())[:200]}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {str(path)!r}: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _final(search: Path) -> dict[str, Any] | None:
+    """The search's final record (None while the search is unfinished)."""
+    log = search / "search_log.jsonl"
+    if not log.is_file():
+        return None
+    for line in reversed(log.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{str(log)!r} has a line that is not JSON") from None
+            return record if record.get("final") else None
+    return None
+
+
+def _folders(run: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """(supernet, search, export) folders of a run given as its root or as one of them."""
+    if (run / "last.pt").is_file() or (run / "log.jsonl").is_file():
+        return run, None, None
+    if (run / "search_log.jsonl").is_file() or (run / "search_state.json").is_file():
+        return None, run, None
+    if (run / "glora_export.json").is_file():
+        return None, None, run
+    parts = [run / name if (run / name).is_dir() else None for name in ("supernet", "search", "export")]
+    if not any(parts):
+        raise ValueError(
+            f"{str(run)!r} is not a run: expected supernet/, search/ or export/ inside it, or one of those folders"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _resolve(path: str | None, base: Path) -> Path | None:
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else base / p
+
+
+def read_run(run: str | Path) -> RunResult:
+    """What one run trained on and what it reached; ``ValueError`` names the folder when that cannot be told."""
+    root = Path(run).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
+    supernet, search, export = _folders(root)
+    final = _final(search) if search else None
+    exported = _read_json(export / "glora_export.json") if export and (export / "glora_export.json").is_file() else {}
+    if supernet is None:  # only a search or an export folder: its record names the supernet
+        named = (final and _read_yaml(search / "config.yaml").get("supernet")) if search else None
+        named = named or exported.get("supernet")
+        ckpt = _resolve(named, root)
+        supernet = ckpt.parent if ckpt is not None else None
+    config_path = supernet / "config.yaml" if supernet else None
+    if config_path is None or not config_path.is_file():
+        raise ValueError(f"{str(root)!r}: cannot find the supernet's config.yaml (what the run trained on)")
+    config = _read_yaml(config_path)
+    lora = tuple(int(r) for r in config.get("lora-ranks") or ())
+    gift = tuple(int(r) for r in config.get("gift-ranks") or ())
+    space = (
+        " + ".join(
+            p
+            for p in (
+                f"lora {','.join(map(str, lora))}" if lora else "",
+                f"gift {','.join(map(str, gift))}" if gift else "",
+            )
+            if p
+        )
+        or "vector/scalar"
+    )
+    result = RunResult(
+        run=str(root),
+        dataset=str(config.get("dataset", "?")),
+        task=config.get("task"),
+        shot=config.get("shot"),
+        seed=int(config.get("seed", 0)),
+        space=space,
+        lora_ranks=lora,
+        model=str(config.get("model", "?")),
+    )
+    if final is not None:
+        metric = final.get("metric", "accuracy")
+        key = "acc" if metric == "accuracy" else metric
+        result.metric, result.test, result.params = metric, final.get(f"test_{key}"), final.get("params")
+        result.eval_sets = dict(final.get("eval_sets") or {})
+    if exported:  # the folded export's numbers are what ships
+        result.params = exported.get("glora_params", result.params)
+        result.eval_sets = dict(exported.get("eval_sets") or result.eval_sets)
+    return result
+
+
+def find_results(runs: Iterable[str | Path]) -> list[RunResult]:
+    """Every run given, read; a run without a finished search is kept (shown as missing)."""
+    out = [read_run(r) for r in runs]
+    if not out:
+        raise ValueError("no runs given")
+    return out
+
+
+# ---------------------------------------------------------------------- aggregation
+@dataclass
+class Cell:
+    """A mean over seeds."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else 0.0
+
+
+def _cells(results: Sequence[RunResult], key) -> dict[Any, Cell]:
+    grouped: dict[Any, list[float]] = defaultdict(list)
+    for r in results:
+        if r.test is not None and math.isfinite(r.test):
+            grouped[key(r)].append(100 * r.test if r.percent else r.test)
+    return {k: Cell(v) for k, v in grouped.items()}
+
+
+def _fmt(cell: Cell | None, digits: int = 1) -> str:
+    if cell is None:
+        return "—"
+    text = f"{cell.mean:.{digits}f}"
+    return text + (f" ± {cell.std:.{digits}f} (n={cell.n})" if cell.n > 1 else "")
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _params(results: Sequence[RunResult]) -> float | None:
+    counts = [r.params for r in results if r.params is not None]
+    return statistics.fmean(counts) / 1e6 if counts else None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@dataclass
+class Report:
+    """The tables of a report: Markdown sections, CSV files by name, PNG figures by name."""
+
+    markdown: list[str] = field(default_factory=list)
+    csv: dict[str, str] = field(default_factory=dict)
+    png: dict[str, bytes] = field(default_factory=dict)
+
+
+def _vtab(results: Sequence[RunResult], report: Report) -> None:
+    runs = [r for r in results if r.dataset == "vtab"]
+    if not runs:
+        return
+    by_space: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for r in runs:
+        by_space[(r.model, r.space)].append(r)
+    header = ["method", "# params (M)", *_TASK_ORDER, *VTAB_GROUPS, "Average"]
+    md_rows, csv_rows = [], []
+    for (model, space), group in sorted(by_space.items()):
+        cells = _cells(group, lambda r: r.task)
+        means = {
+            g: statistics.fmean([cells[t].mean for t in ts]) if all(t in cells for t in ts) else None
+            for g, ts in VTAB_GROUPS.items()
+        }
+        complete = [m for m in means.values() if m is not None]
+        average = statistics.fmean(complete) if len(complete) == len(VTAB_GROUPS) else None
+        name = f"{model.split('/')[-1]} {space}"
+        params = _params(group)
+        md_rows.append(
+            [
+                name,
+                _num(params, 3),
+                *(_fmt(cells.get(t)) for t in _TASK_ORDER),
+                *(_group_text(means[g], VTAB_GROUPS[g], cells) for g in VTAB_GROUPS),
+                _num(average),
+            ]
+        )
+        csv_rows.append([name, params, *(_csv_cell(cells.get(t)) for t in _TASK_ORDER), *means.values(), average])
+        paper = _paper_row(model, group[0].lora_ranks)
+        if paper is not None:
+            label, per_task, groups, paper_avg = paper
+            md_rows.append(
+                [
+                    f"paper: {label}",
+                    "",
+                    *(_num(per_task.get(t)) for t in _TASK_ORDER),
+                    *(_num(groups.get(g)) for g in VTAB_GROUPS),
+                    _num(paper_avg),
+                ]
+            )
+            diff = [_diff(cells[t].mean if t in cells else None, per_task.get(t)) for t in _TASK_ORDER]
+            gdiff = [_diff(means[g], groups.get(g)) for g in VTAB_GROUPS]
+            md_rows.append(["difference (ours − paper)", "", *diff, *gdiff, _diff(average, paper_avg)])
+    report.markdown.append(
+        "## VTAB-1k (test accuracy, %)\n\nMean ± std over seeds (n = seeds); group means as the paper's Table 1 "
+        "forms them, the average is the mean of the three group means. — : not run (a group mean needs all its "
+        "tasks).\n\n" + _table(header, md_rows)
+    )
+    report.csv["vtab.csv"] = _csv(header, csv_rows)
+
+
+def _group_text(mean: float | None, tasks: Sequence[str], cells: Mapping[str, Cell]) -> str:
+    if mean is not None:
+        return f"{mean:.1f}"
+    return f"— ({sum(t in cells for t in tasks)}/{len(tasks)})"
+
+
+def _csv_cell(cell: Cell | None) -> str:
+    return "" if cell is None else f"{cell.mean:.4f}"
+
+
+def _diff(ours: float | None, paper: float | None) -> str:
+    if ours is None or paper is None:
+        return "—"
+    return f"{round(ours - paper, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+
+
+def _paper_row(model: str, lora_ranks: tuple[int, ...]):
+    """(label, per task, group means, average) of the paper row this run compares with, or None."""
+    if "swin" in model.lower():
+        groups = {g: PAPER_SWIN[g] for g in VTAB_GROUPS}
+        return "GLoRA, Swin-B (Table 5)", {}, groups, PAPER_SWIN["Average"]
+    row = _SPACE_ROW.get(tuple(sorted(lora_ranks, reverse=True)))
+    if row is None or "vit_base_patch16_224" not in model:
+        return None
+    per_task = PAPER_VTAB[row]
+    groups = {g: statistics.fmean(per_task[t] for t in ts) for g, ts in VTAB_GROUPS.items()}
+    return f"{row} (Table 1)", per_task, groups, PAPER_VTAB_AVERAGE[row]
+
+
+def _fewshot(results: Sequence[RunResult], report: Report) -> None:
+    runs = [r for r in results if r.dataset == "fewshot"]
+    if not runs:
+        return
+    cells = _cells(runs, lambda r: (r.task, r.space, r.shot))
+    rows_keys = sorted({(t, s) for t, s, _ in cells} | {(r.task, r.space) for r in runs}, key=str)
+    shots = sorted({*FEWSHOT_SHOTS, *(sh for _, _, sh in cells if sh is not None)})
+    header = ["dataset", "space", *(f"{s}-shot" for s in shots)]
+    md = [[t, s, *(_fmt(cells.get((t, s, sh))) for sh in shots)] for t, s in rows_keys]
+    report.markdown.append(
+        "## Few-shot fine-grained classification (test accuracy, %)\n\nMean ± std over seeds. The paper gives these "
+        "as curves (its Figure 2), not numbers, so there is nothing to difference against; see fewshot.png.\n\n"
+        + _table(header, md)
+    )
+    report.csv["fewshot.csv"] = _csv(
+        header, [[t, s, *(_csv_cell(cells.get((t, s, sh))) for sh in shots)] for t, s in rows_keys]
+    )
+    report.png["fewshot.png"] = _fewshot_png(cells, rows_keys)
+
+
+def _fewshot_png(cells: Mapping[Any, Cell], rows: Sequence[tuple[str, str]]) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4))
+    ax = fig.subplots()
+    for task, space in rows:
+        points = sorted((sh, c) for (t, s, sh), c in cells.items() if (t, s) == (task, space) and sh is not None)
+        if points:
+            xs = [p for p, _ in points]
+            ax.errorbar(
+                xs,
+                [c.mean for _, c in points],
+                yerr=[c.std for _, c in points],
+                marker="o",
+                capsize=3,
+                label=f"{task} ({space})",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(FEWSHOT_SHOTS), [str(s) for s in FEWSHOT_SHOTS])
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _dg(results: Sequence[RunResult], report: Report) -> None:
+    runs = [r for r in results if r.eval_sets]
+    if not runs:
+        return
+    names: list[str] = []
+    for r in runs:
+        names += [n for n in r.eval_sets if n not in names]
+    masked = {n for r in runs for n, v in r.eval_sets.items() if v.get("masked")}
+    by: dict[tuple[str, str, str | None], list[RunResult]] = defaultdict(list)
+    for r in runs:
+        by[(r.dataset, r.space, r.task)].append(r)
+    header = ["source", "space", "source test", *(n + ("*" if n in masked else "") for n in names)]
+    md, rows = [], []
+    for (dataset, space, task), group in sorted(by.items(), key=str):
+        test = _cells(group, lambda r: 0).get(0)
+        sets = {n: Cell([100 * r.eval_sets[n]["acc"] for r in group if n in r.eval_sets]) for n in names}
+        sets = {n: c for n, c in sets.items() if c.n}
+        label = f"{dataset}/{task}" if task else dataset
+        md.append([label, space, _fmt(test), *(_fmt(sets.get(n)) for n in names)])
+        rows.append([label, space, _csv_cell(test), *(_csv_cell(sets.get(n)) for n in names)])
+    paper = {n: PAPER_DG.get(_DG_NAMES.get(n.lower(), "")) for n in names}
+    if any(v is not None for v in paper.values()):
+        md.append(["paper: GLoRA (0.29M) (Table 2)", "", _num(PAPER_DG["ImageNet"]), *(_num(paper[n]) for n in names)])
+    note = (
+        "\n\n\\* masked: the argmax was restricted to the classes of the set, not comparable with the paper's unmasked "
+        "1000-way figures."
+        if masked
+        else ""
+    )
+    report.markdown.append(
+        "## Domain generalization (accuracy, %)\n\nThe exported model on each extra evaluation set, beside its own "
+        "test split (ImageNet for the paper's 16-shot source).\n\n" + _table(header, md) + note
+    )
+    report.csv["dg.csv"] = _csv(header, rows)
+
+
+def _others(results: Sequence[RunResult], report: Report) -> None:
+    runs = [r for r in results if r.dataset not in ("vtab", "fewshot")]
+    if not runs:
+        return
+    cells = _cells(runs, lambda r: (r.dataset, r.task, r.space, r.metric))
+    keys = sorted({(r.dataset, r.task, r.space, r.metric) for r in runs}, key=str)
+    header = ["dataset", "task", "space", "metric", "test", "# params (M)"]
+    md = []
+    for d, t, s, m in keys:
+        group = [r for r in runs if (r.dataset, r.task, r.space, r.metric) == (d, t, s, m)]
+        unit = " (%)" if group[0].percent else ""
+        md.append(
+            [d, t or "", s, m + unit, _fmt(cells.get((d, t, s, m)), 2 if not unit else 1), _num(_params(group), 4)]
+        )
+    report.markdown.append("## Other tasks\n\n" + _table(header, md))
+    report.csv["other.csv"] = _csv(header, [[*row[:4], _csv_cell(cells.get(k)), row[5]] for row, k in zip(md, keys)])
+
+
+def build_report(results: Sequence[RunResult]) -> Report:
+    """Every table the results fill."""
+    report = Report()
+    pending = [r.run for r in results if r.test is None]
+    report.markdown.append(
+        f"# GLoRA results\n\n{len(results)} runs read, {len(results) - len(pending)} with a finished search."
+        + (f" Without a test result yet (shown as missing): {', '.join(pending)}." if pending else "")
+    )
+    for section in (_vtab, _fewshot, _dg, _others):
+        section(results, report)
+    return report
+
+
+def write_report(report: Report, out: Path) -> list[Path]:
+    """Write every file atomically; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.md"]
+    atomic_write_text(written[0], "\n\n".join(report.markdown) + "\n")
+    for name, text in report.csv.items():
+        atomic_write_text(out / name, text)
+        written.append(out / name)
+    for name, data in report.png.items():
+        atomic_write_bytes(out / name, data)
+        written.append(out / name)
+    return written

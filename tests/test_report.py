@@ -1,0 +1,126 @@
+"""``glora-report``: the papers' tables from finished runs, built on runs in miniature (the records the commands
+write: config.yaml, search_log.jsonl, glora_export.json) and on the real default pipeline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import cli
+
+from glora.app.report import PAPER_VTAB, VTAB_GROUPS, build_report, find_results
+
+VIT = "vit_base_patch16_224.orig_in21k"
+
+
+def _run(root: Path, *, dataset: str, task: str | None, seed: int = 0, shot: int | None = None, test=None,
+         lora=(8, 4), eval_sets=None, model=VIT, metric="accuracy", layout="full") -> Path:  # fmt: skip
+    """A finished (or, with ``test=None``, unfinished) run as the commands lay it out."""
+    sup, search, export = root / "supernet", root / "search", root / "export"
+    sup.mkdir(parents=True)
+    config = {"model": model, "dataset": dataset, "task": task, "shot": shot, "seed": seed, "lora-ranks": list(lora),
+              "gift-ranks": []}  # fmt: skip
+    (sup / "config.yaml").write_text(yaml.safe_dump(config))
+    if test is not None:
+        search.mkdir()
+        (search / "config.yaml").write_text(yaml.safe_dump({"supernet": str(sup / "last.pt")}))
+        key = "acc" if metric == "accuracy" else metric
+        final = {"final": True, "params": 860_000 + seed, "metric": metric, f"test_{key}": test}
+        if eval_sets:
+            final["eval_sets"] = eval_sets
+        (search / "search_log.jsonl").write_text(json.dumps({"generation": 1}) + "\n" + json.dumps(final) + "\n")
+    if eval_sets is not None:
+        export.mkdir()
+        stats = {"supernet": str(sup / "last.pt"), "glora_params": 860_000 + seed, "eval_sets": eval_sets}
+        (export / "glora_export.json").write_text(json.dumps(stats))
+    return {"full": root, "search": search, "export": export}[layout]
+
+
+def _markdown(tmp_path: Path, runs: list[Path]) -> str:
+    return "\n\n".join(build_report(find_results(runs)).markdown)
+
+
+def _row(markdown: str, first: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {first}"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_vtab_cells_are_means_over_seeds_and_missing_tasks_stay_missing(tmp_path):
+    runs = [
+        _run(tmp_path / "c0", dataset="vtab", task="cifar", seed=0, test=0.70),
+        _run(tmp_path / "c1", dataset="vtab", task="cifar", seed=1, test=0.72, layout="search"),  # a search folder
+        _run(tmp_path / "d0", dataset="vtab", task="dtd", seed=0, test=0.65),
+        _run(tmp_path / "k0", dataset="vtab", task="kitti", seed=0, test=None),  # unfinished: missing, not zero
+    ]
+    md = _markdown(tmp_path, runs)
+    header = _row(md, "method")
+    ours = dict(zip(header, _row(md, f"{VIT} lora 8,4")))
+    assert ours["cifar"] == f"71.0 ± {statistics.stdev([70, 72]):.1f} (n=2)" and ours["dtd"] == "65.0"
+    assert ours["kitti"] == "—" and ours["svhn"] == "—"
+    assert ours["Natural"] == "— (2/7)" and ours["Structured"] == "— (0/8)" and ours["Average"] == "—"
+    paper = dict(zip(header, _row(md, "paper: glora (0.86M) (Table 1)")))
+    assert paper["cifar"] == "76.4" and paper["Average"] == "78.0"
+    diff = dict(zip(header, _row(md, "difference (ours − paper)")))
+    assert diff["cifar"] == "-5.4" and diff["kitti"] == "—"
+    assert "Without a test result yet (shown as missing): " + str(tmp_path / "k0") in md
+
+
+def test_group_means_and_the_average_follow_the_paper(tmp_path):
+    """All 19 tasks at the paper's own numbers for the {4, 2} space: the group means and the average reproduce the
+    paper's (the average is the mean of the three group means), and every difference is zero."""
+    paper = PAPER_VTAB["glora (0.44M)"]
+    runs = [_run(tmp_path / t, dataset="vtab", task=t, test=v / 100, lora=(4, 2)) for t, v in paper.items()]
+    report = build_report(find_results(runs))
+    md = "\n\n".join(report.markdown)
+    header = _row(md, "method")
+    ours = dict(zip(header, _row(md, f"{VIT} lora 4,2")))
+    groups = {g: statistics.fmean(paper[t] for t in ts) for g, ts in VTAB_GROUPS.items()}
+    for g, mean in groups.items():
+        assert ours[g] == f"{mean:.1f}"
+    assert ours["Average"] == f"{statistics.fmean(groups.values()):.1f}" == "77.6"  # the paper's Table 1 average
+    diff = _row(md, "difference (ours − paper)")
+    assert set(diff[2:]) == {"+0.0"}
+    rows = list(csv.reader(io.StringIO(report.csv["vtab.csv"])))
+    assert rows[0][:3] == ["method", "# params (M)", "cifar"] and float(rows[1][2]) == pytest.approx(76.5)
+
+
+def test_fewshot_per_shot_with_a_plot_and_dg_with_masked_sets_marked(tmp_path):
+    runs = [
+        _run(tmp_path / f"p{s}{seed}", dataset="fewshot", task="oxford_pets", shot=s, seed=seed, test=0.5 + s / 100)
+        for s in (1, 16)
+        for seed in (0, 1)
+    ]
+    sets = {"sketch": {"acc": 0.3, "images": 10, "classes": 1000, "masked": False},
+            "a": {"acc": 0.2, "images": 10, "classes": 200, "masked": True}}  # fmt: skip
+    runs.append(_run(tmp_path / "in", dataset="fewshot", task="imagenet", shot=16, test=0.78, eval_sets=sets))
+    report = build_report(find_results(runs))
+    md = "\n\n".join(report.markdown)
+    pets = dict(zip(_row(md, "dataset"), _row(md, "oxford_pets")))
+    assert pets["1-shot"] == "51.0 ± 0.0 (n=2)" and pets["16-shot"] == "66.0 ± 0.0 (n=2)" and pets["4-shot"] == "—"
+    assert report.png["fewshot.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    dg = dict(zip(_row(md, "source"), _row(md, "fewshot/imagenet")))
+    assert dg["source test"] == "78.0" and dg["sketch"] == "30.0" and dg["a*"] == "20.0"
+    paper = dict(zip(_row(md, "source"), _row(md, "paper: GLoRA (0.29M) (Table 2)")))
+    assert paper["sketch"] == "30.6" and paper["a*"] == "13.3" and paper["source test"] == "78.3"
+    assert "* masked: the argmax was restricted" in md
+
+
+def test_the_command_reads_the_default_pipeline_and_refuses_what_it_should(pipeline, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, err = cli("report", [str(pipeline), "--out", str(out)], capsys)
+    assert code == 0, err
+    md = (out / "report.md").read_text()
+    row = dict(zip(_row(md, "dataset"), _row(md, "digits")))
+    final = json.loads((pipeline / "search" / "search_log.jsonl").read_text().splitlines()[-1])
+    assert row["test"] == f"{100 * final['test_acc']:.1f}" and row["metric"] == "accuracy (%)"
+    assert (out / "other.csv").is_file()
+    code, err = cli("report", [str(pipeline), "--out", str(out)], capsys)
+    assert code == 2 and "already holds a report; pass --force" in err
+    (tmp_path / "empty").mkdir()
+    code, err = cli("report", [str(tmp_path / "empty"), "--out", str(tmp_path / "r2")], capsys)
+    assert code == 2 and "is not a run: expected supernet/, search/ or export/ inside it" in err
