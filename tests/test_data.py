@@ -4,6 +4,7 @@ options and from checkpoints, and the per-source rules (crops, split names) read
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,82 @@ def test_list_files_read_with_a_byte_order_mark_and_crlf(tmp_path):
     listing.write_bytes(b"images/a.png 0\nimages/b.png 1\nimages/\xe9.png 1\n")
     with pytest.raises(ValueError, match=r"train800.txt', line 3: byte 0xe9 is not UTF-8 text"):
         read_list_file(listing, tmp_path, 2, "task")
+
+
+def _png(path: Path, value: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 10), (value, 0, 0)).save(path)
+
+
+def test_noah_layouts_read_as_they_ship(tmp_path):
+    """Stanford Cars' lists are relative to the dataset folder (not images/); ImageNet's training lists to train/ and
+    its validation split is val/<wnid>/*.JPEG without a list; a domain-generalization list in <set>/annotations/
+    names paths relative to the set's root."""
+    from glora.app.data import DataSpec
+    from glora.app.data.sources.fewshot import imagenet_class_names
+    from glora.app.evalsets import load_eval_set, parse_eval_set
+
+    cars = tmp_path / "fs" / "stanford_cars"
+    for i in range(2):
+        _png(cars / "cars_train" / f"{i}.jpg", i)
+    for name in ("train_meta.list.num_shot_1.seed_0", "val_meta.list", "test_meta.list"):
+        (cars / "annotations").mkdir(parents=True, exist_ok=True)
+        (cars / "annotations" / name).write_text("cars_train/0.jpg 0\ncars_train/1.jpg 5\n")
+    spec = DataSpec(dataset="fewshot", data_root=str(tmp_path / "fs"), task="stanford_cars", shot=1)
+    spec.preflight(("train", "val", "test"))
+    assert spec.load("train", (3, 8, 8)).labels.tolist() == [0, 5]
+
+    net = tmp_path / "fs" / "imagenet"
+    wnids = imagenet_class_names()
+    _png(net / "train" / wnids[3] / "a.JPEG")
+    (net / "annotations").mkdir(parents=True)
+    (net / "annotations" / "train_meta.list.num_shot_16.seed_0").write_text(f"{wnids[3]}/a.JPEG 3\n")
+    _png(net / "val" / wnids[7] / "b.JPEG")
+    _png(net / "val" / wnids[2] / "c.JPEG")
+    spec = DataSpec(dataset="fewshot", data_root=str(tmp_path / "fs"), task="imagenet", shot=16)
+    spec.preflight(("train", "val", "test"))
+    assert spec.load("train", (3, 8, 8)).labels.tolist() == [3]
+    val = spec.load("val", (3, 8, 8))
+    assert val.labels.tolist() == [2, 7] and val.class_names == wnids  # sorted folders, labels by wnid order
+
+    sketch = tmp_path / "sketch"
+    _png(sketch / "images" / "x.png")
+    (sketch / "annotations").mkdir()
+    (sketch / "annotations" / "test.txt").write_text("images/x.png 4\n")
+    images, mask = load_eval_set(parse_eval_set(f"s={sketch / 'annotations' / 'test.txt'}"), (3, 8, 8), 10, None)
+    assert images.labels.tolist() == [4] and mask is None
+    (sketch / "annotations" / "bad.txt").write_text("images/nowhere.png 4\n")
+    with pytest.raises(FileNotFoundError, match="listed image 'images/nowhere.png' is in none of"):
+        load_eval_set(parse_eval_set(f"s={sketch / 'annotations' / 'bad.txt'}"), (3, 8, 8), 10, None)
+
+
+def test_data_check_reports_each_task_present_missing_or_broken(tmp_path, capsys):
+    from glora.app.commands.data import main
+
+    vtab = tmp_path / "vtab"
+    for task in ("cifar", "dtd"):
+        _png(vtab / task / "images" / "a.jpg")
+        for name in ("train800", "val200", "train800val200", "test"):
+            (vtab / task / f"{name}.txt").write_text("images/a.jpg 1\n")
+    (vtab / "dtd" / "test.txt").write_text("images/a.jpg 1\nimages/gone.jpg 2\n")
+    assert main(["check", str(vtab)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"vtab root {vtab}:"
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in out[1:-1]}
+    assert rows["cifar"][0] == "ok" and rows["cifar"][1].startswith("3 images; train800, val200, train800val200")
+    assert rows["dtd"][0] == "broken" and "test.txt: 1 of 2 listed images are missing" in rows["dtd"][1]
+    assert rows["svhn"] == ["missing"] and out[-1] == "1 ok, 17 missing, 1 broken"
+
+    fs = tmp_path / "fs"
+    _png(fs / "oxford_pets" / "images" / "x.jpg")
+    (fs / "oxford_pets" / "annotations").mkdir(parents=True)
+    for name in ("train_meta.list.num_shot_1.seed_0", "train_meta.list.num_shot_2.seed_1", "val_meta.list",
+                 "test_meta.list"):  # fmt: skip
+        (fs / "oxford_pets" / "annotations" / name).write_text("x.jpg 0\n")
+    assert main(["check", str(fs)]) == 0
+    out = capsys.readouterr().out
+    pets = next(line.split(None, 2) for line in out.splitlines() if line.strip().startswith("oxford_pets"))
+    assert pets == ["oxford_pets", "ok", "4 images; 1-shot seed 0, 2-shot seed 1, val, test"]
+    assert out.splitlines()[-1] == "1 ok, 5 missing, 0 broken"

@@ -119,7 +119,7 @@ def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
     assert {"glora/app/assets/digits-vit/config.json", "glora/app/assets/digits-vit/model.safetensors"} <= names
     presets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "glora/app/presets").rglob("*.yaml")}
     assert presets and presets <= names  # every -c preset ships
-    for command in ("glora-train", "glora-search", "glora-export", "glora-report"):
+    for command in ("glora-train", "glora-search", "glora-export", "glora-report", "glora-data"):
         assert command in entry_points
     site = tmp_path / "site"
     install = subprocess.run(

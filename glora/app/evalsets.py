@@ -2,7 +2,8 @@
 ImageNet 16-shot training, then ImageNet-V2, -Sketch, -A and -R).
 
 A set is ``NAME=PATH[,mask=MASK]``. ``PATH`` is an ImageFolder tree or a list file of ``relative/path label`` lines
-(paths relative to the list's folder, labels in the model's label space). A folder's class sub-folders are matched
+(paths relative to the list's folder or, as NOAH's lists in ``<set>/annotations/`` hold them, to the set's root;
+labels in the model's label space). A folder's class sub-folders are matched
 to the class names the model was trained with (ImageNet wnids such as ``n01443537``); folders named by integers
 (ImageNet-V2's ``0`` ... ``999``) are label indices. ``MASK`` restricts the prediction to some classes, for sets that
 cover only part of the label space (ImageNet-A and -R: 200 of 1,000): a file of class indices or names (whitespace
@@ -26,7 +27,7 @@ from torch import nn
 from glora._io import read_text_file
 
 from .data import IMAGE_EXTENSIONS, ImageSet, make_loader, read_list_file
-from .data.images import materialise
+from .data.images import locate_images, materialise
 from .data.transforms import EvalCrop
 from .evaluate import predict
 
@@ -185,6 +186,8 @@ def load_eval_set(
             raise ValueError(f"eval set {spec.name!r}: {str(path)!r} holds no images")
     elif path.is_file():
         files, labels = read_list_file(path, path.parent, num_classes, f"eval set {spec.name!r}")
+        # Paths relative to the list's folder, or (NOAH's lists in <dataset>/annotations/) to the dataset root above.
+        files = locate_images(files, path.parent, [path.parent, *list(path.parent.parents)[:2]])
     else:
         raise FileNotFoundError(f"eval set {spec.name!r}: {str(path)!r} does not exist (a folder or a list file)")
     images = materialise(files, labels, num_classes, tuple(size), False, spec.name, crop_pct=crop_pct)

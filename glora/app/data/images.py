@@ -19,7 +19,15 @@ from glora._io import read_text_file
 
 from .transforms import AugmentedDataset, EvalCrop, FileDataset, TrainAugment, load_image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "materialise", "split_per_class", "read_list_file", "label_span"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageSet",
+    "materialise",
+    "split_per_class",
+    "read_list_file",
+    "locate_images",
+    "label_span",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -153,6 +161,19 @@ def read_list_file(listing: Path, image_root: Path, num_classes: int | None, wha
     if not files:
         raise ValueError(f"split file {str(listing)!r} lists no images")
     return files, labels
+
+
+def locate_images(files: list[Path], base: Path, roots: list[Path]) -> list[Path]:
+    """The listed files (read relative to ``base``) under the first of ``roots`` that holds the first one of them;
+    ``FileNotFoundError`` says where it looked."""
+    if not files:
+        return files
+    rel = [f.relative_to(base) for f in files]
+    for root in roots:
+        if (root / rel[0]).is_file():
+            return [root / r for r in rel]
+    tried = ", ".join(repr(str(r)) for r in roots)
+    raise FileNotFoundError(f"listed image {str(rel[0])!r} is in none of {tried}")
 
 
 def label_span(labels: list[int]) -> str:

@@ -1,5 +1,9 @@
-"""``fewshot``: few-shot FGVC in the reference's layout, ``<root>/<task>/annotations/<list>`` over
+"""``fewshot``: few-shot FGVC in the reference's (NOAH's) layout, ``<root>/<task>/annotations/<list>`` over
 ``<root>/<task>/images/``; also the 16-shot ImageNet source of the domain-generalization protocol.
+
+The layouts as NOAH's preparation ships them read as they are: list paths relative to ``images/``, to the dataset
+folder itself (Stanford Cars) or, for ImageNet's training lists, to ``train/``; ImageNet's validation (and test)
+split without a list is ``val/<wnid>/*.JPEG``.
 """
 
 from __future__ import annotations
@@ -7,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..images import ImageSet, materialise, read_list_file
+from ..images import ImageSet, locate_images, materialise, read_list_file
 from ..transforms import EvalCrop
 from . import Source, register_source
 
@@ -15,6 +19,7 @@ __all__ = [
     "FEWSHOT_TASKS",
     "FEWSHOT_SHOTS",
     "fewshot_list",
+    "split_files",
     "load_fewshot",
     "imagenet_class_names",
     "fewshot_num_classes",
@@ -72,17 +77,53 @@ def load_fewshot(
     progress: bool | None = None,
 ) -> ImageSet:
     """One split of a few-shot FGVC dataset in the reference's layout: ``<root>/<task>/annotations/<list>``, lines
-    ``relative/path label`` relative to ``<root>/<task>/images/``."""
+    ``relative/path label`` relative to ``<root>/<task>/images/`` (or the other roots NOAH's layouts use)."""
     base = task_folder(root, task)
-    if not base.is_dir():
-        raise FileNotFoundError(f"few-shot dataset folder {str(base)!r} does not exist (expected <data-root>/{task})")
-    listing = fewshot_list(base, split_file, shot, seed)
-    files, labels = read_list_file(listing, base / "images", num_classes, task)
+    files, labels, where = split_files(base, task, split_file, shot, seed, num_classes)
     n = num_classes if num_classes is not None else max(labels) + 1
     names = imagenet_class_names() if task == "imagenet" and n == 1000 else None
-    return materialise(
-        files, labels, n, tuple(size), cache, f"{task}/{listing.name}", progress, names, crop_pct=crop_pct
-    )
+    return materialise(files, labels, n, tuple(size), cache, where, progress, names, crop_pct=crop_pct)
+
+
+def split_files(
+    base: Path, task: str, split: str, shot: int | None, seed: int, num_classes: int | None
+) -> tuple[list[Path], list[int], str]:
+    """The images and labels of a split (a list file, or ImageNet's val folder), and what to call them."""
+    no_list = not (base / "annotations" / f"{split}_meta.list").is_file()
+    if task == "imagenet" and split in ("val", "test") and no_list:
+        pairs = _imagenet_val(base)
+        return [f for f, _ in pairs], [label for _, label in pairs], f"{task}/val"
+    listing = fewshot_list(base, split, shot, seed)
+    files, labels = read_list_file(listing, base, num_classes, task)
+    return locate_images(files, base, _image_roots(base, split)), labels, f"{task}/{listing.name}"
+
+
+def _image_roots(base: Path, split: str) -> list[Path]:
+    """Where a list's paths may be relative to, in NOAH's preparations: ``images/`` (most datasets), the dataset
+    folder itself (Stanford Cars), ``train/`` (ImageNet's training lists)."""
+    return [base / "images", base, *([base / "train"] if split == "train" else [])]
+
+
+def _imagenet_val(base: Path) -> list[tuple[Path, int]]:
+    """ImageNet's validation images as NOAH's preparation ships them: ``val/<wnid>/*.JPEG``, labelled by the wnid's
+    index in ImageNet-1k's order (no list file)."""
+    from ..images import IMAGE_EXTENSIONS
+
+    folder = base / "val"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{str(base / 'annotations')!r} has no val_meta.list and {str(folder)!r} does not exist (ImageNet's "
+            "val/<wnid>/*.JPEG)"
+        )
+    index = {w: i for i, w in enumerate(imagenet_class_names())}
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in index:
+            raise ValueError(f"{str(sub)!r} is not an ImageNet-1k class folder (a wnid such as n01440764)")
+        out += [(f, index[sub.name]) for f in sorted(sub.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not out:
+        raise ValueError(f"{str(folder)!r} holds no images")
+    return out
 
 
 def imagenet_class_names() -> tuple[str, ...]:
@@ -142,8 +183,7 @@ class FewshotSource(Source):
 
     def preflight(self, spec, split: str) -> None:
         base = task_folder(spec.data_root, spec.task)
-        listing = fewshot_list(base, split, spec.shot, spec.split_seed)
-        read_list_file(listing, base / "images", self.num_classes(spec), spec.task)
+        split_files(base, spec.task, split, spec.shot, spec.split_seed, self.num_classes(spec))
 
     def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
         return load_fewshot(

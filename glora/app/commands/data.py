@@ -1,0 +1,45 @@
+"""``glora-data check ROOT``: what a VTAB-1k or few-shot root holds, task by task, before a long run starts.
+
+Exit status 0 when every task that is there can be read (missing tasks are listed, not errors), 1 when one is
+broken (its first problem is named).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..cli import run
+from ..data.check import DATA_KINDS, check_root
+from ..options import make_parser, parse_args, program_name
+
+__all__ = ["build_parser", "main", "cli"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(program_name("glora-data", "glora-data"), "Check dataset roots before training on them.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="check")
+    check = sub.add_parser("check", help="report per task what is present, missing or broken")
+    check.add_argument("root", help="the folder holding the task folders (<root>/cifar, <root>/oxford_pets, ...)")
+    check.add_argument(
+        "--kind", choices=DATA_KINDS, default="auto", help="vtab or fewshot (default: told from the task folders)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    kind, statuses = check_root(args.root, args.kind)
+    width = max(len(s.task) for s in statuses)
+    print(f"{kind} root {args.root}:")
+    for s in statuses:
+        detail = f"{s.images} images; {', '.join(s.splits)}" if s.state == "ok" else s.problem
+        print(f"  {s.task:<{width}}  {s.state:<7}  {detail}".rstrip())
+    counts = {state: sum(s.state == state for s in statuses) for state in ("ok", "missing", "broken")}
+    print(f"{counts['ok']} ok, {counts['missing']} missing, {counts['broken']} broken")
+    return 1 if counts["broken"] else 0
+
+
+def cli() -> int:
+    """Console entry point ``glora-data``."""
+    return run(main)
