@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hf and args.eval_set:
             raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
+        subnet = load_subnet(args.subnet)  # read, and the verification data checked, before the model is rebuilt
+        DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",))
         model = load_supernet(ckpt, device=resolve_device(args.device))
-        subnet = load_subnet(args.subnet)
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
         checked = _fold_and_check(args, ckpt, model, subnet)
         _write_export(args, out, ckpt, checked, hf)
