@@ -36,7 +36,7 @@ import torch
 from ...tasks import IGNORE_INDEX
 from ..images import ImageSet
 from . import Source, register_source
-from .text import load_tokenizer, read_table
+from .text import load_tokenizer, read_table, split_file
 
 __all__ = ["InstructionSource", "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "Row", "render_rows"]
 
@@ -193,13 +193,7 @@ class InstructionSource(Source):
         return "causal-lm"
 
     def split_key(self, spec, split: str) -> str:
-        files = {"train": spec.train_file, "val": spec.validation_file, "test": spec.test_file}
-        if split in files:
-            if files[split] is None:
-                option = {"val": "--validation-file", "test": "--test-file"}.get(split, "--train-file")
-                raise ValueError(f"dataset instructions has no {split} split: give {option}")
-            return str(files[split])
-        return split
+        return split_file(spec, split)
 
     def preflight(self, spec, split: str) -> None:
         path = self.split_key(spec, split)

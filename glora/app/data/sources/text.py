@@ -21,7 +21,7 @@ from glora._text import first_line
 from ..images import ImageSet
 from . import Source, register_source
 
-__all__ = ["TextSource", "read_table", "load_tokenizer", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
+__all__ = ["TextSource", "read_table", "load_tokenizer", "split_file", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -132,6 +132,18 @@ def load_tokenizer(name: str):
     return tok
 
 
+def split_file(spec, split: str) -> str:
+    """The file a split name means for the text sources (--train-file, --validation-file, --test-file); another
+    name is a file of its own. ``ValueError`` names the option a missing split needs."""
+    files = {"train": spec.train_file, "val": spec.validation_file, "test": spec.test_file}
+    if split not in files:
+        return split
+    if files[split] is None:
+        option = {"val": "--validation-file", "test": "--test-file"}.get(split, "--train-file")
+        raise ValueError(f"dataset {spec.dataset} has no {split} split: give {option}")
+    return str(files[split])
+
+
 @register_source
 class TextSource(Source):
     name = "text"
@@ -161,16 +173,7 @@ class TextSource(Source):
         return "regression" if labels is None else "classification"
 
     def split_key(self, spec, split: str) -> str:
-        return str(self._file(spec, split))
-
-    def _file(self, spec, split: str) -> str:
-        files = {"train": spec.train_file, "val": spec.validation_file, "test": spec.test_file}
-        if split in files:
-            if files[split] is None:
-                option = {"val": "--validation-file", "test": "--test-file"}.get(split, "--train-file")
-                raise ValueError(f"dataset text has no {split} split: give {option}")
-            return files[split]
-        return split  # another split name is a file of its own
+        return split_file(spec, split)
 
     def preflight(self, spec, split: str) -> None:
         self._labels(spec, split)
@@ -178,7 +181,7 @@ class TextSource(Source):
     def _labels(self, spec, split: str) -> tuple[str, list[list], list, tuple[str, ...] | None, bool]:
         """The split's file, text columns, labels (classes or reals), class names and whether it is a regression;
         every check of the file's content, without tokenizing."""
-        path = self._file(spec, split)
+        path = split_file(spec, split)
         table = read_table(path)
         columns = [_column(table, c, "text", path) for c in spec.text_column]
         raw = _integral(_column(table, spec.label_column, "label", path))
