@@ -124,3 +124,16 @@ def test_the_command_reads_the_default_pipeline_and_refuses_what_it_should(pipel
     (tmp_path / "empty").mkdir()
     code, err = cli("report", [str(tmp_path / "empty"), "--out", str(tmp_path / "r2")], capsys)
     assert code == 2 and "is not a run: expected supernet/, search/ or export/ inside it" in err
+
+
+def test_a_gift_only_space_is_compared_with_gifts_table_3(tmp_path):
+    runs = [_run(tmp_path / t, dataset="vtab", task=t, test=0.8, lora=()) for ts in VTAB_GROUPS.values() for t in ts]
+    for r in runs:  # a GIFT-only space: no LoRA ranks, GIFT rank 16
+        config = yaml.safe_load((r / "supernet" / "config.yaml").read_text()) | {"gift-ranks": [16]}
+        (r / "supernet" / "config.yaml").write_text(yaml.safe_dump(config))
+    md = _markdown(tmp_path, runs)
+    header = _row(md, "method")
+    paper = dict(zip(header, _row(md, "paper: GIFT (GIFT paper Table 3")))
+    assert (paper["Natural"], paper["Specialized"], paper["Structured"]) == ("82.0", "86.3", "61.1")
+    diff = dict(zip(header, _row(md, "difference (ours − paper)")))
+    assert diff["Natural"] == "-2.0" and diff["Average"] == "—"  # averages of different definitions: not compared

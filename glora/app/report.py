@@ -10,8 +10,9 @@ mean ± sample standard deviation over seeds, and how many.
 Tables (Markdown in ``report.md``, one CSV each, the few-shot curves as PNG): VTAB-1k per task with the paper's
 group means (Natural, Specialized, Structured) and their mean, as the paper averages (Table 1); few-shot accuracy
 per shot; domain generalization (source test set and each extra set, masked ones marked); every other task with its
-own metric. The paper's published numbers sit beside ours where the seeds give them (GLoRA Tables 1, 2 and 5) with
-the difference. Missing tasks are shown as missing, never as zero; a group mean needs every task of its group.
+own metric. The paper's published numbers sit beside ours where the seeds give them (GLoRA Tables 1, 2 and 5;
+GIFT's Table 3 for a GIFT-only space) with the difference. Missing tasks are shown as missing, never as zero; a
+group mean needs every task of its group.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ PAPER_VTAB_AVERAGE = {"glora (0.86M)": 78.0, "glora (0.44M)": 77.6, "glora (0.29
 _SPACE_ROW = {(8, 4): "glora (0.86M)", (4, 2): "glora (0.44M)", (2,): "glora (0.29M)"}
 # GLoRA paper, Table 5: Swin-B (ImageNet-21k) on VTAB-1k, group means and their mean.
 PAPER_SWIN = {"Natural": 83.7, "Specialized": 88.7, "Structured": 61.9, "Average": 78.1}
+# GIFT paper, Table 3: GIFT (rank 16, ViT-B/16) on VTAB-1k, group means.
+PAPER_GIFT = {"Natural": 81.95, "Specialized": 86.30, "Structured": 61.12}
 # GLoRA paper, Table 2: domain generalization of GLoRA (0.29M), ImageNet 16-shot source, unmasked 1000-way.
 PAPER_DG = {"ImageNet": 78.3, "-Sketch": 30.6, "-V2": 67.5, "-A": 13.3, "-R": 31.0}
 _DG_NAMES = {
@@ -93,6 +96,7 @@ class RunResult:
     space: str  # "lora 8,4", "lora 4 + gift 16", ...
     lora_ranks: tuple[int, ...]
     model: str
+    gift_ranks: tuple[int, ...] = ()
     metric: str = "accuracy"
     test: float | None = None  # the pick's test metric (None: the run has no test result yet)
     params: int | None = None
@@ -198,6 +202,7 @@ def read_run(run: str | Path) -> RunResult:
         space=space,
         lora_ranks=lora,
         model=str(config.get("model", "?")),
+        gift_ranks=gift,
     )
     if final is not None:
         metric = final.get("metric", "accuracy")
@@ -313,7 +318,7 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
             ]
         )
         csv_rows.append([name, params, *(_csv_cell(cells.get(t)) for t in _TASK_ORDER), *means.values(), average])
-        paper = _paper_row(model, group[0].lora_ranks)
+        paper = _paper_row(model, group[0].lora_ranks, group[0].gift_ranks)
         if paper is not None:
             label, per_task, groups, paper_avg = paper
             md_rows.append(
@@ -352,8 +357,11 @@ def _diff(ours: float | None, paper: float | None) -> str:
     return f"{round(ours - paper, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
-def _paper_row(model: str, lora_ranks: tuple[int, ...]):
+def _paper_row(model: str, lora_ranks: tuple[int, ...], gift_ranks: tuple[int, ...] = ()):
     """(label, per task, group means, average) of the paper row this run compares with, or None."""
+    if gift_ranks and not lora_ranks and "vit_base_patch16_224" in model:
+        groups = {g: PAPER_GIFT[g] for g in VTAB_GROUPS}
+        return "GIFT (GIFT paper Table 3; its average, 74.09, is over the 19 tasks)", {}, groups, None
     if "swin" in model.lower():
         groups = {g: PAPER_SWIN[g] for g in VTAB_GROUPS}
         return "GLoRA, Swin-B (Table 5)", {}, groups, PAPER_SWIN["Average"]
