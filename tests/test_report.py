@@ -110,6 +110,7 @@ def test_fewshot_per_shot_with_a_plot_and_dg_with_masked_sets_marked(tmp_path):
     assert "* masked: the argmax was restricted" in md
 
 
+@pytest.mark.slow  # the session's default pipeline
 def test_the_command_reads_the_default_pipeline_and_refuses_what_it_should(pipeline, tmp_path, capsys):
     out = tmp_path / "report"
     code, err = cli("report", [str(pipeline), "--out", str(out)], capsys)
