@@ -76,6 +76,24 @@ def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
         assert all(r["peak_mib"] is not None and r["step_ms"] > 0 for r in record["results"].values())
 
 
+def test_fsdp_benchmark_shards_what_each_rank_holds(tmp_path):
+    from helpers import torchrun
+
+    from glora.app.sharding import available
+
+    if available() is not None:
+        pytest.skip(available())
+    args = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "48", "--vocab", "64", "--seq", "16",
+            "--batch-size", "3", "--rounds", "1", "--warmup", "0"]  # fmt: skip
+    done = torchrun("-m", "benchmarks.fsdp_step", *args, "--json", str(tmp_path / "f.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "f.json").read_text())["results"]
+    whole, shard = rows["data parallel"], rows["fsdp"]
+    assert shard["frozen_mib"] <= 0.55 * whole["frozen_mib"]  # each of 2 ranks holds about half
+    assert shard["trainable_mib"] <= 0.55 * whole["trainable_mib"]
+    assert whole["step_ms"] > 0 and shard["step_ms"] > 0
+
+
 def test_vtab_e2e_runs_the_three_commands_on_synthetic_data(tmp_path):
     args = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--train", "20", "--val", "10", "--test", "10"]
     args += ["--epochs", "1", "--batch-size", "8", "--population", "4", "--generations", "1", "--device", "cpu"]

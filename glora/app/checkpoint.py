@@ -22,6 +22,7 @@ from glora.config import AdapterConfig
 from glora.inject import inject
 
 from .backbone import BackboneSpec, build_backbone, fingerprint
+from .sharding import assign_, full
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,8 +41,9 @@ _REQUIRED = ("format", "version", "backbone", "fingerprint", "adapter", "trainab
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors training changes (supports, GIFT generators, head), detached on the CPU."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    """The tensors training changes (supports, GIFT generators, head), detached on the CPU; whole when the model is
+    sharded (FSDP: a collective, so every rank calls it)."""
+    return {n: full(p.detach()).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
@@ -142,9 +144,8 @@ def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where:
         t = tensors[n]
         if tuple(t.shape) != tuple(p.shape):
             raise ValueError(f"{where}: tensor {n!r} has shape {tuple(t.shape)}, this model expects {tuple(p.shape)}")
-    with torch.no_grad():
-        for n, p in own.items():
-            p.copy_(tensors[n])
+    for n, p in own.items():
+        assign_(p, tensors[n])  # this rank's shard of it when the model is sharded (FSDP)
 
 
 def supernet_inputs(ckpt: Mapping[str, Any], data_root: str | None = None) -> list[tuple[str, str | None]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -112,18 +112,22 @@ def split_stats(
     task: Task,
     amp: str = "off",
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """``task.stats`` of every batch of ``loader``, concatenated (on the device): what ``task.compute`` turns into
-    the split's metrics. Batch by batch, so a language model's logits are never held for the whole split."""
+    the split's metrics. Batch by batch, so a language model's logits are never held for the whole split.
+    ``keep[i]`` False: batch i runs (a sharded model's ranks must all take part in every forward) but is not
+    counted (a rank whose share of a small last batch was empty)."""
     was_training = model.training
     model.eval()
     forward = model if forward is None else forward
     parts: list[tuple[torch.Tensor, ...]] = []
     try:
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
             with autocast(device, amp):
                 out = forward(normalize(x.to(device, non_blocking=True)))
-            parts.append(task.stats(out, y.to(device)))
+            if keep is None or keep[i]:
+                parts.append(task.stats(out, y.to(device)))
     finally:
         model.train(was_training)
     if not parts:

@@ -3,7 +3,8 @@
 Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast (eagerly or through
 a compiled model: the same graph for every subnet), the task's loss (cross-entropy with optional label smoothing,
 mean squared error, or a causal LM's response-token loss), backward, the unused supports' gradients settled by the
-recipe's semantics, all-reduce of the gradients that exist (data parallelism), optional clipping, AdamW (fused where
+recipe's semantics, all-reduce of the gradients that exist (data parallelism; under FSDP the sharded model
+reduce-scatters them itself), optional clipping, AdamW (fused where
 torch has it), timm's cosine (or linear) schedule with warmup (stepped per update, paper Appendix A). A step's loss
 is read on the host one step later, so the host never waits for the device mid-epoch. The data order of each epoch
 depends only on the seed and the epoch, and everything the loop's future depends on is in
@@ -32,6 +33,7 @@ from .cli import catch_signals
 from .data import ImageSet, make_loader, place
 from .distributed import Distributed
 from .evaluate import AMP_MODES, autocast, split_stats
+from .sharding import full_optimizer_state, is_sharded, sharded_optimizer_state
 from .tasks import Task, result_key
 
 __all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS", "SCHEDULES", "make_adamw"]
@@ -166,13 +168,15 @@ class Trainer:
         self.dist = dist or Distributed()
         self.progress = progress
         self.adapted = bool(glora_layers(model))
+        self.sharded = is_sharded(model)  # FSDP2: gradients reduce-scattered by the model, state gathered to save
         self.supernet = self.adapted and subnet is None
         if subnet is not None:
             set_subnet(model, subnet)
         self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: no parameter requires grad")
-        self.dist.broadcast_params(self.params)
+        if not self.sharded:  # sharded ranks built the same model from the same seed before splitting it
+            self.dist.broadcast_params(self.params)
         self.optimizer = make_adamw(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         n, size = len(train_set), recipe.batch_size
         self.steps_per_epoch = n // size if recipe.drop_last else math.ceil(n / size)
@@ -215,9 +219,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything the rest of the run depends on (not the model's tensors: save those beside it)."""
+        """Everything the rest of the run depends on (not the model's tensors: save those beside it). Whole tensors
+        even when the model is sharded (then a collective: every rank calls it)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": full_optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": self._rng_state(),
             "epoch": self.epoch,
@@ -243,7 +248,8 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output. ``recipe.epochs`` may have grown: the schedule follows it."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]
+        self.optimizer.load_state_dict(sharded_optimizer_state(self.optimizer, saved) if self.sharded else saved)
         sched = dict(state["scheduler"])
         sched.pop("t_initial", None)
         self.scheduler.load_state_dict(sched | {"t_initial": self.scheduler.t_initial})
@@ -376,7 +382,8 @@ class Trainer:
         (loss_sum / global_n).backward()
         if self.adapted:
             self._settle_unused()
-        self.dist.all_reduce_grads(self.params)
+        if not self.sharded:
+            self.dist.all_reduce_grads(self.params)
         loss = self.dist.sum_(loss_sum.detach().double())
         if r.clip_grad:
             nn.utils.clip_grad_norm_(self.params, r.clip_grad)
@@ -408,11 +415,16 @@ class Trainer:
         model's. Each rank evaluates its share; the per-row statistics are gathered, so metrics are the split's."""
         if self.supernet:
             set_subnet(self.model, sample_subnet(self.model, self.rng))
-        part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
-        size = max(self.recipe.batch_size, 256) if self.task.kind != "causal-lm" else self.recipe.batch_size
-        loader, _ = make_loader(part, size, shuffle=False, workers=self.recipe.workers)
         r = self.recipe
-        stats = split_stats(self.model, loader, self.normalize, self.device, self.task, r.amp, self.forward)
+        size = max(r.batch_size, 256) if self.task.kind != "causal-lm" else r.batch_size
+        if self.sharded:  # every rank runs every batch (each forward is collective): its share of each
+            loader, meta = make_loader(self.val_set, size, shuffle=False, workers=r.workers, shard=self.dist.shard)
+            keep = [weight > 0 for _, weight in meta]
+        else:
+            part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
+            loader, _ = make_loader(part, size, shuffle=False, workers=r.workers)
+            keep = None
+        stats = split_stats(self.model, loader, self.normalize, self.device, self.task, r.amp, self.forward, keep)
         return self.task.compute(self.dist.gather(stats))
 
 

@@ -23,7 +23,7 @@ from glora._io import atomic_write_bytes, atomic_write_text
 from glora.fold import folded
 from glora.inject import get_space, set_execution
 from glora.space import SUPPORTS, SearchSpace
-from glora.subnet import params_by_type, save_subnet
+from glora.subnet import params_by_type, save_subnet, set_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
 from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_type, plot_progress, png_bytes
 
@@ -42,6 +42,7 @@ from ..options import (
 )
 from ..options.search import RESUMABLE_OPTIONS, STATE_FILE, build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
+from ..sharding import check_path, fsdp_wanted, shard_model
 from ..tasks import METRICS, Task, result_key
 
 __all__ = ["build_parser", "main", "cli"]
@@ -104,19 +105,29 @@ def cli() -> int:
 
 class _SearchRun:
     """One search. Under torchrun every rank runs the same evolution (same seed) and evaluates its share of each
-    generation's new candidates (``job.map``); rank 0 writes."""
+    generation's new candidates (``job.map``); rank 0 writes. With ``--fsdp`` the supernet is sharded instead: the
+    ranks evaluate every candidate together, each on its share of every validation batch."""
 
     def __init__(self, args: argparse.Namespace, job: Distributed, device: torch.device, state: dict | None) -> None:
         self.args, self.job, self.device, self.out = args, job, device, Path(args.out)
+        self.sharded = fsdp_wanted(args, job)
+        if self.sharded and args.eval_set:
+            raise ValueError("--eval-set cannot be combined with --fsdp; evaluate the exported model on them instead")
         ckpt = read_checkpoint(args.supernet)
         if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
         self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
         self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
-        self.model = load_supernet(ckpt, device=device)
-        set_execution(self.model, path=args.execution)
-        # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
-        self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
+        if self.sharded:  # built on the host, then each rank keeps its shards on the device
+            self.model = load_supernet(ckpt, device="cpu")
+            set_execution(self.model, path=check_path(args.execution))
+            shard_model(self.model, device, job.world)
+            self.forward = None
+        else:
+            self.model = load_supernet(ckpt, device=device)
+            set_execution(self.model, path=args.execution)
+            # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
+            self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
         check_no_overlap(self.out, supernet_inputs(ckpt, self.data.data_root))
         if self.data.selects_on_test:
@@ -136,7 +147,7 @@ class _SearchRun:
         self.normalize = make_normalizer(self.inputs).to(device)
         self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
         self.task.check_split(self.val.labels, "validation")
-        self.val_loader, _ = make_loader(self.val, args.batch_size, shuffle=False, workers=args.workers)
+        self.val_loader = self._loader(self.val)
         self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
         self.fixed = all(up == 0 for up in self.genome.up)
         settings = _settings(args)
@@ -151,11 +162,24 @@ class _SearchRun:
             )  # fmt: skip
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
         show = "{:.4f}".format if self.task.selection == "accuracy" else self._show
-        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=job.map, show=show)
+        map_fn = map if self.sharded else job.map
+        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=map_fn, show=show)
         if state is not None:
             self.evo.restore(state)
 
-    def _metrics(self, loader, subnet) -> dict[str, float]:
+    def _loader(self, data) -> tuple[Any, list[bool] | None]:
+        """Batches of a split, and (sharded) which of this rank's batches count: each rank takes its share of every
+        batch, and one whose share is empty still runs (every forward of a sharded model is collective)."""
+        shard = self.job.shard if self.sharded else None
+        loader, meta = make_loader(data, self.args.batch_size, shuffle=False, workers=self.args.workers, shard=shard)
+        return loader, [weight > 0 for _, weight in meta] if self.sharded else None
+
+    def _metrics(self, batches: tuple[Any, list[bool] | None], subnet) -> dict[str, float]:
+        loader, keep = batches
+        if self.sharded:  # the static path with the subnet's codes: folding would need every layer's whole weight
+            set_subnet(self.model, subnet)
+            stats = split_stats(self.model, loader, self.normalize, self.device, self.task, self.args.amp, None, keep)
+            return self.task.compute(self.job.gather(stats))
         with folded(self.model, subnet):  # fold once, then plain-weight inference over the split
             stats = split_stats(self.model, loader, self.normalize, self.device, self.task, self.args.amp, self.forward)
         return self.task.compute(stats)
@@ -210,8 +234,10 @@ class _SearchRun:
             self.evo.run(on_generation)
         finally:
             bar.close()
-        if self.job.main:
-            self._finish()
+        if self.job.main or self.sharded:  # a sharded model's ranks evaluate the pick together
+            pick = self._evaluate_pick()
+            if self.job.main:
+                self._finish(*pick)
         self.job.barrier()
 
     def _write_log(self, final: dict[str, Any] | None = None) -> None:
@@ -223,10 +249,10 @@ class _SearchRun:
         try:
             test = self.data.load("test", self.inputs["input_size"], self.args.progress)
         except (ValueError, FileNotFoundError) as e:
-            _logger.warning("no test split (%s); test metrics not reported", e)
+            if self.job.main:
+                _logger.warning("no test split (%s); test metrics not reported", e)
             return None
-        loader, _ = make_loader(test, self.args.batch_size, shuffle=False, workers=self.args.workers)
-        return self._metrics(loader, subnet)
+        return self._metrics(self._loader(test), subnet)
 
     def _extra_sets(self, subnet) -> dict[str, dict[str, Any]]:
         """The pick on each ``--eval-set``, side by side with test (domain generalization)."""
@@ -248,15 +274,17 @@ class _SearchRun:
                 forward=self.forward,
             )
 
-    def _finish(self) -> None:
+    def _evaluate_pick(self) -> tuple[dict[str, float], dict[str, float] | None, dict[str, dict[str, Any]]]:
+        """The best subnet's metrics on validation (all of them), test and the ``--eval-set`` sets."""
+        subnet = self.genome.decode(self.evo.ranked()[0][0])
+        return self._metrics(self.val_loader, subnet), self._test_metrics(subnet), self._extra_sets(subnet)
+
+    def _finish(self, val: dict[str, float], test: dict[str, float] | None, extra: dict[str, dict[str, Any]]) -> None:
         args, evo, out, task = self.args, self.evo, self.out, self.task
         ranked = evo.ranked()
         genes, score, params = ranked[0]
         subnet = self.genome.decode(genes)
         save_subnet(subnet, out / "subnet.yaml")
-        val = self._metrics(self.val_loader, subnet)
-        test = self._test_metrics(subnet)
-        extra = self._extra_sets(subnet)
         key, name = result_key(task.selection), task.selection
         final = {
             "final": True,

@@ -43,6 +43,7 @@ from ..options.train import (
     inputs_of,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
+from ..sharding import check_path, fsdp_wanted, shard_model
 from ..sizes import check_training_size
 from ..tasks import Task
 from ..trainer import DivergenceError, Recipe, Trainer
@@ -95,6 +96,7 @@ class _SupernetRun:
         self, args: argparse.Namespace, dist: Distributed, device: torch.device, ckpt: dict[str, Any] | None
     ) -> None:
         self.args, self.dist, self.out = args, dist, Path(args.out)
+        self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
         if self.data.source.kind == "tokens":  # the model's own tokenizer; a local folder stored absolute
             tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
@@ -106,6 +108,9 @@ class _SupernetRun:
         self.spec = backbone_from_args(args, num_classes)
         self._build_model(device)
         train, val = self._load_splits()
+        compiled = None  # a sharded model runs eagerly
+        if not self.sharded:
+            compiled = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self.class_names = list(train.class_names) if train.class_names else None
         self.trainer = Trainer(
             self.model,
@@ -114,7 +119,7 @@ class _SupernetRun:
             normalize=make_normalizer(self.inputs).to(device),
             device=device,
             val_set=val,
-            forward=compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend),
+            forward=compiled,
             dist=dist,
             progress=args.progress,
             data_on_device=args.data_on_device,
@@ -129,13 +134,14 @@ class _SupernetRun:
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         support = SUPPORT_DTYPES.get(self.adapter.support_dtype or "", None)
+        share = self.dist.world if self.sharded else 1  # each rank holds 1/world of everything under FSDP
         check_training_size(
-            supernet_size(model, self.adapter),
+            supernet_size(model, self.adapter) // share,
             device,
             self.out,
             enabled=self.args.memory_check,
             element_size=support.itemsize if support is not None else next(model.parameters()).element_size(),
-            frozen_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+            frozen_bytes=sum(p.numel() * p.element_size() for p in model.parameters()) // share,
         )
         inject(model, self.adapter)
         if self.args.gradient_checkpointing:
@@ -151,13 +157,17 @@ class _SupernetRun:
             _logger.info("%d adapted layers have no bias: %s", bias_free, rule)
         if self.adapter.space.layer_size == 1:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
-        set_execution(model, path=self.args.execution)
+        set_execution(model, path=check_path(self.args.execution) if self.sharded else self.args.execution)
         self.fingerprint = fingerprint(model)
         if self.data.source.kind == "tokens":
             self.inputs = {"input_size": (2, self.data.max_seq_length), "mean": (), "std": (), "kind": "tokens"}
         else:
             self.inputs = input_config(model, self.args.mean, self.args.std)
-        self.model = model.to(device)
+        if self.sharded:  # each rank keeps its shards, on the device
+            shard_model(model, device, self.dist.world)
+            self.model = model
+        else:
+            self.model = model.to(device)
 
     def _load_splits(self):
         splits = []
@@ -192,7 +202,10 @@ class _SupernetRun:
         _logger.info("resuming %s %s (step %d)", self.out / "last.pt", at, t.step)
 
     def _save(self) -> None:
-        """Rank 0 writes; the others wait, so a failed write stops everyone at the same step."""
+        """Rank 0 writes; the others wait, so a failed write stops everyone at the same step. A sharded model's
+        tensors are gathered whole first, on every rank."""
+        tensors = trainable_state(self.model) if self.dist.main or self.sharded else {}
+        state = self.trainer.state_dict() if self.dist.main or self.sharded else {}
         if self.dist.main:
             write_checkpoint(
                 self.out / "last.pt",
@@ -204,8 +217,8 @@ class _SupernetRun:
                     "task": self.task.to_dict(),
                     "input": {k: v if isinstance(v, str) else list(v) for k, v in self.inputs.items()},
                     "class_names": self.class_names,
-                    "trainable": trainable_state(self.model),
-                    **self.trainer.state_dict(),
+                    "trainable": tensors,
+                    **state,
                     "config": args_to_dict(self.args),
                 },
             )

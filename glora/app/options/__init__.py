@@ -461,6 +461,13 @@ def add_runtime_options(group: argparse._ArgumentGroup | argparse.ArgumentParser
         "autograd; auto = manual (a compiled model always runs static)",
     )
     group.add_argument(
+        "--fsdp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="under torchrun, shard the backbone and the supports over the processes (FSDP2 fully_shard per block): "
+        "for a model larger than one device; eager (static path), checkpoints stay whole",
+    )
+    group.add_argument(
         "--data-on-device",
         choices=DATA_ON_DEVICE,
         default="auto",

@@ -43,6 +43,7 @@ RESUMABLE_OPTIONS = {
     "compile_mode",
     "compile_backend",
     "execution",
+    "fsdp",
     "data_on_device",
     "eval_set",
 }

@@ -75,6 +75,7 @@ RESUMABLE_OPTIONS = {
     "compile_mode",
     "compile_backend",
     "execution",
+    "fsdp",
     "data_on_device",
     "memory_check",
     "gradient_checkpointing",

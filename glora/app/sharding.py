@@ -1,0 +1,208 @@
+"""Fully sharded data parallelism (``--fsdp``): a supernet whose frozen backbone does not fit on one device.
+
+Under ``torchrun`` with ``--fsdp``, each transformer block (and then the root) is wrapped by torch's FSDP2
+``fully_shard``: every parameter, frozen or trainable, is split along its first dimension over the processes, and
+a block's full weights exist only while that block runs. What stays as in plain data parallelism:
+
+* every rank draws the same subnet from the same seeded RNG (the choice codes are buffers, never sharded), and the
+  subnet's unused supports keep ``grad = None`` (their sharded gradients are dropped after the reduce-scatter);
+* each rank's loss is its share of the global batch's mean, so gradients are reduce-scattered as a plain sum
+  (:func:`shard_model` sets the divide factor to 1: FSDP's default average would halve every step's gradient
+  on two ranks);
+* checkpoints hold full, unsharded tensors (trainable values and AdamW state, gathered on every rank, written by
+  rank 0): the same file as a run without ``--fsdp``, so a run may resume with or without sharding, and search and
+  export read it as any other.
+
+Only the static and autograd execution paths run sharded: the manual path's scale guard reads every layer's
+tensors at once, outside the block that holds them unsharded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "available",
+    "shard_model",
+    "is_sharded",
+    "shard_units",
+    "full",
+    "assign_",
+    "full_optimizer_state",
+    "sharded_optimizer_state",
+    "check_path",
+    "fsdp_wanted",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def available() -> str | None:
+    """None when this torch has FSDP2 (``torch.distributed.fsdp.fully_shard``), else why not."""
+    if not torch.distributed.is_available():
+        return f"torch {torch.__version__} was built without torch.distributed"
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.distributed.fsdp.fully_shard (FSDP2 needs torch >= 2.6)"
+    return None
+
+
+def _dtensor_class() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        return None
+    return DTensor
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` (or a module in it) is wrapped by ``fully_shard``."""
+    if available() is not None:
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules each get their own ``fully_shard`` (one all-gather per unit, freed after it runs): a transformers
+    model's ``_no_split_modules`` blocks, else the repeated blocks of the longest container of same-class modules
+    (timm's ``blocks``). Empty when the model has no repeated blocks (the root alone is then sharded)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    if names:
+        found = [m for m in model.modules() if type(m).__name__ in names]
+        if found:
+            return _outermost(found)
+    best: list[nn.Module] = []
+    for container in model.modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = list(container.children())
+        kinds = Counter(type(c) for c in children)
+        if len(children) >= 2 and len(kinds) == 1 and len(children) > len(best):
+            if any(True for _ in children[0].parameters()):
+                best = children
+    return best
+
+
+def _outermost(modules: list[nn.Module]) -> list[nn.Module]:
+    """Drop the modules nested inside another listed one (a block class used at two levels)."""
+    inner = {id(sub) for m in modules for sub in m.modules() if sub is not m}
+    return [m for m in modules if id(m) not in inner]
+
+
+def shard_model(model: nn.Module, device: torch.device, world: int) -> int:
+    """Wrap ``model`` with FSDP2 over ``world`` processes on ``device``'s type (the process group must exist): each
+    block, then the root. Parameters move to ``device`` as their shards. Returns the number of blocks."""
+    why = available()
+    if why is not None:
+        raise ValueError(f"--fsdp: {why}")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    units = shard_units(model)
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            # A plain sum (each rank's loss is already its share of the global mean); a sum with a factor of 1 as
+            # well, not a pre-multiplied one, which gloo lacks.
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    _logger.info("FSDP: %d blocks and the root sharded over %d processes", len(units), world)
+    return len(units)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a shard (a collective: every rank must call it for the same tensors, in the same order);
+    a plain tensor as it is."""
+    dtensor = _dtensor_class()
+    if dtensor is not None and isinstance(t, dtensor):
+        return t.full_tensor()
+    return t
+
+
+def _like(template: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a whole tensor, present on every rank) laid out as ``template``: this rank's shard when the
+    template is sharded, no communication."""
+    dtensor = _dtensor_class()
+    value = value.to(device=template.device, dtype=template.dtype)
+    if dtensor is None or not isinstance(template, dtensor):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    try:
+        return distribute_tensor(value, template.device_mesh, template.placements, src_data_rank=None)
+    except TypeError:  # a torch without src_data_rank: scattered from rank 0 instead (every rank holds the same)
+        return distribute_tensor(value, template.device_mesh, template.placements)
+
+
+@torch.no_grad()
+def assign_(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a whole tensor into ``param`` (sharded or not)."""
+    param.copy_(_like(param, value))
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded tensor whole, on the CPU: the same layout a run without
+    sharding saves (a collective under FSDP: call it on every rank)."""
+    state = optimizer.state_dict()
+    return {
+        **state,
+        "state": {
+            i: {k: full(v).to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+            for i, s in state["state"].items()
+        },
+    }
+
+
+def sharded_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved (whole) optimizer state laid out as ``optimizer``'s parameters are: each moment becomes this rank's
+    shard of it. Scalars (the step count) stay as they are."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out: dict[int, dict[str, Any]] = {}
+    for key, s in state["state"].items():
+        p = params[int(key)]
+        out[key] = {
+            k: _like(p, v) if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape) else v
+            for k, v in s.items()
+        }
+    return {**state, "state": out}
+
+
+def fsdp_wanted(args: Any, job: Any) -> bool:
+    """Whether a command shards its model: ``--fsdp`` under torchrun with more than one process. Refuses the options
+    a sharded model cannot run with, before anything is built."""
+    if not getattr(args, "fsdp", False):
+        return False
+    if not job.enabled:
+        _logger.warning(
+            "--fsdp in a single process: nothing to shard over, running unsharded (start it with torchrun "
+            "--nproc_per_node=N to shard)"
+        )
+        return False
+    why = available()
+    if why is not None:
+        raise ValueError(f"--fsdp: {why}")
+    if getattr(args, "compile", None):
+        raise ValueError("--compile cannot be combined with --fsdp: a sharded supernet runs eagerly; drop --compile")
+    check_path(getattr(args, "execution", "auto"))
+    return True
+
+
+def check_path(path: str) -> str:
+    """The execution path a sharded model runs: ``auto`` becomes ``static``; ``manual`` is refused."""
+    if path == "manual":
+        raise ValueError("--execution manual cannot run under --fsdp; use static (the default there) or autograd")
+    return "static" if path == "auto" else path

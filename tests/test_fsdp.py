@@ -1,0 +1,147 @@
+"""``--fsdp``: the supernet sharded with FSDP2 over 2 CPU processes (gloo) against one unsharded process.
+
+A sharded run must compute what one process computes (same losses, validation metrics, trained tensors and AdamW
+state, up to float32 rounding), save whole tensors (the same checkpoint as without sharding), resume exactly, and
+search to the same pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import python, torchrun
+
+from glora.app.checkpoint import read_checkpoint
+from glora.app.distributed import Distributed
+from glora.app.sharding import available, check_path, fsdp_wanted, shard_units
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+
+needs_fsdp = pytest.mark.skipif(available() is not None, reason=f"no FSDP2 here: {available()}")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama folder and Commonsense170k-style train/validation files (as test_lm builds them)."""
+    from test_lm import _commonsense, _jsonl, make_llama
+
+    root = tmp_path_factory.mktemp("fsdp")
+    return {
+        "model": make_llama(root / "llama"),
+        "train": _jsonl(root / "train.jsonl", _commonsense(16, 0)),
+        "val": _jsonl(root / "val.jsonl", _commonsense(5, 1)),  # 15 option sequences: uneven shares of a batch
+    }
+
+
+def _train_args(lm: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--model", str(lm["model"]), "--dataset", "instructions", "--train-file", str(lm["train"]),
+            "--validation-file", str(lm["val"]), "--max-seq-length", "96", "--epochs", "2", "--batch-size", "8",
+            "--lr", "0.01", "--warmup-epochs", "0", "--no-progress", "--device", "cpu", "--bias-free", "exclude",
+            "--gift-ranks", "2", "--clip-grad", "1.0", "--out", str(out), *extra]  # fmt: skip
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    num = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)
+    den = sum((a[k].double() ** 2).sum() for k in a)
+    return float((num / den).sqrt())
+
+
+# ---------------------------------------------------------------------- without processes
+def test_shard_units_are_the_blocks():
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                   num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    llama = transformers.LlamaForCausalLM(cfg)
+    assert [type(m).__name__ for m in shard_units(llama)] == ["LlamaDecoderLayer"] * 3  # its _no_split_modules
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, num_classes=3)
+    assert shard_units(vit) == list(vit.blocks)  # the repeated blocks of the longest container
+    assert shard_units(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())) == []  # the root alone
+
+
+def test_fsdp_refuses_what_a_sharded_model_cannot_run(caplog):
+    two = Distributed(rank=0, world=2)
+    args = argparse.Namespace(fsdp=True, compile=None, execution="auto")
+    assert fsdp_wanted(args, two) is (available() is None)
+    assert not fsdp_wanted(argparse.Namespace(fsdp=False), two)
+    with caplog.at_level("WARNING"):
+        assert not fsdp_wanted(args, Distributed())  # one process: nothing to shard over, said so
+    assert "nothing to shard" in caplog.text
+    if available() is None:
+        with pytest.raises(ValueError, match="--compile cannot be combined with --fsdp"):
+            fsdp_wanted(argparse.Namespace(fsdp=True, compile=True, execution="auto"), two)
+        with pytest.raises(ValueError, match="--execution manual cannot run under --fsdp"):
+            fsdp_wanted(argparse.Namespace(fsdp=True, compile=None, execution="manual"), two)
+    assert check_path("auto") == "static" and check_path("autograd") == "autograd"
+
+
+# ---------------------------------------------------------------------- two processes
+@pytest.mark.slow
+@needs_fsdp
+def test_sharded_training_resume_and_search_match_one_process(lm, tmp_path):
+    """Train (GIFT, clipping, gradient checkpointing) sharded and unsharded; stop a sharded run after one epoch and
+    resume it sharded, and once more unsharded (the checkpoint is the same file either way); search both ways."""
+    ckpt = ["--gradient-checkpointing"]
+    _ok(torchrun("train_supernet.py", *_train_args(lm, tmp_path / "two", "--fsdp", *ckpt)))
+    _ok(python("train_supernet.py", *_train_args(lm, tmp_path / "one", "--execution", "static", *ckpt)))
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
+    for ra, rb in zip(a["log"], b["log"], strict=True):
+        assert ra["lr"] == rb["lr"] and ra["val_mc_accuracy"] == rb["val_mc_accuracy"]
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-5)
+    assert _rel(a["trainable"], b["trainable"]) < 1e-5
+    assert any("glora_gift" in k for k in b["trainable"])  # the generators at the root, sharded with it
+    # The optimizer state saved whole, index by index as an unsharded run saves it.
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sb
+    for i in sa:
+        assert sa[i]["exp_avg"].shape == sb[i]["exp_avg"].shape
+        torch.testing.assert_close(sb[i]["exp_avg_sq"], sa[i]["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+        assert float(sa[i]["step"]) == float(sb[i]["step"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "last.pt", "log.jsonl"]
+
+    # Resume: sharded -> sharded is the uninterrupted run exactly; sharded -> one process within rounding.
+    _ok(torchrun("train_supernet.py", *_train_args(lm, tmp_path / "r", "--fsdp", *ckpt, "--stop-after", "1")))
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "last.pt").write_bytes((tmp_path / "r" / "last.pt").read_bytes())
+    (tmp_path / "r1" / "config.yaml").write_bytes((tmp_path / "r" / "config.yaml").read_bytes())
+    _ok(torchrun("train_supernet.py", "--resume", "--out", str(tmp_path / "r")))
+    c = read_checkpoint(tmp_path / "r" / "last.pt")
+    assert [r["loss"] for r in c["log"]] == [r["loss"] for r in b["log"]]
+    assert all(torch.equal(c["trainable"][k], b["trainable"][k]) for k in b["trainable"])
+    _ok(python("train_supernet.py", "--resume", "--no-fsdp", "--execution", "static", "--out", str(tmp_path / "r1")))
+    assert _rel(read_checkpoint(tmp_path / "r1" / "last.pt")["trainable"], b["trainable"]) < 1e-5
+
+    # Search: every candidate evaluated by both ranks together, on shares of each batch; the same evolution.
+    small = ["--population", "6", "--parents", "2", "--mutations", "2", "--crossovers", "2", "--generations", "2",
+             "--device", "cpu", "--no-progress", "--param-limit", "none",
+             "--supernet", str(tmp_path / "one" / "last.pt")]  # fmt: skip
+    _ok(torchrun("search.py", *small, "--fsdp", "--out", str(tmp_path / "s2")))
+    _ok(python("search.py", *small, "--out", str(tmp_path / "s1")))
+    s1 = json.loads((tmp_path / "s1" / "search_state.json").read_text())
+    s2 = json.loads((tmp_path / "s2" / "search_state.json").read_text())
+    assert s1["population"] == s2["population"]
+    assert [g for g, _ in s1["cache"]] == [g for g, _ in s2["cache"]]
+    for (_, f1), (_, f2) in zip(s1["cache"], s2["cache"], strict=True):
+        assert f1 == pytest.approx(f2, rel=1e-5)  # folded (one process) vs the static path (sharded)
+    assert (tmp_path / "s1" / "subnet.yaml").read_text() == (tmp_path / "s2" / "subnet.yaml").read_text()
+    f1, f2 = (json.loads((tmp_path / d / "search_log.jsonl").read_text().splitlines()[-1]) for d in ("s1", "s2"))
+    assert f2["final"] and f2["val_metrics"]["mc_accuracy"] == f1["val_metrics"]["mc_accuracy"]
+
+
+@pytest.mark.slow
+@needs_fsdp
+def test_sharded_run_refuses_compile_in_one_line(lm, tmp_path):
+    result = torchrun("train_supernet.py", *_train_args(lm, tmp_path / "x", "--fsdp", "--compile"))
+    assert result.returncode != 0
+    assert "--compile cannot be combined with --fsdp" in result.stderr
+    assert not (tmp_path / "x" / "last.pt").exists()
