@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import python, torchrun
+import torch.multiprocessing as mp
+from helpers import free_port, python, torchrun
 
 from glora.app.checkpoint import read_checkpoint
 from glora.app.distributed import Distributed
-from glora.app.sharding import available, check_path, fsdp_wanted, shard_units
+from glora.app.sharding import available, check_path, fsdp_wanted, shard_units, skeleton
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("datasets")
@@ -82,6 +84,64 @@ def test_fsdp_refuses_what_a_sharded_model_cannot_run(caplog):
         with pytest.raises(ValueError, match="--execution manual cannot run under --fsdp"):
             fsdp_wanted(argparse.Namespace(fsdp=True, compile=None, execution="manual"), two)
     assert check_path("auto") == "static" and check_path("autograd") == "autograd"
+
+
+def _tied_llama(dtype: torch.dtype | None = None):
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    return model if dtype is None else model.to(dtype)
+
+
+def test_skeleton_takes_no_memory_and_rank0s_dtypes():
+    from glora.app.sharding import _layout, _match
+
+    meta = skeleton(lambda where: _tied_llama())
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    real = _tied_llama(torch.bfloat16)
+    _match(meta, _layout(real))
+    assert {p.dtype for p in meta.parameters()} == {torch.bfloat16}
+    assert meta.lm_head.weight is meta.model.embed_tokens.weight  # still tied after the cast
+    other = skeleton(lambda where: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2)))  # fmt: skip
+    with pytest.raises(ValueError, match="another model than rank 0"):
+        _match(other, _layout(real))
+
+
+def _distribute_main(rank: int, port: int, out: str) -> None:
+    """Rank 0 holds a bf16 model with tied embeddings; rank 1 a float32 skeleton of it. After distribution both
+    hold rank 0's values (gathered whole again here), its dtypes, the tie, and the rotary buffers."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    from glora.app.distributed import setup_distributed
+    from glora.app.sharding import distribute_from_rank0, full
+
+    job, device = setup_distributed(torch.device("cpu"))
+    reference = _tied_llama(torch.bfloat16)
+    model = reference if rank == 0 else skeleton(lambda where: _tied_llama())
+    expected = {n: t.clone() for n, t in reference.state_dict().items()}
+    buffers = {n: b.clone() for n, b in reference.named_buffers()}
+    distribute_from_rank0(model, job, device)
+    got = {n: full(t).detach() for n, t in model.state_dict().items()}
+    ok = all(torch.equal(got[n], expected[n]) and got[n].dtype == expected[n].dtype for n in expected)
+    ok &= all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+    ok &= model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.arange(10).reshape(1, 10)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        plain = reference(input_ids=ids).logits if rank == 1 else logits
+    ok &= torch.equal(logits, plain)
+    Path(f"{out}.{rank}").write_text(json.dumps(bool(ok)))
+    job.close()
+
+
+@pytest.mark.slow
+@needs_fsdp
+def test_only_rank0_reads_the_weights_and_every_rank_gets_them(tmp_path):
+    mp.spawn(_distribute_main, args=(free_port(), str(tmp_path / "ok")), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"ok.{r}").read_text()) for r in (0, 1)] == [True, True]
 
 
 # ---------------------------------------------------------------------- two processes

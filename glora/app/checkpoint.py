@@ -22,7 +22,7 @@ from glora.config import AdapterConfig
 from glora.inject import inject
 
 from .backbone import BackboneSpec, build_backbone, fingerprint
-from .sharding import assign_, full
+from .sharding import assign_, full, weightless
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -32,6 +32,7 @@ __all__ = [
     "load_trainable",
     "trainable_state",
     "supernet_inputs",
+    "supernet_skeleton",
 ]
 
 CHECKPOINT_FORMAT = "glora-supernet"
@@ -127,6 +128,20 @@ def load_supernet(
         )
     load_trainable(model, ckpt["trainable"], where)
     return model.to(device).eval()
+
+
+def supernet_skeleton(ckpt: Mapping[str, Any], device: torch.device | str = "meta") -> nn.Module:
+    """A checkpoint's supernet architecture without its weights (no file read but the config), on ``device``: what
+    the ranks other than 0 build under ``--fsdp`` before receiving their shards (:mod:`glora.app.sharding`)."""
+    where = ckpt.get("path", "checkpoint")
+    try:
+        spec = weightless(BackboneSpec.from_dict(dict(ckpt["backbone"])))
+        adapter = AdapterConfig.from_dict(ckpt["adapter"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: invalid backbone or adapter record: {e}") from None
+    model = build_backbone(spec, device=device)
+    inject(model, adapter)
+    return model.eval()
 
 
 def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:

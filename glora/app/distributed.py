@@ -95,6 +95,14 @@ class Distributed:
         out: dict[int, R] = {i: r for part in gathered for i, r in part}
         return [out[i] for i in range(len(items))]
 
+    def broadcast_object(self, obj: T) -> T:
+        """Rank 0's ``obj`` (any picklable value) on every rank."""
+        if not self.enabled:
+            return obj
+        box: list[Any] = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def broadcast_params(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Make every rank start from rank 0's values."""
         if self.enabled:

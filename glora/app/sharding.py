@@ -2,13 +2,15 @@
 
 Under ``torchrun`` with ``--fsdp``, each transformer block (and then the root) is wrapped by torch's FSDP2
 ``fully_shard``: every parameter, frozen or trainable, is split along its first dimension over the processes, and
-a block's full weights exist only while that block runs. What stays as in plain data parallelism:
+a block's full weights exist only while that block runs. How a sharded run stays the run one process makes:
 
 * every rank draws the same subnet from the same seeded RNG (the choice codes are buffers, never sharded), and the
   subnet's unused supports keep ``grad = None`` (their sharded gradients are dropped after the reduce-scatter);
 * each rank's loss is its share of the global batch's mean, so gradients are reduce-scattered as a plain sum
   (:func:`shard_model` sets the divide factor to 1: FSDP's default average would halve every step's gradient
   on two ranks);
+* only rank 0 reads the pretrained weights into host memory; the others build the architecture on the meta device
+  (:func:`skeleton`, no memory) and receive their shards from rank 0 (:func:`distribute_from_rank0`);
 * checkpoints hold full, unsharded tensors (trainable values and AdamW state, gathered on every rank, written by
   rank 0): the same file as a run without ``--fsdp``, so a run may resume with or without sharding, and search and
   export read it as any other.
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from glora._text import first_line
 
 __all__ = [
     "available",
@@ -38,6 +42,10 @@ __all__ = [
     "sharded_optimizer_state",
     "check_path",
     "fsdp_wanted",
+    "skeleton",
+    "distribute_from_rank0",
+    "align_to_rank0",
+    "weightless",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -122,6 +130,82 @@ def shard_model(model: nn.Module, device: torch.device, world: int) -> int:
             m.set_force_sum_reduction_for_comms(True)
     _logger.info("FSDP: %d blocks and the root sharded over %d processes", len(units), world)
     return len(units)
+
+
+def weightless(spec: Any) -> Any:
+    """A :class:`glora.app.backbone.BackboneSpec` that builds the same architecture without reading weights."""
+    import dataclasses
+
+    return dataclasses.replace(spec, pretrained=False, pretrained_file=None)
+
+
+def skeleton(build: Callable[[torch.device | str], nn.Module]) -> nn.Module:
+    """``build(device)``'s model on the meta device: shapes and dtypes, no memory and no weights read. A model whose
+    constructor computes values (which the meta device cannot) is built on the host instead, without pretrained
+    weights."""
+    try:
+        with torch.device("meta"):
+            return build("meta")
+    except Exception as e:  # any architecture: whatever its constructor does on the meta device
+        _logger.warning("cannot build the model on the meta device (%s); building it on the host", first_line(e))
+        return build("cpu")
+
+
+def _layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    return {n: (tuple(t.shape), t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def _match(model: nn.Module, layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    """Give the skeleton rank 0's dtypes (a checkpoint's own dtype is known only once its weights are read), keeping
+    tied tensors tied; ``ValueError`` when the two models differ."""
+    own = _layout(model)
+    if own.keys() != layout.keys():
+        diff = sorted(own.keys() ^ layout.keys())
+        raise ValueError(f"--fsdp: this rank built another model than rank 0 ({len(diff)} tensors differ: {diff[0]!r})")
+    for name, (shape, _) in layout.items():
+        if own[name][0] != shape:
+            raise ValueError(f"--fsdp: {name!r} has shape {own[name][0]} here, {shape} on rank 0")
+    wanted = {id(t): layout[n][1] for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    replaced: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for module in model.modules():
+            for store, make in ((module._parameters, _as_param), (module._buffers, lambda t, old: t)):
+                for key, t in store.items():
+                    if t is None or id(t) not in wanted or t.dtype == wanted[id(t)]:
+                        continue
+                    if id(t) not in replaced:  # a tensor shared by two modules (tied embeddings) is cast once
+                        replaced[id(t)] = make(t.to(wanted[id(t)]), t)
+                    store[key] = replaced[id(t)]
+
+
+def _as_param(data: torch.Tensor, old: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(data, requires_grad=old.requires_grad)
+
+
+def align_to_rank0(model: nn.Module, job: Any) -> None:
+    """A :func:`skeleton` takes rank 0's dtypes (checked to have its names and shapes): call it on every rank."""
+    layout = job.broadcast_object(_layout(model) if job.main else None)
+    if not job.main:
+        _match(model, layout)
+
+
+def distribute_from_rank0(model: nn.Module, job: Any, device: torch.device) -> int:
+    """Shard ``model`` (whole on rank 0, a :func:`skeleton` elsewhere) and give every rank its shards of rank 0's
+    tensors: only rank 0 reads the pretrained weights into host memory. Returns the number of blocks sharded."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    align_to_rank0(model, job)
+    state = model.state_dict() if job.main else {}
+    blocks = shard_model(model, device, job.world)
+    if not job.main:
+        model.to_empty(device=device)
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del state
+    with torch.no_grad():  # buffers the state dict leaves out (computed in a constructor: rotary frequencies)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    return blocks
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

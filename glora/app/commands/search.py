@@ -27,7 +27,7 @@ from glora.subnet import params_by_type, save_subnet, set_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
 from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_type, plot_progress, png_bytes
 
-from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
+from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs, supernet_skeleton
 from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, make_loader, make_normalizer, place
 from ..distributed import Distributed, setup_distributed
@@ -42,7 +42,7 @@ from ..options import (
 )
 from ..options.search import RESUMABLE_OPTIONS, STATE_FILE, build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
-from ..sharding import check_path, fsdp_wanted, shard_model
+from ..sharding import check_path, distribute_from_rank0, fsdp_wanted, skeleton
 from ..tasks import METRICS, Task, result_key
 
 __all__ = ["build_parser", "main", "cli"]
@@ -118,10 +118,10 @@ class _SearchRun:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
         self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
         self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
-        if self.sharded:  # built on the host, then each rank keeps its shards on the device
-            self.model = load_supernet(ckpt, device="cpu")
+        if self.sharded:  # rank 0 rebuilds it on the host; each rank keeps its shards of it, on the device
+            self.model = load_supernet(ckpt) if job.main else skeleton(lambda where: supernet_skeleton(ckpt, where))
             set_execution(self.model, path=check_path(args.execution))
-            shard_model(self.model, device, job.world)
+            distribute_from_rank0(self.model, job, device)
             self.forward = None
         else:
             self.model = load_supernet(ckpt, device=device)

@@ -43,7 +43,7 @@ from ..options.train import (
     inputs_of,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
-from ..sharding import check_path, fsdp_wanted, shard_model
+from ..sharding import align_to_rank0, check_path, distribute_from_rank0, fsdp_wanted, skeleton, weightless
 from ..sizes import check_training_size
 from ..tasks import Task
 from ..trainer import DivergenceError, Recipe, Trainer
@@ -130,7 +130,15 @@ class _SupernetRun:
 
     def _build_model(self, device: torch.device) -> None:
         torch.manual_seed(self.args.seed)  # the new head's init
-        model = build_backbone(self.spec)
+        # Sharded, only rank 0 reads the weights; the others build the architecture on the meta device (no memory)
+        # and receive their shards from rank 0 once the model is split.
+        whole = not self.sharded or self.dist.main
+        if whole:
+            model = build_backbone(self.spec)
+        else:
+            model = skeleton(lambda where: build_backbone(weightless(self.spec), device=where))
+        if self.sharded:
+            align_to_rank0(model, self.dist)
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         support = SUPPORT_DTYPES.get(self.adapter.support_dtype or "", None)
@@ -158,13 +166,14 @@ class _SupernetRun:
         if self.adapter.space.layer_size == 1:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=check_path(self.args.execution) if self.sharded else self.args.execution)
-        self.fingerprint = fingerprint(model)
+        self.fingerprint = fingerprint(model) if whole else ""
         if self.data.source.kind == "tokens":
             self.inputs = {"input_size": (2, self.data.max_seq_length), "mean": (), "std": (), "kind": "tokens"}
         else:
             self.inputs = input_config(model, self.args.mean, self.args.std)
         if self.sharded:  # each rank keeps its shards, on the device
-            shard_model(model, device, self.dist.world)
+            distribute_from_rank0(model, self.dist, device)
+            self.fingerprint, self.inputs = self.dist.broadcast_object((self.fingerprint, self.inputs))
             self.model = model
         else:
             self.model = model.to(device)
