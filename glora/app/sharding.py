@@ -82,14 +82,34 @@ def is_sharded(model: nn.Module) -> bool:
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules each get their own ``fully_shard`` (one all-gather per unit, freed after it runs): a transformers
     model's ``_no_split_modules`` blocks, else the repeated blocks of the longest container of same-class modules
-    (timm's ``blocks``). Empty when the model has no repeated blocks (the root alone is then sharded)."""
+    (timm's ``blocks``). Empty when the model has no repeated blocks (the root alone is then sharded). A unit holding
+    a tensor that a module outside it also uses (embeddings tied to the output layer) is left to the root, which is
+    whole whenever any of its users runs."""
     names: set[str] = set()
     for m in model.modules():
         names.update(getattr(m, "_no_split_modules", None) or ())
     if names:
         found = [m for m in model.modules() if type(m).__name__ in names]
         if found:
-            return _outermost(found)
+            return _self_contained(model, _outermost(found))
+    return _self_contained(model, _repeated_blocks(model))
+
+
+def _self_contained(model: nn.Module, units: list[nn.Module]) -> list[nn.Module]:
+    """The units none of whose tensors is used outside them."""
+    users: dict[int, int] = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return [u for u in units if all(users[id(p)] == n for p, n in _uses(u).items())]
+
+
+def _uses(module: nn.Module) -> dict[nn.Parameter, int]:
+    """How many times each parameter is registered inside ``module``."""
+    counts: dict[nn.Parameter, int] = {}
+    for _, p in module.named_parameters(remove_duplicate=False):
+        counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def _repeated_blocks(model: nn.Module) -> list[nn.Module]:
     best: list[nn.Module] = []
     for container in model.modules():
         if not isinstance(container, (nn.ModuleList, nn.Sequential)):
