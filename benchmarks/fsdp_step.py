@@ -28,6 +28,7 @@ from glora.app.sharding import shard_model
 from glora.app.trainer import make_adamw
 
 from ._common import add_json_arg, machine, sync, write_json
+from .lm_step import _model as lm_model
 
 __all__ = ["main"]
 
@@ -49,19 +50,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def _model(args) -> torch.nn.Module:
-    import transformers
-
+    """lm_step's Llama-shaped model (fp32, no checkpointing), seeded, with GLoRA on q_proj / v_proj."""
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=args.seq,
-    )
-    model = transformers.LlamaForCausalLM(cfg)
+    model = lm_model(argparse.Namespace(**vars(args), dtype="fp32", gradient_checkpointing=False))
     space = glora.SearchSpace(lora_ranks=(8, 4), bias_free="exclude")
     glora.inject(model, glora.AdapterConfig(space, targets=("q_proj", "v_proj")))
     glora.set_execution(model, path="static")

@@ -201,3 +201,17 @@ def test_sharded_training_resume_and_search_match_one_process(lm, tmp_path):
     assert (tmp_path / "s1" / "subnet.yaml").read_text() == (tmp_path / "s2" / "subnet.yaml").read_text()
     f1, f2 = (json.loads((tmp_path / d / "search_log.jsonl").read_text().splitlines()[-1]) for d in ("s1", "s2"))
     assert f2["final"] and f2["val_metrics"]["mc_accuracy"] == f1["val_metrics"]["mc_accuracy"]
+
+
+def test_sharded_search_refuses_eval_sets_before_reading_anything(tmp_path):
+    from glora.app.commands.search import _SearchRun
+    from glora.app.options import parse_args
+    from glora.app.options.search import build_parser
+
+    if available() is not None:
+        pytest.skip(available())
+    (tmp_path / "dg").mkdir()
+    argv = ["--supernet", str(tmp_path / "none.pt"), "--fsdp", "--eval-set", f"dg={tmp_path / 'dg'}"]
+    args = parse_args(build_parser(), argv)
+    with pytest.raises(ValueError, match="--eval-set cannot be combined with --fsdp"):
+        _SearchRun(args, Distributed(rank=0, world=2), torch.device("cpu"), None)
