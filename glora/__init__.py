@@ -15,7 +15,7 @@ the ``search`` package.
 
 from .config import AdapterConfig
 from .fold import fold, folded
-from .inject import get_space, glora_layers, head_names, inject, set_execution, supernet_size
+from .inject import get_space, glora_layers, head_names, inject, set_execution, supernet_size, target_names
 from .layer import GLoRALinear
 from .reference import convert_reference_subnet, load_reference_state_dict
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
@@ -46,6 +46,7 @@ __all__ = [
     "GLoRALinear",
     "inject",
     "supernet_size",
+    "target_names",
     "glora_layers",
     "get_space",
     "head_names",

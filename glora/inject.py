@@ -15,7 +15,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,11 +29,13 @@ from .space import Kind, SearchSpace
 __all__ = [
     "inject",
     "supernet_size",
+    "target_names",
     "glora_layers",
     "require_layers",
     "get_space",
     "head_names",
     "set_execution",
+    "find_in_place_edits",
     "GIFT_ATTR",
 ]
 
@@ -162,9 +164,7 @@ def supernet_size(
     """
     config = _as_config(config, targets, heads)
     head_list = _resolve_heads(model, config.heads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # inject will say which layers it skips
-        names = _select_targets(model, config.targets, head_list, set())
+    names = target_names(model, config)
     space = config.space
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -180,6 +180,21 @@ def supernet_size(
     total += sum(2 * n_in * space.max_rank("A", Kind.GIFT) for n_in in groups.values())
     total += sum(p.numel() for h in head_list for p in model.get_submodule(h).parameters())
     return total
+
+
+def target_names(
+    model: nn.Module,
+    config: AdapterConfig | SearchSpace,
+    targets: str | Sequence[str] | None = None,
+    *,
+    heads: Sequence[str] | None = None,
+) -> list[str]:
+    """The layers :func:`inject` would adapt, in model order, without wrapping anything: decide per layer (its
+    width, whether it has a bias) before building the supernet. Raises inject's error when no target matches."""
+    config = _as_config(config, targets, heads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inject will say which layers it skips
+        return _select_targets(model, config.targets, _resolve_heads(model, config.heads), set())
 
 
 def _wrap(
@@ -242,6 +257,43 @@ def _share_path(layers, execution: Execution) -> None:
     path = make_path(execution, layers)
     for layer in layers:
         layer.use_path(path)
+
+
+def find_in_place_edits(model: nn.Module, run: Callable[[], object]) -> list[str]:
+    """Run ``run()`` (one forward of ``model``) and mark the GLoRA layers whose output the model then edits in place
+    (Falcon's ``mlp_output += attention_output``), so the manual path hands them a copy: it keeps a view of its
+    output for the backward, which such an edit would corrupt (autograd refuses it). Source scanning finds the
+    BEiT-style cases at inject time; this finds the rest by watching each output's version counter.
+
+    ``run`` is called under ``no_grad``, in eval mode (frozen batch-norm statistics stay as they are) and with the
+    random state restored afterwards, so a training run draws the same numbers with or without the check.
+    Returns the names of the layers marked.
+    """
+    layers = glora_layers(model)
+    seen: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def watch(layer: GLoRALinear, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            seen.setdefault(layer.name, (output, output._version))
+
+    hooks = [layer.register_forward_hook(watch) for layer in layers.values()]
+    training = model.training
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            run()
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    edited = [name for name, (out, version) in seen.items() if out._version != version]
+    for name in edited:
+        layers[name].output_edited_in_place = True
+    if edited:
+        _logger.info("GLoRA: %d layer output(s) are edited in place by the model (%s%s); those layers return a copy",
+                     len(edited), ", ".join(edited[:2]), ", ..." if len(edited) > 2 else "")  # fmt: skip
+    return edited
 
 
 def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:
@@ -371,7 +423,7 @@ def _select_targets(
         out.append(n)
     if not out:
         sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
-        shown = targets if targets is None or isinstance(targets, str) else list(targets)
+        shown = "all-linear" if targets is None else targets if isinstance(targets, str) else list(targets)
         raise ValueError(
             f"targets {shown!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
             f"linear layers here: {sample or 'none'}"
@@ -383,9 +435,15 @@ def _module_ids(model: nn.Module) -> list[int]:
     return [id(m) for _, m in model.named_modules(remove_duplicate=False)]
 
 
+# nn.Linear subclasses whose forward computes x @ W.T + b in another order, so a wrapper gives the same function.
+_SAME_MATH_LINEARS = frozenset({"transformers.models.falcon.modeling_falcon.FalconLinear"})
+
+
 def _plain_forward(module: nn.Module) -> bool:
     forward = type(module).forward
     if forward is nn.Linear.forward:
+        return True
+    if f"{forward.__module__}.{forward.__qualname__.rpartition('.')[0]}" in _SAME_MATH_LINEARS:
         return True
     try:
         from timm.layers import Linear as TimmLinear  # same math; casts only under torchscript

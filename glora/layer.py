@@ -342,13 +342,14 @@ class GLoRALinear(nn.Module):
     def set_choices(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
         """:meth:`set_choice` for many layers at once: one host-to-device copy per device, then one fused copy into
         the codes (this runs every training step)."""
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
         codes = [layer._buffers["code"] for layer in layers]
         for i, layer in enumerate(layers):
             layer.__dict__["_choice"] = choices[i]  # (past nn.Module.__setattr__'s checks: a plain attribute)
-            groups.setdefault((codes[i].device, codes[i].dtype), []).append(i)
+            # (codes differ in length where a layer offers less: a bias-free layer under bias_free="exclude")
+            groups.setdefault((codes[i].device, codes[i].dtype, codes[i].numel()), []).append(i)
         with torch.no_grad():
-            for (device, dtype), idx in groups.items():
+            for (device, dtype, _), idx in groups.items():
                 values = [v for i in idx for v in _encoded_values(layers[i].space, choices[i])]
                 staged = torch.tensor(values, dtype=dtype).view(len(idx), -1).to(device, non_blocking=True)
                 torch._foreach_copy_([codes[i] for i in idx], list(staged.unbind(0)))

@@ -52,8 +52,9 @@ def _chat(n: int, seed: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def make_llama(folder: Path) -> Path:
-    """A tiny random-init Llama and its word-level tokenizer (with a chat template) in one save_pretrained folder."""
+def make_llama(folder: Path, config_class: str = "LlamaConfig") -> Path:
+    """A tiny random-init Llama (or another Llama-shaped family: ``MistralConfig``) and its word-level tokenizer
+    (with a chat template) in one save_pretrained folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     pre = pre_tokenizers.Whitespace()
@@ -68,12 +69,12 @@ def make_llama(folder: Path) -> Path:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
-    config = transformers.LlamaConfig(
+    config = getattr(transformers, config_class)(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
     )  # fmt: skip
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
 
 
@@ -245,9 +246,19 @@ def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llam
 
 
 @pytest.mark.slow
-def test_bias_free_exclude_exports_the_architecture_unchanged(llama, alpaca, tmp_path, capsys):
-    code, err = cli("train", _train_args(llama, alpaca, tmp_path / "sup", "--bias-free", "exclude"), capsys)
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_bias_free_exclude_exports_the_architecture_unchanged(family, llama, alpaca, tmp_path, capsys):
+    """--bias-free exclude on Llama, and Mistral under the default (auto: its config has no bias flags, so C, D and
+    E stay none on its bias-free projections): whatever the search picks exports with no added parameter."""
+    if family == "llama":
+        code, err = cli("train", _train_args(llama, alpaca, tmp_path / "sup", "--bias-free", "exclude"), capsys)
+    else:
+        mistral = make_llama(tmp_path / "tiny-mistral", "MistralConfig")
+        code, err = cli("train", _train_args(mistral, alpaca, tmp_path / "sup"), capsys)
+        assert "--bias-free auto: exclude for 14 bias-free layer(s): MistralForCausalLM cannot hold" in err
     assert code == 0, err
+    space = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)["adapter"]["space"]
+    assert space["bias_free"] == "exclude"  # decided once, stored: search and export read the same space
     search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
     assert cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)[0] == 0
     out = tmp_path / "e"
@@ -256,7 +267,7 @@ def test_bias_free_exclude_exports_the_architecture_unchanged(llama, alpaca, tmp
     stats = json.loads((out / "glora_export.json").read_text())
     assert stats["params"] == stats["base_params"] and stats["declared_bias_flags"] == []
     config = json.loads((out / "config.json").read_text())
-    assert config["attention_bias"] is False and config["mlp_bias"] is False
+    assert config.get("attention_bias", False) is False and config.get("mlp_bias", False) is False
 
 
 @pytest.mark.slow

@@ -194,6 +194,135 @@ def test_bias_free_exclude_narrows_only_the_layers_without_a_bias():
         glora.SearchSpace(bias_free="drop")
 
 
+def _qwen2():
+    """Qwen2: q/k/v projections with a bias, o_proj and the MLP without one (both kinds in one block)."""
+    cfg = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("path", ["manual", "static", "autograd"])
+def test_bias_free_exclude_on_a_model_with_both_kinds_of_layers(path):
+    """Layers with and without a bias in one model offer spaces of different sizes (their choice codes differ in
+    length): every execution path trains on sampled subnets, and each fold is exact and loads key for key."""
+    space = glora.SearchSpace(lora_ranks=(4, 2), bias_free="exclude")
+    torch.manual_seed(0)
+    base = _qwen2().double()
+    model = glora.inject(copy.deepcopy(base), space)
+    layers = glora.glora_layers(model)
+    assert {m.bias is None for m in layers.values()} == {True, False}
+    assert len({m.code.numel() for m in layers.values()}) == 2
+    glora.set_execution(model, path=path)
+    ids = _ids()
+    for seed in range(4):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        glora.set_subnet(model, subnet)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        model.eval()
+        fresh = _qwen2().double().eval()
+        fresh.load_state_dict(glora.fold(model, subnet).state_dict(), strict=True)
+        torch.testing.assert_close(_logits(fresh, ids), _logits(model, ids), rtol=1e-9, atol=1e-12)
+        model.zero_grad()
+
+
+def _small(cls_name: str, **extra):
+    cfg = getattr(transformers, cls_name)(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, **extra,
+    )  # fmt: skip
+    return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "make, targets, decided",
+    [
+        (lambda: _small("LlamaConfig"), None, "allow"),  # attention_bias + mlp_bias hold every new bias
+        (lambda: _small("MistralConfig"), None, "exclude"),  # no bias flags at all
+        (lambda: _small("Qwen3Config", head_dim=8), ["q_proj", "v_proj"], "allow"),  # attention_bias holds them
+        (lambda: _small("Qwen3Config", head_dim=8), None, "exclude"),  # ... but not the MLP's
+        (_bert, None, "allow"),  # every adapted layer has a bias: nothing to decide
+        (lambda: __import__("timm").create_model("vit_tiny_patch16_224", qkv_bias=False, depth=1), None, "exclude"),
+    ],
+)
+def test_bias_free_auto_decides_per_model(make, targets, decided, caplog):
+    """--bias-free auto (the default): allow where the export can declare every new bias with the config's flags,
+    exclude where the plain architecture could not load such a subnet (Mistral, Qwen3's MLP, a timm model)."""
+    from glora.app.backbone import resolve_bias_free
+
+    model = make()
+    adapter = glora.AdapterConfig(glora.SearchSpace(lora_ranks=(4,)), targets)
+    with caplog.at_level("INFO", logger="glora.app.backbone"):
+        resolved = resolve_bias_free(model, adapter, "auto")
+    assert resolved.space.bias_free == decided and resolved.targets == adapter.targets
+    assert ("--bias-free auto: " + decided in caplog.text) == (make is not _bert)  # said where there was a choice
+    glora.inject(model, resolved)
+    if decided == "allow":  # then every subnet folds into something the architecture (with its flags) loads
+        assert all(m.space == resolved.space for m in glora.glora_layers(model).values())
+
+
+def test_bias_free_allow_warns_where_the_export_would_refuse(caplog):
+    from glora.app.backbone import resolve_bias_free
+
+    adapter = glora.AdapterConfig(glora.SearchSpace(lora_ranks=(4,)))
+    with caplog.at_level("INFO", logger="glora.app.backbone"):
+        assert resolve_bias_free(_small("MistralConfig"), adapter, "allow") is adapter
+        assert resolve_bias_free(_small("LlamaConfig"), adapter, "allow") is adapter
+    assert caplog.text.count("cannot be exported") == 1 and "MistralForCausalLM cannot hold a bias" in caplog.text
+    caplog.clear()
+    ssf = glora.AdapterConfig(glora.SearchSpace(lora_ranks=(), choices={"A": ["vector"], "D": ["vector"],
+                                                                       "E": ["vector"]}))  # fmt: skip
+    with caplog.at_level("INFO", logger="glora.app.backbone"):  # a fixed method that names E: kept, and said
+        assert resolve_bias_free(_small("MistralConfig"), ssf, "auto").space.bias_free == "allow"
+    assert "leave none out for D, E" in caplog.text and "cannot be exported" in caplog.text
+    with pytest.raises(ValueError, match="--bias-free must be one of auto, allow, exclude; got 'maybe'"):
+        resolve_bias_free(_small("LlamaConfig"), adapter, "maybe")
+
+
+def _falcon():
+    cfg = transformers.FalconConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0
+    )  # fmt: skip
+    return transformers.FalconForCausalLM(cfg)
+
+
+def test_falcon_linears_are_adapted_and_outputs_edited_in_place_get_a_copy():
+    """Falcon's FalconLinear computes x @ W.T + b in its own order (adapted as the linear it is), and its decoder
+    adds the attention output into the MLP's in place. find_in_place_edits marks that layer; then the manual path,
+    which keeps its output for a vector A's gradient, trains with the gradients of the autograd path."""
+    from glora.inject import find_in_place_edits
+
+    torch.manual_seed(0)
+    base = _falcon().double()
+    space = glora.SearchSpace(lora_ranks=(4,))
+    models = {path: glora.inject(copy.deepcopy(base), space) for path in ("manual", "autograd")}
+    names = set(glora.glora_layers(models["manual"]))
+    assert {n.rsplit(".", 1)[1] for n in names} == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    ids = _ids()
+    subnet = glora.make_subnet(models["manual"], A="vector", B="lora_4", C="none", D="vector", E="vector")
+    grads = {}
+    for path, model in models.items():
+        glora.set_execution(model, path=path)
+        glora.set_subnet(model, subnet)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+        edited = find_in_place_edits(model, lambda m=model: m(input_ids=ids))
+        assert edited == [f"transformer.h.{i}.mlp.dense_4h_to_h" for i in range(2)] and model.training
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[path] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["manual"].keys() == grads["autograd"].keys() and grads["manual"]
+    for n, g in grads["manual"].items():
+        torch.testing.assert_close(g, grads["autograd"][n], rtol=1e-9, atol=1e-11, msg=n)
+    plain = glora.fold(models["manual"], subnet).eval()
+    assert type(plain.transformer.h[0].mlp.dense_4h_to_h).__name__ == "FalconLinear"
+    torch.testing.assert_close(_logits(plain, ids), _logits(models["manual"].eval(), ids), rtol=1e-9, atol=1e-11)
+
+
 # ---------------------------------------------------------------------- transformers backbones for the commands
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):

@@ -8,7 +8,8 @@ the supernet was trained on.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,17 @@ from torch import nn
 
 from glora._io import weights_format
 from glora._text import first_line
+from glora.config import AdapterConfig
+from glora.inject import get_space, glora_layers, target_names
 
-from .hf_backbone import CausalLM, SequenceClassifier, TokenModel, build_transformers, is_transformers_model
+from .hf_backbone import (
+    CausalLM,
+    SequenceClassifier,
+    TokenModel,
+    bias_flags_for,
+    build_transformers,
+    is_transformers_model,
+)
 
 __all__ = [
     "BackboneSpec",
@@ -29,7 +39,15 @@ __all__ = [
     "EMBEDDED_PREFIX",
     "embedded_path",
     "enable_checkpointing",
+    "BIAS_FREE_OPTIONS",
+    "resolve_bias_free",
+    "bias_free_rule",
 ]
+
+_logger = logging.getLogger(__name__)
+
+# --bias-free: ``auto`` decides per model (below); ``allow`` / ``exclude`` are the space's own rules.
+BIAS_FREE_OPTIONS = ("auto", "allow", "exclude")
 
 # Backbones shipped as package data (timm ``local-dir`` folders under glora/app/assets), named ``embedded:<name>``,
 # so a run that uses one works from any folder after a plain ``pip install``.
@@ -204,3 +222,69 @@ def enable_checkpointing(model: nn.Module) -> None:
         except (AssertionError, NotImplementedError):  # timm: a model without checkpointable stages
             pass
     raise ValueError(f"{type(inner).__name__} does not support gradient checkpointing")
+
+
+def resolve_bias_free(model: nn.Module, adapter: AdapterConfig, requested: str) -> AdapterConfig:
+    """``--bias-free auto``, decided for this model before the supernet is built: ``allow`` when its adapted layers
+    all have a bias, or when the architecture's bias flags (``attention_bias``, ``mlp_bias``: Llama) can give every
+    bias-free one a bias in the export; ``exclude`` otherwise (Mistral, Qwen2, Phi-3, timm models: C and E there
+    would make subnets no plain architecture loads). ``allow`` / ``exclude`` are kept as asked."""
+    if requested not in BIAS_FREE_OPTIONS:
+        raise ValueError(f"--bias-free must be one of {', '.join(BIAS_FREE_OPTIONS)}; got {requested!r}")
+    if requested == "exclude":
+        return _with_rule(adapter, "exclude")
+    bias_free = [n for n in target_names(model, adapter) if model.get_submodule(n).bias is None]
+    flags = bias_flags_for(model, bias_free)
+    name = type(_inner_model(model)).__name__
+    decided = "allow" if requested == "allow" or flags is not None else "exclude"
+    if decided == "exclude":
+        kept = [s for s in ("C", "D", "E") if "none" not in adapter.space.choice_names(s)]
+        if kept:  # a fixed method (SSF's D and E) asks for those supports on every layer
+            (_logger.warning if {"C", "E"} & set(kept) else _logger.info)(
+                "--bias-free auto: %s cannot hold a bias on all %d bias-free layer(s), but --choices leave none out "
+                "for %s, so they keep every choice%s",
+                name,
+                len(bias_free),
+                ", ".join(kept),
+                ": a subnet that picks C or E there trains and searches but cannot be exported"
+                if {"C", "E"} & set(kept)
+                else " (D scales a bias, so it does nothing there)",
+            )
+            return _with_rule(adapter, "allow")
+        _logger.info("--bias-free auto: exclude for %d bias-free layer(s): %s cannot hold a bias on every one of them",
+                     len(bias_free), name)  # fmt: skip
+    elif flags is None:
+        _logger.warning(
+            "--bias-free allow: %s cannot hold a bias on all %d bias-free layer(s); a subnet that picks C or E there "
+            "cannot be exported (--bias-free auto or exclude avoids such subnets)",
+            name,
+            len(bias_free),
+        )
+    elif flags and requested == "auto":
+        _logger.info("--bias-free auto: allow for %d bias-free layer(s): the export can declare them (%s in the "
+                     "config)", len(bias_free), ", ".join(flags))  # fmt: skip
+    return _with_rule(adapter, decided)
+
+
+def _with_rule(adapter: AdapterConfig, rule: str) -> AdapterConfig:
+    if adapter.space.bias_free == rule:
+        return adapter
+    return replace(adapter, space=replace(adapter.space, bias_free=rule))
+
+
+def _inner_model(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, TokenModel) else model
+
+
+def bias_free_rule(model: nn.Module) -> str | None:
+    """One line on the supernet's adapted layers without a bias and the rule they follow (None if there are none),
+    for the train and search logs."""
+    n = sum(m.bias is None for m in glora_layers(model).values())
+    if not n:
+        return None
+    if get_space(model).bias_free == "exclude":
+        return f"{n} adapted layer(s) have no bias: they offer only none for C, D and E (--bias-free exclude)"
+    return (
+        f"{n} adapted layer(s) have no bias: C and E add one there (--bias-free allow); the export turns on the "
+        "config's bias flags that hold it (attention_bias, mlp_bias, ...), or refuses a subnet it cannot hold"
+    )

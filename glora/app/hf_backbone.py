@@ -29,6 +29,7 @@ __all__ = [
     "SequenceClassifier",
     "CausalLM",
     "BIAS_FLAGS",
+    "bias_flags_for",
     "declare_biases",
     "export_transformers_folder",
     "reload_transformers_folder",
@@ -185,8 +186,19 @@ class CausalLM(TokenModel):
     pretrained one, frozen and never adapted; only the GLoRA supports train."""
 
 
-# Config flags that give a family of bias-free projections a bias (Llama, Mistral, Qwen-style configs).
-BIAS_FLAGS = ("attention_bias", "mlp_bias")
+# Config flags that give a family of bias-free projections a bias: Llama-style attention_bias / mlp_bias, Falcon's
+# bias, Ernie's use_bias, StableLM's use_qkv_bias, ModernBERT's classifier_bias (its head's dense layer). A flag is
+# only used where turning it on gives the architecture exactly the keys a subnet needs (checked on the meta device).
+BIAS_FLAGS = (
+    "attention_bias",
+    "mlp_bias",
+    "bias",
+    "use_bias",
+    "qkv_bias",
+    "use_qkv_bias",
+    "attention_out_bias",
+    "classifier_bias",
+)
 
 
 def _keys_with(cls: type, config, flags: dict[str, bool]) -> set[str]:
@@ -201,40 +213,70 @@ def _keys_with(cls: type, config, flags: dict[str, bool]) -> set[str]:
         return set(cls(changed).state_dict())
 
 
+def _inner(model: nn.Module) -> tuple[nn.Module, str]:
+    """The transformers model inside the commands' wrapper, and the prefix its names carry there."""
+    return (model.model, "model.") if isinstance(model, TokenModel) else (model, "")
+
+
+def _covering_flags(inner: nn.Module, wanted: set[str]) -> tuple[str, ...] | None:
+    """The fewest of the config's off bias flags whose architecture has every state-dict key in ``wanted``."""
+    import itertools
+
+    config = getattr(inner, "config", None)
+    available = [f for f in BIAS_FLAGS if getattr(config, f, None) is False]
+    base = _keys_with(type(inner), config, {}) if available else set()
+    for n in range(1, len(available) + 1):
+        for flags in itertools.combinations(available, n):
+            keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
+            if wanted <= keys and all(k.endswith(".bias") for k in keys - base):  # flags that only add biases
+                return flags
+    return None
+
+
+def bias_flags_for(model: nn.Module, layers: list[str]) -> tuple[str, ...] | None:
+    """The bias flags (``attention_bias``, ``mlp_bias``) a transformers ``model`` would have to turn on so that
+    every named bias-free layer may have a bias: ``()`` for no layers, None when no flag of its class covers them
+    (Mistral, Qwen2 and Phi-3 have none; Qwen3 and Gemma only ``attention_bias``), or when it is no transformers
+    model. Decides ``--bias-free auto`` before the supernet is built."""
+    if not layers:
+        return ()
+    inner, prefix = _inner(model)
+    if getattr(inner, "config", None) is None or not hasattr(inner, "save_pretrained"):
+        return None
+    return _covering_flags(inner, {f"{n.removeprefix(prefix)}.bias" for n in layers})
+
+
 def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
     """Make a folded transformers model whose subnet gave bias-free layers a bias (``extra``: the new state-dict
     keys) loadable by its plain architecture: turn on the fewest of the config's bias flags (``attention_bias``,
     ``mlp_bias``) whose architecture holds every new key, and give the other layers the flag adds a zero bias (the
     same function). Returns the flags turned on; ``ValueError`` when no flag of this model class covers the keys.
     """
-    import itertools
-
-    wrapped = isinstance(model, TokenModel)
-    inner = model.model if wrapped else model
-    prefix = "model." if wrapped else ""
+    inner, prefix = _inner(model)
     wanted = {k.removeprefix(prefix) for k in extra}
     config = inner.config
-    available = [f for f in BIAS_FLAGS if getattr(config, f, None) is False]
+    flags = _covering_flags(inner, wanted)
+    if flags is None:
+        available = [f for f in BIAS_FLAGS if getattr(config, f, None) is False]
+        shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
+        flags_txt = (
+            f"its bias flags ({', '.join(available)}) do not cover them" if available else "it has no bias flags"
+        )
+        raise ValueError(
+            f"the subnet gives bias-free layer(s) a bias ({shown}) and {type(inner).__name__} has no place for it "
+            f"({flags_txt}); choose C and E none there (or train with --bias-free exclude)"
+        )
+    keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
     base = _keys_with(type(inner), config, {})
-    for n in range(1, len(available) + 1):
-        for flags in itertools.combinations(available, n):
-            keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
-            if wanted <= keys:
-                modules = dict(inner.named_modules())
-                own = set(inner.state_dict())
-                for key in sorted(keys - base - own):
-                    layer = modules[key.rsplit(".", 1)[0]]
-                    w = layer.weight
-                    layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
-                for flag in flags:
-                    setattr(config, flag, True)
-                return list(flags)
-    shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
-    flags_txt = f"its bias flags ({', '.join(available)}) do not cover them" if available else "it has no bias flags"
-    raise ValueError(
-        f"the subnet gives bias-free layer(s) a bias ({shown}) and {type(inner).__name__} has no place for it "
-        f"({flags_txt}); choose C and E none there (or train with --bias-free exclude)"
-    )
+    modules = dict(inner.named_modules())
+    own = set(inner.state_dict())
+    for key in sorted(keys - base - own):
+        layer = modules[key.rsplit(".", 1)[0]]
+        w = layer.weight
+        layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+    for flag in flags:
+        setattr(config, flag, True)
+    return list(flags)
 
 
 def export_transformers_folder(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glora.inject import glora_layers
+from glora.inject import find_in_place_edits, glora_layers
 from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
 
 from .cli import catch_signals
@@ -170,6 +170,7 @@ class Trainer:
         self.adapted = bool(glora_layers(model))
         self.sharded = is_sharded(model)  # FSDP2: gradients reduce-scattered by the model, state gathered to save
         self.supernet = self.adapted and subnet is None
+        self._edits_checked = False
         if subnet is not None:
             set_subnet(model, subnet)
         self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -374,6 +375,10 @@ class Trainer:
             x = self.augment(x, self.rng)
         if self.supernet:
             set_subnet(self.model, sample_subnet(self.model, self.rng))  # the same draw on every rank
+        if self.adapted and not self._edits_checked:  # once per run, on the first batch (no draw consumed)
+            with autocast(self.device, r.amp):
+                find_in_place_edits(self.model, lambda: self.model(x))
+            self._edits_checked = True
         with autocast(self.device, r.amp):
             logits = self.forward(x)
         # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.

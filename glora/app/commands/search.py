@@ -27,6 +27,7 @@ from glora.subnet import params_by_type, save_subnet, set_subnet
 from search import Evolution, Genome, SearchSettings, pareto_front
 from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_type, plot_progress, png_bytes
 
+from ..backbone import bias_free_rule
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs, supernet_skeleton
 from ..cli import run, terminate_as_interrupt
 from ..data import DataSpec, make_loader, make_normalizer, place
@@ -149,6 +150,9 @@ class _SearchRun:
         self.task.check_split(self.val.labels, "validation")
         self.val_loader = self._loader(self.val)
         self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
+        rule = bias_free_rule(self.model)
+        if rule:
+            _logger.info("%s", rule)
         self.fixed = all(up == 0 for up in self.genome.up)
         settings = _settings(args)
         if self.fixed:

@@ -22,7 +22,7 @@ from glora.config import SUPPORT_DTYPES
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
 
-from ..backbone import build_backbone, enable_checkpointing, fingerprint
+from ..backbone import bias_free_rule, build_backbone, enable_checkpointing, fingerprint, resolve_bias_free
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
 from ..data import DataSpec, input_config, make_normalizer
@@ -140,6 +140,7 @@ class _SupernetRun:
         if self.sharded:
             align_to_rank0(model, self.dist)
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
+        self.adapter = resolve_bias_free(model, self.adapter, self.args.bias_free)
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
         support = SUPPORT_DTYPES.get(self.adapter.support_dtype or "", None)
         share = self.dist.world if self.sharded else 1  # each rank holds 1/world of everything under FSDP
@@ -154,15 +155,9 @@ class _SupernetRun:
         inject(model, self.adapter)
         if self.args.gradient_checkpointing:
             enable_checkpointing(model)
-        bias_free = sum(m.bias is None for m in glora_layers(model).values())
-        if bias_free:
-            rule = (
-                "they offer only none for C, D and E (--bias-free exclude)"
-                if self.adapter.space.bias_free == "exclude"
-                else "C and E add one there; the export then turns on the architecture's bias flags (attention_bias, "
-                "mlp_bias) where its config has them, else refuses such a subnet (--bias-free exclude avoids both)"
-            )
-            _logger.info("%d adapted layers have no bias: %s", bias_free, rule)
+        rule = bias_free_rule(model)
+        if rule:
+            _logger.info("%s", rule)
         if self.adapter.space.layer_size == 1:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=check_path(self.args.execution) if self.sharded else self.args.execution)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from glora.config import ALL_LINEAR, AdapterConfig
-from glora.space import BIAS_FREE, GIFT_SHARING, SearchSpace
+from glora.space import GIFT_SHARING, SearchSpace
 
-from ..backbone import EMBEDDED_PREFIX, BackboneSpec
+from ..backbone import BIAS_FREE_OPTIONS, EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
 from ..data.sources import get_source
 from ..data.sources.text import PROBLEM_TYPES
@@ -134,10 +134,12 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--gift-sharing", choices=GIFT_SHARING, default="type", help="which layers share a GIFT generator")
     g.add_argument(
         "--bias-free",
-        choices=BIAS_FREE,
-        default="allow",
-        help="layers without a bias (Llama-style projections): allow = every choice (C and E then add a bias); "
-        "exclude = C, D, E only none there, so the export keeps the architecture's keys",
+        choices=BIAS_FREE_OPTIONS,
+        default="auto",
+        help="layers without a bias (Llama-style projections): allow = every choice (C and E then add a bias, which "
+        "the export declares with the config's attention_bias / mlp_bias); exclude = C, D, E only none there, so the "
+        "export keeps the architecture's keys; auto = allow where the model's bias flags can hold every such bias, "
+        "else exclude",
     )
     g.add_argument(
         "--choices",
@@ -383,7 +385,8 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
         gift_ranks=tuple(args.gift_ranks),
         gift_sharing=args.gift_sharing,
         choices=parse_choices(getattr(args, "choices", None)),
-        bias_free=getattr(args, "bias_free", "allow"),
+        # auto is decided against the model (backbone.resolve_bias_free); until then the space allows
+        bias_free="allow" if getattr(args, "bias_free", "auto") == "auto" else args.bias_free,
     )
     # Suffixes as listed or comma-separated, as PEFT users write them (q_proj,v_proj); all-linear = the default.
     names = [t for entry in args.targets or () for t in entry.split(",") if t]
