@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import random
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -321,6 +323,54 @@ def test_falcon_linears_are_adapted_and_outputs_edited_in_place_get_a_copy():
     plain = glora.fold(models["manual"], subnet).eval()
     assert type(plain.transformer.h[0].mlp.dense_4h_to_h).__name__ == "FalconLinear"
     torch.testing.assert_close(_logits(plain, ids), _logits(models["manual"].eval(), ids), rtol=1e-9, atol=1e-11)
+
+
+def _task_model(cls_name: str, **kw):
+    cfg = getattr(transformers, cls_name)(vocab_size=64, num_labels=2, pad_token_id=0, **kw)
+    return transformers.AutoModelForSequenceClassification.from_config(cfg)
+
+
+HEAD_CASES = {
+    "roberta": (lambda: _task_model("RobertaConfig", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=48, max_position_embeddings=40), ["classifier"]),
+    "distilbert": (lambda: _task_model("DistilBertConfig", dim=32, n_layers=1, n_heads=4, hidden_dim=48),
+                   ["pre_classifier", "classifier"]),
+    "deberta-v2": (lambda: _task_model("DebertaV2Config", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=48), ["pooler", "classifier"]),
+    "bart": (lambda: _task_model("BartConfig", d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=48,
+                                 decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4,
+                                 eos_token_id=2), ["classification_head"]),
+    "llama": (lambda: _llama("classifier"), ["score"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(HEAD_CASES))
+def test_every_module_beside_the_base_model_is_the_head(name):
+    """The head of a sequence-classification model is what its task class adds beside ``base_model_prefix``: new
+    in every base checkpoint, so it trains in full and is never adapted (DistilBERT's pre_classifier, DeBERTa's
+    pooler, BART's classification_head included), and the export keeps its label count (BART's config class
+    defaults to 3 labels, so 2 must be written out)."""
+    from glora.app.hf_backbone import SequenceClassifier, export_transformers_folder, reload_transformers_folder
+
+    make, heads = HEAD_CASES[name]
+    torch.manual_seed(0)
+    model = SequenceClassifier(make())
+    assert model.pretrained_cfg["classifier"] == [f"model.{h}" for h in heads]
+    glora.inject(model, glora.SearchSpace(lora_ranks=(2,)))
+    assert glora.head_names(model) == [f"model.{h}" for h in heads]
+    for h in heads:
+        assert all(p.requires_grad for p in model.get_submodule(f"model.{h}").parameters())
+    assert not any(n.startswith(tuple(f"model.{h}." for h in heads)) for n in glora.glora_layers(model))
+    if name == "bart":
+        subnet = glora.sample_subnet(model, random.Random(0))
+        glora.set_subnet(model, subnet)
+        plain = glora.fold(model, subnet).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            export_transformers_folder(plain, Path(tmp), None)
+            again = reload_transformers_folder(Path(tmp), plain).eval()
+        batch = torch.stack([torch.tensor([[5, 6, 7, 2], [5, 9, 2, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])], 1)
+        with torch.no_grad():
+            torch.testing.assert_close(again(batch), plain(batch), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------- transformers backbones for the commands

@@ -27,6 +27,7 @@ __all__ = [
     "build_transformers",
     "TokenModel",
     "SequenceClassifier",
+    "classification_heads",
     "CausalLM",
     "BIAS_FLAGS",
     "bias_flags_for",
@@ -169,16 +170,27 @@ class TokenModel(nn.Module):
 class SequenceClassifier(TokenModel):
     """A sequence classifier (or, with one output, regressor): logits (B, classes).
 
-    The classification layer is named in ``pretrained_cfg["classifier"]`` (as timm models name theirs), so
-    :func:`glora.inject` trains it in full and never adapts it.
+    The head is every module the task class adds beside its base model (``base_model_prefix``): RoBERTa's and
+    BERT's ``classifier``, GPT-2's and Llama's ``score``, BART's ``classification_head``, DistilBERT's
+    ``pre_classifier`` and ``classifier``, DeBERTa's ``pooler`` and ``classifier``; none of them is in a base
+    checkpoint, so all are new and train in full (PEFT's ``modules_to_save``). They are named in
+    ``pretrained_cfg["classifier"]`` (as timm models name theirs), so :func:`glora.inject` never adapts them.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        head = next((h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)), None)
-        if head is None:
-            raise ValueError(f"{type(model).__name__} has no classifier or score layer to train")
-        self.pretrained_cfg = {"classifier": f"model.{head}"}
+        heads = classification_heads(model)
+        if not heads:
+            raise ValueError(f"{type(model).__name__} has no classification layer beside its base model to train")
+        self.pretrained_cfg = {"classifier": [f"model.{h}" for h in heads]}
+
+
+def classification_heads(model: nn.Module) -> list[str]:
+    """The children of a transformers task model that hold parameters outside its base model."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):  # (no base model to tell apart)
+        return [h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)]
+    return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
 
 
 class CausalLM(TokenModel):
@@ -289,10 +301,23 @@ def export_transformers_folder(
         inner.config.id2label = dict(enumerate(class_names))
         inner.config.label2id = {name: i for i, name in enumerate(class_names)}
     inner.save_pretrained(folder, safe_serialization=True)
+    if isinstance(model, SequenceClassifier):
+        _keep_label_count(Path(folder) / "config.json", inner.config.num_labels)
     if tokenizer:
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+
+
+def _keep_label_count(path: Path, num_labels: int) -> None:
+    """transformers leaves two default labels (LABEL_0, LABEL_1) out of config.json, and a config class whose own
+    default is another count (BART's 3) then reloads with a head of the wrong size: write them in."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if len(data.get("id2label") or {}) == num_labels:
+        return
+    data["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+    data["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def reload_transformers_folder(folder: Path, like: nn.Module) -> nn.Module:
