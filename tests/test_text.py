@@ -243,6 +243,34 @@ def test_sentence_pairs_from_every_format(bert, tmp_path, fmt):
     assert split.labels.tolist() == [1, 0, 1] and split.class_names is None
 
 
+def test_a_class_label_column_names_the_classes(bert, tmp_path):
+    """A datasets ClassLabel column (GLUE saved with save_to_disk): integer labels, named by the feature in index
+    order (the export's id2label); a CSV validation file may name them; GLUE's hidden test labels (-1) are refused."""
+    import datasets
+
+    from glora.app.data import DataSpec
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["unacceptable", "acceptable"])})  # fmt: skip
+    train = datasets.Dataset.from_dict({"sentence": ["good movie", "bad plot", "nice acting"], "label": [1, 0, 1]},
+                                       features=features)  # fmt: skip
+    train.save_to_disk(str(tmp_path / "train"))
+    _csv(tmp_path / "val.csv", [{"sentence": "bad acting", "label": "unacceptable"}])
+    datasets.Dataset.from_dict({"sentence": ["great"], "label": [-1]}, features=features).save_to_disk(
+        str(tmp_path / "test")
+    )
+    spec = DataSpec(
+        dataset="text", train_file=str(tmp_path / "train"), validation_file=str(tmp_path / "val.csv"),
+        test_file=str(tmp_path / "test"), text_column=("sentence",), tokenizer=str(bert), max_seq_length=8,
+    )  # fmt: skip
+    assert spec.num_classes() == 2
+    split = spec.load("train", (2, 8))
+    assert split.labels.tolist() == [1, 0, 1] and split.class_names == ("unacceptable", "acceptable")
+    assert spec.load("val", (2, 8)).labels.tolist() == [0]
+    with pytest.raises(ValueError, match=r"label -1 is not one of the train file's classes 0\.\.1 .*hidden test"):
+        spec.load("test", (2, 8))
+
+
 def test_gradient_checkpointing_of_a_transformers_backbone_gives_the_same_training(bert, texts, tmp_path, capsys):
     assert cli("train", _train_args(bert, texts, tmp_path / "plain"), capsys)[0] == 0
     code, err = cli("train", _train_args(bert, texts, tmp_path / "ckpt", "--gradient-checkpointing"), capsys)

@@ -3,9 +3,9 @@ folder, read with the ``datasets`` library and tokenized once by the model's own
 
 A split is cached as one int64 tensor (N, 2, L): token ids and attention mask, right-padded to ``max_seq_length``
 (longer texts are truncated); the model wrapper trims every batch to its longest row, so padding costs nothing.
-Labels are integers used as they are (classes 0..max), strings mapped in sorted order (the class names), or real
-numbers: a regression (STS-B), one output trained with mean squared error. Whole-number labels are classes unless
-``--problem-type regression`` says otherwise.
+Labels are integers used as they are (classes 0..max; a ``datasets.ClassLabel`` column, as GLUE's, also names
+them), strings mapped in sorted order (the class names), or real numbers: a regression (STS-B), one output trained
+with mean squared error. Whole-number labels are classes unless ``--problem-type regression`` says otherwise.
 """
 
 from __future__ import annotations
@@ -79,9 +79,13 @@ def _label_names(path: str, column: str, problem_type: str | None = None) -> tup
 
 @functools.lru_cache(maxsize=8)
 def _label_names_of(path: str, column: str, problem_type: str | None, _version: int) -> tuple[str, ...] | int | None:
-    values = _integral(_column(read_table(path), column, "label", path))
+    table = read_table(path)
+    values = _integral(_column(table, column, "label", path))
     if not values:
         raise ValueError(f"{path}: no rows")
+    names = _class_label_names(table, column)
+    if names is not None and problem_type != "regression":  # a datasets ClassLabel (GLUE): its names, in order
+        return names
     real = any(isinstance(v, float) for v in values)
     if problem_type == "regression" or (problem_type is None and real):
         bad = next((v for v in values if not _is_number(v)), None)
@@ -101,6 +105,14 @@ def _label_names_of(path: str, column: str, problem_type: str | None, _version: 
             raise ValueError(f"{path}: label {min(values)} is negative; integer labels are classes 0, 1, ...")
         return max(values) + 1
     return tuple(sorted({str(v) for v in values}))
+
+
+def _class_label_names(table, column: str) -> tuple[str, ...] | None:
+    """The class names of a ``datasets.ClassLabel`` column (index i is class i), else None."""
+    import datasets
+
+    feature = getattr(table, "features", {}).get(column)
+    return tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
 def _is_number(v) -> bool:
@@ -202,6 +214,14 @@ class TextSource(Source):
             if bad is not None:
                 raise ValueError(f"{path}: label {bad!r} is not one of the train file's classes 0..{vocab - 1}")
             labels, names = list(raw), None
+        elif _class_label_names(table, spec.label_column) is not None:  # class indices of the train file's names
+            bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < len(vocab)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"{path}: label {bad!r} is not one of the train file's classes 0..{len(vocab) - 1} "
+                    f"({', '.join(vocab)}){' (hidden test labels?)' if bad == -1 else ''}"
+                )
+            labels, names = list(raw), vocab
         else:
             index = {n: i for i, n in enumerate(vocab)}
             bad = next((v for v in raw if str(v) not in index), None)
