@@ -151,7 +151,8 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         f"parameters: base {n_base:,}, folded {n_fold:,} (overhead {n_fold - n_base}); "
         f"GLoRA subnet trained {glora_params:,} ({glora_params / 1e6:.4f}M)"
     )
-    print(f"FLOPs per image: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
+    unit = "sequence" if isinstance(folded, TokenModel) else "image"
+    print(f"FLOPs per {unit}: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
     stats = {
         "supernet": str(args.supernet),
         "subnet": str(args.subnet),
@@ -166,7 +167,7 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         "max_rel_diff": rel,
     }
     if args.latency_rounds:
-        stats["latency"] = _latency(args.latency_rounds, folded, model, base, x)
+        stats["latency"] = _latency(args.latency_rounds, folded, model, base, x, unit)
     if args.eval_set:
         stats["eval_sets"] = _eval_sets(args, ckpt, folded, device)
     return _Checked(folded.to("cpu"), x.cpu(), got.cpu(), stats)
@@ -202,13 +203,15 @@ def _head_outputs(model: nn.Module) -> int:
     raise ValueError("cannot tell how many classes the model predicts (it has no num_classes)")
 
 
-def _latency(rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: torch.Tensor) -> dict:
+def _latency(
+    rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: torch.Tensor, unit: str = "image"
+) -> dict:
     """What folding buys at inference: the folded model should cost what the base model costs."""
     lat = measure_latency({"folded": folded, "supernet": supernet.eval(), "base": base}, x, rounds)
     for name in ("folded", "supernet"):
         lat[f"{name}_vs_base"] = round(lat[name]["ms_per_batch"] / lat["base"]["ms_per_batch"], 4)
     print(
-        f"latency on {lat['batch']} images ({lat['device']}, median of {rounds} interleaved rounds): folded "
+        f"latency on {lat['batch']} {unit}s ({lat['device']}, median of {rounds} interleaved rounds): folded "
         f"{lat['folded']['ms_per_batch']:.1f} ms ({lat['folded_vs_base']:.2f}x base), unfolded supernet "
         f"{lat['supernet']['ms_per_batch']:.1f} ms ({lat['supernet_vs_base']:.2f}x), base "
         f"{lat['base']['ms_per_batch']:.1f} ms"
