@@ -15,7 +15,16 @@ the ``search`` package.
 
 from .config import AdapterConfig
 from .fold import fold, folded
-from .inject import get_space, glora_layers, head_names, inject, set_execution, supernet_size, target_names
+from .inject import (
+    find_in_place_edits,
+    get_space,
+    glora_layers,
+    head_names,
+    inject,
+    set_execution,
+    supernet_size,
+    target_names,
+)
 from .layer import GLoRALinear
 from .reference import convert_reference_subnet, load_reference_state_dict
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
@@ -51,6 +60,7 @@ __all__ = [
     "get_space",
     "head_names",
     "set_execution",
+    "find_in_place_edits",
     # subnets
     "Subnet",
     "sample_subnet",
