@@ -472,6 +472,8 @@ def _direct_read(model: nn.Module, name: str, edited_in_place: set[str]) -> str 
         source = _forward_source(type(ancestor))
         if not re.search(r"self\." + re.escape(rel) + r"\.(weight|bias)\b", source):
             continue
+        if _tp_emulation_off(ancestor):  # Bloom reads the weight only to emulate tensor parallelism, off here
+            continue
         if depth == len(parts) - 1 and rel == "qkv" and isinstance(getattr(ancestor, "qkv_bias_separate", None), bool):
             if not ancestor.qkv_bias_separate:
                 ancestor.qkv_bias_separate = True
@@ -481,6 +483,16 @@ def _direct_read(model: nn.Module, name: str, edited_in_place: set[str]) -> str 
         where = ancestor_name or "the model root"
         return f"{where} ({type(ancestor).__name__}) reads its weight directly, so a wrapper would be bypassed"
     return None
+
+
+def _tp_emulation_off(module: nn.Module) -> bool:
+    """Whether ``module`` reads its layers' weights only under transformers' ``pretraining_tp > 1`` with
+    ``slow_but_exact`` (Bloom: slices of the weight, to reproduce tensor-parallel rounding) and that is off, so it
+    calls the layers as modules."""
+    tp = getattr(module, "pretraining_tp", None)
+    if not isinstance(tp, int) or "pretraining_tp" not in _forward_source(type(module)):
+        return False
+    return tp <= 1 or getattr(module, "slow_but_exact", True) is False
 
 
 @functools.cache

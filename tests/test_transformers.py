@@ -373,6 +373,75 @@ def test_every_module_beside_the_base_model_is_the_head(name):
             torch.testing.assert_close(again(batch), plain(batch), rtol=0, atol=0)
 
 
+_H = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+ARCHITECTURES = {
+    "mistral": ("MistralConfig", {**_H, "intermediate_size": 48, "num_key_value_heads": 2}),
+    "qwen2": ("Qwen2Config", {**_H, "intermediate_size": 48, "num_key_value_heads": 2}),
+    "qwen3": ("Qwen3Config", {**_H, "intermediate_size": 48, "num_key_value_heads": 2, "head_dim": 8}),
+    "gemma": ("GemmaConfig", {**_H, "intermediate_size": 48, "num_key_value_heads": 2, "head_dim": 8}),
+    "phi3": ("Phi3Config", {**_H, "intermediate_size": 48, "num_key_value_heads": 2}),
+    "gpt_neox": ("GPTNeoXConfig", {**_H, "intermediate_size": 48}),
+    "opt": ("OPTConfig", {**_H, "ffn_dim": 48, "word_embed_proj_dim": 32}),
+    "falcon": ("FalconConfig", _H),
+    "gptj": ("GPTJConfig", {"n_embd": 32, "n_layer": 1, "n_head": 4, "rotary_dim": 4}),
+    "bloom": ("BloomConfig", {"hidden_size": 32, "n_layer": 1, "n_head": 4}),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_causal_lm_families_train_fold_exactly_and_load_as_their_plain_class(arch):
+    """Beyond Llama/GPT-2: each family under --bias-free auto trains a step on the manual path (outputs edited in
+    place found first), and every sampled subnet folds exactly in float64 into a model its plain class loads key
+    for key (the config's bias flags turned on where the subnet gave bias-free layers a bias)."""
+    from glora.app.backbone import resolve_bias_free
+    from glora.app.hf_backbone import declare_biases
+    from glora.inject import find_in_place_edits
+
+    name, kw = ARCHITECTURES[arch]
+    cfg = getattr(transformers, name)(vocab_size=64, pad_token_id=0, **kw)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).double()
+    adapter = resolve_bias_free(model, glora.AdapterConfig(glora.SearchSpace(lora_ranks=(4, 2))), "auto")
+    glora.inject(model, adapter)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype) / 8)
+    ids = _ids()
+    for seed in range(3):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        glora.set_subnet(model, subnet)
+        model.train()
+        find_in_place_edits(model, lambda: model(input_ids=ids))
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.zero_grad()
+        model.eval()
+        plain = glora.fold(model, subnet)
+        fresh_cfg = copy.deepcopy(model.config)
+        extra = sorted(set(plain.state_dict()) - set(transformers.AutoModelForCausalLM.from_config(cfg).state_dict()))
+        for flag in declare_biases(plain, extra) if extra else []:
+            setattr(fresh_cfg, flag, True)
+        fresh = transformers.AutoModelForCausalLM.from_config(fresh_cfg).double().eval()
+        fresh.load_state_dict(plain.state_dict(), strict=True)
+        torch.testing.assert_close(_logits(fresh, ids), _logits(model, ids), rtol=1e-9, atol=1e-11)
+
+
+def test_bloom_layers_read_directly_only_under_tensor_parallel_emulation():
+    """Bloom slices its dense weights itself only with pretraining_tp > 1 and slow_but_exact: otherwise those layers
+    are called as modules and adapted; with the emulation on they would be bypassed, so they are skipped."""
+    kw = {"vocab_size": 64, "hidden_size": 32, "n_layer": 1, "n_head": 4}
+    called = glora.target_names(transformers.BloomForCausalLM(transformers.BloomConfig(**kw)), SPACE)
+    assert "transformer.h.0.mlp.dense_4h_to_h" in called and "transformer.h.0.self_attention.dense" in called
+    emulated = transformers.BloomForCausalLM(transformers.BloomConfig(**kw, pretraining_tp=2, slow_but_exact=True))
+    with pytest.warns(UserWarning) as caught:
+        glora.inject(emulated, SPACE)
+    said = " ".join(str(w.message) for w in caught)
+    assert "(BloomMLP) reads its weight directly" in said and "(BloomAttention) reads its weight directly" in said
+    assert not {"transformer.h.0.mlp.dense_4h_to_h", "transformer.h.0.self_attention.dense"} & set(
+        glora.glora_layers(emulated)
+    )
+
+
 # ---------------------------------------------------------------------- transformers backbones for the commands
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
