@@ -442,6 +442,50 @@ def test_bloom_layers_read_directly_only_under_tensor_parallel_emulation():
     )
 
 
+ENCODERS = {
+    "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 1, "n_heads": 4, "hidden_dim": 48}),
+    "deberta-v2": ("DebertaV2Config", {**_H, "intermediate_size": 48}),
+    "electra": ("ElectraConfig", {**_H, "intermediate_size": 48, "embedding_size": 16}),
+    "albert": ("AlbertConfig", {**_H, "intermediate_size": 48, "embedding_size": 16}),
+    "mpnet": ("MPNetConfig", {**_H, "intermediate_size": 48}),
+    "modernbert": ("ModernBertConfig", {**_H, "intermediate_size": 48}),
+}
+
+
+@pytest.mark.parametrize("arch", list(ENCODERS))
+def test_encoder_classifiers_fold_exactly_and_load_as_their_plain_class(arch):
+    """Encoder families as sequence classifiers: head(s) trained in full, a step on the manual path, and every
+    sampled subnet folds exactly in float64 into a model its plain class loads key for key."""
+    from glora.app.backbone import resolve_bias_free
+    from glora.app.hf_backbone import SequenceClassifier, declare_biases
+
+    name, kw = ENCODERS[arch]
+    cfg = getattr(transformers, name)(vocab_size=64, pad_token_id=0, num_labels=3, **kw)
+    torch.manual_seed(0)
+    model = SequenceClassifier(transformers.AutoModelForSequenceClassification.from_config(cfg).double())
+    adapter = resolve_bias_free(model, glora.AdapterConfig(glora.SearchSpace(lora_ranks=(4, 2))), "auto")
+    glora.inject(model, adapter)
+    batch = torch.stack([torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(2)),
+                         torch.tensor([[1] * 7, [1] * 5 + [0] * 2])], dim=1)  # fmt: skip
+    for seed in range(3):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        glora.set_subnet(model, subnet)
+        model.train()
+        torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 2])).backward()
+        model.zero_grad()
+        model.eval()
+        plain = glora.fold(model, subnet)
+        extra = sorted(set(plain.state_dict()) - set(SequenceClassifier(
+            transformers.AutoModelForSequenceClassification.from_config(cfg)).state_dict()))  # fmt: skip
+        fresh_cfg = copy.deepcopy(model.model.config)
+        for flag in declare_biases(plain, extra) if extra else []:
+            setattr(fresh_cfg, flag, True)
+        fresh = SequenceClassifier(transformers.AutoModelForSequenceClassification.from_config(fresh_cfg)).double()
+        fresh.load_state_dict(plain.state_dict(), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh.eval()(batch), model(batch), rtol=1e-9, atol=1e-11)
+
+
 # ---------------------------------------------------------------------- transformers backbones for the commands
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
