@@ -167,6 +167,8 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         return ["--validation-file", str(tmp / "v.xml")]
     if what == "no-validation-file":
         return ["--validation-file", str(tmp / "missing.csv")]
+    if what == "longer-than-positions":  # the tiny BERT has 64 learned positions
+        return ["--max-seq-length", "100"]
     raise ValueError(what)
 
 
@@ -181,6 +183,10 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         ("names-as-regression", "in column 'label' is not a number (a regression needs numbers)"),
         ("metric", "metric 'pearson' does not apply to classification with 2 classes; use one of accuracy, matthews"),
         ("no-validation-file", "does not exist"),
+        (
+            "longer-than-positions",
+            "--max-seq-length 100 is longer than BertForSequenceClassification takes (64 positions); give at most 64",
+        ),
     ],
 )
 def test_bad_text_inputs_are_one_line(bert, texts, tmp_path, capsys, what, message):

@@ -486,6 +486,36 @@ def test_encoder_classifiers_fold_exactly_and_load_as_their_plain_class(arch):
             torch.testing.assert_close(fresh.eval()(batch), model(batch), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize(
+    "config, limit, hard",
+    [
+        (lambda: transformers.BertConfig(**_H, intermediate_size=48), 512, True),
+        (lambda: transformers.RobertaConfig(**_H, intermediate_size=48, max_position_embeddings=514, pad_token_id=1),
+         512, True),  # positions start after the padding index
+        (lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4), 1024, True),
+        (lambda: transformers.OPTConfig(**_H, ffn_dim=48, word_embed_proj_dim=32), 2048, True),  # offset 2
+        (lambda: transformers.LlamaConfig(**_H, intermediate_size=48), 2048, False),  # rotary: a trained context
+        (lambda: transformers.BloomConfig(hidden_size=32, n_layer=1, n_head=4), None, False),  # ALiBi: no limit
+    ],
+)  # fmt: skip
+def test_position_limits_are_read_from_the_model(config, limit, hard, caplog):
+    from glora.app.backbone import check_sequence_length
+    from glora.app.hf_backbone import position_limit
+
+    model = transformers.AutoModel.from_config(config())
+    assert position_limit(model) == (limit, hard)
+    if limit is None:
+        return
+    check_sequence_length(model, limit)  # up to the limit: nothing to say
+    if hard:
+        with pytest.raises(ValueError, match=f"longer than .* takes \\({limit} positions\\); give at most {limit}"):
+            check_sequence_length(model, limit + 1)
+    else:
+        with caplog.at_level("WARNING", logger="glora.app.backbone"):
+            check_sequence_length(model, limit + 1)
+        assert f"beyond LlamaModel's trained context ({limit} positions)" in caplog.text
+
+
 # ---------------------------------------------------------------------- transformers backbones for the commands
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):

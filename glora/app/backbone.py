@@ -29,6 +29,7 @@ from .hf_backbone import (
     bias_flags_for,
     build_transformers,
     is_transformers_model,
+    position_limit,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "BIAS_FREE_OPTIONS",
     "resolve_bias_free",
     "bias_free_rule",
+    "check_sequence_length",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -288,3 +290,18 @@ def bias_free_rule(model: nn.Module) -> str | None:
         f"{n} adapted layer(s) have no bias: C and E add one there (--bias-free allow); the export turns on the "
         "config's bias flags that hold it (attention_bias, mlp_bias, ...), or refuses a subnet it cannot hold"
     )
+
+
+def check_sequence_length(model: nn.Module, max_seq_length: int) -> None:
+    """``--max-seq-length`` against the model's positions, before any text is tokenized: beyond a learned position
+    table it is refused in one line (the forward would fail deep inside); beyond a rotary model's trained context
+    it is allowed, with a warning."""
+    limit, hard = position_limit(model)
+    if limit is None or max_seq_length <= limit:
+        return
+    name = type(_inner_model(model)).__name__
+    if hard:
+        raise ValueError(
+            f"--max-seq-length {max_seq_length} is longer than {name} takes ({limit} positions); give at most {limit}"
+        )
+    _logger.warning("--max-seq-length %d is beyond %s's trained context (%d positions)", max_seq_length, name, limit)

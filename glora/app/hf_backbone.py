@@ -28,6 +28,7 @@ __all__ = [
     "TokenModel",
     "SequenceClassifier",
     "classification_heads",
+    "position_limit",
     "CausalLM",
     "BIAS_FLAGS",
     "bias_flags_for",
@@ -191,6 +192,36 @@ def classification_heads(model: nn.Module) -> list[str]:
     if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):  # (no base model to tell apart)
         return [h for h in ("classifier", "score") if isinstance(getattr(model, h, None), nn.Module)]
     return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+
+
+def position_limit(model: nn.Module) -> tuple[int | None, bool]:
+    """The longest sequence a transformers model was built for (``max_position_embeddings``, ``n_positions``), and
+    whether it is a hard limit: a learned position table of that size (BERT, GPT-2, OPT) fails beyond it, where
+    rotary positions (Llama) only leave the trained context. ``(None, False)`` when the config does not say."""
+    inner = _inner(model)[0]
+    config = getattr(inner, "config", None)
+    limit = next(
+        (v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)),
+        None,
+    )
+    if limit is None:
+        return None, False
+    tables = [
+        m
+        for name, m in inner.named_modules()
+        if isinstance(m, nn.Embedding) and _is_position_table(name) and m.num_embeddings <= limit + 2
+    ]
+    if not tables:
+        return limit, False
+    # Rows before the first position: RoBERTa's padding_idx + 1, OPT's and BART's offset of 2.
+    m = tables[0]
+    skip = m.padding_idx + 1 if m.padding_idx is not None else int(getattr(m, "offset", 0) or 0)
+    return min(limit, m.num_embeddings - skip), True
+
+
+def _is_position_table(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1].lower()
+    return "pos" in last or last == "wpe"  # position_embeddings, embed_positions; GPT-2's wpe
 
 
 class CausalLM(TokenModel):

@@ -22,7 +22,14 @@ from glora.config import SUPPORT_DTYPES
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
 
-from ..backbone import bias_free_rule, build_backbone, enable_checkpointing, fingerprint, resolve_bias_free
+from ..backbone import (
+    bias_free_rule,
+    build_backbone,
+    check_sequence_length,
+    enable_checkpointing,
+    fingerprint,
+    resolve_bias_free,
+)
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
 from ..data import DataSpec, input_config, make_normalizer
@@ -107,6 +114,8 @@ class _SupernetRun:
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
         self.spec = backbone_from_args(args, num_classes)
         self._build_model(device)
+        if self.data.source.kind == "tokens":
+            check_sequence_length(self.model, self.data.max_seq_length)
         train, val = self._load_splits()
         compiled = None  # a sharded model runs eagerly
         if not self.sharded:
