@@ -138,3 +138,23 @@ def test_a_gift_only_space_is_compared_with_gifts_table_3(tmp_path):
     assert (paper["Natural"], paper["Specialized"], paper["Structured"]) == ("82.0", "86.3", "61.1")
     diff = dict(zip(header, _row(md, "difference (ours − paper)")))
     assert diff["Natural"] == "-2.0" and diff["Average"] == "—"  # averages of different definitions: not compared
+
+
+def test_text_runs_are_told_apart_by_task_and_model(tmp_path):
+    """Text runs name their task by their train file (data/glue/cola/train -> cola) and are grouped per model:
+    RoBERTa-base and -large seeds on CoLA are two rows, each the mean of its own seeds."""
+    runs = []
+    for i, (model, seed, test) in enumerate([("roberta-base", 0, 0.60), ("roberta-base", 1, 0.62),
+                                             ("roberta-large", 0, 0.68)]):  # fmt: skip
+        root = _run(tmp_path / f"r{i}", dataset="text", task=None, seed=seed, test=test,
+                    model=str(tmp_path / "models" / model), metric="matthews")  # fmt: skip
+        config = yaml.safe_load((root / "supernet" / "config.yaml").read_text())
+        config["train-file"] = str(tmp_path / "data" / "glue" / "cola" / "train")
+        (root / "supernet" / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(root)
+    md = _markdown(tmp_path, runs)
+    assert _row(md, "dataset") == ["dataset", "task", "model", "space", "metric", "test", "# params (M)"]
+    rows = [line for line in md.splitlines() if line.startswith("| text")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    assert [c[:3] for c in cells] == [["text", "cola", "roberta-base"], ["text", "cola", "roberta-large"]]
+    assert cells[0][5] == "61.0 ± 1.4 (n=2)" and cells[1][5] == "68.0"

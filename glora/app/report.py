@@ -196,7 +196,7 @@ def read_run(run: str | Path) -> RunResult:
     result = RunResult(
         run=str(root),
         dataset=str(config.get("dataset", "?")),
-        task=config.get("task"),
+        task=config.get("task") or _data_name(config.get("train-file")),
         shot=config.get("shot"),
         seed=int(config.get("seed", 0)),
         space=space,
@@ -458,22 +458,39 @@ def _dg(results: Sequence[RunResult], report: Report) -> None:
     report.csv["dg.csv"] = _csv(header, rows)
 
 
+def _data_name(train_file: Any) -> str | None:
+    """What a text run trained on, from its train file: the folder of a split named train (data/glue/cola/train or
+    .../cola/train.csv -> cola), else the file's stem."""
+    if not train_file:
+        return None
+    path = Path(str(train_file))
+    return path.parent.name if path.stem.lower() == "train" and path.parent.name else path.stem
+
+
+def _short_model(model: str) -> str:
+    """A model as a table shows it: a local folder or file by its name, a timm or hub name as it is."""
+    return Path(model).name if Path(model).is_absolute() else model
+
+
 def _others(results: Sequence[RunResult], report: Report) -> None:
     runs = [r for r in results if r.dataset not in ("vtab", "fewshot")]
     if not runs:
         return
-    cells = _cells(runs, lambda r: (r.dataset, r.task, r.space, r.metric))
-    keys = sorted({(r.dataset, r.task, r.space, r.metric) for r in runs}, key=str)
-    header = ["dataset", "task", "space", "metric", "test", "# params (M)"]
+
+    def key(r: RunResult) -> tuple:  # runs of one model on one task in one space are seeds of one cell
+        return (r.dataset, r.task, _short_model(r.model), r.space, r.metric)
+
+    cells = _cells(runs, key)
+    keys = sorted({key(r) for r in runs}, key=str)
+    header = ["dataset", "task", "model", "space", "metric", "test", "# params (M)"]
     md = []
-    for d, t, s, m in keys:
-        group = [r for r in runs if (r.dataset, r.task, r.space, r.metric) == (d, t, s, m)]
+    for k in keys:
+        d, t, model, s, m = k
+        group = [r for r in runs if key(r) == k]
         unit = " (%)" if group[0].percent else ""
-        md.append(
-            [d, t or "", s, m + unit, _fmt(cells.get((d, t, s, m)), 2 if not unit else 1), _num(_params(group), 4)]
-        )
+        md.append([d, t or "", model, s, m + unit, _fmt(cells.get(k), 2 if not unit else 1), _num(_params(group), 4)])
     report.markdown.append("## Other tasks\n\n" + _table(header, md))
-    report.csv["other.csv"] = _csv(header, [[*row[:4], _csv_cell(cells.get(k)), row[5]] for row, k in zip(md, keys)])
+    report.csv["other.csv"] = _csv(header, [[*row[:5], _csv_cell(cells.get(k)), row[6]] for row, k in zip(md, keys)])
 
 
 def build_report(results: Sequence[RunResult]) -> Report:
