@@ -145,6 +145,26 @@ def test_alpaca_rows_are_scored_on_the_response_only(llama, alpaca):
     assert len(packed) == total // 40
 
 
+def test_prompt_and_response_are_tokenized_whole_as_generation_sees_them():
+    """A SentencePiece-style tokenizer (Llama's: a word after a space is '▁word', at a text's start too) gives the
+    response's first word another token when tokenized alone than after the prompt's newline: the sequence is the
+    whole text's tokens, split where the prompt's own end (Alpaca, LLM-Adapters, lm-eval)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from glora.app.data.sources.instructions import _encode
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "▁Say", "▁it:", "\n", "red", "▁red", "▁."])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Metaspace(prepend_scheme="first")]
+    )
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="</s>")
+    assert tok.tokenize("red .") == ["▁red", "▁."]  # alone: the first word as if after a space
+    ((ids, labels),) = _encode(tok, ["Say it:\n"], ["red ."], chat=False)
+    assert tok.convert_ids_to_tokens(ids) == ["▁Say", "▁it:", "\n", "red", "▁.", "</s>"]  # as in the whole text
+    assert labels == [IGNORE_INDEX] * 3 + ids[3:]
+
+
 def test_chat_rows_use_the_tokenizer_template_and_score_the_last_assistant_turn(llama, tmp_path):
     path = _jsonl(tmp_path / "chat.jsonl", _chat(4, 0))
     spec = DataSpec(dataset="instructions", train_file=str(path), tokenizer=str(llama), max_seq_length=64)

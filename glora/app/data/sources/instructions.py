@@ -144,14 +144,22 @@ def _chat(messages, i: int, path: str, tokenizer) -> tuple[str, str]:
 
 
 def _encode(tokenizer, prompts: list[str], responses: list[str], chat: bool) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per (prompt, response): the prompt masked, the response (and eos) scored."""
-    prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    """Token ids and labels per (prompt, response): the prompt masked, the response (and eos) scored.
+
+    The text is tokenized whole, as generation will see it, and split where the prompt's own tokens end (the
+    Alpaca / LLM-Adapters recipe, and lm-eval's context/continuation split): a SentencePiece tokenizer gives the
+    first response word another token after a newline than at the start of a text of its own."""
+    special = not chat  # a chat template writes its own special tokens
+    prompt_ids = tokenizer(prompts, add_special_tokens=special)["input_ids"]
+    whole_ids = tokenizer([p + r for p, r in zip(prompts, responses)], add_special_tokens=special)["input_ids"]
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     out = []
-    for p, r in zip(prompt_ids, response_ids):
-        tail = r + (eos if not (chat and r[-1:] == eos) else [])
-        out.append((p + tail, [IGNORE_INDEX] * len(p) + tail))
+    for p, w in zip(prompt_ids, whole_ids):
+        n = 0  # the shared prefix (a tokenizer that appends a special token to the prompt alone stops it early)
+        while n < min(len(p), len(w)) and p[n] == w[n]:
+            n += 1
+        tail = w[n:] + (eos if w[-1:] != eos else [])
+        out.append((w[:n] + tail, [IGNORE_INDEX] * n + tail))
     return out
 
 
