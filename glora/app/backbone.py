@@ -25,11 +25,11 @@ from glora.inject import get_space, glora_layers, target_names
 from .hf_backbone import (
     CausalLM,
     SequenceClassifier,
-    TokenModel,
     bias_flags_for,
     build_transformers,
     is_transformers_model,
     position_limit,
+    unwrap,
 )
 
 __all__ = [
@@ -210,7 +210,7 @@ def enable_checkpointing(model: nn.Module) -> None:
     instead of kept, trading compute for memory. Non-reentrant, so the frozen backbone's inputs need no gradient
     and the supports inside every block still get theirs; the recomputation replays the same random draws (dropout,
     drop-path), so a step computes what it computes without checkpointing."""
-    inner = model.model if isinstance(model, TokenModel) else model
+    inner = unwrap(model)
     if getattr(inner, "supports_gradient_checkpointing", False):  # transformers (5.x renamed the call)
         if callable(getattr(inner, "activation_checkpointing_enable", None)):
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -237,7 +237,7 @@ def resolve_bias_free(model: nn.Module, adapter: AdapterConfig, requested: str) 
         return _with_rule(adapter, "exclude")
     bias_free = [n for n in target_names(model, adapter) if model.get_submodule(n).bias is None]
     flags = bias_flags_for(model, bias_free)
-    name = type(_inner_model(model)).__name__
+    name = type(unwrap(model)).__name__
     decided = "allow" if requested == "allow" or flags is not None else "exclude"
     if decided == "exclude":
         kept = [s for s in ("C", "D", "E") if "none" not in adapter.space.choice_names(s)]
@@ -274,10 +274,6 @@ def _with_rule(adapter: AdapterConfig, rule: str) -> AdapterConfig:
     return replace(adapter, space=replace(adapter.space, bias_free=rule))
 
 
-def _inner_model(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, TokenModel) else model
-
-
 def bias_free_rule(model: nn.Module) -> str | None:
     """One line on the supernet's adapted layers without a bias and the rule they follow (None if there are none),
     for the train and search logs."""
@@ -299,7 +295,7 @@ def check_sequence_length(model: nn.Module, max_seq_length: int) -> None:
     limit, hard = position_limit(model)
     if limit is None or max_seq_length <= limit:
         return
-    name = type(_inner_model(model)).__name__
+    name = type(unwrap(model)).__name__
     if hard:
         raise ValueError(
             f"--max-seq-length {max_seq_length} is longer than {name} takes ({limit} positions); give at most {limit}"

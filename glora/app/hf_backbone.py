@@ -26,6 +26,7 @@ __all__ = [
     "infer_task_type",
     "build_transformers",
     "TokenModel",
+    "unwrap",
     "SequenceClassifier",
     "classification_heads",
     "position_limit",
@@ -256,13 +257,19 @@ def _keys_with(cls: type, config, flags: dict[str, bool]) -> set[str]:
         return set(cls(changed).state_dict())
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside the commands' wrapper (:class:`TokenModel`), or ``model`` itself."""
+    return model.model if isinstance(model, TokenModel) else model
+
+
 def _inner(model: nn.Module) -> tuple[nn.Module, str]:
     """The transformers model inside the commands' wrapper, and the prefix its names carry there."""
-    return (model.model, "model.") if isinstance(model, TokenModel) else (model, "")
+    return unwrap(model), "model." if isinstance(model, TokenModel) else ""
 
 
-def _covering_flags(inner: nn.Module, wanted: set[str]) -> tuple[str, ...] | None:
-    """The fewest of the config's off bias flags whose architecture has every state-dict key in ``wanted``."""
+def _covering_flags(inner: nn.Module, wanted: set[str]) -> tuple[tuple[str, ...], set[str]] | None:
+    """The fewest of the config's off bias flags whose architecture has every state-dict key in ``wanted``, and the
+    keys those flags add; None when no such flags exist."""
     import itertools
 
     config = getattr(inner, "config", None)
@@ -270,9 +277,9 @@ def _covering_flags(inner: nn.Module, wanted: set[str]) -> tuple[str, ...] | Non
     base = _keys_with(type(inner), config, {}) if available else set()
     for n in range(1, len(available) + 1):
         for flags in itertools.combinations(available, n):
-            keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
-            if wanted <= keys and all(k.endswith(".bias") for k in keys - base):  # flags that only add biases
-                return flags
+            added = _keys_with(type(inner), config, dict.fromkeys(flags, True)) - base
+            if wanted <= base | added and all(k.endswith(".bias") for k in added):  # flags that only add biases
+                return flags, added
     return None
 
 
@@ -286,7 +293,8 @@ def bias_flags_for(model: nn.Module, layers: list[str]) -> tuple[str, ...] | Non
     inner, prefix = _inner(model)
     if getattr(inner, "config", None) is None or not hasattr(inner, "save_pretrained"):
         return None
-    return _covering_flags(inner, {f"{n.removeprefix(prefix)}.bias" for n in layers})
+    found = _covering_flags(inner, {f"{n.removeprefix(prefix)}.bias" for n in layers})
+    return None if found is None else found[0]
 
 
 def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
@@ -298,8 +306,8 @@ def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
     inner, prefix = _inner(model)
     wanted = {k.removeprefix(prefix) for k in extra}
     config = inner.config
-    flags = _covering_flags(inner, wanted)
-    if flags is None:
+    found = _covering_flags(inner, wanted)
+    if found is None:
         available = [f for f in BIAS_FLAGS if getattr(config, f, None) is False]
         shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
         flags_txt = (
@@ -309,11 +317,10 @@ def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
             f"the subnet gives bias-free layer(s) a bias ({shown}) and {type(inner).__name__} has no place for it "
             f"({flags_txt}); choose C and E none there (or train with --bias-free exclude)"
         )
-    keys = _keys_with(type(inner), config, dict.fromkeys(flags, True))
-    base = _keys_with(type(inner), config, {})
+    flags, added = found
     modules = dict(inner.named_modules())
     own = set(inner.state_dict())
-    for key in sorted(keys - base - own):
+    for key in sorted(added - own):
         layer = modules[key.rsplit(".", 1)[0]]
         w = layer.weight
         layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
@@ -327,7 +334,7 @@ def export_transformers_folder(
 ) -> None:
     """``save_pretrained`` (safetensors) of a folded transformers model, with its tokenizer and, for a classifier,
     the class names as ``id2label`` / ``label2id``: a folder plain transformers loads without this toolkit."""
-    inner = model.model if isinstance(model, TokenModel) else model
+    inner = unwrap(model)
     if class_names:
         inner.config.id2label = dict(enumerate(class_names))
         inner.config.label2id = {name: i for i, name in enumerate(class_names)}
