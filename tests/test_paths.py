@@ -19,7 +19,12 @@ from glora.space import LayerChoice
 OUT, IN = LAYER_OUT, LAYER_IN
 
 
-@pytest.mark.parametrize("forms", ["whole", "chunked", "accelerator"])
+# The whole-tensor forms in the quick subset; the CPU-chunked and accelerator forms (the same math, 2/3 of its time)
+# with the slow tests, which CI runs.
+@pytest.mark.parametrize(
+    "forms",
+    ["whole", pytest.param("chunked", marks=pytest.mark.slow), pytest.param("accelerator", marks=pytest.mark.slow)],
+)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize(
     "space", [glora.SearchSpace(lora_ranks=(8, 4)), glora.SearchSpace(lora_ranks=(3,), gift_ranks=(2,))]
