@@ -127,21 +127,23 @@ def _train_args(llama: Path, files: dict[str, Path], out: Path, *extra: str) -> 
 def test_alpaca_rows_are_scored_on_the_response_only(llama, alpaca):
     spec = DataSpec(dataset="instructions", train_file=str(alpaca["train"]), tokenizer=str(llama), max_seq_length=96)
     assert spec.task_kind() == "causal-lm" and spec.num_classes() is None
-    split = spec.load("train", (2, 96))
+    split = spec.load("train")
     tok = transformers.AutoTokenizer.from_pretrained(llama)
     row = _alpaca(32, 0)[0]
-    ids, mask = split.images[0]
+    assert set(split.fields) == {"input_ids", "attention_mask"}
+    ids, mask = split.fields["input_ids"][0], split.fields["attention_mask"][0]
     n = int(mask.sum())
-    assert split.labels.shape == (32, 96 + 2) and (split.labels[:, -2:] == torch.tensor([-1, 1])).all()
-    labels = split.labels[0, :-2]
+    assert split.labels.shape == (32, 96) and split.lengths[0] == n
+    assert (split.targets["choice_group"] == -1).all() and (split.targets["choice_correct"] == 1).all()
+    labels = split.labels[0]
     scored = tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist())
     assert scored == [*tok.tokenize(row["output"]), "</s>"]  # the response and eos, nothing of the prompt
     assert (labels[n:] == IGNORE_INDEX).all() and (ids[n:] == tok.pad_token_id).all()
     prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=row["instruction"])  # row 0 has an empty input
     assert tok.decode(ids[: n - len(scored)]) == tok.decode(tok(prompt)["input_ids"])
-    packed = DataSpec(**{**spec.to_dict(), "packing": True, "max_seq_length": 40}).load("train", (2, 40))
-    assert packed.images[:, 1].all() and packed.labels.shape == (len(packed), 42)  # full rows, no padding
-    total = int(split.images[:, 1].sum())
+    packed = DataSpec(**{**spec.to_dict(), "packing": True, "max_seq_length": 40}).load("train")
+    assert packed.fields["attention_mask"].all() and packed.labels.shape == (len(packed), 40)  # full rows, no padding
+    total = int(split.fields["attention_mask"].sum())
     assert len(packed) == total // 40
 
 
@@ -168,9 +170,9 @@ def test_prompt_and_response_are_tokenized_whole_as_generation_sees_them():
 def test_chat_rows_use_the_tokenizer_template_and_score_the_last_assistant_turn(llama, tmp_path):
     path = _jsonl(tmp_path / "chat.jsonl", _chat(4, 0))
     spec = DataSpec(dataset="instructions", train_file=str(path), tokenizer=str(llama), max_seq_length=64)
-    split = spec.load("train", (2, 64))
+    split = spec.load("train")
     tok = transformers.AutoTokenizer.from_pretrained(llama)
-    labels = split.labels[0, :-2]
+    labels = split.labels[0]
     scored = tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist())
     assert scored == [*tok.tokenize(_chat(4, 0)[0]["messages"][1]["content"]), "</s>"]
 
@@ -182,21 +184,22 @@ def test_multiple_choice_rows_become_one_sequence_per_option(llama, tmp_path):
     spec = DataSpec(
         dataset="instructions", train_file=str(path), validation_file=str(path), tokenizer=str(llama), max_seq_length=96
     )
-    train, val = spec.load("train", (2, 96)), spec.load("val", (2, 96))
-    assert len(train) == 4 and (train.labels[:, -2] == -1).all()
-    assert len(val) == 12 and val.labels[:, -2].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    train, val = spec.load("train"), spec.load("val")
+    assert len(train) == 4 and (train.targets["choice_group"] == -1).all()
+    assert len(val) == 12 and val.targets["choice_group"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     answers = [int(r["answer"][-1]) - 1 for r in _commonsense(4, 0)]
-    assert val.labels[:, -1].view(4, 3).argmax(1).tolist() == answers and val.labels[:, -1].sum() == 4
+    correct = val.targets["choice_correct"]
+    assert correct.view(4, 3).argmax(1).tolist() == answers and correct.sum() == 4
     tok = transformers.AutoTokenizer.from_pretrained(llama)
-    second = val.labels[1, :-2]
+    second = val.labels[1]
     assert tok.convert_ids_to_tokens(second[second != IGNORE_INDEX].tolist())[-2:] == ["option2", "</s>"]
     explicit = [{"instruction": "What color is the cup ?", "options": ["It is red .", "It is blue ."], "answer": 1}]
     spec = DataSpec(dataset="instructions", train_file=str(_jsonl(tmp_path / "x.jsonl", explicit)),
                     validation_file=str(tmp_path / "x.jsonl"), tokenizer=str(llama), max_seq_length=64)  # fmt: skip
-    train, val = spec.load("train", (2, 64)), spec.load("val", (2, 64))
-    labels = train.labels[0, :-2]
+    train, val = spec.load("train"), spec.load("val")
+    labels = train.labels[0]
     assert tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist()) == ["It", "is", "blue", ".", "</s>"]
-    assert val.labels[:, -2:].tolist() == [[0, 0], [0, 1]]
+    assert val.targets["choice_group"].tolist() == [0, 0] and val.targets["choice_correct"].tolist() == [0, 1]
 
 
 @pytest.mark.slow
@@ -260,9 +263,9 @@ def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llam
     supernet = load_supernet(tmp_path / "sup" / "last.pt").eval()
     glora.set_subnet(supernet, subnet)
     with torch.no_grad():
-        ours = supernet(torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1))
+        ours = supernet(**enc)
         theirs = plain.eval()(**enc).logits
-    torch.testing.assert_close(theirs[:, : ours.shape[1]], ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

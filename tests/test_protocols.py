@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from glora.app.commands.train import build_parser
-from glora.app.data import ImageSet, make_loader
+from glora.app.data import ImageModality, ImageSet, make_loader
 from glora.app.options import parse_args
 from glora.app.trainer import Recipe, Trainer
 
@@ -62,13 +62,8 @@ def _trainer(**recipe) -> Trainer:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     base = dict(epochs=6, batch_size=64, lr=1.0, warmup_epochs=2, warmup_lr=0.1, min_lr=0.0, amp="off", workers=0)
-    normalize = _Float()
-    return Trainer(model, data, Recipe(**(base | recipe)), normalize=normalize, device=torch.device("cpu"))
-
-
-class _Float(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float()
+    as_float = ImageModality({"input_size": (3, 4, 4), "mean": (0.0,) * 3, "std": (1 / 255,) * 3})  # x -> float(x)
+    return Trainer(model, data, Recipe(**(base | recipe)), modality=as_float, device=torch.device("cpu"))
 
 
 def _cosine(t: float, total: float, warmup: float, lr=1.0, warmup_lr=0.1, min_lr=0.0) -> float:

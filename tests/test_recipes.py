@@ -367,7 +367,7 @@ def test_augmented_items_depend_on_the_seed_only(tmp_path):
 
     def epoch(seed: int, workers: int) -> torch.Tensor:
         loader, _ = make_loader(train, 4, shuffle=True, seed=seed, workers=workers)
-        return torch.cat([x for x, _ in loader])
+        return torch.cat([inputs["pixel_values"] for inputs, _ in loader])
 
     state = torch.random.get_rng_state()
     a = epoch(7, 0)

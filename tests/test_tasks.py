@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glora.app.tasks import IGNORE_INDEX, METRICS, Task, lm_labels, result_key
+from glora.app.tasks import IGNORE_INDEX, METRICS, Task, lm_targets, result_key
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -60,10 +60,10 @@ def test_regression_metrics_match_scipy_with_ties():
 def test_causal_lm_loss_scores_only_labelled_next_tokens():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 6, 11, generator=g)
-    labels = torch.full((2, 8), IGNORE_INDEX)  # longer than the logits: a batch trimmed to its longest row
+    labels = torch.full((2, 8), IGNORE_INDEX)  # longer than the logits: they are cut to match
     labels[0, 3:6] = torch.tensor([4, 5, 6])
     labels[1, 1:3] = torch.tensor([7, 8])
-    labels = lm_labels(labels)
+    labels = lm_targets(labels)
     task = Task("causal-lm")
     # By hand: position t predicts token t+1; row 0 scores tokens 3, 4, 5 from positions 2, 3, 4.
     logp = logits.log_softmax(-1)

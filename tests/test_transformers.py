@@ -368,9 +368,10 @@ def test_every_module_beside_the_base_model_is_the_head(name):
         with tempfile.TemporaryDirectory() as tmp:
             export_transformers_folder(plain, Path(tmp), None)
             again = reload_transformers_folder(Path(tmp), plain).eval()
-        batch = torch.stack([torch.tensor([[5, 6, 7, 2], [5, 9, 2, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])], 1)
+        batch = {"input_ids": torch.tensor([[5, 6, 7, 2], [5, 9, 2, 0]]),
+                 "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}  # fmt: skip
         with torch.no_grad():
-            torch.testing.assert_close(again(batch), plain(batch), rtol=0, atol=0)
+            torch.testing.assert_close(again(**batch), plain(**batch), rtol=0, atol=0)
 
 
 _H = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
@@ -465,13 +466,13 @@ def test_encoder_classifiers_fold_exactly_and_load_as_their_plain_class(arch):
     model = SequenceClassifier(transformers.AutoModelForSequenceClassification.from_config(cfg).double())
     adapter = resolve_bias_free(model, glora.AdapterConfig(glora.SearchSpace(lora_ranks=(4, 2))), "auto")
     glora.inject(model, adapter)
-    batch = torch.stack([torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(2)),
-                         torch.tensor([[1] * 7, [1] * 5 + [0] * 2])], dim=1)  # fmt: skip
+    batch = {"input_ids": torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(2)),
+             "attention_mask": torch.tensor([[1] * 7, [1] * 5 + [0] * 2])}  # fmt: skip
     for seed in range(3):
         subnet = glora.sample_subnet(model, random.Random(seed))
         glora.set_subnet(model, subnet)
         model.train()
-        torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 2])).backward()
+        torch.nn.functional.cross_entropy(model(**batch), torch.tensor([0, 2])).backward()
         model.zero_grad()
         model.eval()
         plain = glora.fold(model, subnet)
@@ -483,7 +484,7 @@ def test_encoder_classifiers_fold_exactly_and_load_as_their_plain_class(arch):
         fresh = SequenceClassifier(transformers.AutoModelForSequenceClassification.from_config(fresh_cfg)).double()
         fresh.load_state_dict(plain.state_dict(), strict=True)
         with torch.no_grad():
-            torch.testing.assert_close(fresh.eval()(batch), model(batch), rtol=1e-9, atol=1e-11)
+            torch.testing.assert_close(fresh.eval()(**batch), model(**batch), rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize(
@@ -538,21 +539,23 @@ def test_a_save_pretrained_folder_is_a_transformers_backbone(llama_folder):
     ref = transformers.LlamaForCausalLM.from_pretrained(llama_folder)
     ids = _ids()
     assert type(lm.model).__name__ == "LlamaForCausalLM" and torch.equal(_logits(lm.model, ids), _logits(ref, ids))
-    with torch.no_grad():  # the commands' form: (ids, mask) in, logits out
-        torch.testing.assert_close(lm(torch.stack([ids, torch.ones_like(ids)], dim=1)), _logits(ref, ids))
+    with torch.no_grad():  # the commands' form: the tokenizer's fields in by name, logits out
+        torch.testing.assert_close(lm(input_ids=ids, attention_mask=torch.ones_like(ids)), _logits(ref, ids))
     adapted = glora.glora_layers(glora.inject(copy.deepcopy(lm), glora.AdapterConfig()))
     assert adapted and not any("lm_head" in name for name in adapted)  # the wrapper keeps lm_head out of all-linear
     spec = BackboneSpec(model=str(llama_folder), num_classes=3, task_type="text-classification", init_seed=4)
-    a, b = build_backbone(spec), build_backbone(spec)  # the commands' form: token batches (B, 2, L) in
+    a, b = build_backbone(spec), build_backbone(spec)  # the commands' form: named token fields in
     assert type(a.model).__name__ == "LlamaForSequenceClassification" and a.model.config.num_labels == 3
     assert torch.equal(a.model.score.weight, b.model.score.weight)  # seeded: search and export rebuild it
     assert torch.equal(a.model.model.layers[0].self_attn.q_proj.weight, ref.model.layers[0].self_attn.q_proj.weight)
     assert glora.head_names(a) == ["model.score"]
-    tokens = torch.stack([_ids(), torch.ones(2, 7, dtype=torch.long)], dim=1)
-    tokens[0, :, 6:], tokens[1, :, 5:] = 0, 0  # right-padded rows: the batch is trimmed to 6 of 7 positions
+    ids, mask = _ids(), torch.ones(2, 7, dtype=torch.long)
+    ids[0, 6:], mask[0, 6:], ids[1, 5:], mask[1, 5:] = 0, 0, 0, 0  # right-padded rows
     with torch.no_grad():
-        direct = a.model(input_ids=tokens[:, 0], attention_mask=tokens[:, 1]).logits
-        torch.testing.assert_close(a.eval()(tokens), direct)  # trimming padding changes nothing
+        direct = a.model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(a.eval()(input_ids=ids, attention_mask=mask), direct)
+        # a field the model's forward does not take (Llama has no segments) is left out, not an error
+        torch.testing.assert_close(a(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)), direct)
     half = build_backbone(BackboneSpec(model=str(llama_folder), num_classes=None, dtype="bf16"))
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     random_init = BackboneSpec(model=str(llama_folder), num_classes=None, pretrained=False, init_seed=1)
@@ -587,10 +590,10 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(k
     def build():
         torch.manual_seed(0)
         if kind == "timm":
-            model, x = tiny_vit(), torch.randn(4, 3, 16, 16)
+            model, x = tiny_vit(), {"x": torch.randn(4, 3, 16, 16)}
         else:
             model = SequenceClassifier(_llama("classifier"))
-            x = torch.stack([_ids(), torch.ones(2, 7, dtype=torch.long)], dim=1)
+            x = {"input_ids": _ids(), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
         glora.inject(model, SPACE)
         with torch.no_grad():
             for p in model.parameters():
@@ -606,7 +609,7 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(k
             enable_checkpointing(model)
         saved: list[int] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
-            out = model(x)
+            out = model(**x)
         out.float().square().sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((sum(saved), grads))
@@ -671,9 +674,9 @@ def test_declared_bias_flags_or_a_clear_refusal():
             if p.requires_grad:
                 torch.nn.init.normal_(p, 0, 0.1)
         glora.set_subnet(model, subnet)
-        tokens = torch.stack([ids, torch.ones_like(ids)], dim=1)
+        tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
-            expected = model(tokens)
+            expected = model(**tokens)
         folded = glora.fold(model, subnet)
         extra = sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
         assert extra and all(k.endswith(("q_proj.bias", "v_proj.bias")) for k in extra)
@@ -685,4 +688,4 @@ def test_declared_bias_flags_or_a_clear_refusal():
         assert folded.model.config.attention_bias and not folded.model.config.mlp_bias
         assert set(transformers.LlamaForCausalLM(folded.model.config).state_dict()) == set(folded.model.state_dict())
         with torch.no_grad():
-            torch.testing.assert_close(folded(tokens), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(folded(**tokens), expected, rtol=1e-5, atol=1e-5)

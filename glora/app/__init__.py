@@ -10,7 +10,7 @@ It is built on the core library (:mod:`glora`) and the evolutionary search (``se
 
 from .backbone import BackboneSpec, build_backbone
 from .checkpoint import load_supernet, read_checkpoint
-from .data import DataSpec, ImageSet, Normalizer
+from .data import Batch, DataSpec, ImageModality, ImageSet, Modality, Normalizer, TextModality, TextSet
 from .trainer import Recipe, Trainer
 
 __all__ = [
@@ -19,7 +19,12 @@ __all__ = [
     "BackboneSpec",
     "build_backbone",
     "DataSpec",
+    "Batch",
+    "Modality",
+    "ImageModality",
+    "TextModality",
     "ImageSet",
+    "TextSet",
     "Normalizer",
     "Recipe",
     "Trainer",

@@ -20,7 +20,7 @@ from glora._io import publish_tree
 from glora.subnet import Subnet
 
 from .backbone import EMBEDDED_PREFIX
-from .data import ImageSet, Normalizer, load_digits, make_loader
+from .data import PIXELS, ImageModality, ImageSet, load_digits, make_loader
 from .evaluate import accuracy
 from .trainer import Augment, Recipe, Trainer
 
@@ -56,23 +56,28 @@ def _make(num_classes: int) -> nn.Module:
     return timm.create_model(ARCH, pretrained=False, num_classes=num_classes, **ARCH_ARGS)
 
 
-def shift(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+def shift(inputs: dict[str, torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
     """Random translation by up to one pixel: the only augmentation digits need."""
-    return torch.roll(x, (rng.randint(-1, 1), rng.randint(-1, 1)), dims=(2, 3))
+    x = inputs[PIXELS]
+    return {PIXELS: torch.roll(x, (rng.randint(-1, 1), rng.randint(-1, 1)), dims=(2, 3))}
+
+
+def _inputs() -> ImageModality:
+    """The digits as the backbone takes them: 8x8 grey levels normalised with the digits' mean and std."""
+    return ImageModality({"input_size": (1, 8, 8), "mean": MEAN, "std": STD})
 
 
 def fit_digits(
     model: nn.Module, data: ImageSet, recipe: Recipe, *, subnet: Subnet | None = None, augment: Augment | None = None
 ) -> None:
     """Train on a digits split on the CPU through the one training loop (quietly: no progress bars)."""
-    normalize = Normalizer(MEAN, STD)
     cpu = torch.device("cpu")
-    Trainer(model, data, recipe, normalize=normalize, device=cpu, subnet=subnet, augment=augment, progress=False).fit()
+    Trainer(model, data, recipe, modality=_inputs(), device=cpu, subnet=subnet, augment=augment, progress=False).fit()
 
 
 def digits_accuracy(model: nn.Module, data: ImageSet) -> float:
     loader, _ = make_loader(data, 512, shuffle=False)
-    return accuracy(model, loader, Normalizer(MEAN, STD), torch.device("cpu"))
+    return accuracy(model, loader, _inputs(), torch.device("cpu"))
 
 
 def pretrain(*, epochs: int = PRETRAIN_RECIPE.epochs, seed: int = 0) -> tuple[nn.Module, float]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from torch import nn
 
 from glora._io import read_text_file
 
-from .data import IMAGE_EXTENSIONS, ImageSet, make_loader, read_list_file
+from .data import IMAGE_EXTENSIONS, ImageModality, ImageSet, make_loader, read_list_file
 from .data.images import locate_images, materialise
 from .data.transforms import EvalCrop
 from .evaluate import predict
@@ -210,11 +210,10 @@ def evaluate_sets(
     model: nn.Module,
     sets: Sequence[str | EvalSet],
     *,
-    input_cfg: Mapping[str, Any],
+    modality: ImageModality,
     num_classes: int,
     class_names: Sequence[str] | None,
     crop_pct: float | EvalCrop | None,
-    normalize: nn.Module,
     device: torch.device,
     batch_size: int = 256,
     workers: int = 2,
@@ -230,9 +229,9 @@ def evaluate_sets(
         raise ValueError(f"eval set names must be unique, got {names}")
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        images, mask = load_eval_set(spec, input_cfg["input_size"], num_classes, class_names, crop_pct)
+        images, mask = load_eval_set(spec, modality.input_size, num_classes, class_names, crop_pct)
         loader, _ = make_loader(images, batch_size, shuffle=False, workers=workers)
-        logits, labels = predict(model, loader, normalize, device, amp, forward)
+        logits, labels = predict(model, loader, modality, device, amp, forward)
         acc = masked_accuracy(logits, labels, mask)
         n_cls = len(mask or range(num_classes))
         out[spec.name] = {"acc": round(acc, 6), "images": len(images), "classes": n_cls, "masked": mask is not None}

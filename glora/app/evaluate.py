@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .data.batch import Batch, Modality
 from .tasks import Task
 
 __all__ = ["AMP_MODES", "accuracy", "autocast", "resolve_device", "predict", "split_stats", "compile_model"]
@@ -69,23 +70,23 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    loader: Iterable,
-    normalize: nn.Module,
+    loader: Iterable[Batch],
+    modality: Modality,
     device: torch.device,
     amp: str = "off",
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ):
-    """(logits, labels) over ``loader``, in eval mode (the model's mode is restored). ``forward`` computes the
-    logits (default: ``model``; e.g. its ``torch.compile`` wrapper)."""
+    """(logits, labels) over ``loader``'s batches, in eval mode (the model's mode is restored). ``forward`` computes
+    the logits (default: ``model``; e.g. its ``torch.compile`` wrapper); ``modality`` places and passes the inputs."""
     was_training = model.training
     model.eval()
     forward = model if forward is None else forward
     outs, labels = [], []
     try:
-        for x, y in loader:
+        for inputs, targets in loader:
             with autocast(device, amp):
-                outs.append(forward(normalize(x.to(device, non_blocking=True))).float())
-            labels.append(y.to(device))
+                outs.append(modality(forward, modality.place(inputs, device)).float())
+            labels.append(targets["labels"].to(device))
     finally:
         model.train(was_training)
     return torch.cat(outs), torch.cat(labels)
@@ -93,25 +94,25 @@ def predict(
 
 def accuracy(
     model: nn.Module,
-    loader: Iterable,
-    normalize: nn.Module,
+    loader: Iterable[Batch],
+    modality: Modality,
     device: torch.device,
     amp: str = "off",
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> float:
-    logits, labels = predict(model, loader, normalize, device, amp, forward)
+    logits, labels = predict(model, loader, modality, device, amp, forward)
     return (logits.argmax(-1) == labels).float().mean().item() if len(labels) else 0.0
 
 
 @torch.no_grad()
 def split_stats(
     model: nn.Module,
-    loader: Iterable,
-    normalize: nn.Module,
+    loader: Iterable[Batch],
+    modality: Modality,
     device: torch.device,
     task: Task,
     amp: str = "off",
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
     keep: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """``task.stats`` of every batch of ``loader``, concatenated (on the device): what ``task.compute`` turns into
@@ -123,11 +124,11 @@ def split_stats(
     forward = model if forward is None else forward
     parts: list[tuple[torch.Tensor, ...]] = []
     try:
-        for i, (x, y) in enumerate(loader):
+        for i, (inputs, targets) in enumerate(loader):
             with autocast(device, amp):
-                out = forward(normalize(x.to(device, non_blocking=True)))
+                out = modality(forward, modality.place(inputs, device))
             if keep is None or keep[i]:
-                parts.append(task.stats(out, y.to(device)))
+                parts.append(task.stats(out, {k: v.to(device, non_blocking=True) for k, v in targets.items()}))
     finally:
         model.train(was_training)
     if not parts:

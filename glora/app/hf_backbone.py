@@ -11,6 +11,7 @@ tests and smoke runs.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ __all__ = [
     "export_transformers_folder",
     "reload_transformers_folder",
 ]
+
+_logger = logging.getLogger(__name__)
 
 TASK_TYPES = ("text-classification", "causal-lm")
 # --dtype of the frozen weights ("auto": the checkpoint's own, as transformers' torch_dtype="auto").
@@ -151,22 +154,38 @@ def build_transformers(
 
 
 class TokenModel(nn.Module):
-    """A transformers model as the commands run it: one int64 batch (B, 2, L) of token ids and attention mask
-    (right-padded) in, logits out, each batch trimmed to its longest row first (padding costs nothing)."""
+    """A transformers model as the commands run it: the tokenizer's fields in by name (``input_ids``,
+    ``attention_mask``, ``token_type_ids``, ...), logits out. A field the model's ``forward`` does not take (a
+    tokenizer's ``token_type_ids`` for a model without segments) is left out, once noted in the log; batches come
+    trimmed to their longest row (:class:`glora.app.data.TextSet`), so the forward never reads the mask's values."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self._takes: frozenset[str] | None = None  # the inner forward's named arguments; None: any (**kwargs only)
+        self._dropped: set[str] = set()
 
     def get_output_embeddings(self) -> nn.Module | None:
         """The wrapped model's output layer (a causal LM's ``lm_head``), so injection finds and skips it."""
         get = getattr(self.model, "get_output_embeddings", None)
         return get() if callable(get) else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids, mask = x[:, 0], x[:, 1]
-        n = max(int(mask.sum(1).max()), 1)
-        return self.model(input_ids=ids[:, :n], attention_mask=mask[:, :n]).logits
+    def accepts(self, name: str) -> bool:
+        """Whether the transformers model's ``forward`` takes the input field ``name``."""
+        if self._takes is None:
+            import inspect
+
+            params = inspect.signature(self.model.forward).parameters.values()
+            named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            self._takes = frozenset(named)
+        return name in self._takes
+
+    def forward(self, input_ids: torch.Tensor, **fields: torch.Tensor) -> torch.Tensor:
+        taken = {k: v for k, v in fields.items() if self.accepts(k)}
+        for name in fields.keys() - taken.keys() - self._dropped:
+            self._dropped.add(name)
+            _logger.info("%s's forward takes no %r: the tokenizer's field is left out", type(self.model).__name__, name)
+        return self.model(input_ids=input_ids, **taken).logits
 
 
 class SequenceClassifier(TokenModel):
@@ -226,8 +245,8 @@ def _is_position_table(name: str) -> bool:
 
 
 class CausalLM(TokenModel):
-    """A causal language model: logits (B, n, vocabulary) for the batch trimmed to n tokens. Its ``lm_head`` is the
-    pretrained one, frozen and never adapted; only the GLoRA supports train."""
+    """A causal language model: logits (B, n, vocabulary) for a batch of n tokens. Its ``lm_head`` is the pretrained
+    one, frozen and never adapted; only the GLoRA supports train."""
 
 
 # Config flags that give a family of bias-free projections a bias: Llama-style attention_bias / mlp_bias, Falcon's

@@ -9,8 +9,12 @@ Three kinds of task share the commands:
   instruction), averaged per sequence; metrics ``loss`` (mean per response token over the split), ``perplexity``
   (its exponential), ``token_accuracy`` (greedy next-token hits on response tokens) and, where the split holds
   multiple-choice rows, ``mc_accuracy``: the option with the highest summed log-likelihood is the choice.
-  Labels are (B, L + 2): the token labels, then each sequence's multiple-choice group (-1: none) and whether it is
-  the correct option (1 for every plain sequence); :func:`lm_labels` builds them.
+  Targets are ``labels`` (B, L: the token labels), ``choice_group`` (B: each sequence's multiple-choice question,
+  -1: none) and ``choice_correct`` (B: whether it is the correct option, 1 for every plain sequence);
+  :func:`lm_targets` builds them.
+
+A task reads a batch's targets by name (:class:`glora.app.data.Batch`): ``labels``, and for a causal LM the two
+multiple-choice fields. A bare tensor stands for ``{"labels": tensor}``.
 
 Every evaluation computes all of a task's metrics; one of them, the task's ``metric``, is the *score* that
 training logs and the search maximises (negated for the lower-is-better ones: ``mse``, ``loss``, ``perplexity``).
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TASK_KINDS", "METRICS", "Metric", "Task", "IGNORE_INDEX", "result_key", "lm_labels"]
+__all__ = ["TASK_KINDS", "METRICS", "Metric", "Task", "IGNORE_INDEX", "result_key", "lm_targets", "Targets"]
 
 TASK_KINDS = ("classification", "regression", "causal-lm")
 IGNORE_INDEX = -100  # a label the causal-LM loss skips (prompt and padding tokens), as transformers marks them
@@ -59,14 +63,22 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def lm_labels(
+# A batch's targets by name, or the labels alone.
+Targets = Mapping[str, torch.Tensor] | torch.Tensor
+
+
+def lm_targets(
     tokens: torch.Tensor, group: torch.Tensor | None = None, correct: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Causal-LM labels (B, L + 2) from token labels (B, L): plain sequences (group -1, correct 1) by default."""
+) -> dict[str, torch.Tensor]:
+    """Causal-LM targets from token labels (B, L): plain sequences (group -1, correct 1) by default."""
     n = tokens.shape[0]
     group = torch.full((n,), -1, dtype=torch.long) if group is None else group
     correct = torch.ones(n, dtype=torch.long) if correct is None else correct
-    return torch.cat([tokens, group.view(-1, 1).to(tokens), correct.view(-1, 1).to(tokens)], dim=1)
+    return {"labels": tokens, "choice_group": group.to(tokens), "choice_correct": correct.to(tokens)}
+
+
+def _fields(targets: Targets) -> Mapping[str, torch.Tensor]:
+    return {"labels": targets} if isinstance(targets, torch.Tensor) else targets
 
 
 def result_key(metric: str) -> str:
@@ -119,42 +131,47 @@ class Task:
         """The stored task; checkpoints written before tasks existed are classification by accuracy."""
         return cls(**dict(data)) if data else cls()
 
-    def check_split(self, labels: torch.Tensor, what: str) -> None:
-        """Refuse, before any work, a split the selection metric cannot be computed on."""
-        if self.selection == "mc_accuracy" and not bool((labels[:, -2] >= 0).any()):
+    def check_split(self, targets: Targets, what: str) -> None:
+        """Refuse, before any work, a split (its targets) the selection metric cannot be computed on."""
+        group = _fields(targets).get("choice_group")
+        if self.selection == "mc_accuracy" and (group is None or not bool((group >= 0).any())):
             raise ValueError(
                 f"metric mc_accuracy needs multiple-choice rows (options and an answer) in the split; the {what} "
                 "split has none (use --metric loss, or give rows with options)"
             )
 
     # ------------------------------------------------------------------ training
-    def loss(self, out: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    def loss(self, out: torch.Tensor, targets: Targets, smoothing: float = 0.0) -> torch.Tensor:
         """The loss summed over the batch's rows (the trainer divides by the global batch size)."""
-        out = out.float()
+        out, y = out.float(), _fields(targets)["labels"]
         if self.kind == "classification":
             return F.cross_entropy(out, y, label_smoothing=smoothing, reduction="sum")
         if self.kind == "regression":
             return F.mse_loss(out.reshape(-1), y.float(), reduction="sum")
-        nll, count, _ = self._token_stats(out, y[:, :-2], need_hits=False)
+        nll, count, _ = self._token_stats(out, y, need_hits=False)
         return (nll / count.clamp(min=1)).sum()
 
     # ------------------------------------------------------------------ evaluation
-    def stats(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
         """Per-row statistics of one batch, enough for every metric: (prediction, label) for classification and
         regression; (summed NLL, response tokens, hits, group, correct) per sequence for a causal LM."""
-        out = out.float()
+        fields = _fields(targets)
+        out, y = out.float(), fields["labels"]
         if self.kind == "classification":
             return out.argmax(-1), y
         if self.kind == "regression":
             return out.reshape(-1), y.float()
-        return (*self._token_stats(out, y[:, :-2], need_hits=True), y[:, -2], y[:, -1])
+        n = len(y)
+        group = fields.get("choice_group", torch.full((n,), -1, dtype=torch.long, device=y.device))
+        correct = fields.get("choice_correct", torch.ones(n, dtype=torch.long, device=y.device))
+        return (*self._token_stats(out, y, need_hits=True), group, correct)
 
     @staticmethod
     def _token_stats(
         logits: torch.Tensor, labels: torch.Tensor, need_hits: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Next-token NLL summed per row, the number of scored tokens per row, and greedy hits per row. Logits may
-        be shorter than the labels (the batch trimmed to its longest row): the labels are cut to match."""
+        be shorter than the labels: the labels are cut to match."""
         n = logits.shape[1]
         target = labels[:, 1:n]
         pred = logits[:, : n - 1]

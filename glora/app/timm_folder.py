@@ -34,12 +34,20 @@ __all__ = [
 ]
 
 
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+# How a model is run on an input: ``call(model, x)`` (a Modality passes named inputs; by default ``model(x)``).
+Call = Callable[[Callable[..., torch.Tensor], Any], torch.Tensor]
+
+
+def _plain_call(model: Callable[..., torch.Tensor], x: Any) -> torch.Tensor:
+    return model(x)
+
+
+def count_flops(model: nn.Module, x: Any, call: Call | None = None) -> int:
     """FLOPs of one forward pass (torch's FlopCounterMode: matmuls, convolutions, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+        (call or _plain_call)(model, x)
     return int(counter.get_total_flops())
 
 
@@ -110,9 +118,16 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def measure_latency(
-    models: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, warmup: int = 1
+    models: Mapping[str, Callable[..., torch.Tensor]],
+    x: Any,
+    rounds: int,
+    warmup: int = 1,
+    *,
+    call: Call | None = None,
+    unit: str = "images",
 ) -> dict[str, Any]:
-    """Median milliseconds per forward of each model on the same batch ``x``, interleaved.
+    """Median milliseconds per forward of each model on the same batch ``x`` (a tensor, or named inputs run through
+    ``call``), interleaved; throughput in ``unit`` per second.
 
     Every round runs each model once, in an order rotated round by round, so drifting clocks, caches and other
     load touch all models alike (the paper's Table 3 compares inference cost; a ratio measured this way is what
@@ -121,26 +136,29 @@ def measure_latency(
     if rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     names = list(models)
+    call = call or _plain_call
     times: dict[str, list[float]] = {n: [] for n in names}
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    first = x if isinstance(x, torch.Tensor) else next(iter(x.values()))
+    rows = len(first)
+    sync = torch.cuda.synchronize if first.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         for r in range(warmup + rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 sync()
                 start = time.perf_counter()
-                models[name](x)
+                call(models[name], x)
                 sync()
                 if r >= warmup:
                     times[name].append(time.perf_counter() - start)
     out: dict[str, Any] = {
-        "device": str(x.device),
-        "batch": len(x),
+        "device": str(first.device),
+        "batch": rows,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
         "interleaved": True,
     }
     for name in names:
         ms = statistics.median(times[name]) * 1e3
-        out[name] = {"ms_per_batch": round(ms, 3), "images_per_s": round(len(x) / ms * 1e3, 2)}
+        out[name] = {"ms_per_batch": round(ms, 3), f"{unit}_per_s": round(rows / ms * 1e3, 2)}
     return out

@@ -30,7 +30,7 @@ from glora.inject import find_in_place_edits, glora_layers
 from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
 
 from .cli import catch_signals
-from .data import ImageSet, make_loader, place
+from .data import Batch, Modality, Split, make_loader, place
 from .distributed import Distributed
 from .evaluate import AMP_MODES, autocast, split_stats
 from .sharding import full_optimizer_state, is_sharded, sharded_optimizer_state
@@ -40,8 +40,9 @@ __all__ = ["Recipe", "Trainer", "DivergenceError", "Augment", "UNUSED_SUPPORTS",
 
 _logger = logging.getLogger(__name__)
 
-# An augmentation of a normalised batch on the device; draws only from the RNG it is given (the trainer's).
-Augment = Callable[[torch.Tensor, random.Random], torch.Tensor]
+# An augmentation of a batch's inputs, placed on the device (images normalised); draws only from the RNG it is given
+# (the trainer's).
+Augment = Callable[[dict[str, torch.Tensor], random.Random], dict[str, torch.Tensor]]
 
 # Optimizer semantics for the supports a step's subnet does not use (glora.unused_params):
 #   skip   - they get no gradient, so AdamW leaves them exactly as they are (value, moments, step count); a support
@@ -124,34 +125,34 @@ class Trainer:
     Args:
         model: a model on ``device``. With GLoRA layers and ``subnet=None`` it is trained as a supernet (a random
             subnet per step); with ``subnet`` that one subnet is trained alone.
-        train_set: uint8 images (cached or files) and labels.
+        train_set: the training split (images cached or read from files, or tokenized text).
         recipe: optimiser, schedule, loss and seed.
-        normalize: uint8 batch -> model input, on the device.
+        modality: places a batch on the device (normalising images) and calls the model with it.
         device: where batches go.
         params: the tensors to train (default: every parameter that requires grad).
         val_set: evaluated after every epoch (a supernet: one random subnet; else the model itself).
         subnet: train this fixed subnet instead of sampling one per step.
-        augment: applied to each normalised training batch.
+        augment: applied to each placed training batch's inputs.
         forward: what computes the logits (default ``model``; e.g. ``torch.compile(model)``).
         dist: this process's place in a data-parallel job (default: a single process).
         progress: progress bars (None: only on a terminal).
-        data_on_device: where cached images live during the run (``glora.app.data.place``: auto, on, off).
+        data_on_device: where cached rows live during the run (``glora.app.data.place``: auto, on, off).
         task: the loss and the validation metrics (default: classification, cross-entropy, accuracy first).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        train_set: ImageSet,
+        train_set: Split,
         recipe: Recipe,
         *,
-        normalize: nn.Module,
+        modality: Modality,
         device: torch.device,
         params: Sequence[nn.Parameter] | None = None,
-        val_set: ImageSet | None = None,
+        val_set: Split | None = None,
         subnet: Subnet | None = None,
         augment: Augment | None = None,
-        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        forward: Callable[..., torch.Tensor] | None = None,
         dist: Distributed | None = None,
         progress: bool | None = None,
         data_on_device: str = "auto",
@@ -163,7 +164,7 @@ class Trainer:
         self.task = task or Task(num_classes=train_set.num_classes)
         self.train_set = place(train_set, device, data_on_device)
         self.val_set = None if val_set is None else place(val_set, device, data_on_device)
-        self.normalize, self.augment = normalize, augment
+        self.modality, self.augment = modality, augment
         self.forward = forward if forward is not None else model
         self.dist = dist or Distributed()
         self.progress = progress
@@ -336,9 +337,9 @@ class Trainer:
         # A step's loss is read on the host one step later, once the device has moved on: reading it at once would
         # make the host wait for every step to finish before it can queue the next (a GPU would idle meanwhile).
         pending: tuple[torch.Tensor, int, int] | None = None
-        for (x, y), (global_n, weight) in bar:
+        for batch, (global_n, weight) in bar:
             started = time.time()
-            loss = self._step(x, y, global_n, weight)
+            loss = self._step(batch, global_n, weight)
             if self._first_step and self.forward is not self.model:
                 _logger.info("first step with the compiled model (compilation included): %.1fs", time.time() - started)
             self._first_step = False
@@ -366,23 +367,23 @@ class Trainer:
         bar.set_postfix(loss=f"{value / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
         return value
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, global_n: int, weight: float) -> torch.Tensor:
+    def _step(self, batch: Batch, global_n: int, weight: float) -> torch.Tensor:
         """One update; returns this global batch's summed loss as a device tensor (all ranks' shares added)."""
-        r = self.recipe
-        x = self.normalize(x.to(self.device, non_blocking=True))
-        y = y.to(self.device, non_blocking=True)
+        r, modality = self.recipe, self.modality
+        inputs = modality.place(batch.inputs, self.device)
+        targets = {k: v.to(self.device, non_blocking=True) for k, v in batch.targets.items()}
         if self.augment is not None:
-            x = self.augment(x, self.rng)
+            inputs = self.augment(inputs, self.rng)
         if self.supernet:
             set_subnet(self.model, sample_subnet(self.model, self.rng))  # the same draw on every rank
         if self.adapted and not self._edits_checked:  # once per run, on the first batch (no draw consumed)
             with autocast(self.device, r.amp):
-                find_in_place_edits(self.model, lambda: self.model(x))
+                find_in_place_edits(self.model, lambda: modality(self.model, inputs))
             self._edits_checked = True
         with autocast(self.device, r.amp):
-            logits = self.forward(x)
+            logits = modality(self.forward, inputs)
         # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
-        loss_sum = self.task.loss(logits, y, r.smoothing) * weight
+        loss_sum = self.task.loss(logits, targets, r.smoothing) * weight
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / global_n).backward()
         if self.adapted:
@@ -429,7 +430,7 @@ class Trainer:
             part = self.val_set.subset(self.dist.shard(len(self.val_set))) if self.dist.enabled else self.val_set
             loader, _ = make_loader(part, size, shuffle=False, workers=r.workers)
             keep = None
-        stats = split_stats(self.model, loader, self.normalize, self.device, self.task, r.amp, self.forward, keep)
+        stats = split_stats(self.model, loader, self.modality, self.device, self.task, r.amp, self.forward, keep)
         return self.task.compute(self.dist.gather(stats))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_su
 from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
 from ..cli import run
-from ..data import DataSpec, Normalizer, make_normalizer
+from ..data import DataSpec, Modality, make_loader, modality_from_record
+from ..data.batch import batch_rows
 from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import resolve_device
 from ..hf_backbone import (
@@ -44,19 +46,24 @@ from ..timm_folder import check_finite, count_flops, export_timm_folder, max_dif
 
 __all__ = ["build_parser", "main", "cli"]
 
+_logger = logging.getLogger(__name__)
+
 
 @dataclass
 class _Checked:
     """A folded model and what was measured about it before export."""
 
     folded: nn.Module
-    x: torch.Tensor  # the verification images, normalised, on the check device
+    x: dict[str, torch.Tensor]  # the verification inputs as the model takes them (images normalised), on the CPU
     logits: torch.Tensor  # the folded model's outputs on them
     stats: dict[str, Any]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    if args.verify_images is not None:
+        _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
+        args.verify_examples = args.verify_images
     out = Path(args.out)
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
     inputs += [
@@ -134,25 +141,27 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
             f"the architecture of {spec.model} has no place for it; choose C and E none there (or train with "
             "--bias-free exclude)"
         )
-    x = _verification_inputs(args, ckpt).to(device)
+    modality = modality_from_record(ckpt["input"])
+    x = _verification_inputs(args, ckpt, modality, device)
+    rows = batch_rows(x)
     set_subnet(model, subnet)
     with torch.no_grad():
-        expected, got = model(x), folded(x)
+        expected, got = modality(model, x), modality(folded, x)
     diff, rel = max_difference(got, expected)
-    print(f"folded vs supernet on {len(x)} real inputs: max |diff| {diff:.3e} (relative {rel:.3e})")
+    print(f"folded vs supernet on {rows} real {modality.unit}: max |diff| {diff:.3e} (relative {rel:.3e})")
     if rel > args.tolerance:
         raise ValueError(
             f"folded outputs differ from the supernet by {rel:.3e} (relative) > --tolerance {args.tolerance}"
         )
     n_base, n_fold = (sum(p.numel() for p in m.parameters()) for m in (base, folded))
-    f_base, f_fold = count_flops(base, x[:1]), count_flops(folded, x[:1])
+    one = modality.first(x, 1)
+    f_base, f_fold = count_flops(base, one, modality), count_flops(folded, one, modality)
     glora_params = count_params(model, subnet)
     print(
         f"parameters: base {n_base:,}, folded {n_fold:,} (overhead {n_fold - n_base}); "
         f"GLoRA subnet trained {glora_params:,} ({glora_params / 1e6:.4f}M)"
     )
-    unit = "sequence" if isinstance(folded, TokenModel) else "image"
-    print(f"FLOPs per {unit}: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
+    print(f"FLOPs per {modality.unit_singular}: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
     stats = {
         "supernet": str(args.supernet),
         "subnet": str(args.subnet),
@@ -161,31 +170,31 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         "base_params": n_base,
         "flops": f_fold,
         "base_flops": f_base,
-        "verify_images": len(x),
+        "verify_examples": rows,
         "declared_bias_flags": declared,
         "max_abs_diff": diff,
         "max_rel_diff": rel,
     }
     if args.latency_rounds:
-        stats["latency"] = _latency(args.latency_rounds, folded, model, base, x, unit)
+        stats["latency"] = _latency(args.latency_rounds, folded, model, base, x, modality)
     if args.eval_set:
-        stats["eval_sets"] = _eval_sets(args, ckpt, folded, device)
-    return _Checked(folded.to("cpu"), x.cpu(), got.cpu(), stats)
+        stats["eval_sets"] = _eval_sets(args, ckpt, folded, device, modality)
+    return _Checked(folded.to("cpu"), {k: v.cpu() for k, v in x.items()}, got.cpu(), stats)
 
 
-def _eval_sets(args: argparse.Namespace, ckpt: dict[str, Any], folded: nn.Module, device: torch.device) -> dict:
+def _eval_sets(
+    args: argparse.Namespace, ckpt: dict[str, Any], folded: nn.Module, device: torch.device, modality: Modality
+) -> dict:
     """The folded model (what ships) on each ``--eval-set``: the paper's domain-generalization table."""
     data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
-    inputs = ckpt["input"]
     head = _head_outputs(folded)
     results = evaluate_sets(
         folded,
         args.eval_set,
-        input_cfg=inputs,
+        modality=modality,
         num_classes=head,
         class_names=ckpt.get("class_names"),
         crop_pct=data.eval_crop_pct,
-        normalize=Normalizer(inputs["mean"], inputs["std"]).to(device),
         device=device,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -204,14 +213,16 @@ def _head_outputs(model: nn.Module) -> int:
 
 
 def _latency(
-    rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: torch.Tensor, unit: str = "image"
+    rounds: int, folded: nn.Module, supernet: nn.Module, base: nn.Module, x: dict[str, torch.Tensor], modality: Modality
 ) -> dict:
     """What folding buys at inference: the folded model should cost what the base model costs."""
-    lat = measure_latency({"folded": folded, "supernet": supernet.eval(), "base": base}, x, rounds)
+    models = {"folded": folded, "supernet": supernet.eval(), "base": base}
+    lat = measure_latency(models, x, rounds, call=modality, unit=modality.unit)
+    unit = modality.unit
     for name in ("folded", "supernet"):
         lat[f"{name}_vs_base"] = round(lat[name]["ms_per_batch"] / lat["base"]["ms_per_batch"], 4)
     print(
-        f"latency on {lat['batch']} {unit}s ({lat['device']}, median of {rounds} interleaved rounds): folded "
+        f"latency on {lat['batch']} {unit} ({lat['device']}, median of {rounds} interleaved rounds): folded "
         f"{lat['folded']['ms_per_batch']:.1f} ms ({lat['folded_vs_base']:.2f}x base), unfolded supernet "
         f"{lat['supernet']['ms_per_batch']:.1f} ms ({lat['supernet_vs_base']:.2f}x), base "
         f"{lat['base']['ms_per_batch']:.1f} ms"
@@ -219,16 +230,15 @@ def _latency(
     return lat
 
 
-def _verification_inputs(args: argparse.Namespace, ckpt: dict[str, Any]) -> torch.Tensor:
-    """The first ``--verify-images`` validation inputs (images, or token batches), as the model takes them."""
+def _verification_inputs(
+    args: argparse.Namespace, ckpt: dict[str, Any], modality: Modality, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The first ``--verify-examples`` validation rows (images, or every field the tokenizer gave), as the model takes
+    them on ``device``."""
     data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
-    inputs = ckpt["input"]
-    part = data.load("val", inputs["input_size"]).subset(args.verify_images)
-    images = part.images
-    if images is None:  # not cached: read the few images we need
-        files = part.dataset()
-        images = torch.stack([files[i][0] for i in range(len(files))])
-    return make_normalizer(inputs)(images)
+    part = data.load_for("val", modality).subset(args.verify_examples)
+    loader, _ = make_loader(part, len(part), shuffle=False, workers=0)
+    return modality.place(next(iter(loader)).inputs, device)
 
 
 def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked, hf: bool) -> None:
@@ -244,7 +254,7 @@ def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], che
             reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
         shutil.copyfile(args.subnet, tmp / "subnet.yaml")
         with torch.no_grad():
-            rdiff, _ = max_difference(reloaded(checked.x), checked.logits)
+            rdiff, _ = max_difference(modality_from_record(ckpt["input"])(reloaded, checked.x), checked.logits)
         if rdiff > 0:
             raise ValueError(f"the export reloaded with plain {library} differs from the folded model by {rdiff:.3e}")
         atomic_write_text(tmp / _EXPORT_RECORD, json.dumps(checked.stats, indent=1))

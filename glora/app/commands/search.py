@@ -30,7 +30,7 @@ from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_t
 from ..backbone import bias_free_rule
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs, supernet_skeleton
 from ..cli import run, terminate_as_interrupt
-from ..data import DataSpec, make_loader, make_normalizer, place
+from ..data import DataSpec, make_loader, modality_from_record, place
 from ..distributed import Distributed, setup_distributed
 from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import compile_model, resolve_device, split_stats
@@ -118,6 +118,9 @@ class _SearchRun:
         if state is not None and state.get("fingerprint") != ckpt["fingerprint"]:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
         self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
+        self.modality = modality_from_record(ckpt["input"])
+        if self.modality.name != "images" and args.eval_set:
+            raise ValueError(f"--eval-set takes image folders or lists; this supernet takes {self.modality.name}")
         self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
         if self.sharded:  # rank 0 rebuilds it on the host; each rank keeps its shards of it, on the device
             self.model = load_supernet(ckpt) if job.main else skeleton(lambda where: supernet_skeleton(ckpt, where))
@@ -137,17 +140,13 @@ class _SearchRun:
                 "reported is not held out (the paper's Table 1 protocol; use val200 for an unbiased figure)",
                 self.data.val_split,
             )
-        self.inputs = ckpt["input"]
-        if self.inputs.get("kind") == "tokens" and args.eval_set:
-            raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         self.class_names = ckpt.get("class_names")
         stored = Task.from_dict(ckpt.get("task"))
         self.task = dataclasses.replace(stored, metric=args.metric) if args.metric else stored
         if args.batch_size is None:
             args.batch_size = 8 if self.task.kind == "causal-lm" else 256
-        self.normalize = make_normalizer(self.inputs).to(device)
-        self.val = place(self.data.load("val", self.inputs["input_size"], args.progress), device, args.data_on_device)
-        self.task.check_split(self.val.labels, "validation")
+        self.val = place(self.data.load_for("val", self.modality, args.progress), device, args.data_on_device)
+        self.task.check_split(self.val.targets, "validation")
         self.val_loader = self._loader(self.val)
         self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
         rule = bias_free_rule(self.model)
@@ -182,10 +181,10 @@ class _SearchRun:
         loader, keep = batches
         if self.sharded:  # the static path with the subnet's codes: folding would need every layer's whole weight
             set_subnet(self.model, subnet)
-            stats = split_stats(self.model, loader, self.normalize, self.device, self.task, self.args.amp, None, keep)
+            stats = split_stats(self.model, loader, self.modality, self.device, self.task, self.args.amp, None, keep)
             return self.task.compute(self.job.gather(stats))
         with folded(self.model, subnet):  # fold once, then plain-weight inference over the split
-            stats = split_stats(self.model, loader, self.normalize, self.device, self.task, self.args.amp, self.forward)
+            stats = split_stats(self.model, loader, self.modality, self.device, self.task, self.args.amp, self.forward)
         return self.task.compute(stats)
 
     def _fitness(self, genes: list[int]) -> float:
@@ -219,7 +218,7 @@ class _SearchRun:
             f"{s.min_params:,}",
             limit,
             len(self.val),
-            "sequences" if self.inputs.get("kind") == "tokens" else "images",
+            self.modality.unit,
         )
         bar = tqdm(
             total=args.generations,
@@ -251,7 +250,7 @@ class _SearchRun:
     def _test_metrics(self, subnet) -> dict[str, float] | None:
         """The test split, looked at once, for the pick; None when the data has no test split."""
         try:
-            test = self.data.load("test", self.inputs["input_size"], self.args.progress)
+            test = self.data.load_for("test", self.modality, self.args.progress)
         except (ValueError, FileNotFoundError) as e:
             if self.job.main:
                 _logger.warning("no test split (%s); test metrics not reported", e)
@@ -266,11 +265,10 @@ class _SearchRun:
             return evaluate_sets(
                 self.model,
                 self.args.eval_set,
-                input_cfg=self.inputs,
+                modality=self.modality,
                 num_classes=self.val.num_classes,
                 class_names=self.class_names,
                 crop_pct=self.data.eval_crop_pct,
-                normalize=self.normalize,
                 device=self.device,
                 batch_size=self.args.batch_size,
                 workers=self.args.workers,

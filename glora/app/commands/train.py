@@ -32,7 +32,7 @@ from ..backbone import (
 )
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
-from ..data import DataSpec, input_config, make_normalizer
+from ..data import DataSpec, modality_from_record
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..options import (
@@ -105,7 +105,7 @@ class _SupernetRun:
         self.args, self.dist, self.out = args, dist, Path(args.out)
         self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
-        if self.data.source.kind == "tokens":  # the model's own tokenizer; a local folder stored absolute
+        if self.data.modality == "text":  # the model's own tokenizer; a local folder stored absolute
             tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
             found = str(tokenizer.resolve()) if tokenizer.is_dir() else self.data.tokenizer or str(args.model)
             self.data = dataclasses.replace(self.data, tokenizer=found)
@@ -114,7 +114,7 @@ class _SupernetRun:
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
         self.spec = backbone_from_args(args, num_classes)
         self._build_model(device)
-        if self.data.source.kind == "tokens":
+        if self.data.modality == "text":
             check_sequence_length(self.model, self.data.max_seq_length)
         train, val = self._load_splits()
         compiled = None  # a sharded model runs eagerly
@@ -125,7 +125,7 @@ class _SupernetRun:
             self.model,
             train,
             Recipe.from_options(args),
-            normalize=make_normalizer(self.inputs).to(device),
+            modality=self.modality,
             device=device,
             val_set=val,
             forward=compiled,
@@ -171,28 +171,22 @@ class _SupernetRun:
             _logger.info("the space holds one subnet (%s): training a fixed adapter", _describe(self.adapter.space))
         set_execution(model, path=check_path(self.args.execution) if self.sharded else self.args.execution)
         self.fingerprint = fingerprint(model) if whole else ""
-        if self.data.source.kind == "tokens":
-            self.inputs = {"input_size": (2, self.data.max_seq_length), "mean": (), "std": (), "kind": "tokens"}
-        else:
-            self.inputs = input_config(model, self.args.mean, self.args.std)
+        modality = self.data.model_inputs(model, self.args.mean, self.args.std) if whole else None
         if self.sharded:  # each rank keeps its shards, on the device
             distribute_from_rank0(model, self.dist, device)
-            self.fingerprint, self.inputs = self.dist.broadcast_object((self.fingerprint, self.inputs))
+            self.fingerprint, record = self.dist.broadcast_object((self.fingerprint, modality and modality.record()))
+            self.modality = modality_from_record(record)
             self.model = model
         else:
+            self.modality = modality
             self.model = model.to(device)
 
     def _load_splits(self):
         splits = []
         augment = augment_from_args(self.args)
         for name in ("train", "val"):
-            s = self.data.load(
-                name,
-                self.inputs["input_size"],
-                progress=self.args.progress,
-                augment=augment if name == "train" else None,
-                mean=self.inputs["mean"],
-                std=self.inputs["std"],
+            s = self.data.load_for(
+                name, self.modality, self.args.progress, augment=augment if name == "train" else None
             )
             if len(s) == 0:
                 raise ValueError(f"the {name} split is empty")
@@ -201,7 +195,7 @@ class _SupernetRun:
                     f"the {name} split has {s.num_classes} classes, the model head {self.spec.num_classes}"
                 )
             splits.append(s)
-        self.task.check_split(splits[1].labels, "validation")
+        self.task.check_split(splits[1].targets, "validation")
         return splits
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -228,7 +222,7 @@ class _SupernetRun:
                     "adapter": self.adapter.to_dict(),
                     "data": self.data.to_dict(),
                     "task": self.task.to_dict(),
-                    "input": {k: v if isinstance(v, str) else list(v) for k, v in self.inputs.items()},
+                    "input": self.modality.record(),
                     "class_names": self.class_names,
                     "trainable": tensors,
                     **state,
@@ -269,7 +263,7 @@ class _SupernetRun:
             sum(p.numel() for p in t.params),
             len(t.train_set),
             len(t.val_set),
-            "sequences" if self.inputs.get("kind") == "tokens" else "images",
+            self.modality.unit,
         )
         try:
             t.fit(

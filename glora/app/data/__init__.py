@@ -1,5 +1,5 @@
 """Datasets: the embedded digits transfer task, VTAB-1k and few-shot FGVC (the reference's list-file layouts),
-any ImageFolder tree, and extra evaluation sets.
+any ImageFolder tree, text classification / regression and instruction files, and extra evaluation sets.
 
 The package is in layers, each in its own module:
 
@@ -7,7 +7,10 @@ The package is in layers, each in its own module:
   that ``--dataset`` and :class:`DataSpec` read; a new format is a new module there.
 * :mod:`.spec`: :class:`DataSpec`, which data a run uses (from the options, stored in and read back from
   checkpoints).
-* :mod:`.images`: :class:`ImageSet` (one split, cached or on disk) and the helpers sources build it with.
+* :mod:`.batch`: :class:`Batch` (named model inputs and named targets, for every modality) and the run's
+  :class:`Modality` (images or text: device placement, the model call, the unit's name in logs).
+* :mod:`.images`: :class:`ImageSet` (one split of images, cached or on disk) and the helpers sources build it with.
+* :mod:`.sequences`: :class:`TextSet` (one split of tokenized text: the tokenizer's fields, trimmed per batch).
 * :mod:`.transforms`: decoding, timm's eval transform, the seeded training augmentation, the device-side
   normaliser.
 * :mod:`.loading`: seeded, resumable, shardable batches, and where cached images live during a run.
@@ -23,15 +26,17 @@ number of workers.
 
 from __future__ import annotations
 
+from .batch import PIXELS, Batch, ImageModality, Modality, TextModality, modality_from_record
 from .images import IMAGE_EXTENSIONS, ImageSet, read_list_file
-from .loading import DATA_ON_DEVICE, make_loader, place
+from .loading import DATA_ON_DEVICE, Split, make_loader, place
+from .sequences import TextSet
 from .sources import Source, get_source, register_source, source_names
 from .sources.digits import DIGITS_PRETRAIN_CLASSES, DIGITS_TRANSFER_CLASSES, load_digits
 from .sources.fewshot import FEWSHOT_SHOTS, FEWSHOT_TASKS, imagenet_class_names, load_fewshot
 from .sources.folder import load_folder
 from .sources.vtab import VTAB_SMALL_LR_TASKS, VTAB_TASKS, load_vtab
 from .spec import DataSpec
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment, input_config, make_normalizer
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment, input_config
 
 __all__ = [
     "DATASETS",
@@ -40,9 +45,16 @@ __all__ = [
     "DIGITS_PRETRAIN_CLASSES",
     "DIGITS_TRANSFER_CLASSES",
     "DataSpec",
+    "Batch",
+    "Modality",
+    "ImageModality",
+    "TextModality",
+    "modality_from_record",
+    "PIXELS",
     "ImageSet",
+    "TextSet",
+    "Split",
     "Normalizer",
-    "make_normalizer",
     "input_config",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

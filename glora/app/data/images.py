@@ -7,16 +7,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from glora._io import read_text_file
 
+from .batch import PIXELS, Batch
 from .transforms import AugmentedDataset, EvalCrop, FileDataset, TrainAugment, load_image
 
 __all__ = [
@@ -49,9 +50,31 @@ class ImageSet:
     augment: TrainAugment | None = None  # training transform of files read on access (normalised float out)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # what ``augment`` normalises with
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    modality: str = dataclasses.field(default="images", init=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def targets(self) -> dict[str, torch.Tensor]:
+        return {"labels": self.labels}
+
+    def batches(self, order: list[list[int]], seed: int = 0, workers: int = 0) -> Iterable[Batch]:
+        """The batches of ``order`` (lists of indices) as :class:`Batch` es of ``pixel_values`` and ``labels``:
+        cached images gathered with one ``index_select`` per batch (on whatever device they are), files read by a
+        DataLoader (``workers`` processes; augmented items drawn from generators seeded by ``seed``)."""
+        if self.images is not None:
+            return _CachedBatches(self.images, self.labels, order)
+        # An explicit generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG, which
+        # would shift every later draw (drop-path, dropout) when an epoch is resumed part-way.
+        loader = DataLoader(
+            self.dataset(seed),
+            batch_sampler=order,
+            num_workers=workers,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return _LoadedBatches(loader)
 
     def dataset(self, seed: int = 0) -> Dataset:
         """Items as (image, label); augmented items are drawn from a generator seeded by ``seed`` and the index."""
@@ -88,6 +111,36 @@ class ImageSet:
             mean=self.mean,
             std=self.std,
         )
+
+
+class _CachedBatches:
+    """Batches of in-memory images: one ``index_select`` per batch instead of a DataLoader's per-item indexing and
+    collation (the images may live on the GPU, where the per-item path would be launch-bound)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches: list[list[int]]) -> None:
+        self.images, self.labels, self.batches = images, labels, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for b in self.batches:
+            idx = torch.tensor(b, dtype=torch.long).to(self.images.device, non_blocking=True)
+            yield Batch({PIXELS: self.images.index_select(0, idx)}, {"labels": self.labels.index_select(0, idx)})
+
+
+class _LoadedBatches:
+    """A DataLoader's (images, labels) as :class:`Batch` es."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            yield Batch({PIXELS: x}, {"labels": y})
 
 
 def materialise(

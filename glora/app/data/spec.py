@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .batch import ImageModality, Modality, TextModality
 from .images import ImageSet
+from .sequences import TextSet
 from .sources import Source, get_source, source_names
-from .transforms import CROP_MODES, EvalCrop, TrainAugment
+from .transforms import CROP_MODES, EvalCrop, TrainAugment, input_config
 
 __all__ = ["DataSpec"]
 
@@ -70,8 +72,22 @@ class DataSpec:
 
     @property
     def source(self) -> Source:
-        """Where the images come from (:mod:`glora.app.data.sources`)."""
+        """Where the rows come from (:mod:`glora.app.data.sources`)."""
         return get_source(self.dataset)
+
+    @property
+    def modality(self) -> str:
+        """What the splits hold, ``images`` or ``text``: the source's, decided once."""
+        return self.source.modality
+
+    def model_inputs(
+        self, model: Any = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> Modality:
+        """The run's :class:`~glora.app.data.batch.Modality`: for images the ``model``'s input configuration (size,
+        mean, std; ``mean`` / ``std`` override it), for text the sequence length."""
+        if self.modality == "text":
+            return TextModality(self.max_seq_length)
+        return ImageModality(input_config(model, mean, std))
 
     @property
     def selects_on_test(self) -> bool:
@@ -132,20 +148,33 @@ class DataSpec:
         """The number of classes, read without decoding images (a folder's classes are counted)."""
         return self.source.num_classes(self)
 
+    def load_for(
+        self, split: str, inputs: Modality, progress: bool | None = None, augment: TrainAugment | None = None
+    ) -> ImageSet | TextSet:
+        """Load ``split`` as the run's :class:`Modality` takes it (images at its input size; ``augment``: image
+        files transformed afresh every epoch, normalised with its mean / std)."""
+        if isinstance(inputs, ImageModality):
+            return self.load(split, inputs.input_size, progress, augment=augment, mean=inputs.mean, std=inputs.std)
+        if augment is not None:
+            raise ValueError(f"--augment needs image files; dataset {self.dataset} holds {inputs.name}")
+        return self.load(split, progress=progress)
+
     def load(
         self,
         split: str,
-        input_size: Sequence[int],
+        input_size: Sequence[int] | None = None,
         progress: bool | None = None,
         *,
         augment: TrainAugment | None = None,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
-    ) -> ImageSet:
-        """Load ``split`` (train / val / test) at the model's input size (``progress``: the caching bar; None: on
-        a terminal only). ``augment``: the split's files are transformed afresh every epoch (normalised with
-        ``mean`` / ``std`` there), never cached."""
+    ) -> ImageSet | TextSet:
+        """Load ``split`` (train / val / test); images at the model's input size (``progress``: the caching bar;
+        None: on a terminal only). ``augment``: the split's image files are transformed afresh every epoch
+        (normalised with ``mean`` / ``std`` there), never cached."""
         source = self.source
+        if source.modality == "images" and input_size is None:
+            raise ValueError(f"dataset {self.dataset}: loading images needs the model's input size")
         if augment is not None:
             if not source.files:
                 readers = [n for n in source_names() if get_source(n).files]
@@ -154,4 +183,5 @@ class DataSpec:
             plain = dataclasses.replace(self, cache_images=False).load(split, input_size, progress)
             return dataclasses.replace(plain, augment=augment, mean=tuple(mean), std=tuple(std))
         name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
-        return source.load(self, name, tuple(input_size), progress, self.eval_crop_pct)
+        size = None if input_size is None else tuple(input_size)
+        return source.load(self, name, size, progress, self.eval_crop_pct)

@@ -20,7 +20,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Normalizer",
-    "make_normalizer",
     "input_config",
     "eval_transform",
     "EvalCrop",
@@ -35,14 +34,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-
-def make_normalizer(inputs: dict) -> nn.Module:
-    """What turns a batch into the model's input on the device: the mean/std normaliser for images, nothing for
-    token batches (``inputs["kind"] == "tokens"``: the ids go to the model as they are)."""
-    if inputs.get("kind") == "tokens":
-        return nn.Identity()
-    return Normalizer(inputs["mean"], inputs["std"])
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir or save_pretrained)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
     p.add_argument(
-        "--verify-images", type=positive_int, default=64, help="real validation inputs (images or texts) to compare on"
+        "--verify-examples",
+        type=positive_int,
+        default=64,
+        help="real validation examples (images or sequences) the folded model is compared with the supernet on",
     )
+    p.add_argument("--verify-images", type=positive_int, default=None, help=argparse.SUPPRESS)  # the old name
     p.add_argument(
         "--tolerance",
         type=nonneg_float,

@@ -399,7 +399,7 @@ def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> Bac
     """The backbone the options describe: a timm model for image data, a transformers model for text (a sequence
     classifier or regressor for --dataset text, a causal LM for --dataset instructions)."""
     source = get_source(args.dataset)
-    text = source.kind == "tokens"
+    text = source.modality == "text"
     if is_transformers_model(str(args.model)) != text:
         raise ConfigError(
             f"--model {args.model!r} is a transformers model; it trains on --dataset text or instructions"

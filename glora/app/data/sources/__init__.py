@@ -15,6 +15,7 @@ from glora._registry import Registry
 
 if TYPE_CHECKING:
     from ..images import ImageSet
+    from ..sequences import TextSet
     from ..spec import DataSpec
     from ..transforms import EvalCrop
 
@@ -33,8 +34,9 @@ class Source:
     order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
     needs_root: ClassVar[bool] = True  # --data-root is required
     files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
-    # What a batch holds: "images" (uint8 N x C x H x W) or "tokens" (int64 N x 2 x L: ids and attention mask).
-    kind: ClassVar[str] = "images"
+    # What its splits hold (a glora.app.data.batch.MODALITIES name): "images" (ImageSet: uint8 pixel_values) or
+    # "text" (TextSet: the tokenizer's fields). Decided here, once; the run's Modality object follows from it.
+    modality: ClassVar[str] = "images"
     # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
     # else timm's resize-and-center-crop at that fraction. With a None default, --crop-pct 1 also squashes.
     default_crop_pct: ClassVar[float | None] = None
@@ -59,9 +61,14 @@ class Source:
         return split
 
     def load(
-        self, spec: DataSpec, split: str, size: Sequence[int], progress: bool | None, crop_pct: float | EvalCrop | None
-    ) -> ImageSet:
-        """The images of split ``split`` (a name from ``spec``: ``train_split`` etc.) at input size ``size``."""
+        self,
+        spec: DataSpec,
+        split: str,
+        size: Sequence[int] | None,
+        progress: bool | None,
+        crop_pct: float | EvalCrop | None,
+    ) -> ImageSet | TextSet:
+        """The rows of split ``split`` (a name from ``spec``: ``train_split`` etc.); images at input size ``size``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -8,10 +8,10 @@ Two row forms, told apart by their columns:
   tokenizer's own chat template (``apply_chat_template``).
 
 The loss is on the response tokens only (the output, or the last assistant turn) and the eos token after them;
-prompt tokens and padding get the label ``-100``. A split is cached as token ids and attention mask (N, 2, L),
-right-padded to ``--max-seq-length``, with labels (N, L + 2): the token labels, then the row's multiple-choice group
-and whether it is the correct option (-1, 1 for plain rows; see :mod:`glora.app.tasks`). Rows cut so far that no
-response token is left are dropped (logged).
+prompt tokens and padding get the label ``-100``. A split is kept as ``input_ids`` and ``attention_mask`` (N, L),
+right-padded to ``--max-seq-length``, with the targets ``labels`` (N, L: the token labels), ``choice_group`` and
+``choice_correct`` (the row's multiple-choice question, -1 for plain rows, and whether it is the correct option; see
+:mod:`glora.app.tasks`). Rows cut so far that no response token is left are dropped (logged).
 
 Multiple choice (validation and test splits): a row with ``options`` (candidate responses) and ``answer`` (the
 correct one, or its index), or an LLM-Adapters Commonsense170k row (an ``answer`` such as ``option2`` that its
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ...tasks import IGNORE_INDEX
-from ..images import ImageSet
+from ..sequences import TextSet
 from . import Source, register_source
 from .text import load_tokenizer, read_table, split_file
 
@@ -186,7 +186,7 @@ class InstructionSource(Source):
     order = 5
     needs_root = False
     files = False
-    kind = "tokens"
+    modality = "text"
 
     def check(self, spec) -> None:
         if not spec.train_file:
@@ -211,7 +211,7 @@ class InstructionSource(Source):
         tok = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
         render_rows(table, path, tok)
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, size, progress, crop_pct) -> TextSet:
         path = self.split_key(spec, split)
         table = read_table(path)
         if len(table) == 0:
@@ -256,8 +256,12 @@ class InstructionSource(Source):
                 ids[row, : len(i)] = torch.tensor(i)
                 labels[row, : len(lab)] = torch.tensor(lab)
                 mask[row, : len(i)] = 1
-        labels = torch.cat([labels, torch.tensor(meta, dtype=torch.long).view(-1, 2)], dim=1)
-        return ImageSet(labels=labels, num_classes=None, images=torch.stack([ids, mask], dim=1), size=(2, length))
+        choice = torch.tensor(meta, dtype=torch.long).view(-1, 2)
+        return TextSet(
+            fields={"input_ids": ids, "attention_mask": mask},
+            targets={"labels": labels, "choice_group": choice[:, 0], "choice_correct": choice[:, 1]},
+            lengths=mask.sum(1),
+        )
 
 
 def _pack(encoded: list[tuple[list[int], list[int]]], length: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:

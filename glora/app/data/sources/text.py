@@ -1,8 +1,9 @@
 """``text``: sentence(-pair) classification from CSV, TSV, JSON, JSONL or parquet files, or a ``save_to_disk``
 folder, read with the ``datasets`` library and tokenized once by the model's own tokenizer (``AutoTokenizer``).
 
-A split is cached as one int64 tensor (N, 2, L): token ids and attention mask, right-padded to ``max_seq_length``
-(longer texts are truncated); the model wrapper trims every batch to its longest row, so padding costs nothing.
+A split is kept as the tokenizer's fields (``input_ids``, ``attention_mask``, and ``token_type_ids`` where the
+tokenizer gives them: BERT's sentence pairs), right-padded to ``max_seq_length`` (longer texts are truncated); every
+batch is cut to its longest row on the host, so padding costs nothing.
 Labels are integers used as they are (classes 0..max; a ``datasets.ClassLabel`` column, as GLUE's, also names
 them), strings mapped in sorted order (the class names), or real numbers: a regression (STS-B), one output trained
 with mean squared error. Whole-number labels are classes unless ``--problem-type regression`` says otherwise.
@@ -18,7 +19,7 @@ import torch
 
 from glora._text import first_line
 
-from ..images import ImageSet
+from ..sequences import TextSet
 from . import Source, register_source
 
 __all__ = ["TextSource", "read_table", "load_tokenizer", "split_file", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
@@ -162,7 +163,7 @@ class TextSource(Source):
     order = 4
     needs_root = False
     files = False  # tokenized once, cached; no image augmentation
-    kind = "tokens"
+    modality = "text"
 
     def check(self, spec) -> None:
         if not spec.train_file:
@@ -230,21 +231,24 @@ class TextSource(Source):
             labels, names = [index[str(v)] for v in raw], vocab
         return path, columns, labels, names, vocab is None
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, size, progress, crop_pct) -> TextSet:
         path, columns, labels, names, regression = self._labels(spec, split)
         if not spec.tokenizer:
             raise ValueError("dataset text needs the model's tokenizer (--tokenizer, default: the --model)")
         tok = load_tokenizer(spec.tokenizer)
         length = spec.max_seq_length
         enc = tok(*columns, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
-        cut = int((enc["attention_mask"].sum(1) >= length).sum())
+        # Every field the tokenizer gives per token (BERT's token_type_ids for sentence pairs included): the model
+        # sees in training what run_glue, a pipeline or lm-eval will feed the export.
+        fields = {k: v.long() for k, v in enc.items() if torch.is_tensor(v) and v.dim() == 2}
+        lengths = fields["attention_mask"].sum(1)
+        cut = int((lengths >= length).sum())
         if cut:
             _logger.info("%s: %d of %d rows cut to --max-seq-length %d tokens", path, cut, len(labels), length)
-        tokens = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
-        return ImageSet(
-            labels=torch.tensor(labels, dtype=torch.float32 if regression else torch.long),
+        return TextSet(
+            fields=fields,
+            targets={"labels": torch.tensor(labels, dtype=torch.float32 if regression else torch.long)},
+            lengths=lengths,
             num_classes=self.num_classes(spec),
-            images=tokens,
-            size=(2, length),
             class_names=names,
         )
