@@ -8,22 +8,22 @@ models theirs by name (``classifier``, ``score``, ``qa_outputs``) and their outp
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import logging
 import math
 import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .config import SUPPORT_DTYPES, AdapterConfig
+from .families import Switch, calls_layers_itself, forward_source, same_math_linear, switch_for
 from .gift import GiftBank, gift_group
-from .layer import Execution, GLoRALinear, adaptable, io_features, storage_shapes
-from .paths import make_path
+from .layer import GLoRALinear, adaptable, io_features, storage_shapes
+from .paths import Execution, make_path
 from .space import Kind, SearchSpace
 
 __all__ = [
@@ -93,11 +93,12 @@ def inject(
     if any(isinstance(m, GLoRALinear) for m in model.modules()):
         raise ValueError("model already holds GLoRA layers; inject once per model")
     heads = _resolve_heads(model, config.heads)
-    edited_in_place: set[str] = set()
-    names = _select_targets(model, config.targets, heads, edited_in_place)
+    plan = _plan(model, config.targets, heads)
+    names = plan.names
     _check_ranks(model, names, config.space)
     dtype = None if config.support_dtype is None else SUPPORT_DTYPES[config.support_dtype]
-    bank = _wrap(model, config.space, names, edited_in_place, dtype)
+    plan.apply(model)
+    bank = _wrap(model, config.space, names, plan.edited_in_place, dtype)
     _freeze_backbone(model, bank, heads)
     # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
     model.__dict__[_LAYERS_ATTR] = _LayerIndex((m.name, m) for m in model.modules() if isinstance(m, GLoRALinear))
@@ -194,7 +195,7 @@ def target_names(
     config = _as_config(config, targets, heads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # inject will say which layers it skips
-        return _select_targets(model, config.targets, _resolve_heads(model, config.heads), set())
+        return _plan(model, config.targets, _resolve_heads(model, config.heads)).names
 
 
 def _wrap(
@@ -381,9 +382,29 @@ def _has_params(module: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------- targets
-def _select_targets(
-    model: nn.Module, targets: str | Sequence[str] | None, heads: list[str], edited_in_place: set[str]
-) -> list[str]:
+@dataclass
+class _Plan:
+    """What :func:`inject` will do to a model, decided without changing it: the layers to wrap, and the switches
+    (:mod:`glora.families`) that make their ancestors call them."""
+
+    names: list[str]
+    switches: list[Switch]
+
+    @property
+    def edited_in_place(self) -> set[str]:
+        """Layers whose output an ancestor will edit in place once its switch is on."""
+        return {s.layer for s in self.switches if s.edits_output}
+
+    def apply(self, model: nn.Module) -> None:
+        for s in self.switches:
+            module = model.get_submodule(s.module) if s.module else model
+            if getattr(module, s.attribute) != s.value:
+                setattr(module, s.attribute, s.value)
+                _logger.info("GLoRA: %s.%s=%r so its layer is called as a module", s.module or "model", s.attribute,
+                             s.value)  # fmt: skip
+
+
+def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> _Plan:
     linears = [n for n, m in model.named_modules() if adaptable(m)]
     outputs = set(_output_layers(model))
     # (targets were checked by AdapterConfig: None, a regex that compiles, or name suffixes)
@@ -407,7 +428,7 @@ def _select_targets(
     picked = [n for n in picked if not in_head(n) and n not in outputs]
 
     shared = {n for n, c in Counter(_module_ids(model)).items() if c > 1}
-    out = []
+    out, switches = [], []
     for n in picked:
         module = model.get_submodule(n)
         reason = None
@@ -416,7 +437,7 @@ def _select_targets(
         elif isinstance(module, nn.Linear) and not _plain_forward(module):
             reason = f"{type(module).__name__} overrides nn.Linear.forward"
         else:
-            reason = _direct_read(model, n, edited_in_place)
+            reason = _direct_read(model, n, switches)
         if reason:
             warnings.warn(f"GLoRA: not adapting {n!r}: {reason}", stacklevel=3)
             continue
@@ -428,22 +449,16 @@ def _select_targets(
             f"targets {shown!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
             f"linear layers here: {sample or 'none'}"
         )
-    return out
+    return _Plan(out, switches)
 
 
 def _module_ids(model: nn.Module) -> list[int]:
     return [id(m) for _, m in model.named_modules(remove_duplicate=False)]
 
 
-# nn.Linear subclasses whose forward computes x @ W.T + b in another order, so a wrapper gives the same function.
-_SAME_MATH_LINEARS = frozenset({"transformers.models.falcon.modeling_falcon.FalconLinear"})
-
-
 def _plain_forward(module: nn.Module) -> bool:
     forward = type(module).forward
-    if forward is nn.Linear.forward:
-        return True
-    if f"{forward.__module__}.{forward.__qualname__.rpartition('.')[0]}" in _SAME_MATH_LINEARS:
+    if forward is nn.Linear.forward or same_math_linear(type(module)):  # FalconLinear: glora.families
         return True
     try:
         from timm.layers import Linear as TimmLinear  # same math; casts only under torchscript
@@ -457,62 +472,28 @@ def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _direct_read(model: nn.Module, name: str, edited_in_place: set[str]) -> str | None:
+def _direct_read(model: nn.Module, name: str, switches: list[Switch]) -> str | None:
     """Why wrapping ``name`` would be bypassed (an ancestor reads its weight itself), or None.
 
-    Scans the source of each ancestor's ``forward`` and the methods it calls for ``self.<path>.weight``.
-    timm attention blocks that do so (BEiT, EVA, Swin V2) offer ``qkv_bias_separate``; switching it on makes
-    them call the layer, with identical results, so those layers are adapted exactly instead of skipped.
+    Scans the source of each ancestor's ``forward`` and the methods it calls for ``self.<path>.weight``. Known
+    harmless cases are the families of :mod:`glora.families`: an ancestor that calls its layers as configured (Bloom
+    without tensor-parallel emulation), or one with a switch that makes it call the layer (timm's
+    ``qkv_bias_separate``; the switch is added to ``switches`` for :func:`inject` to apply).
     """
     parts = name.split(".")
     for depth in range(len(parts) - 1, -1, -1):
         ancestor_name = ".".join(parts[:depth])
         ancestor = model.get_submodule(ancestor_name) if ancestor_name else model
         rel = ".".join(parts[depth:])
-        source = _forward_source(type(ancestor))
+        source = forward_source(type(ancestor))
         if not re.search(r"self\." + re.escape(rel) + r"\.(weight|bias)\b", source):
             continue
-        if _tp_emulation_off(ancestor):  # Bloom reads the weight only to emulate tensor parallelism, off here
+        if calls_layers_itself(ancestor):
             continue
-        if depth == len(parts) - 1 and rel == "qkv" and isinstance(getattr(ancestor, "qkv_bias_separate", None), bool):
-            if not ancestor.qkv_bias_separate:
-                ancestor.qkv_bias_separate = True
-                _logger.info("GLoRA: %s.qkv_bias_separate=True so %r is called as a module", ancestor_name, name)
-            edited_in_place.add(name)  # that switch adds the q/v bias to the layer's output in place
+        switch = switch_for(ancestor, ancestor_name, rel) if depth == len(parts) - 1 else None
+        if switch is not None:
+            switches.append(switch)
             continue
         where = ancestor_name or "the model root"
         return f"{where} ({type(ancestor).__name__}) reads its weight directly, so a wrapper would be bypassed"
     return None
-
-
-def _tp_emulation_off(module: nn.Module) -> bool:
-    """Whether ``module`` reads its layers' weights only under transformers' ``pretraining_tp > 1`` with
-    ``slow_but_exact`` (Bloom: slices of the weight, to reproduce tensor-parallel rounding) and that is off, so it
-    calls the layers as modules."""
-    tp = getattr(module, "pretraining_tp", None)
-    if not isinstance(tp, int) or "pretraining_tp" not in _forward_source(type(module)):
-        return False
-    return tp <= 1 or getattr(module, "slow_but_exact", True) is False
-
-
-@functools.cache
-def _forward_source(cls: type) -> str:
-    """Source of ``cls.forward`` and of the methods it calls on ``self``, transitively; '' when unavailable."""
-    sources: list[str] = []
-    seen: set[str] = set()
-    todo = ["forward"]
-    while todo:
-        meth = todo.pop()
-        if meth in seen:
-            continue
-        seen.add(meth)
-        fn = getattr(cls, meth, None)
-        if not inspect.isfunction(fn) or fn is getattr(nn.Module, meth, None):
-            continue
-        try:
-            src = inspect.getsource(fn)
-        except (OSError, TypeError):
-            continue
-        sources.append(src)
-        todo.extend(re.findall(r"self\.(\w+)\(", src))
-    return "\n".join(sources)

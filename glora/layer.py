@@ -12,8 +12,8 @@ The current choice is held twice: as a :class:`LayerChoice` (what the eager path
 ``code`` buffer of rank masks and kind gates (what the static path multiplies by). ``set_choice`` writes both, in
 place, so a compiled model computes every subnet with one graph and switching subnets never recompiles.
 
-How the layer runs is a per-model setting (:class:`Execution`, changed with :func:`glora.set_execution`) naming
-a path from :mod:`glora.paths` (``auto``, ``manual``, ``static``, ``autograd``); a compiled model always runs the
+How the layer runs is a per-model setting (:class:`glora.paths.Execution`, changed with :func:`glora.set_execution`)
+naming a path from :mod:`glora.paths` (``auto``, ``manual``, ``static``, ``autograd``); a compiled model always runs the
 static path. :meth:`GLoRALinear.merge` / :meth:`~GLoRALinear.unmerge` put a layer in and out of folded mode (its
 ``W_uni``, ``b_uni`` cached: how the search evaluates a candidate), as PEFT's merge/unmerge do.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from torch import nn
 from . import paths
 from .formula import Terms, choice_terms, uni_bias, uni_weight
 from .gift import GiftGenerator, gift_group
+from .paths import FORMS, Execution
 from .paths.static import static_forward
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
@@ -45,35 +45,6 @@ __all__ = [
     "adaptable",
     "io_features",
 ]
-
-FORMS = ("auto", "cpu", "accelerator")
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How a model's GLoRA layers run (one setting per model, see :func:`glora.set_execution`).
-
-    Args:
-        path: a path of :mod:`glora.paths`: ``auto`` (= ``manual``), ``manual`` (hand-written backward),
-            ``static`` or ``autograd``; a compiled model runs ``static`` whatever this says.
-        forms: the manual backward's reduction forms: ``cpu`` (one-pass skinny products, cache-blocked column dots),
-            ``accelerator`` (fewest kernel launches) or ``auto`` (by the input's device).
-        scale_guard: the manual path recovers a vector/scalar A's gradient from the output, dividing by ``1 + a``;
-            a layer whose ``|1 + a|`` falls below this runs on the autograd path instead.
-    """
-
-    path: str = "auto"
-    forms: str = "auto"
-    scale_guard: float = 1e-2
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", paths.canonical(self.path))
-        if self.path not in paths.path_names():
-            raise ValueError(f"execution path must be one of {', '.join(paths.path_names())}; got {self.path!r}")
-        if self.forms not in FORMS:
-            raise ValueError(f"execution forms must be one of {', '.join(FORMS)}; got {self.forms!r}")
-        if not 0 <= self.scale_guard < 1:
-            raise ValueError(f"scale_guard must be in [0, 1), got {self.scale_guard!r}")
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -300,7 +271,7 @@ class GLoRALinear(nn.Module):
         """Enter folded mode for ``choice`` (default: the current one): until :meth:`unmerge` the eager forward is
         one plain linear map with ``(W_uni, b_uni)`` computed on first use. Nothing is written into the frozen
         weights, so unmerging is exact. (A static-path or compiled model reads the codes and ignores this.)"""
-        self._merged_choice = choice if choice is not None else self._require_choice()
+        self._merged_choice = choice if choice is not None else self.require_choice()
         self._merged_weights = None
 
     def unmerge(self) -> None:
@@ -362,7 +333,7 @@ class GLoRALinear(nn.Module):
         """The layer's own support tensors ``choice`` (default: the current one) does not read: an eager step leaves
         them without a gradient, the static path gives them zeros. (GIFT generators are shared: see
         :func:`glora.unused_params`.)"""
-        choice = choice if choice is not None else self._require_choice()
+        choice = choice if choice is not None else self.require_choice()
         params = self._parameters
         return [params[n] for n in _unused_names(choice, self.bias is not None, self._present)]
 
@@ -396,7 +367,7 @@ class GLoRALinear(nn.Module):
     def merged(self, choice: LayerChoice | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_uni, b_uni)`` of ``choice`` (default: the current one), in the weight's dtype. Folding uses exactly
         this."""
-        return self.uni(self.terms(choice if choice is not None else self._require_choice()))
+        return self.uni(self.terms(choice if choice is not None else self.require_choice()))
 
     @property
     def mixed_precision(self) -> bool:
@@ -431,7 +402,9 @@ class GLoRALinear(nn.Module):
             return in_f if support == "C" else out_f
         return 1 if choice.kind is Kind.SCALAR else 0
 
-    def _require_choice(self) -> LayerChoice:
+    def require_choice(self) -> LayerChoice:
+        """The current choice; a ``RuntimeError`` that says what to call when no subnet is set (every path and
+        every fold starts here)."""
         if self._choice is None:
             raise RuntimeError(
                 f"GLoRA layer {self.name!r} has no subnet set: call glora.set_subnet(model, subnet) "

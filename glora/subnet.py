@@ -180,7 +180,7 @@ def unused_params(model: nn.Module) -> list[nn.Parameter]:
     unused: list[nn.Parameter] = []
     generators: dict[int, tuple[nn.Module, bool]] = {}  # id -> (generator, used by some layer)
     for layer in require_layers(model).values():
-        choice = layer._require_choice()
+        choice = layer.require_choice()
         unused += layer.unused_params(choice)
         if layer.gift is not None:
             seen = generators.get(id(layer.gift), (layer.gift, False))[1]

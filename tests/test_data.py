@@ -4,6 +4,8 @@ options and from checkpoints, and the per-source rules (crops, split names) read
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from glora.app import data
 from glora.app.data import DataSpec, ImageSet, Source, register_source
 from glora.app.data.sources import _REGISTRY
+from glora.app.data.sources.options import SplitOptions, option
 from glora.app.options import parse_args
 from glora.app.options.train import build_parser
 
@@ -21,11 +24,18 @@ def toy_source(monkeypatch):
     """A source registered for one test: four 1x2x2 images per split, split names echoed in the labels."""
     monkeypatch.setattr(_REGISTRY, "_entries", dict(_REGISTRY.entries()))
 
+    @dataclass
+    class ToyOptions(SplitOptions):
+        """Toy images."""
+
+        task: str | None = option(None, "even or odd")
+
     @register_source
     class Toy(Source):
         name = "toy"
         needs_root = False
         files = False
+        Options = ToyOptions
 
         def check(self, spec):
             if spec.task not in (None, "even", "odd"):
@@ -65,8 +75,26 @@ def test_a_registered_source_is_a_dataset_for_the_spec(toy_source):
 def test_from_options_reads_every_field_by_name():
     args = parse_args(build_parser(), ["--dataset", "folder", "--data-root", "/d", "--val-fraction", "0.3"])
     spec = DataSpec.from_options(args)
-    assert (spec.dataset, spec.data_root, spec.val_fraction, spec.shot) == ("folder", "/d", 0.3, None)
+    assert (spec.dataset, spec.data_root, spec.val_fraction) == ("folder", "/d", 0.3)
     assert DataSpec.from_options(argparse.Namespace(dataset="digits", unrelated=1)) == DataSpec()
+    with pytest.raises(AttributeError, match="dataset folder has no option 'shot'"):
+        spec.shot  # noqa: B018 (a few-shot option)
+
+
+def test_a_spec_holds_its_sources_options_only():
+    """DataSpec = the dataset's name + its source's options; another source's option is refused, and a checkpoint
+    written when every source's fields were stored reads back with its own."""
+    spec = DataSpec(dataset="text", train_file="t.csv", max_seq_length=64)
+    assert type(spec.options).__name__ == "TextOptions" and spec.max_seq_length == 64
+    assert spec.to_dict() == {"dataset": "text", **dataclasses.asdict(spec.options)}
+    with pytest.raises(ValueError, match=r"crop-pct, data-root: not an option of dataset text \(its options: "):
+        DataSpec(dataset="text", train_file="t.csv", crop_pct=0.9, data_root="d")
+    old = {"dataset": "vtab", "data_root": "/v", "task": "dtd", "max_seq_length": 128, "train_file": None,
+           "text_column": ["text"], "packing": False, "crop_pct": None, "shot": None}  # fmt: skip
+    assert DataSpec.from_dict(old) == DataSpec(dataset="vtab", data_root="/v", task="dtd")
+    assert spec.replace(max_seq_length=32).max_seq_length == 32 and spec.max_seq_length == 64
+    with pytest.raises(ValueError, match="--data-root: dataset text reads no data root"):
+        DataSpec.from_checkpoint(spec.to_dict(), "/elsewhere")
 
 
 def test_from_checkpoint_moves_the_data_root_only_when_given():

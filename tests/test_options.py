@@ -162,3 +162,89 @@ def test_an_empty_rank_list_is_a_note_not_silence(caplog):
         config = adapter_from_args(parse_args(build_parser(), ["--lora-ranks"]))
     assert config.space.lora_ranks == ()
     assert "--lora-ranks is empty, so no support offers a LoRA choice" in caplog.text
+
+
+# ---------------------------------------------------------------------- options that belong to a dataset or a model
+def _hf_folder(root: Path) -> Path:
+    """A folder a transformers model is recognised by (config.json with a model_type); nothing is loaded."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "text", "--crop-pct", "0.9"],
+         "--crop-pct: not an option of --dataset text (used by --dataset vtab, fewshot, folder)"),
+        (["--dataset", "text", "--train-split", "train800"], "--train-split: not an option of --dataset text"),
+        (["--dataset", "instructions", "--label-column", "y"],
+         "--label-column: not an option of --dataset instructions (used by --dataset text)"),
+        (["--dataset", "text", "--packing"], "--packing: not an option of --dataset text"),
+        (["--dataset", "text", "--drop-path", "0.1"], "--drop-path: for timm models only"),
+        (["--dataset", "text", "--model-kwargs", "{depth: 2}"], "--model-kwargs: for timm models only"),
+        (["--dataset", "text", "--pretrained-file", "w.safetensors"], "--pretrained-file: for timm models only"),
+        (["--dataset", "text", "--mean", "0.5"], "--mean: for image data only; --dataset text holds text"),
+        (["--dataset", "text", "--augment"], "--augment: for image data only"),
+        (["--dataset", "text", "--task-type", "causal-lm"], "--task-type causal-lm does not fit --dataset text"),
+        (["--dataset", "text", "-c", "vtab/cifar"], "not an option of --dataset text"),
+    ],
+)  # fmt: skip
+def test_an_option_of_another_dataset_or_model_kind_is_refused(argv, message, tmp_path, capsys):
+    from helpers import cli
+
+    bert = _hf_folder(tmp_path / "bert")
+    code, err = cli("train", ["--model", str(bert), "--train-file", "none.csv", *argv, "--out", str(tmp_path / "o")],
+                    capsys)  # fmt: skip
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-seq-length", "64"], "--max-seq-length: not an option of --dataset digits (used by --dataset text"),
+        (["--dataset", "vtab", "--data-root", "d", "--task", "dtd", "--tokenizer", "t"],
+         "--tokenizer: not an option of --dataset vtab"),
+        (["--dataset", "folder", "--data-root", "d", "--shot", "2"],
+         "--shot: not an option of --dataset folder (used by --dataset fewshot)"),
+        (["--dtype", "bf16"], "--dtype: for transformers models only; --model embedded:digits-vit is a timm model"),
+        (["--dataset", "text", "--train-file", "t.csv"], "--dataset text needs a transformers --model"),
+    ],
+)  # fmt: skip
+def test_image_runs_refuse_text_and_transformers_options(argv, message, tmp_path, capsys):
+    from helpers import cli
+
+    code, err = cli("train", [*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_the_task_type_option_is_deprecated_but_read(tmp_path, caplog):
+    args = cfg.parse_args(train_parser(), argv := ["--model", str(_hf_folder(tmp_path)), "--dataset", "instructions",
+                                                   "--task-type", "causal-lm"])  # fmt: skip
+    from glora.app.options.train import check_applicable
+
+    check_applicable(train_parser(), argv, args)
+    assert "--task-type is deprecated: --dataset instructions decides it (causal-lm)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml")
+                   if not p.relative_to(PRESETS).as_posix().startswith("search/"))
+)  # fmt: skip
+def test_every_training_preset_sets_only_options_its_run_can_use(path):
+    """A preset names its dataset and model (or uses the defaults; an overlay stacks on its base: glue/large/* on
+    glue/*, protocols/* on a task preset); every option it sets must apply to them."""
+    from glora.app.options.train import check_applicable
+
+    base = path.replace("/large/", "/") if "/large/" in path else "vtab/cifar" if path.startswith("protocols/") else None
+    argv = ["-c", base, "-c", path] if base else ["-c", path]
+    check_applicable(train_parser(), argv, cfg.parse_args(train_parser(), argv))
+
+
+def test_help_groups_the_options_by_the_datasets_that_use_them():
+    text = train_parser().format_help()
+    assert "image files under a root folder (--dataset vtab, fewshot, folder):" in text
+    assert "text files read with the datasets library" in text and "(--dataset text, instructions):" in text
+    assert "text classification or regression columns (--dataset text):" in text
+    assert "timm models:" in text and "transformers models:" in text

@@ -306,7 +306,11 @@ def fsdp_wanted(args: Any, job: Any) -> bool:
 
 
 def check_path(path: str) -> str:
-    """The execution path a sharded model runs: ``auto`` becomes ``static``; ``manual`` is refused."""
-    if path == "manual":
-        raise ValueError("--execution manual cannot run under --fsdp; use static (the default there) or autograd")
-    return "static" if path == "auto" else path
+    """The execution path a sharded model runs (the paths declare it: ``auto`` becomes ``static``; ``manual``,
+    whose scale guard reads every layer at once, is refused)."""
+    from glora.paths import sharded_path
+
+    try:
+        return sharded_path(path)
+    except ValueError as e:
+        raise ValueError(f"--execution {path} cannot run under --fsdp ({e})") from None

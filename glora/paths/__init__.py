@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -28,13 +29,54 @@ import torch
 from .._registry import Registry
 
 if TYPE_CHECKING:  # (layers import this package: no import of the layer module at run time)
-    from ..layer import Execution, GLoRALinear
+    from ..layer import GLoRALinear
 
-__all__ = ["LayerPath", "register_path", "path_names", "path_class", "make_path", "ALIASES"]
+__all__ = [
+    "Execution",
+    "FORMS",
+    "LayerPath",
+    "register_path",
+    "path_names",
+    "path_class",
+    "make_path",
+    "sharded_path",
+    "ALIASES",
+]
 
 _REGISTRY: Registry[type[LayerPath]] = Registry(__name__, "execution path")
 # Old names still accepted (with a DeprecationWarning): "fused" was ambiguous with the fused AdamW kernel.
 ALIASES = {"fused": "manual"}
+
+
+# The manual backward's reduction forms (Execution.forms).
+FORMS = ("auto", "cpu", "accelerator")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a model's GLoRA layers run (one setting per model, see :func:`glora.set_execution`).
+
+    Args:
+        path: a path of :mod:`glora.paths`: ``auto`` (= ``manual``), ``manual`` (hand-written backward),
+            ``static`` or ``autograd``; a compiled model runs ``static`` whatever this says.
+        forms: the manual backward's reduction forms: ``cpu`` (one-pass skinny products, cache-blocked column dots),
+            ``accelerator`` (fewest kernel launches) or ``auto`` (by the input's device).
+        scale_guard: the manual path recovers a vector/scalar A's gradient from the output, dividing by ``1 + a``;
+            a layer whose ``|1 + a|`` falls below this runs on the autograd path instead.
+    """
+
+    path: str = "auto"
+    forms: str = "auto"
+    scale_guard: float = 1e-2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", canonical(self.path))
+        if self.path not in path_names():
+            raise ValueError(f"execution path must be one of {', '.join(path_names())}; got {self.path!r}")
+        if self.forms not in FORMS:
+            raise ValueError(f"execution forms must be one of {', '.join(FORMS)}; got {self.forms!r}")
+        if not 0 <= self.scale_guard < 1:
+            raise ValueError(f"scale_guard must be in [0, 1), got {self.scale_guard!r}")
 
 
 class LayerPath:
@@ -49,6 +91,14 @@ class LayerPath:
     name: ClassVar[str] = ""
     selectable: ClassVar[bool] = True  # offered as an --execution / set_execution choice
     folds: ClassVar[bool] = True  # a merged layer (folded mode) runs its cached weights instead of this path
+    # Capabilities, read by the application instead of lists of path names:
+    # shardable: runs under FSDP, where a layer's whole weights exist only while its block runs (no model-wide state
+    #   read outside it); sharded_stand_in: the path that runs instead when this one is not shardable (None: refused).
+    shardable: ClassVar[bool] = True
+    sharded_stand_in: ClassVar[str | None] = None
+    # mixed_precision: runs supports in another dtype than the frozen weight (fp32 over bf16) itself, rather than
+    #   handing such layers to another path.
+    mixed_precision: ClassVar[bool] = True
 
     def __init__(self, execution: Execution, layers: Sequence[GLoRALinear] = ()) -> None:
         self.execution = execution
@@ -90,3 +140,15 @@ def path_class(name: str) -> type[LayerPath]:
 def make_path(execution: Execution, layers: Sequence[GLoRALinear] = ()) -> LayerPath:
     """The path object ``layers`` share under ``execution``."""
     return path_class(execution.path)(execution, layers)
+
+
+def sharded_path(name: str) -> str:
+    """The path a sharded (FSDP) model runs for the setting ``name``: itself when it is shardable, else its declared
+    stand-in; ``ValueError`` names the shardable paths when it has none."""
+    cls = path_class(canonical(name))
+    if cls.shardable:
+        return cls.name
+    if cls.sharded_stand_in is not None:
+        return cls.sharded_stand_in
+    allowed = ", ".join(n for n in path_names() if path_class(n).shardable or path_class(n).sharded_stand_in)
+    raise ValueError(f"execution path {cls.name!r} cannot run sharded (under --fsdp); use one of {allowed}")

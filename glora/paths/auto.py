@@ -11,3 +11,4 @@ __all__ = ["AutoPath"]
 @register_path
 class AutoPath(ManualPath):
     name = "auto"
+    sharded_stand_in = "static"  # sharded, auto means the path torch.compile traces

@@ -19,7 +19,7 @@ weight: one weight-sized tensor per layer. Parameters a choice does not touch ge
 autograd would leave them.
 
 Cases it does not cover run on the autograd path, each for a named reason (:data:`FALLBACKS`), counted on the
-model's path object (``ManualPath.fallbacks``) and logged once per reason: a GIFT A, a backbone weight that
+model's path object (``ManualPath.fallbacks``) and logged once per reason at INFO: a GIFT A, a backbone weight that
 trains, a non-float input, ``|1 + a|`` below the scale guard, a vector/scalar A beside a frozen B, supports in
 another dtype than the frozen weight.
 """
@@ -313,6 +313,8 @@ class ManualPath(LayerPath):
     """The hand-written backward, with its scale guard shared by the model's layers and its fallbacks counted."""
 
     name = "manual"
+    shardable = False  # the scale guard reads every layer's supports at once, outside the blocks that hold them
+    mixed_precision = False  # fp32 supports over a bf16 weight run on the autograd path
 
     def __init__(self, execution, layers=()) -> None:
         super().__init__(execution, layers)
@@ -322,12 +324,12 @@ class ManualPath(LayerPath):
     def unsupported(self, layer, x: torch.Tensor) -> str | None:
         """Why ``layer`` cannot run on this path for input ``x`` under its current choice (a key of
         :data:`FALLBACKS`), or ``None`` when it can."""
-        a, b = layer._require_choice()[:2]
+        a, b = layer.require_choice()[:2]
         if a.kind is Kind.GIFT:
             return "gift"
         if layer.weight.requires_grad:
             return "weight-trains"
-        if layer.mixed_precision:
+        if layer.mixed_precision and not self.mixed_precision:
             return "mixed-precision"
         if not x.is_floating_point():
             return "non-float-input"
@@ -342,8 +344,13 @@ class ManualPath(LayerPath):
         reason = self.unsupported(layer, x)
         if reason is None:
             return manual_linear(layer, x, self.execution.forms)
-        if not self.fallbacks[reason]:
-            _logger.debug("GLoRA layer %r runs on the autograd path: %s", layer.name, FALLBACKS[reason])
+        if not self.fallbacks[reason]:  # once per reason and model: a run sees each reason once in its log
+            _logger.info(
+                "GLoRA: layers run on the autograd path where the %s path cannot: %s (first: %r)",
+                self.name,
+                FALLBACKS[reason],
+                layer.name,
+            )
         self.fallbacks[reason] += 1
         return autograd_forward(layer, x)
 
@@ -351,7 +358,7 @@ class ManualPath(LayerPath):
 def manual_linear(layer, x: torch.Tensor, forms: str = "auto") -> torch.Tensor:
     """``layer``'s output under its current choice through the hand-written backward (no fallback checks: see
     :meth:`ManualPath.unsupported`)."""
-    choice = layer._require_choice()
+    choice = layer.require_choice()
     cpu_forms = forms == "cpu" or (forms == "auto" and x.device.type == "cpu")
     bias = uni_bias(layer.bias, layer.weight, layer.terms(choice))
     return _GLoRAFunction.apply(

@@ -133,12 +133,12 @@ class _SearchRun:
             # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
             self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
-        check_no_overlap(self.out, supernet_inputs(ckpt, self.data.data_root))
+        check_no_overlap(self.out, supernet_inputs(ckpt, args.data_root))
         if self.data.selects_on_test:
             _logger.warning(
                 "the validation split (%s) is the test split: subnets are chosen on test, so the test accuracy "
                 "reported is not held out (the paper's Table 1 protocol; use val200 for an unbiased figure)",
-                self.data.val_split,
+                self.data.split_key("val"),
             )
         self.class_names = ckpt.get("class_names")
         stored = Task.from_dict(ckpt.get("task"))

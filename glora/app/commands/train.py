@@ -8,7 +8,6 @@ digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from ..options.train import (
     augment_from_args,
     backbone_from_args,
     build_parser,
+    check_applicable,
     inputs_of,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
@@ -67,6 +67,8 @@ def _describe(space: SearchSpace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    if not args.resume:  # a resumed run keeps its checked options
+        check_applicable(parser, argv, args)
     last = Path(args.out) / "last.pt"
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
@@ -108,7 +110,7 @@ class _SupernetRun:
         if self.data.modality == "text":  # the model's own tokenizer; a local folder stored absolute
             tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
             found = str(tokenizer.resolve()) if tokenizer.is_dir() else self.data.tokenizer or str(args.model)
-            self.data = dataclasses.replace(self.data, tokenizer=found)
+            self.data = self.data.replace(tokenizer=found)
         self.data.preflight()  # the train and val files, read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)

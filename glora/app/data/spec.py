@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from .batch import ImageModality, Modality, TextModality
 from .images import ImageSet
 from .sequences import TextSet
 from .sources import Source, get_source, source_names
+from .sources.options import option_names, options_from
 from .transforms import CROP_MODES, EvalCrop, TrainAugment, input_config
 
 __all__ = ["DataSpec"]
@@ -24,51 +23,50 @@ __all__ = ["DataSpec"]
 _logger = logging.getLogger(__name__)
 
 
-@dataclass
 class DataSpec:
-    """Which data a run uses; stored in checkpoints so search and export see the same splits.
+    """Which data a run uses: the source's name (``dataset``) and that source's options (``options``, an instance of
+    its :attr:`~glora.app.data.sources.Source.Options`); stored in checkpoints so search and export see the same
+    splits.
 
-    ``train_split`` / ``val_split`` / ``test_split`` name VTAB-1k list files (train800, val200, test) or, for the
-    other datasets, the split (train, val, test). The supernet trains on train, the search ranks on val, and
-    test is looked at once, for the final pick.
+    ``DataSpec(dataset="vtab", data_root="/data/vtab-1k", task="cifar")`` builds the options from keywords; one the
+    source does not own is refused with a ``ValueError`` that lists the ones it does. The options read as the spec's
+    own attributes (``spec.task``). The supernet trains on the train split, the search ranks on val, and test is
+    looked at once, for the final pick.
     """
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    task: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    split_seed: int = 0
-    cache_images: bool = True
-    shot: int | None = None  # few-shot: images per class of the train list
-    crop_pct: float | None = None  # evaluation crop; None: the dataset's (few-shot 0.875, else squash-resize)
-    crop_mode: str | None = None  # timm's center / squash / border; None: the dataset's (few-shot center, else squash)
-    # text (dataset "text"): the split files, read with the datasets library, and how they are tokenized
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    text_column: tuple[str, ...] = ("text",)  # one column, or two for sentence pairs
-    label_column: str = "label"
-    problem_type: str | None = None  # text: classification or regression; None: regression for real-valued labels
-    max_seq_length: int = 128
-    tokenizer: str | None = None  # the model's own (a save_pretrained folder or hub id); default: the --model
-    packing: bool = False  # instructions: the training split packed into full rows of max_seq_length tokens
-
-    def __post_init__(self) -> None:
-        if isinstance(self.text_column, str):
-            self.text_column = (self.text_column,)
-        self.text_column = tuple(self.text_column)
-        source = get_source(self.dataset)  # an unknown name: "dataset must be one of ..."
-        if source.needs_root and not self.data_root:
-            raise ValueError(f"dataset {self.dataset!r} needs --data-root")
+    def __init__(self, dataset: str = "digits", options: Any = None, **values: Any) -> None:
+        source = get_source(dataset)  # an unknown name: "dataset must be one of ..."
+        if options is None:
+            options = options_from(source.Options, values, what=f"dataset {dataset}")
+        elif values or not isinstance(options, source.Options):
+            raise ValueError(f"dataset {dataset}: give its options as {source.Options.__name__} or as keywords")
+        self.dataset, self.options = dataset, options
+        if source.needs_root and not getattr(options, "data_root", None):
+            raise ValueError(f"dataset {dataset!r} needs --data-root")
         source.check(self)
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop-pct must be in (0, 1], got {self.crop_pct}")
-        if self.crop_mode is not None and self.crop_mode not in CROP_MODES:
-            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {self.crop_mode!r}")
+        crop_pct, crop_mode = getattr(options, "crop_pct", None), getattr(options, "crop_mode", None)
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise ValueError(f"crop-pct must be in (0, 1], got {crop_pct}")
+        if crop_mode is not None and crop_mode not in CROP_MODES:
+            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {crop_mode!r}")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the spec itself lacks: the source's options.
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("_") and hasattr(options, name):
+            return getattr(options, name)
+        dataset = self.__dict__.get("dataset", "?")
+        raise AttributeError(f"dataset {dataset} has no option {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataSpec) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"DataSpec(dataset={self.dataset!r}, options={self.options!r})"
+
+    def replace(self, **changes: Any) -> DataSpec:
+        """A copy with some options changed."""
+        return DataSpec(self.dataset, dataclasses.replace(self.options, **changes))
 
     @property
     def source(self) -> Source:
@@ -93,52 +91,69 @@ class DataSpec:
     def selects_on_test(self) -> bool:
         """Whether the validation split is the test split (the paper's Table 1 protocol): a search then picks on
         the very images it reports, so its test accuracy is not held out."""
-        key = functools.partial(self.source.split_key, self)
         try:
-            return key(self.val_split) == key(self.test_split)
+            return self.split_key("val") == self.split_key("test")
         except ValueError:  # no test split (a text run without --test-file)
             return False
+
+    def split_key(self, role: str) -> str:
+        """The list file, split name or data file a role (train, val, test) reads; ``ValueError`` when the data
+        have no such split."""
+        return self.source.split_key(self, self.source.split_name(self, role))
 
     @property
     def eval_crop_pct(self) -> float | EvalCrop | None:
         """How evaluation images are cut: None = squash-resize (VTAB-1k), a float = timm's center crop, or with
         ``crop_mode`` an :class:`EvalCrop` (``crop_pct`` default: the dataset's, else 1)."""
         default = self.source.default_crop_pct
-        if self.crop_mode is not None:
-            return EvalCrop(self.crop_mode, self.crop_pct or default or 1.0)
-        if self.crop_pct is None or (self.crop_pct == 1.0 and default is None):
+        crop_pct, crop_mode = getattr(self.options, "crop_pct", None), getattr(self.options, "crop_mode", None)
+        if crop_mode is not None:
+            return EvalCrop(crop_mode, crop_pct or default or 1.0)
+        if crop_pct is None or (crop_pct == 1.0 and default is None):
             return default
-        return self.crop_pct
+        return crop_pct
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
-        return cls(**data)
+        """A spec from its :meth:`to_dict` form. Checkpoints written before sources owned their options hold every
+        source's fields; those of other sources are dropped (they were never read)."""
+        data = dict(data)
+        dataset = data.pop("dataset", "digits")
+        own = set(option_names(get_source(dataset).Options))
+        return cls(dataset, **{k: v for k, v in data.items() if k in own})
 
     @classmethod
     def from_options(cls, args: argparse.Namespace | Mapping[str, Any]) -> DataSpec:
-        """The spec a command's options describe: every field read by its name (``--data-root`` -> ``data_root``),
-        the defaults for the ones a command does not offer."""
+        """The spec a command's options describe: the chosen source's options read by their names (``--data-root``
+        -> ``data_root``); the defaults for the ones a command does not offer."""
         values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None})
+        dataset = values.get("dataset") or "digits"
+        own = option_names(get_source(dataset).Options)
+        return cls(dataset, **{k: values[k] for k in own if values.get(k) is not None})
 
     @classmethod
     def from_checkpoint(cls, data: Mapping[str, Any], data_root: str | os.PathLike | None = None) -> DataSpec:
         """The spec a checkpoint stored (its ``"data"`` entry), with the data found at ``data_root`` instead when
         given (the same dataset moved, or another machine's copy)."""
-        stored = dict(data)
+        spec = cls.from_dict(data)
         if data_root:
-            stored["data_root"] = str(data_root)
-        return cls(**stored)
+            if "data_root" not in option_names(spec.source.Options):
+                raise ValueError(
+                    f"--data-root: dataset {spec.dataset} reads no data root (its options: "
+                    f"{', '.join('--' + n.replace('_', '-') for n in option_names(spec.source.Options))})"
+                )
+            spec = spec.replace(data_root=str(data_root))
+        return spec
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """``{"dataset": ..., **options}``: what checkpoints store."""
+        return {"dataset": self.dataset, **dataclasses.asdict(self.options)}
 
     def preflight(self, splits: Sequence[str] = ("train", "val")) -> None:
         """Check the files of ``splits`` (train / val / test) before any work: one line names the file and what is
         wrong with it."""
-        names = {"train": self.train_split, "val": self.val_split, "test": self.test_split}
         for split in splits:
-            self.source.preflight(self, names[split])
+            self.source.preflight(self, self.source.split_name(self, split))
 
     def task_kind(self) -> str:
         """classification, regression or causal-lm: what the source's labels ask a model to learn."""
@@ -180,8 +195,7 @@ class DataSpec:
                 readers = [n for n in source_names() if get_source(n).files]
                 allowed = ", ".join(readers[:-1]) + f" or {readers[-1]}" if len(readers) > 1 else "".join(readers)
                 raise ValueError(f"--augment needs image files ({allowed}); {self.dataset} images are not files")
-            plain = dataclasses.replace(self, cache_images=False).load(split, input_size, progress)
+            plain = self.replace(cache_images=False).load(split, input_size, progress)
             return dataclasses.replace(plain, augment=augment, mean=tuple(mean), std=tuple(std))
-        name = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[split]
         size = None if input_size is None else tuple(input_size)
-        return source.load(self, name, size, progress, self.eval_crop_pct)
+        return source.load(self, source.split_name(self, split), size, progress, self.eval_crop_pct)

@@ -9,7 +9,6 @@ same as ``-c configs/vtab/cifar.yaml``, the name the docs use); ``--list-presets
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,17 @@ from glora._io import atomic_write_text
 from glora.space import SUPPORTS
 
 from ..data.loading import DATA_ON_DEVICE
+from ..values import (
+    INT_MAX,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    optional,
+    positive_float,
+    positive_int,
+    probability,
+    yaml_mapping,
+)
 
 __all__ = [
     "ConfigError",
@@ -58,51 +68,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A bad option value, config file or combination; reported as one line by the CLI."""
-
-
-# ---------------------------------------------------------------------- value checkers (argparse types)
-def _number(kind: type, check: Callable[[float], bool], what: str, upper: int | None = None) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if upper is not None and value > upper:
-            raise argparse.ArgumentTypeError(f"expected {what} up to {upper} (2**63 - 1), got {text!r}")
-        if (isinstance(value, float) and not math.isfinite(value)) or not check(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    convert.__name__ = what
-    return convert
-
-
-# Integers end where torch's (seeds: manual_seed takes 0 .. 2**63 - 1) and Python's C-level sizes do.
-INT_MAX = 2**63 - 1
-
-finite_float = _number(float, lambda v: True, "a number")
-positive_int = _number(int, lambda v: v > 0, "a positive integer", INT_MAX)
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0", INT_MAX)
-positive_float = _number(float, lambda v: v > 0, "a positive number")
-nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
-probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-
-
-def yaml_mapping(text: str) -> dict[str, Any]:
-    """A mapping given inline as YAML/JSON, e.g. ``'{embed_dim: 32, depth: 2}'``."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{drop_rate: 0.1}}', got {text!r}")
-    empty = next((k for k, v in value.items() if v is None), None)
-    if empty is not None:  # '{img_size:32}' reads as the key 'img_size:32' with no value
-        raise argparse.ArgumentTypeError(
-            f"key {empty!r} in {text!r} has no value; write 'key: value' with a space after the colon, "
-            "e.g. '{img_size: 32, depth: 2}'"
-        )
-    return value
 
 
 def support_choices(text: str) -> str:
@@ -154,16 +119,6 @@ def parse_choices(items: Sequence[str] | None) -> dict[str, list[str]] | None:
             raise ConfigError(f"--choices names support {support} twice; give each support once")
         out[support] = names.split(",")
     return out
-
-
-def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Also accept ``none``/``null`` (meaning: not set)."""
-
-    def wrapped(text: str) -> Any:
-        return None if text.lower() in ("none", "null", "") else convert(text)
-
-    wrapped.__name__ = f"{getattr(convert, '__name__', 'value')} or none"
-    return wrapped
 
 
 # ---------------------------------------------------------------------- parsing

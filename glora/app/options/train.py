@@ -17,8 +17,8 @@ from glora.space import GIFT_SHARING, SearchSpace
 from ..backbone import BIAS_FREE_OPTIONS, EMBEDDED_PREFIX, BackboneSpec
 from ..data import DATASETS, TrainAugment
 from ..data.sources import get_source
-from ..data.sources.text import PROBLEM_TYPES
-from ..data.transforms import CROP_MODES, ERASE_MODES, TRAIN_INTERPOLATIONS
+from ..data.sources.options import add_option_groups, option_names
+from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
 from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
 from ..tasks import METRICS
@@ -27,6 +27,8 @@ from . import (
     ConfigError,
     add_progress_option,
     add_runtime_options,
+    config_options,
+    explicit_options,
     finite_float,
     make_parser,
     nonneg_float,
@@ -49,6 +51,7 @@ __all__ = [
     "adapter_from_args",
     "augment_from_args",
     "backbone_from_args",
+    "check_applicable",
     "inputs_of",
 ]
 
@@ -87,10 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         program_name("train_supernet.py", "glora-train"),
         "Train a GLoRA supernet: a random subnet per step over a frozen backbone.",
     )
-    _add_backbone_options(p.add_argument_group("backbone"))
+    _add_backbone_options(p)
     _add_space_options(p.add_argument_group("search space"))
-    _add_data_options(p.add_argument_group("data"))
-    _add_text_options(p.add_argument_group("text data (--dataset text, a transformers --model)"))
+    _add_data_options(p)
     _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
     _add_training_options(p.add_argument_group("training"))
     _add_runtime_options(p.add_argument_group("runtime"))
@@ -98,19 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_backbone_options(g: argparse._ArgumentGroup) -> None:
+def _add_backbone_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone")
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help="timm name (e.g. vit_base_patch16_224.orig_in21k), hf-hub:<repo>, local-dir:<folder> or "
-        "embedded:<name> (a backbone shipped with glora: embedded:digits-vit)",
+        "embedded:<name> (a backbone shipped with glora: embedded:digits-vit); or a transformers model: a "
+        "save_pretrained folder or a hub id owner/name",
     )
     g.add_argument(
         "--pretrained", action=argparse.BooleanOptionalAction, default=True, help="load the model's pretrained weights"
     )
-    g.add_argument("--pretrained-file", default=None, help="load pretrained weights from this local file (offline)")
-    g.add_argument("--img-size", type=optional(positive_int), default=None, help="input size, if not the model's")
-    g.add_argument("--drop-path", type=probability, default=0.0, help="stochastic depth rate of the backbone")
     g.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
@@ -119,10 +120,31 @@ def _add_backbone_options(g: argparse._ArgumentGroup) -> None:
         "about a third more compute; the same results)",
     )
     g.add_argument(
+        "--support-dtype",
+        choices=tuple(SUPPORT_DTYPE_OPTIONS),
+        default="fp32",
+        help="the trained tensors (supports, GIFT generators): fp32 keeps them and AdamW's state in full precision "
+        "over a bf16/fp16 --dtype backbone; same = the frozen weights' dtype",
+    )
+    g = p.add_argument_group("timm models")
+    g.add_argument("--pretrained-file", default=None, help="load pretrained weights from this local file (offline)")
+    g.add_argument("--img-size", type=optional(positive_int), default=None, help="input size, if not the model's")
+    g.add_argument("--drop-path", type=probability, default=0.0, help="stochastic depth rate of the backbone")
+    g.add_argument(
         "--model-kwargs",
         type=yaml_mapping,
         default={},
         help="more timm.create_model arguments as a YAML/JSON mapping, e.g. '{embed_dim: 32, depth: 2}'",
+    )
+    g = p.add_argument_group("transformers models")
+    g.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="auto", help="the frozen weights' dtype (auto: the checkpoint's)"
+    )
+    g.add_argument(
+        "--task-type",
+        choices=TASK_TYPES,
+        default=None,
+        help="deprecated: the --dataset decides it (text: text-classification, instructions: causal-lm)",
     )
 
 
@@ -160,54 +182,19 @@ def _add_space_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--targets-regex", default=None, help="regex the whole layer name must match (instead of --targets)")
 
 
-def _add_data_options(g: argparse._ArgumentGroup) -> None:
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
         choices=DATASETS,
         default="digits",
         help="where the data come from: digits (embedded), vtab, fewshot (FGVC lists), folder (images); text "
-        "(classification / regression files), instructions (causal-LM instruction data)",
-    )
-    g.add_argument(
-        "--data-root", default=None, help="VTAB-1k or few-shot root (<root>/<task>/...) or an ImageFolder tree"
-    )
-    g.add_argument("--task", default=None, help="VTAB-1k task (e.g. cifar) or few-shot dataset (e.g. oxford_pets)")
-    g.add_argument(
-        "--shot", type=optional(positive_int), default=None, help="few-shot: images per class (1, 2, 4, 8, 16)"
-    )
-    g.add_argument("--train-split", default="train", help="train split (VTAB-1k: train800 or a list file)")
-    g.add_argument("--val-split", default="val", help="validation split: the search ranks subnets on it")
-    g.add_argument("--test-split", default="test", help="test split, looked at once for the final pick")
-    g.add_argument(
-        "--val-fraction", type=probability, default=0.2, help="ImageFolder: per-class share held out for val"
-    )
-    g.add_argument("--test-fraction", type=probability, default=0.0, help="ImageFolder: per-class share for test")
-    g.add_argument(
-        "--split-seed",
-        type=nonneg_int,
-        default=0,
-        help="ImageFolder: seed of the stratified split; few-shot: the seed of the train list",
-    )
-    g.add_argument(
-        "--crop-pct",
-        type=optional(probability),
-        default=None,
-        help="evaluation: resize to size/crop-pct, center crop (default: squash-resize; few-shot 0.875 = 256->224)",
-    )
-    g.add_argument(
-        "--crop-mode",
-        choices=CROP_MODES,
-        default=None,
-        help="evaluation crop as timm names it: center (shorter side to size/crop-pct), squash (both sides: the "
-        "few-shot reference code's 256x256 then 224) or border (default: the dataset's)",
-    )
-    g.add_argument(
-        "--cache-images",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode and resize every image once and keep it in memory (uint8)",
+        "(classification / regression files), instructions (causal-LM instruction data); each dataset's own "
+        "options are in the groups below, and an option of another dataset is refused",
     )
     g.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers when images are not cached")
+    add_option_groups(p, [(name, get_source(name).Options) for name in DATASETS])
+    g = p.add_argument_group("image inputs (image datasets)")
     g.add_argument(
         "--mean",
         type=finite_float,
@@ -223,54 +210,6 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="STD",
         help="normalisation std per channel (or one for all); default: the model's (VTAB presets: ImageNet's)",
-    )
-
-
-def _add_text_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--metric",
-        choices=tuple(METRICS),
-        default=None,
-        help="the validation metric that ranks subnets (default: accuracy; regression pearson; causal LM loss); "
-        "every metric of the task is reported",
-    )
-    g.add_argument("--train-file", default=None, help="CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder")
-    g.add_argument("--validation-file", default=None, help="the validation split's file (the search ranks on it)")
-    g.add_argument("--test-file", default=None, help="the test split's file, looked at once for the final pick")
-    g.add_argument(
-        "--text-column", nargs="+", default=["text"], metavar="COLUMN", help="one column, or two for sentence pairs"
-    )
-    g.add_argument(
-        "--label-column", default="label", help="integer classes 0..n-1, names (sorted into classes) or real numbers"
-    )
-    g.add_argument(
-        "--problem-type",
-        choices=PROBLEM_TYPES,
-        default=None,
-        help="text: classification or regression (default: regression when the labels are real numbers)",
-    )
-    g.add_argument(
-        "--packing",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="instructions: pack the training examples end to end into full --max-seq-length rows (no padding)",
-    )
-    g.add_argument("--max-seq-length", type=positive_int, default=128, help="tokens per text (longer ones are cut)")
-    g.add_argument("--tokenizer", default=None, help="the tokenizer's folder or hub id (default: the --model's)")
-    g.add_argument(
-        "--task-type",
-        choices=TASK_TYPES,
-        default=None,
-        help="transformers models: what to load (default: text-classification for --dataset text, causal-lm for "
-        "--dataset instructions)",
-    )
-    g.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="transformers models: the frozen weights")
-    g.add_argument(
-        "--support-dtype",
-        choices=tuple(SUPPORT_DTYPE_OPTIONS),
-        default="fp32",
-        help="the trained tensors (supports, GIFT generators): fp32 keeps them and AdamW's state in full precision "
-        "over a bf16/fp16 --dtype backbone; same = the frozen weights' dtype",
     )
 
 
@@ -346,6 +285,13 @@ def _add_training_options(g: argparse._ArgumentGroup) -> None:
         help="supports a step's subnet does not use: skip = AdamW leaves them untouched; update = zero gradients, "
         "so AdamW still applies momentum and weight decay (the paper's reference code)",
     )
+    g.add_argument(
+        "--metric",
+        choices=tuple(METRICS),
+        default=None,
+        help="the validation metric that ranks subnets (default: accuracy; regression pearson; causal LM loss); "
+        "every metric of the task is reported",
+    )
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
 
 
@@ -395,30 +341,71 @@ def adapter_from_args(args: argparse.Namespace, heads: Sequence[str] | None = No
     return AdapterConfig(space, targets, None if heads is None else tuple(heads), support_dtype=dtype)
 
 
-def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
-    """The backbone the options describe: a timm model for image data, a transformers model for text (a sequence
-    classifier or regressor for --dataset text, a causal LM for --dataset instructions)."""
+# Options one kind of backbone or data cannot use: set for another (on the command line or in a -c file), they are
+# refused in one line before anything is loaded, never ignored.
+TIMM_ONLY = ("pretrained_file", "img_size", "drop_path", "model_kwargs")
+TRANSFORMERS_ONLY = ("dtype", "task_type")
+IMAGE_ONLY = ("mean", "std", "augment", *(f.name for f in dataclasses.fields(TrainAugment)))
+
+
+def _flags(dests: Sequence[str]) -> str:
+    return ", ".join("--" + d.replace("_", "-") for d in dests)
+
+
+def check_applicable(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> None:
+    """Refuse, in one line, options set for a dataset or a kind of model the run does not use (``--crop-pct`` with
+    ``--dataset text``, ``--drop-path`` with a transformers model), and a model that cannot read the data. Only what
+    the command line and its ``-c`` files set counts; defaults never do."""
+    explicit = explicit_options(parser, argv) | config_options(parser, argv)
     source = get_source(args.dataset)
+    own = set(option_names(source.Options))
+    hf = is_transformers_model(str(args.model))
     text = source.modality == "text"
-    if is_transformers_model(str(args.model)) != text:
+    if hf != text:
         raise ConfigError(
             f"--model {args.model!r} is a transformers model; it trains on --dataset text or instructions"
-            if not text
+            if hf
             else f"--dataset {args.dataset} needs a transformers --model (save_pretrained folder or hub id), not "
             f"{args.model!r}"
         )
-    if text:
-        wanted = "causal-lm" if source.name == "instructions" else "text-classification"
-        task = getattr(args, "task_type", None) or wanted
-        if task != wanted:
-            raise ConfigError(f"--task-type {task} does not fit --dataset {args.dataset}: it trains a {wanted} model")
+    every = {n for d in DATASETS for n in option_names(get_source(d).Options)}
+    owners = {n: [d for d in DATASETS if n in option_names(get_source(d).Options)] for n in every}
+    foreign = sorted(d for d in explicit if d in owners and d not in own)
+    if foreign:
+        users = sorted({u for d in foreign for u in owners[d]}, key=DATASETS.index)
+        raise ConfigError(
+            f"{_flags(foreign)}: not an option of --dataset {args.dataset} (used by --dataset {', '.join(users)}); "
+            f"its options: {_flags(option_names(source.Options)) or 'none'}"
+        )
+    other = sorted(d for d in explicit if d in (TIMM_ONLY if hf else TRANSFORMERS_ONLY))
+    if other:
+        kind, model_kind = ("timm", "a transformers") if hf else ("transformers", "a timm")
+        raise ConfigError(f"{_flags(other)}: for {kind} models only; --model {args.model} is {model_kind} model")
+    images = sorted(d for d in explicit if d in IMAGE_ONLY)
+    if images and source.modality != "images":
+        raise ConfigError(f"{_flags(images)}: for image data only; --dataset {args.dataset} holds {source.modality}")
+    if "task_type" in explicit:
+        wanted = source.task_type
+        if args.task_type != wanted:
+            raise ConfigError(
+                f"--task-type {args.task_type} does not fit --dataset {args.dataset}: it trains a {wanted} model"
+            )
+        _logger.warning("--task-type is deprecated: --dataset %s decides it (%s)", args.dataset, wanted)
+
+
+def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:
+    """The backbone the options describe: a timm model for image data, a transformers model for text of the task
+    type the dataset trains (a sequence classifier or regressor for --dataset text, a causal LM for --dataset
+    instructions)."""
+    source = get_source(args.dataset)
+    if source.modality == "text":
         model = Path(args.model).expanduser()
         return BackboneSpec(  # a local folder as an absolute path: search and export may run from another folder
             model=str(model.resolve()) if model.is_dir() else args.model,
-            num_classes=num_classes if wanted == "text-classification" else None,
+            num_classes=num_classes if source.task_type == "text-classification" else None,
             pretrained=args.pretrained,
             init_seed=args.seed,
-            task_type=task,
+            task_type=source.task_type,
             dtype=getattr(args, "dtype", "auto"),
         )
     kwargs: dict[str, Any] = dict(args.model_kwargs)

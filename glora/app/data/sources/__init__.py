@@ -1,9 +1,10 @@
-"""Where a run's images come from: one :class:`Source` per dataset format, registered by name.
+"""Where a run's data come from: one :class:`Source` per dataset format, registered by name.
 
 Every module in this package is imported the first time a source is looked up, so adding a format (a text corpus
-for language models, another list-file layout) is adding a module here that subclasses :class:`Source` and
-decorates it with :func:`register_source`; :class:`glora.app.data.DataSpec` and the ``--dataset`` option read the
-registry and change nothing.
+for language models, another list-file layout) is adding a module here that subclasses :class:`Source`, declares
+its options (:attr:`Source.Options`, a dataclass built from the parts in :mod:`.options`) and decorates it with
+:func:`register_source`; :class:`glora.app.data.DataSpec`, the ``--dataset`` option and the data option groups read
+the registry and change nothing.
 """
 
 from __future__ import annotations
@@ -13,30 +14,38 @@ from typing import TYPE_CHECKING, ClassVar
 
 from glora._registry import Registry
 
+from .options import SplitOptions
+
 if TYPE_CHECKING:
     from ..images import ImageSet
     from ..sequences import TextSet
     from ..spec import DataSpec
     from ..transforms import EvalCrop
 
-__all__ = ["Source", "register_source", "source_names", "get_source"]
+__all__ = ["Source", "register_source", "source_names", "get_source", "SplitOptions"]
 
 _REGISTRY: Registry[Source] = Registry(__name__, "dataset")
 
 
 class Source:
-    """A dataset format: how its options are checked, how many classes it has and how a split is read.
+    """A dataset format: its options, how they are checked, how many classes it has and how a split is read.
 
-    Subclasses set :attr:`name` and override :meth:`load`; the rest has defaults that fit an image-file source.
+    Subclasses set :attr:`name` and :attr:`Options` and override :meth:`load`; the rest has defaults that fit an
+    image source. The methods get the run's :class:`~glora.app.data.DataSpec`, whose attributes are the options.
     """
 
     name: ClassVar[str] = ""
+    # The options this source owns: a dataclass whose fields are option names (--dash-names, YAML keys); an option
+    # of another source is refused.
+    Options: ClassVar[type] = SplitOptions
     order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
     needs_root: ClassVar[bool] = True  # --data-root is required
     files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
     # What its splits hold (a glora.app.data.batch.MODALITIES name): "images" (ImageSet: uint8 pixel_values) or
     # "text" (TextSet: the tokenizer's fields). Decided here, once; the run's Modality object follows from it.
     modality: ClassVar[str] = "images"
+    # The transformers task type its data train (text-classification, causal-lm); None: image data (timm).
+    task_type: ClassVar[str | None] = None
     # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
     # else timm's resize-and-center-crop at that fraction. With a None default, --crop-pct 1 also squashes.
     default_crop_pct: ClassVar[float | None] = None
@@ -56,6 +65,10 @@ class Source:
         """Read what split ``split`` names (list files, tables) without decoding images or tokenizing, so a bad file
         is reported before a model is built or anything is written. Default: nothing to read ahead."""
 
+    def split_name(self, spec: DataSpec, role: str) -> str:
+        """The split a role (train, val, test) reads: the ``--train-split`` etc. name by default."""
+        return getattr(spec, f"{role}_split")
+
     def split_key(self, spec: DataSpec, split: str) -> str:
         """The file or part a split name refers to (two names with one key are the same images)."""
         return split
@@ -68,7 +81,7 @@ class Source:
         progress: bool | None,
         crop_pct: float | EvalCrop | None,
     ) -> ImageSet | TextSet:
-        """The rows of split ``split`` (a name from ``spec``: ``train_split`` etc.); images at input size ``size``."""
+        """The rows of split ``split`` (:meth:`split_name` of a role); images at input size ``size``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

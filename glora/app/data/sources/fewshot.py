@@ -9,11 +9,14 @@ split without a list is ``val/<wnid>/*.JPEG``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from ...values import optional, positive_int
 from ..images import ImageSet, locate_images, materialise, read_list_file
 from ..transforms import EvalCrop
 from . import Source, register_source
+from .options import SplitSeedOptions, TaskOptions, option
 
 __all__ = [
     "FEWSHOT_TASKS",
@@ -166,10 +169,18 @@ def fewshot_num_classes(root: str | Path, task: str) -> int:
     return top + 1
 
 
+@dataclass
+class FewshotOptions(TaskOptions, SplitSeedOptions):
+    """Few-shot lists."""
+
+    shot: int | None = option(None, "few-shot: images per class (1, 2, 4, 8, 16)", type=optional(positive_int))
+
+
 @register_source
 class FewshotSource(Source):
     name = "fewshot"
     order = 2
+    Options = FewshotOptions
     default_crop_pct = 0.875  # the reference: resize to 256, center crop 224
 
     def check(self, spec) -> None:

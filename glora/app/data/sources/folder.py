@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+from ...values import probability
 from ..images import IMAGE_EXTENSIONS, ImageSet, materialise, split_per_class
 from ..transforms import EvalCrop
 from . import Source, register_source
+from .options import ImageFileOptions, SplitSeedOptions, option
 
 __all__ = ["scan_folder", "load_folder", "FolderSource"]
 
@@ -102,10 +105,19 @@ def load_folder(
     )
 
 
+@dataclass
+class FolderOptions(ImageFileOptions, SplitSeedOptions):
+    """An ImageFolder tree split per class."""
+
+    val_fraction: float = option(0.2, "ImageFolder: per-class share held out for val", type=probability)
+    test_fraction: float = option(0.0, "ImageFolder: per-class share for test", type=probability)
+
+
 @register_source
 class FolderSource(Source):
     name = "folder"
     order = 3
+    Options = FolderOptions
 
     def num_classes(self, spec) -> int:
         root = Path(spec.data_root).expanduser()

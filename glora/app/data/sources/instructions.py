@@ -27,6 +27,7 @@ training of instruction data.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ import torch
 from ...tasks import IGNORE_INDEX
 from ..sequences import TextSet
 from . import Source, register_source
+from .options import TextFileOptions, option
 from .text import load_tokenizer, read_table, split_file
 
-__all__ = ["InstructionSource", "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "Row", "render_rows"]
+__all__ = ["InstructionSource", "InstructionOptions", "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "Row", "render_rows"]
 
 _logger = logging.getLogger(__name__)
 
@@ -180,6 +182,17 @@ def _sequences(rows: list[Row], choice: bool) -> tuple[list[str], list[str], lis
     return prompts, responses, meta
 
 
+@dataclass
+class InstructionOptions(TextFileOptions):
+    """Instruction data (causal LM)."""
+
+    packing: bool = option(
+        False,
+        "pack the training examples end to end into full --max-seq-length rows (no padding)",
+        action=argparse.BooleanOptionalAction,
+    )
+
+
 @register_source
 class InstructionSource(Source):
     name = "instructions"
@@ -187,6 +200,8 @@ class InstructionSource(Source):
     needs_root = False
     files = False
     modality = "text"
+    task_type = "causal-lm"
+    Options = InstructionOptions
 
     def check(self, spec) -> None:
         if not spec.train_file:
@@ -199,6 +214,9 @@ class InstructionSource(Source):
 
     def task_kind(self, spec) -> str:
         return "causal-lm"
+
+    def split_name(self, spec, role: str) -> str:
+        return role  # split_file maps it to --train-file etc.
 
     def split_key(self, spec, split: str) -> str:
         return split_file(spec, split)
@@ -221,7 +239,7 @@ class InstructionSource(Source):
         tok = load_tokenizer(spec.tokenizer)
         chat = "messages" in table.column_names
         rows = render_rows(table, path, tok)
-        training = split == spec.train_split
+        training = split == "train"
         prompts, responses, meta = _sequences(rows, choice=not training)
         encoded = _encode(tok, prompts, responses, chat)
         groups = sum(1 for r in rows if r.options) if not training else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,8 +22,9 @@ from glora._text import first_line
 
 from ..sequences import TextSet
 from . import Source, register_source
+from .options import TextFileOptions, option
 
-__all__ = ["TextSource", "read_table", "load_tokenizer", "split_file", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
+__all__ = ["TextSource", "TextOptions", "read_table", "load_tokenizer", "split_file", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -157,6 +159,22 @@ def split_file(spec, split: str) -> str:
     return str(files[split])
 
 
+@dataclass
+class TextOptions(TextFileOptions):
+    """Text classification or regression columns."""
+
+    text_column: list[str] = option(["text"], "one column, or two for sentence pairs", nargs="+", metavar="COLUMN")
+    label_column: str = option("label", "integer classes 0..n-1, names (sorted into classes) or real numbers")
+    problem_type: str | None = option(
+        None,
+        "classification or regression (default: regression when the labels are real numbers)",
+        choices=PROBLEM_TYPES,
+    )
+
+    def __post_init__(self) -> None:
+        self.text_column = [self.text_column] if isinstance(self.text_column, str) else list(self.text_column)
+
+
 @register_source
 class TextSource(Source):
     name = "text"
@@ -164,6 +182,8 @@ class TextSource(Source):
     needs_root = False
     files = False  # tokenized once, cached; no image augmentation
     modality = "text"
+    task_type = "text-classification"
+    Options = TextOptions
 
     def check(self, spec) -> None:
         if not spec.train_file:
@@ -184,6 +204,9 @@ class TextSource(Source):
     def task_kind(self, spec) -> str:
         labels = _label_names(spec.train_file, spec.label_column, spec.problem_type)
         return "regression" if labels is None else "classification"
+
+    def split_name(self, spec, role: str) -> str:
+        return role  # split_file maps it to --train-file etc.
 
     def split_key(self, spec, split: str) -> str:
         return split_file(spec, split)

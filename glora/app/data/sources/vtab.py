@@ -9,6 +9,7 @@ from pathlib import Path
 from ..images import ImageSet, label_span, materialise, read_list_file
 from ..transforms import EvalCrop
 from . import Source, register_source
+from .options import TaskOptions
 
 __all__ = ["VTAB_TASKS", "VTAB_SMALL_LR_TASKS", "load_vtab", "VtabSource"]
 
@@ -94,6 +95,7 @@ def _vtab_list(base: Path, name: str) -> Path:
 class VtabSource(Source):
     name = "vtab"
     order = 1
+    Options = TaskOptions
 
     def check(self, spec) -> None:
         if not spec.task:

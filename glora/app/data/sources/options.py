@@ -1,0 +1,155 @@
+"""The options a data source owns: one dataclass per source (its fields are the option names, as the YAML keys and
+``--dash-names`` are), built from shared parts, and the argparse groups they make.
+
+A source declares ``Options = SomeOptions`` (:class:`glora.app.data.sources.Source`); a field's metadata carries
+its command-line form (help, type, choices). A field declared in a shared part (:class:`SplitOptions`,
+:class:`ImageFileOptions`, :class:`TextFileOptions`) is one option that every source built on that part owns; the
+help lists which datasets use each group, and an option of another source is refused, not ignored
+(:func:`foreign_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...values import nonneg_int, optional, positive_int, probability
+from ..transforms import CROP_MODES
+
+__all__ = [
+    "option",
+    "SplitOptions",
+    "ImageFileOptions",
+    "TaskOptions",
+    "SplitSeedOptions",
+    "TextFileOptions",
+    "option_names",
+    "declaring_class",
+    "add_option_groups",
+    "options_from",
+]
+
+
+def option(default: Any = None, help: str = "", **argparse_kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line option (``help``, ``type``, ``choices``, ``nargs`` ... as
+    argparse takes them). A list default is copied per instance."""
+    meta = {"help": help, **argparse_kwargs}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SplitOptions:
+    """Image splits by name (every image dataset)."""
+
+    train_split: str = option("train", "train split (VTAB-1k: train800 or a list file)")
+    val_split: str = option("val", "validation split: the search ranks subnets on it")
+    test_split: str = option("test", "test split, looked at once for the final pick")
+
+
+@dataclass
+class ImageFileOptions(SplitOptions):
+    """Image files under a root folder."""
+
+    data_root: str | None = option(
+        None, "VTAB-1k or few-shot root (<root>/<task>/...) or an ImageFolder tree", metavar="DIR"
+    )
+    cache_images: bool = option(
+        True,
+        "decode and resize every image once and keep it in memory (uint8)",
+        action=argparse.BooleanOptionalAction,
+    )
+    crop_pct: float | None = option(
+        None,
+        "evaluation: resize to size/crop-pct, center crop (default: squash-resize; few-shot 0.875 = 256->224)",
+        type=optional(probability),
+    )
+    crop_mode: str | None = option(
+        None,
+        "evaluation crop as timm names it: center (shorter side to size/crop-pct), squash (both sides: the "
+        "few-shot reference code's 256x256 then 224) or border (default: the dataset's)",
+        choices=CROP_MODES,
+    )
+
+
+@dataclass
+class TaskOptions(ImageFileOptions):
+    """A task folder under the root."""
+
+    task: str | None = option(None, "VTAB-1k task (e.g. cifar) or few-shot dataset (e.g. oxford_pets)")
+
+
+@dataclass
+class SplitSeedOptions:
+    """A seeded split."""
+
+    split_seed: int = option(
+        0, "ImageFolder: seed of the stratified split; few-shot: the seed of the train list", type=nonneg_int
+    )
+
+
+@dataclass
+class TextFileOptions:
+    """Text files read with the datasets library and tokenized by the model's own tokenizer."""
+
+    train_file: str | None = option(None, "CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder", metavar="FILE")
+    validation_file: str | None = option(None, "the validation split's file (the search ranks on it)", metavar="FILE")
+    test_file: str | None = option(None, "the test split's file, looked at once for the final pick", metavar="FILE")
+    max_seq_length: int = option(128, "tokens per text (longer ones are cut)", type=positive_int)
+    tokenizer: str | None = option(None, "the tokenizer's folder or hub id (default: the --model's)")
+
+
+def option_names(options: type) -> tuple[str, ...]:
+    """The option names (dests) of an options dataclass."""
+    return tuple(f.name for f in dataclasses.fields(options))
+
+
+def declaring_class(options: type, name: str) -> type:
+    """The class in ``options``' hierarchy that first declares field ``name`` (a shared part, or the source's own)."""
+    for cls in reversed(options.__mro__):
+        if name in getattr(cls, "__annotations__", {}) and dataclasses.is_dataclass(cls):
+            return cls
+    return options
+
+
+def options_from(options: type, values: Mapping[str, Any], *, what: str) -> Any:
+    """An ``options`` instance from ``values``; a key it does not have is a ``ValueError`` naming ``what`` (the
+    dataset) and its options."""
+    own = option_names(options)
+    unknown = sorted(set(values) - set(own))
+    if unknown:
+        shown = ", ".join(n.replace("_", "-") for n in own) or "none"
+        raise ValueError(
+            f"{', '.join(n.replace('_', '-') for n in unknown)}: not an option of {what} (its options: {shown})"
+        )
+    return options(**values)
+
+
+def add_option_groups(
+    parser: argparse.ArgumentParser, sources: Iterable[tuple[str, type]]
+) -> dict[str, tuple[str, ...]]:
+    """One argparse group per options class that declares fields (a shared part or a source's own), each option
+    added once. ``sources``: (dataset name, options class) in listing order. Returns each option's owners (the
+    datasets that use it)."""
+    sources = list(sources)
+    order = [name for name, _ in sources]
+    owners: dict[str, list[str]] = {}
+    declared: dict[type, list[dataclasses.Field]] = {}
+    for name, options in sources:
+        for f in dataclasses.fields(options):
+            owners.setdefault(f.name, []).append(name)
+            fields = declared.setdefault(declaring_class(options, f.name), [])
+            if all(g.name != f.name for g in fields):
+                fields.append(f)
+    for cls, fields in declared.items():
+        users = sorted({u for f in fields for u in owners[f.name]}, key=order.index)
+        first = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+        group = parser.add_argument_group(f"{first[0].lower()}{first[1:]} (--dataset {', '.join(users)})")
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            group.add_argument("--" + f.name.replace("_", "-"), default=default, **dict(f.metadata))
+    return {k: tuple(v) for k, v in owners.items()}
