@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import statistics
@@ -29,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from glora._io import atomic_write_bytes, atomic_write_text
 
-from .data import FEWSHOT_SHOTS
+from .data import FEWSHOT_SHOTS, DataSpec
+from .layout import SupernetFolder, run_folders
+from .tasks import result_key
 
 __all__ = ["RunResult", "find_results", "build_report", "write_report", "VTAB_GROUPS", "PAPER_VTAB", "PAPER_DG"]
 
@@ -109,53 +108,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------- reading runs
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read {str(path)!r}: {' '.join(str(e).split())[:200]}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {str(path)!r}: {e}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _final(search: Path) -> dict[str, Any] | None:
-    """The search's final record (None while the search is unfinished)."""
-    log = search / "search_log.jsonl"
-    if not log.is_file():
-        return None
-    for line in reversed(log.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"{str(log)!r} has a line that is not JSON") from None
-            return record if record.get("final") else None
-    return None
-
-
-def _folders(run: Path) -> tuple[Path | None, Path | None, Path | None]:
-    """(supernet, search, export) folders of a run given as its root or as one of them."""
-    if (run / "last.pt").is_file() or (run / "log.jsonl").is_file():
-        return run, None, None
-    if (run / "search_log.jsonl").is_file() or (run / "search_state.json").is_file():
-        return None, run, None
-    if (run / "glora_export.json").is_file():
-        return None, None, run
-    parts = [run / name if (run / name).is_dir() else None for name in ("supernet", "search", "export")]
-    if not any(parts):
-        raise ValueError(
-            f"{str(run)!r} is not a run: expected supernet/, search/ or export/ inside it, or one of those folders"
-        )
-    return parts[0], parts[1], parts[2]
-
-
 def _resolve(path: str | None, base: Path) -> Path | None:
     if not path:
         return None
@@ -168,46 +120,40 @@ def read_run(run: str | Path) -> RunResult:
     root = Path(run).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
-    supernet, search, export = _folders(root)
-    final = _final(search) if search else None
-    exported = _read_json(export / "glora_export.json") if export and (export / "glora_export.json").is_file() else {}
+    folders = run_folders(root)
+    search, export = folders.search, folders.export
+    final = search.final() if search else None
+    exported = export.read_record() if export else {}
+    supernet = folders.supernet
     if supernet is None:  # only a search or an export folder: its record names the supernet
-        named = (final and _read_yaml(search / "config.yaml").get("supernet")) if search else None
-        named = named or exported.get("supernet")
-        ckpt = _resolve(named, root)
-        supernet = ckpt.parent if ckpt is not None else None
-    config_path = supernet / "config.yaml" if supernet else None
-    if config_path is None or not config_path.is_file():
+        named = (final and search.options().get("supernet")) if search else None
+        ckpt = _resolve(named or exported.get("supernet"), root)
+        supernet = SupernetFolder(ckpt.parent) if ckpt is not None else None
+    if supernet is None or not supernet.config.is_file():
         raise ValueError(f"{str(root)!r}: cannot find the supernet's config.yaml (what the run trained on)")
-    config = _read_yaml(config_path)
-    lora = tuple(int(r) for r in config.get("lora-ranks") or ())
-    gift = tuple(int(r) for r in config.get("gift-ranks") or ())
-    space = (
-        " + ".join(
-            p
-            for p in (
-                f"lora {','.join(map(str, lora))}" if lora else "",
-                f"gift {','.join(map(str, gift))}" if gift else "",
-            )
-            if p
-        )
-        or "vector/scalar"
-    )
+    options = supernet.options()
+    try:  # the run's data as the train command read them: the dataset's own options
+        own = DataSpec.recorded_options(options)
+    except ValueError:  # a dataset this version does not know: its name only
+        own = None
+    lora = tuple(int(r) for r in options.get("lora_ranks") or ())
+    gift = tuple(int(r) for r in options.get("gift_ranks") or ())
+    parts = (f"lora {','.join(map(str, lora))}" if lora else "", f"gift {','.join(map(str, gift))}" if gift else "")
+    space = " + ".join(p for p in parts if p) or "vector/scalar"
     result = RunResult(
         run=str(root),
-        dataset=str(config.get("dataset", "?")),
-        task=config.get("task") or _data_name(config.get("train-file")),
-        shot=config.get("shot"),
-        seed=int(config.get("seed", 0)),
+        dataset=str(options.get("dataset", "?")),
+        task=getattr(own, "task", None) or _data_name(getattr(own, "train_file", None)),
+        shot=getattr(own, "shot", None),
+        seed=int(options.get("seed", 0)),
         space=space,
         lora_ranks=lora,
-        model=str(config.get("model", "?")),
+        model=str(options.get("model", "?")),
         gift_ranks=gift,
     )
     if final is not None:
         metric = final.get("metric", "accuracy")
-        key = "acc" if metric == "accuracy" else metric
-        result.metric, result.test, result.params = metric, final.get(f"test_{key}"), final.get("params")
+        result.metric, result.test, result.params = metric, final.get(f"test_{result_key(metric)}"), final.get("params")
         result.eval_sets = dict(final.get("eval_sets") or {})
     if exported:  # the folded export's numbers are what ships
         result.params = exported.get("glora_params", result.params)

@@ -39,6 +39,7 @@ from ..hf_backbone import (
     export_transformers_folder,
     reload_transformers_folder,
 )
+from ..layout import ExportFolder, SearchFolder, SupernetFolder
 from ..options import parse_args
 from ..options.export import build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder
@@ -67,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
     inputs += [
-        ("the --supernet's run folder", run_folder(args.supernet, "log.jsonl", "config.yaml")),
-        ("the --subnet's search folder", run_folder(args.subnet, "search_state.json", "search_log.jsonl")),
+        ("the --supernet's run folder", run_folder(args.supernet, SupernetFolder.LOG, SupernetFolder.CONFIG)),
+        ("the --subnet's search folder", run_folder(args.subnet, SearchFolder.STATE, SearchFolder.LOG)),
     ]
     inputs += eval_set_inputs(args.eval_set)
     check_no_overlap(out, inputs + [("--config", c) for c in args.config])
@@ -98,14 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# What an export folder holds besides the model's own files (config.json, weights, tokenizer files).
-_EXPORT_RECORD = "glora_export.json"
-
-
 def _check_replaceable(out: Path) -> None:
     """``--force`` replaces a previous export (a folder holding glora_export.json) or an empty folder, never a
     folder of other files: those would be deleted with it."""
-    if not out.is_dir() or not any(out.iterdir()) or (out / _EXPORT_RECORD).is_file():
+    if not out.is_dir() or not any(out.iterdir()) or ExportFolder(out).holds_run():
         return
     foreign = sorted(p.name for p in out.iterdir())
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -252,9 +249,9 @@ def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], che
         else:
             export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
             reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
-        shutil.copyfile(args.subnet, tmp / "subnet.yaml")
+        shutil.copyfile(args.subnet, ExportFolder(tmp).subnet)
         with torch.no_grad():
             rdiff, _ = max_difference(modality_from_record(ckpt["input"])(reloaded, checked.x), checked.logits)
         if rdiff > 0:
             raise ValueError(f"the export reloaded with plain {library} differs from the folded model by {rdiff:.3e}")
-        atomic_write_text(tmp / _EXPORT_RECORD, json.dumps(checked.stats, indent=1))
+        atomic_write_text(ExportFolder(tmp).record, json.dumps(checked.stats, indent=1))

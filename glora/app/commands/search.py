@@ -34,6 +34,7 @@ from ..data import DataSpec, make_loader, modality_from_record, place
 from ..distributed import Distributed, setup_distributed
 from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import compile_model, resolve_device, split_stats
+from ..layout import SearchFolder, SupernetFolder
 from ..options import (
     args_to_dict,
     parse_args,
@@ -41,7 +42,7 @@ from ..options import (
     save_config,
     start_or_resume,
 )
-from ..options.search import RESUMABLE_OPTIONS, STATE_FILE, build_parser
+from ..options.search import RESUMABLE_OPTIONS, build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
 from ..sharding import check_path, distribute_from_rank0, fsdp_wanted, skeleton
 from ..tasks import METRICS, Task, result_key
@@ -75,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv,
             args,
             RESUMABLE_OPTIONS,
-            load=lambda: _read_state(out / STATE_FILE),
+            load=lambda: _read_state(SearchFolder(out).state),
             saved_config=lambda s: s["config"],
-            existing=[out / STATE_FILE, out / "subnet.yaml"],
+            existing=[SearchFolder(out).state, SearchFolder(out).subnet],
             what="search results",
         )
         check_no_overlap(out, _inputs(args, configs=False))
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _inputs(args: argparse.Namespace, configs: bool = True) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = [("--supernet", args.supernet), ("--data-root", args.data_root)]
-    found.append(("the --supernet's run folder", run_folder(args.supernet, "log.jsonl", "config.yaml")))
+    found.append(("the --supernet's run folder", run_folder(args.supernet, SupernetFolder.LOG, SupernetFolder.CONFIG)))
     found += eval_set_inputs(args.eval_set)
     return found + ([("--config", c) for c in args.config] if configs else [])
 
@@ -111,6 +112,7 @@ class _SearchRun:
 
     def __init__(self, args: argparse.Namespace, job: Distributed, device: torch.device, state: dict | None) -> None:
         self.args, self.job, self.device, self.out = args, job, device, Path(args.out)
+        self.files = SearchFolder(self.out)
         self.sharded = fsdp_wanted(args, job)
         if self.sharded and args.eval_set:
             raise ValueError("--eval-set cannot be combined with --fsdp; evaluate the exported model on them instead")
@@ -209,7 +211,7 @@ class _SearchRun:
         args, s = self.args, self.evo.s
         if self.job.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(args, self.out / "config.yaml")
+            save_config(args, self.files.config)
         limit = "none" if args.param_limit is None else f"{s.max_params:,}"
         _logger.info(
             "searching %d genes (%d layers), budget %s-%s params, %d val %s",
@@ -230,7 +232,7 @@ class _SearchRun:
         def on_generation(done: int, total: int) -> None:
             bar.update(done - bar.n)
             if self.job.main:  # the state first: the log never runs ahead of what a resume would restore
-                atomic_write_text(self.out / STATE_FILE, json.dumps(self.evo.state()))
+                atomic_write_text(self.files.state, json.dumps(self.evo.state()))
                 self._write_log()
 
         try:
@@ -245,7 +247,7 @@ class _SearchRun:
 
     def _write_log(self, final: dict[str, Any] | None = None) -> None:
         lines = [json.dumps(r) for r in self.evo.log] + ([json.dumps(final)] if final else [])
-        atomic_write_text(self.out / "search_log.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(self.files.log, "\n".join(lines) + "\n")
 
     def _test_metrics(self, subnet) -> dict[str, float] | None:
         """The test split, looked at once, for the pick; None when the data has no test split."""
@@ -282,15 +284,15 @@ class _SearchRun:
         return self._metrics(self.val_loader, subnet), self._test_metrics(subnet), self._extra_sets(subnet)
 
     def _finish(self, val: dict[str, float], test: dict[str, float] | None, extra: dict[str, dict[str, Any]]) -> None:
-        args, evo, out, task = self.args, self.evo, self.out, self.task
+        args, evo, task = self.args, self.evo, self.task
         ranked = evo.ranked()
         genes, score, params = ranked[0]
         subnet = self.genome.decode(genes)
-        save_subnet(subnet, out / "subnet.yaml")
+        save_subnet(subnet, self.files.subnet)
         key, name = result_key(task.selection), task.selection
         final = {
             "final": True,
-            "subnet": "subnet.yaml",
+            "subnet": SearchFolder.SUBNET,
             "params": params,
             "metric": name,
             f"val_{key}": round(self._value(score), 6),
@@ -314,7 +316,7 @@ class _SearchRun:
                 for p, a, g in front
             ],
         }
-        atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1))
+        atomic_write_text(self.files.pareto, json.dumps(pareto, indent=1))
         limits = (evo.s.min_params, evo.s.max_params)
         label = f"validation {name}" + ("" if METRICS[name].greater_is_better else " (negated)")
         figures = {
@@ -330,8 +332,8 @@ class _SearchRun:
             "params_by_type.png": plot_params_by_type(params_by_type(self.model, subnet)),
         }
         for fname, fig in figures.items():
-            atomic_write_bytes(out / "plots" / fname, png_bytes(fig))
-        short = "acc" if name == "accuracy" else name
+            atomic_write_bytes(self.files.plots / fname, png_bytes(fig))
+        short = result_key(name)
         test_txt = "n/a" if test is None or name not in test else f"{test[name]:.4f}"
         test_txt += "".join(f", {n} {r['acc']:.4f}{' (masked)' * r['masked']}" for n, r in extra.items())
         print(
@@ -341,10 +343,9 @@ class _SearchRun:
         others = [n for n in task.metric_names if n != name]
         if others:
             print(f"val: {task.describe(val)}" + ("" if test is None else f"; test: {task.describe(test)}"))
-        print(f"wrote {out / 'subnet.yaml'}, search_log.jsonl, pareto.json ({len(front)} points), plots/")
-        print(
-            f"next: glora-export --supernet {args.supernet} --subnet {out / 'subnet.yaml'} (or python reparam.py ...)"
-        )
+        f = self.files
+        print(f"wrote {f.subnet}, {f.LOG}, {f.PARETO} ({len(front)} points), {f.PLOTS}/")
+        print(f"next: glora-export --supernet {args.supernet} --subnet {f.subnet} (or python reparam.py ...)")
 
 
 def _search_space(own: SearchSpace, choices: Sequence[str] | None) -> SearchSpace:

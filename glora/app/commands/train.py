@@ -34,6 +34,7 @@ from ..cli import run
 from ..data import DataSpec, modality_from_record
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
+from ..layout import SupernetFolder
 from ..options import (
     args_to_dict,
     parse_args,
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(parser, argv)
     if not args.resume:  # a resumed run keeps its checked options
         check_applicable(parser, argv, args)
-    last = Path(args.out) / "last.pt"
+    last = SupernetFolder(Path(args.out)).checkpoint
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
         args, ckpt = start_or_resume(
@@ -105,6 +106,7 @@ class _SupernetRun:
         self, args: argparse.Namespace, dist: Distributed, device: torch.device, ckpt: dict[str, Any] | None
     ) -> None:
         self.args, self.dist, self.out = args, dist, Path(args.out)
+        self.files = SupernetFolder(self.out)
         self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
         if self.data.modality == "text":  # the model's own tokenizer; a local folder stored absolute
@@ -201,14 +203,14 @@ class _SupernetRun:
         return splits
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        where = ckpt.get("path", "last.pt")
+        where = ckpt.get("path", str(self.files.checkpoint))
         if ckpt["fingerprint"] != self.fingerprint:
             raise ValueError(f"{where}: the backbone's weights differ from the ones this run was trained on")
         load_trainable(self.model, ckpt["trainable"], where)
         self.trainer.load_state_dict(ckpt)
         t = self.trainer
         at = f"epoch {t.epoch + 1}, batch {t.batch}" if t.batch else f"after epoch {t.epoch}"
-        _logger.info("resuming %s %s (step %d)", self.out / "last.pt", at, t.step)
+        _logger.info("resuming %s %s (step %d)", self.files.checkpoint, at, t.step)
 
     def _save(self) -> None:
         """Rank 0 writes; the others wait, so a failed write stops everyone at the same step. A sharded model's
@@ -217,7 +219,7 @@ class _SupernetRun:
         state = self.trainer.state_dict() if self.dist.main or self.sharded else {}
         if self.dist.main:
             write_checkpoint(
-                self.out / "last.pt",
+                self.files.checkpoint,
                 {
                     "backbone": self.spec.to_dict(),
                     "fingerprint": self.fingerprint,
@@ -235,13 +237,13 @@ class _SupernetRun:
         self.dist.barrier()
 
     def _write_log(self) -> None:
-        atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.trainer.log))
+        atomic_write_text(self.files.log, "".join(json.dumps(r) + "\n" for r in self.trainer.log))
 
     def _prepare_out(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.tmp"):  # left by a run killed in the middle of an atomic write
             stale.unlink(missing_ok=True)
-        save_config(self.args, self.out / "config.yaml")
+        save_config(self.args, self.files.config)
         if self.trainer.log:  # log.jsonl may lag last.pt if a run died between the two writes
             self._write_log()
 
@@ -252,7 +254,7 @@ class _SupernetRun:
             "interrupted at epoch %d, batch %d: %s saved; continue with --resume",
             t.epoch + 1,
             t.batch,
-            self.out / "last.pt",
+            self.files.checkpoint,
         )
 
     def fit(self) -> None:
@@ -275,9 +277,10 @@ class _SupernetRun:
                 handle_signals=True,
             )
         except DivergenceError as e:
-            kept = "last.pt is as it was" if (self.out / "last.pt").exists() else "no checkpoint was written"
+            last = self.files.checkpoint
+            kept = f"{last.name} is as it was" if last.exists() else "no checkpoint was written"
             raise DivergenceError(f"{e} (stopped without saving: {kept})") from None
-        last = self.out / "last.pt"
+        last = self.files.checkpoint
         if t.epoch < args.epochs:
             _logger.info("stopped after epoch %d of %d; continue with --resume", t.epoch, args.epochs)
         else:

@@ -131,6 +131,17 @@ class DataSpec:
         own = option_names(get_source(dataset).Options)
         return cls(dataset, **{k: values[k] for k in own if values.get(k) is not None})
 
+    @staticmethod
+    def recorded_options(values: Mapping[str, Any]) -> Any:
+        """The options a run's record (its saved config, option names as dests) gives its dataset, unchecked: what a
+        report reads, not a run to start. An unknown dataset or option value is kept as it is."""
+        options = get_source(str(values.get("dataset") or "digits")).Options
+        own = {k: values[k] for k in option_names(options) if values.get(k) is not None}
+        try:
+            return options(**own)
+        except (TypeError, ValueError):
+            return options()
+
     @classmethod
     def from_checkpoint(cls, data: Mapping[str, Any], data_root: str | os.PathLike | None = None) -> DataSpec:
         """The spec a checkpoint stored (its ``"data"`` entry), with the data found at ``data_root`` instead when

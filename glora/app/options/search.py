@@ -8,6 +8,7 @@ from search.evolution import OBJECTIVES
 
 from ..evalsets import add_eval_set_option
 from ..evaluate import AMP_MODES
+from ..layout import SearchFolder
 from ..tasks import METRICS
 from . import (
     add_progress_option,
@@ -26,7 +27,6 @@ from . import (
 __all__ = [
     "build_parser",
     "RESUMABLE_OPTIONS",
-    "STATE_FILE",
 ]
 
 
@@ -47,9 +47,6 @@ RESUMABLE_OPTIONS = {
     "data_on_device",
     "eval_set",
 }
-
-
-STATE_FILE = "search_state.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     add_runtime_options(g)
     g = p.add_argument_group("output")
-    g.add_argument("--resume", action="store_true", help=f"continue from <out>/{STATE_FILE}")
+    g.add_argument("--resume", action="store_true", help=f"continue from <out>/{SearchFolder.STATE}")
     g.add_argument("--force", action="store_true", help="overwrite results already in --out")
     add_progress_option(g)
     return p
