@@ -1,9 +1,10 @@
-"""Shared test settings (property tests explore new examples locally but replay a fixed set on CI) and the one
-session-wide pipeline fixture."""
+"""Shared test settings (property tests explore new examples locally but replay a fixed set on CI) and the
+session-wide pipeline fixtures: one finished run per modality (images, text classification, causal LM)."""
 
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 from hypothesis import settings
@@ -31,3 +32,50 @@ def pipeline(tmp_path_factory):
     argv = ["--supernet", str(sup / "last.pt"), "--subnet", str(sub / "subnet.yaml"), "--out", str(root / "export")]
     assert run(main["export"], argv) == 0
     return root
+
+
+# One shared run per modality beside the image one: tests that need finished text results read these (and write
+# into their own tmp_path); each is built the first time a test asks for it.
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny BERT classifier (two token types) and its tokenizer: a save_pretrained folder."""
+    pytest.importorskip("transformers")
+    from helpers import make_bert
+
+    return make_bert(tmp_path_factory.mktemp("hf") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A tiny Llama and its tokenizer (with a chat template): a save_pretrained folder."""
+    pytest.importorskip("transformers")
+    from helpers import make_llama
+
+    return make_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def text_pipeline(tmp_path_factory, tiny_bert):
+    """Sentence-pair classification on the tiny BERT (the label says which sentence holds a word) through train,
+    search and export: ``root`` with supernet/, search/, export/, and ``rows`` (train / val / test)."""
+    pytest.importorskip("datasets")
+    from helpers import run_pipeline, text_train_args, which_sentence_rows, write_csv
+
+    root = tmp_path_factory.mktemp("text-pipeline")
+    rows = {s: which_sentence_rows(n, i) for i, (s, n) in enumerate([("train", 32), ("val", 16), ("test", 16)])}
+    files = {s: write_csv(root / f"{s}.csv", r) for s, r in rows.items()}
+    run_pipeline(root, text_train_args(tiny_bert, files, root / "supernet", "--text-column", "s1", "s2"))
+    return types.SimpleNamespace(root=root, rows=rows, files=files, model=tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def lm_pipeline(tmp_path_factory, tiny_llama):
+    """Alpaca rows on the tiny Llama through train, search and export (``root``, ``files``)."""
+    pytest.importorskip("datasets")
+    from helpers import alpaca_files, run_pipeline, text_train_args
+
+    root = tmp_path_factory.mktemp("lm-pipeline")
+    files = alpaca_files(root)
+    run_pipeline(root, text_train_args(tiny_llama, files, root / "supernet", dataset="instructions",
+                                       max_seq_length=96))  # fmt: skip
+    return types.SimpleNamespace(root=root, files=files, model=tiny_llama)

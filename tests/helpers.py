@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -341,3 +342,193 @@ def search_state(path: Path) -> dict:
         r.pop("seconds")
     state["config"].pop("out")
     return state
+
+
+# ---------------------------------------------------------------------- language models: tiny models and their data
+WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"]}
+FILLER = ["the", "movie", "was", "really", "plot", "and", "acting"]
+COLORS = ["red", "blue", "green", "black"]
+THINGS = ["car", "ball", "cup"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
+)
+
+
+def make_bert(folder: Path) -> Path:
+    """A tiny random-init BERT classifier (two token types) and its word-level tokenizer, which gives segment ids as
+    BERT's does, in one save_pretrained folder."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate(special + sorted({*FILLER, *WORDS["pos"], *WORDS["neg"]}))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = transformers.PreTrainedTokenizerFast(  # BERT's inputs: segment ids for sentence pairs
+        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )  # fmt: skip
+    fast.save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, num_labels=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    """Short reviews whose sentiment words give the label (pos / neg) away."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))] + [rng.choice(WORDS[label])] * 2
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def which_sentence_rows(n: int, seed: int) -> list[dict]:
+    """Sentence pairs whose label says which sentence holds 'good': only the segment ids (BERT's token_type_ids)
+    tell the two sentences' tokens apart beyond their positions."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = ([rng.choice(FILLER) for _ in range(rng.randint(2, 4))] for _ in range(2))
+        holder = a if i % 2 else b
+        holder.insert(rng.randint(0, len(holder)), "good")
+        rows.append({"s1": " ".join(a), "s2": " ".join(b), "label": "first" if i % 2 else "second"})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sentiment_files(root: Path) -> dict[str, Path]:
+    """train.csv, val.csv and test.jsonl (another format for the test split) of :func:`sentiment_rows`."""
+    return {
+        "train": write_csv(root / "train.csv", sentiment_rows(48, 0)),
+        "val": write_csv(root / "val.csv", sentiment_rows(16, 1)),
+        "test": write_jsonl(root / "test.jsonl", sentiment_rows(16, 2)),
+    }
+
+
+def alpaca_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        color = rng.choice(COLORS)
+        rows.append(
+            {
+                "instruction": f"What color is the {rng.choice(THINGS)} ?",
+                "input": f"It is {color} ." if i % 3 else "",  # some rows without an input
+                "output": f"The answer is {color} .",
+            }
+        )
+    return rows
+
+
+def chat_rows(n: int, seed: int) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": r["instruction"] + " " + r["input"]},
+                      {"role": "assistant", "content": r["output"]}]}
+        for r in alpaca_rows(n, seed)
+    ]  # fmt: skip
+
+
+def commonsense_rows(n: int, seed: int) -> list[dict]:
+    """Commonsense170k's form (LLM-Adapters): the options in the instruction, the answer named in the output."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        colors = rng.sample(COLORS, 3)
+        k = rng.randrange(3)
+        listed = " ".join(f"option{i + 1} {c}" for i, c in enumerate(colors))
+        rows.append(
+            {
+                "instruction": f"What color is the {rng.choice(THINGS)} ? It is {colors[k]} . {listed} "
+                "Answer format: option1/option2/option3",
+                "input": "",
+                "output": f"the correct answer is option{k + 1}",
+                "answer": f"option{k + 1}",
+            }
+        )
+    return rows
+
+
+def alpaca_files(root: Path) -> dict[str, Path]:
+    return {s: write_jsonl(root / f"{s}.jsonl", alpaca_rows(n, i))
+            for i, (s, n) in enumerate([("train", 32), ("val", 8), ("test", 8)])}  # fmt: skip
+
+
+def make_llama(folder: Path, config_class: str = "LlamaConfig") -> Path:
+    """A tiny random-init Llama (or another Llama-shaped family: ``MistralConfig``) and its word-level tokenizer
+    (with a chat template) in one save_pretrained folder."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from glora.app.data.sources.instructions import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
+
+    pre = pre_tokenizers.Whitespace()
+    texts = [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, "user assistant : It is What color the ? The answer .", *COLORS,
+             *THINGS, "Answer format: option1/option2/option3 the correct answer is"]  # fmt: skip
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    config = getattr(transformers, config_class)(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def text_train_args(
+    model: Path, files: dict[str, Path], out: Path, *extra: str, dataset: str = "text", max_seq_length: int = 16
+) -> list[str]:
+    """``glora-train`` on a tiny transformers model and its train / val / test files: 3 short epochs."""
+    return [
+        "--model", str(model), "--dataset", dataset, "--train-file", str(files["train"]),
+        "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--max-seq-length",
+        str(max_seq_length), "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--warmup-epochs", "0",
+        "--no-progress", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def run_pipeline(root: Path, train_args: list[str]) -> Path:
+    """train -> search (a tiny one) -> export into ``root`` (supernet/, search/, export/), in this process."""
+    from glora.app.cli import run
+
+    main = commands()
+    sup, sub = root / "supernet", root / "search"
+    assert run(main["train"], [*train_args, "--out", str(sup)]) == 0
+    assert run(main["search"], ["--supernet", str(sup / "last.pt"), "--out", str(sub), "--param-limit", "none",
+                                "--no-progress", *TINY_SEARCH]) == 0  # fmt: skip
+    argv = ["--supernet", str(sup / "last.pt"), "--subnet", str(sub / "subnet.yaml"), "--out", str(root / "export")]
+    assert run(main["export"], [*argv, "--latency-rounds", "0"]) == 0
+    return root

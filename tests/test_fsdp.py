@@ -30,13 +30,13 @@ needs_fsdp = pytest.mark.skipif(available() is not None, reason=f"no FSDP2 here:
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama folder and Commonsense170k-style train/validation files (as test_lm builds them)."""
-    from test_lm import _commonsense, _jsonl, make_llama
+    from helpers import commonsense_rows, make_llama, write_jsonl
 
     root = tmp_path_factory.mktemp("fsdp")
     return {
         "model": make_llama(root / "llama"),
-        "train": _jsonl(root / "train.jsonl", _commonsense(16, 0)),
-        "val": _jsonl(root / "val.jsonl", _commonsense(5, 1)),  # 15 option sequences: uneven shares of a batch
+        "train": write_jsonl(root / "train.jsonl", commonsense_rows(16, 0)),
+        "val": write_jsonl(root / "val.jsonl", commonsense_rows(5, 1)),  # 15 option sequences: uneven shares of a batch
     }
 
 

@@ -5,123 +5,45 @@ export reloaded by plain transformers with the same logits, the loss on response
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_SEARCH, cli, same_training
+from helpers import (
+    TINY_SEARCH,
+    alpaca_files,
+    alpaca_rows,
+    chat_rows,
+    cli,
+    commonsense_rows,
+    make_llama,
+    same_training,
+    text_train_args,
+    write_jsonl,
+)
 
 import glora
 from glora.app import load_supernet
 from glora.app.data import DataSpec
-from glora.app.data.sources.instructions import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
+from glora.app.data.sources.instructions import ALPACA_PROMPT_NO_INPUT
 from glora.app.tasks import IGNORE_INDEX
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-COLORS = ["red", "blue", "green", "black"]
-THINGS = ["car", "ball", "cup"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
-)
-
-
-def _alpaca(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        color = rng.choice(COLORS)
-        rows.append(
-            {
-                "instruction": f"What color is the {rng.choice(THINGS)} ?",
-                "input": f"It is {color} ." if i % 3 else "",  # some rows without an input
-                "output": f"The answer is {color} .",
-            }
-        )
-    return rows
-
-
-def _chat(n: int, seed: int) -> list[dict]:
-    return [
-        {"messages": [{"role": "user", "content": r["instruction"] + " " + r["input"]},
-                      {"role": "assistant", "content": r["output"]}]}
-        for r in _alpaca(n, seed)
-    ]  # fmt: skip
-
-
-def make_llama(folder: Path, config_class: str = "LlamaConfig") -> Path:
-    """A tiny random-init Llama (or another Llama-shaped family: ``MistralConfig``) and its word-level tokenizer
-    (with a chat template) in one save_pretrained folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    pre = pre_tokenizers.Whitespace()
-    texts = [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, "user assistant : It is What color the ? The answer .", *COLORS,
-             *THINGS, "Answer format: option1/option2/option3 the correct answer is"]  # fmt: skip
-    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    config = getattr(transformers, config_class)(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
-
-
-def _commonsense(n: int, seed: int) -> list[dict]:
-    """Commonsense170k's form (LLM-Adapters): the options in the instruction, the answer named in the output."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        colors = rng.sample(COLORS, 3)
-        k = rng.randrange(3)
-        listed = " ".join(f"option{i + 1} {c}" for i, c in enumerate(colors))
-        rows.append(
-            {
-                "instruction": f"What color is the {rng.choice(THINGS)} ? It is {colors[k]} . {listed} "
-                "Answer format: option1/option2/option3",
-                "input": "",
-                "output": f"the correct answer is option{k + 1}",
-                "answer": f"option{k + 1}",
-            }
-        )
-    return rows
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory) -> Path:
-    return make_llama(tmp_path_factory.mktemp("hf") / "tiny-llama")
+def llama(tiny_llama) -> Path:
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
 def alpaca(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("alpaca")
-    return {s: _jsonl(root / f"{s}.jsonl", _alpaca(n, i)) for i, (s, n) in enumerate([("train", 32), ("val", 8),
-                                                                                      ("test", 8)])}  # fmt: skip
+    return alpaca_files(tmp_path_factory.mktemp("alpaca"))
 
 
 def _train_args(llama: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "--model", str(llama), "--dataset", "instructions", "--train-file", str(files["train"]),
-        "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--max-seq-length", "96",
-        "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--warmup-epochs", "0", "--no-progress",
-        "--out", str(out), *extra,
-    ]  # fmt: skip
+    return text_train_args(llama, files, out, *extra, dataset="instructions", max_seq_length=96)
 
 
 def test_alpaca_rows_are_scored_on_the_response_only(llama, alpaca):
@@ -129,7 +51,7 @@ def test_alpaca_rows_are_scored_on_the_response_only(llama, alpaca):
     assert spec.task_kind() == "causal-lm" and spec.num_classes() is None
     split = spec.load("train")
     tok = transformers.AutoTokenizer.from_pretrained(llama)
-    row = _alpaca(32, 0)[0]
+    row = alpaca_rows(32, 0)[0]
     assert set(split.fields) == {"input_ids", "attention_mask"}
     ids, mask = split.fields["input_ids"][0], split.fields["attention_mask"][0]
     n = int(mask.sum())
@@ -168,33 +90,33 @@ def test_prompt_and_response_are_tokenized_whole_as_generation_sees_them():
 
 
 def test_chat_rows_use_the_tokenizer_template_and_score_the_last_assistant_turn(llama, tmp_path):
-    path = _jsonl(tmp_path / "chat.jsonl", _chat(4, 0))
+    path = write_jsonl(tmp_path / "chat.jsonl", chat_rows(4, 0))
     spec = DataSpec(dataset="instructions", train_file=str(path), tokenizer=str(llama), max_seq_length=64)
     split = spec.load("train")
     tok = transformers.AutoTokenizer.from_pretrained(llama)
     labels = split.labels[0]
     scored = tok.convert_ids_to_tokens(labels[labels != IGNORE_INDEX].tolist())
-    assert scored == [*tok.tokenize(_chat(4, 0)[0]["messages"][1]["content"]), "</s>"]
+    assert scored == [*tok.tokenize(chat_rows(4, 0)[0]["messages"][1]["content"]), "</s>"]
 
 
 def test_multiple_choice_rows_become_one_sequence_per_option(llama, tmp_path):
     """Validation rows with options (Commonsense170k's answer format, or explicit options + answer index) are
     scored option by option; the training split trains on the answer only."""
-    path = _jsonl(tmp_path / "cs.jsonl", _commonsense(4, 0))
+    path = write_jsonl(tmp_path / "cs.jsonl", commonsense_rows(4, 0))
     spec = DataSpec(
         dataset="instructions", train_file=str(path), validation_file=str(path), tokenizer=str(llama), max_seq_length=96
     )
     train, val = spec.load("train"), spec.load("val")
     assert len(train) == 4 and (train.targets["choice_group"] == -1).all()
     assert len(val) == 12 and val.targets["choice_group"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    answers = [int(r["answer"][-1]) - 1 for r in _commonsense(4, 0)]
+    answers = [int(r["answer"][-1]) - 1 for r in commonsense_rows(4, 0)]
     correct = val.targets["choice_correct"]
     assert correct.view(4, 3).argmax(1).tolist() == answers and correct.sum() == 4
     tok = transformers.AutoTokenizer.from_pretrained(llama)
     second = val.labels[1]
     assert tok.convert_ids_to_tokens(second[second != IGNORE_INDEX].tolist())[-2:] == ["option2", "</s>"]
     explicit = [{"instruction": "What color is the cup ?", "options": ["It is red .", "It is blue ."], "answer": 1}]
-    spec = DataSpec(dataset="instructions", train_file=str(_jsonl(tmp_path / "x.jsonl", explicit)),
+    spec = DataSpec(dataset="instructions", train_file=str(write_jsonl(tmp_path / "x.jsonl", explicit)),
                     validation_file=str(tmp_path / "x.jsonl"), tokenizer=str(llama), max_seq_length=64)  # fmt: skip
     train, val = spec.load("train"), spec.load("val")
     labels = train.labels[0]
@@ -204,8 +126,8 @@ def test_multiple_choice_rows_become_one_sequence_per_option(llama, tmp_path):
 
 @pytest.mark.slow
 def test_multiple_choice_accuracy_ranks_the_search(llama, tmp_path, capsys):
-    files = {"train": _jsonl(tmp_path / "train.jsonl", _commonsense(24, 0))}
-    files["val"] = files["test"] = _jsonl(tmp_path / "val.jsonl", _commonsense(6, 1))
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", commonsense_rows(24, 0))}
+    files["val"] = files["test"] = write_jsonl(tmp_path / "val.jsonl", commonsense_rows(6, 1))
     args = _train_args(llama, files, tmp_path / "sup", "--metric", "mc_accuracy", "--bias-free", "exclude")
     code, err = cli("train", args, capsys)
     assert code == 0, err
@@ -222,25 +144,23 @@ def test_multiple_choice_accuracy_ranks_the_search(llama, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llama, alpaca, tmp_path, capsys):
-    """Bias-free Llama projections under --bias-free allow: a subnet that gives them a bias is exported with the
-    config's attention_bias / mlp_bias on, and reloads in plain transformers with the very same logits."""
-    code, err = cli("train", _train_args(llama, alpaca, tmp_path / "sup"), capsys)
-    assert code == 0, err
-    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(lm_pipeline, tmp_path, capsys):
+    """The shared causal-LM run; then bias-free Llama projections under --bias-free allow: a subnet that gives them a
+    bias is exported with the config's attention_bias / mlp_bias on, and reloads in plain transformers with the very
+    same logits."""
+    root = lm_pipeline.root
+    ckpt = torch.load(root / "supernet" / "last.pt", weights_only=True)
     assert ckpt["task"] == {"kind": "causal-lm", "metric": None, "num_classes": None}
     assert ckpt["backbone"]["task_type"] == "causal-lm" and ckpt["backbone"]["num_classes"] is None
     assert {"val_loss", "val_perplexity", "val_token_accuracy"} <= set(ckpt["log"][-1])
     model = load_supernet(ckpt)
     assert glora.glora_layers(model) and not any("lm_head" in n for n in glora.glora_layers(model))
-    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
-    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
-    assert code == 0, err
-    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
+    final = [json.loads(line) for line in (root / "search" / "search_log.jsonl").read_text().splitlines()][-1]
     assert final["metric"] == "loss" and final["val_loss"] == final["val_metrics"]["loss"] > 0
     assert set(final["test_metrics"]) == {"loss", "perplexity", "token_accuracy"}
-    best = min(json.loads((tmp_path / "s" / "search_state.json").read_text())["cache"], key=lambda c: -c[1])
+    best = min(json.loads((root / "search" / "search_state.json").read_text())["cache"], key=lambda c: -c[1])
     assert -best[1] == pytest.approx(final["val_loss"], abs=1e-6)  # the pick has the lowest validation loss
+    assert transformers.AutoModelForCausalLM.from_pretrained(root / "export") is not None
     # A subnet that gives bias-free layers a bias, in both families (attention and MLP).
     subnet = {
         name: {"A": "lora_8", "B": "none", "C": "vector", "D": "none", "E": "scalar" if "mlp" in name else "none"}
@@ -248,7 +168,7 @@ def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llam
     }
     glora.save_subnet(subnet, tmp_path / "bias.yaml")
     out = tmp_path / "e"
-    args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "bias.yaml", "--out", out]
+    args = ["--supernet", root / "supernet" / "last.pt", "--subnet", tmp_path / "bias.yaml", "--out", out]
     code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
     assert code == 0, err
     plain, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
@@ -260,7 +180,7 @@ def test_a_causal_lm_trains_searches_and_exports_a_plain_transformers_model(llam
     assert stats["params"] - stats["base_params"] == 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     enc = tok(["What color is the cup ?", "It is red ."], padding=True, return_tensors="pt")
-    supernet = load_supernet(tmp_path / "sup" / "last.pt").eval()
+    supernet = load_supernet(root / "supernet" / "last.pt").eval()
     glora.set_subnet(supernet, subnet)
     with torch.no_grad():
         ours = supernet(**enc)
@@ -309,14 +229,14 @@ def test_a_causal_lm_run_resumes_exactly_and_learns(llama, alpaca, tmp_path, cap
 
 def _bad_rows(tmp: Path, what: str) -> list[str]:
     if what == "columns":
-        return ["--train-file", str(_jsonl(tmp / "t.jsonl", [{"question": "a", "answer": "b"}]))]
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", [{"question": "a", "answer": "b"}]))]
     if what == "last-turn":
         rows = [{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}]}]
-        return ["--train-file", str(_jsonl(tmp / "t.jsonl", rows))]
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", rows))]
     if what == "empty-output":
-        rows = _alpaca(4, 0)
+        rows = alpaca_rows(4, 0)
         rows[2]["output"] = " "
-        return ["--train-file", str(_jsonl(tmp / "t.jsonl", rows))]
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", rows))]
     if what == "too-short":
         return ["--max-seq-length", "8"]
     if what == "task-type":
@@ -327,7 +247,7 @@ def _bad_rows(tmp: Path, what: str) -> list[str]:
         return ["--metric", "mc_accuracy"]
     if what == "bad-answer":
         rows = [{"instruction": "Which ?", "options": ["It is red .", "It is blue ."], "answer": 2}]
-        return ["--validation-file", str(_jsonl(tmp / "v.jsonl", rows))]
+        return ["--validation-file", str(write_jsonl(tmp / "v.jsonl", rows))]
     raise ValueError(what)
 
 
@@ -361,8 +281,8 @@ def test_a_commonsense_preset_trains_a_bf16_supernet_on_q_and_v(llama, tmp_path,
     preset = parse_args(build_parser(), ["-c", "commonsense/llama-7b"])
     assert (preset.lr, preset.weight_decay, preset.epochs, preset.batch_size) == (2.5e-4, 0.0, 6, 32)
     assert preset.sched == "linear" and preset.warmup_epochs == pytest.approx(0.1 * 6) and preset.max_seq_length == 512
-    train = _jsonl(tmp_path / "train.jsonl", _commonsense(16, 0))
-    val = _jsonl(tmp_path / "val.jsonl", _commonsense(4, 1))
+    train = write_jsonl(tmp_path / "train.jsonl", commonsense_rows(16, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", commonsense_rows(4, 1))
     args = ["-c", "commonsense/llama-7b", "--model", str(llama), "--train-file", str(train), "--validation-file",
             str(val), "--max-seq-length", "96", "--epochs", "1", "--batch-size", "8", "--no-progress", "--out",
             str(tmp_path / "sup")]  # fmt: skip
@@ -392,8 +312,8 @@ def test_torchrun_trains_a_causal_lm_as_one_process_does(llama, tmp_path):
 
     from glora.app.checkpoint import read_checkpoint
 
-    train = _jsonl(tmp_path / "train.jsonl", _commonsense(16, 0))
-    val = _jsonl(tmp_path / "val.jsonl", _commonsense(5, 1))
+    train = write_jsonl(tmp_path / "train.jsonl", commonsense_rows(16, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", commonsense_rows(5, 1))
     common = ["--model", str(llama), "--dataset", "instructions", "--train-file", str(train), "--validation-file",
               str(val), "--max-seq-length", "96", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
               "--warmup-epochs", "0", "--no-progress", "--device", "cpu", "--bias-free", "exclude"]  # fmt: skip

@@ -237,7 +237,9 @@ def test_every_training_preset_sets_only_options_its_run_can_use(path):
     glue/*, protocols/* on a task preset); every option it sets must apply to them."""
     from glora.app.options.train import check_applicable
 
-    base = path.replace("/large/", "/") if "/large/" in path else "vtab/cifar" if path.startswith("protocols/") else None
+    base = (
+        path.replace("/large/", "/") if "/large/" in path else "vtab/cifar" if path.startswith("protocols/") else None
+    )
     argv = ["-c", base, "-c", path] if base else ["-c", path]
     check_applicable(train_parser(), argv, cfg.parse_args(train_parser(), argv))
 

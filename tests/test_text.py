@@ -4,14 +4,24 @@ get one line."""
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PRESETS, TINY_SEARCH, cli, same_training
+from helpers import (
+    FILLER,
+    PRESETS,
+    TINY_SEARCH,
+    WORDS,
+    cli,
+    same_training,
+    sentiment_files,
+    sentiment_rows,
+    text_train_args,
+    write_csv,
+)
 
 import glora
 from glora.app import load_supernet
@@ -21,116 +31,45 @@ pytest.importorskip("datasets")
 
 pytestmark = pytest.mark.slow  # trains and searches
 
-WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"]}
-FILLER = ["the", "movie", "was", "really", "plot", "and", "acting"]
-
 
 @pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    return make_bert(tmp_path_factory.mktemp("hf") / "tiny-bert")
-
-
-def make_bert(folder: Path) -> Path:
-    """A tiny random-init BERT classifier (two token types) and its word-level tokenizer, which gives segment ids as
-    BERT's does, in one save_pretrained folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {w: i for i, w in enumerate(special + sorted({*FILLER, *WORDS["pos"], *WORDS["neg"]}))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = transformers.PreTrainedTokenizerFast(  # BERT's inputs: segment ids for sentence pairs
-        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )  # fmt: skip
-    fast.save_pretrained(folder)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, num_labels=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))] + [rng.choice(WORDS[label])] * 2
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def _csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+def bert(tiny_bert) -> Path:
+    return tiny_bert
 
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory) -> dict[str, Path]:
-    return make_texts(tmp_path_factory.mktemp("texts"))
-
-
-def make_texts(root: Path) -> dict[str, Path]:
-    """train.csv, val.csv and test.jsonl of short reviews whose sentiment words give the label away."""
-    files = {"train": _csv(root / "train.csv", _rows(48, 0)), "val": _csv(root / "val.csv", _rows(16, 1))}
-    files["test"] = root / "test.jsonl"  # another format for the test split
-    files["test"].write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 2)), encoding="utf-8")
-    return files
+    return sentiment_files(tmp_path_factory.mktemp("texts"))
 
 
 def _train_args(bert: Path, texts: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "--model", str(bert), "--dataset", "text", "--train-file", str(texts["train"]),
-        "--validation-file", str(texts["val"]), "--test-file", str(texts["test"]), "--max-seq-length", "16",
-        "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--warmup-epochs", "0", "--no-progress",
-        "--out", str(out), *extra,
-    ]  # fmt: skip
+    return text_train_args(bert, texts, out, *extra)
 
 
-def test_text_classification_trains_and_searches(bert, texts, tmp_path, capsys):
-    code, err = cli("train", _train_args(bert, texts, tmp_path / "sup"), capsys)
-    assert code == 0, err
-    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+def test_text_classification_trains_searches_and_exports(text_pipeline, tmp_path, capsys):
+    """The shared text run (sentence pairs on the tiny BERT): checkpoint, search and a plain transformers export."""
+    root, bert = text_pipeline.root, text_pipeline.model
+    ckpt = torch.load(root / "supernet" / "last.pt", weights_only=True)
     assert ckpt["data"]["dataset"] == "text" and ckpt["data"]["tokenizer"] == str(bert)
-    assert ckpt["backbone"]["task_type"] == "text-classification" and ckpt["class_names"] == ["neg", "pos"]
+    assert ckpt["input"] == {"modality": "text", "max_seq_length": 16}
+    assert ckpt["backbone"]["task_type"] == "text-classification" and ckpt["class_names"] == ["first", "second"]
     assert len(ckpt["log"]) == 3 and all(0 <= r["val_acc"] <= 1 for r in ckpt["log"])
-    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
-    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
-    assert code == 0, err
-    assert (tmp_path / "s" / "subnet.yaml").is_file()
-    record = json.loads((tmp_path / "s" / "pareto.json").read_text())
+    assert (root / "search" / "subnet.yaml").is_file()
+    record = json.loads((root / "search" / "pareto.json").read_text())
     assert record["front"] and all(0 <= p["val_acc"] <= 1 for p in record["front"])
     (tmp_path / "imgs").mkdir()
-    code, err = cli("search", [*search, "--out", str(tmp_path / "s2"), "--eval-set", f"A={tmp_path / 'imgs'}"], capsys)
+    search = ["--supernet", str(root / "supernet" / "last.pt"), "--out", str(tmp_path / "s2"), *TINY_SEARCH]
+    code, err = cli("search", [*search, "--eval-set", f"A={tmp_path / 'imgs'}"], capsys)
     assert code == 2 and "--eval-set takes image folders or lists; this supernet takes text" in err, err
-    sup, sub, out = tmp_path / "sup" / "last.pt", tmp_path / "s" / "subnet.yaml", tmp_path / "e"
-    code, err = cli("export", ["--supernet", sup, "--subnet", sub, "--out", out, "--latency-rounds", "1"], capsys)
-    assert code == 0, err
+    code, err = cli("search", [*search, "--data-root", str(tmp_path / "elsewhere")], capsys)
+    assert code == 2 and "--data-root: dataset text reads no data root" in err, err
     # The export is a plain transformers folder: model, tokenizer and class names, loaded without this toolkit.
+    out = root / "export"
     plain, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    plain.eval()
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert plain.config.id2label == {0: "neg", 1: "pos"} and (out / "glora_export.json").is_file()
+    assert plain.config.id2label == {0: "first", 1: "second"} and (out / "glora_export.json").is_file()
     stats = json.loads((out / "glora_export.json").read_text())
-    assert stats["params"] == stats["base_params"] and stats["max_rel_diff"] < 1e-5
-    supernet = load_supernet(sup).eval()
-    glora.set_subnet(supernet, glora.load_subnet(sub))
-    enc = tok(["the movie was great great", "awful plot and bad acting"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ours = supernet(**enc)
-        theirs = plain(**enc).logits
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    assert stats["params"] == stats["base_params"] and stats["max_rel_diff"] < 1e-5 and stats["verify_examples"] == 16
 
 
 def test_a_fixed_adapter_learns_the_texts_and_the_search_reports_test_accuracy(bert, texts, tmp_path, capsys):
@@ -148,17 +87,17 @@ def test_a_fixed_adapter_learns_the_texts_and_the_search_reports_test_accuracy(b
 
 
 def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
-    rows = _rows(8, 3)
+    rows = sentiment_rows(8, 3)
     if what == "unknown-label":
         rows[2]["label"] = "meh"
-        return ["--validation-file", str(_csv(tmp / "v.csv", rows))]
+        return ["--validation-file", str(write_csv(tmp / "v.csv", rows))]
     if what == "empty-text":
         rows[4]["text"] = "  "
-        return ["--validation-file", str(_csv(tmp / "v.csv", rows))]
+        return ["--validation-file", str(write_csv(tmp / "v.csv", rows))]
     if what == "missing-column":
         return ["--label-column", "sentiment"]
     if what == "real-labels-as-classes":
-        return ["--problem-type", "classification", "--train-file", str(_csv(tmp / "t.csv", [{"text": r["text"],
+        return ["--problem-type", "classification", "--train-file", str(write_csv(tmp / "t.csv", [{"text": r["text"],
                 "label": 0.5 + i} for i, r in enumerate(rows)]))]  # fmt: skip
     if what == "names-as-regression":
         return ["--problem-type", "regression"]
@@ -263,7 +202,7 @@ def test_a_class_label_column_names_the_classes(bert, tmp_path):
     train = datasets.Dataset.from_dict({"sentence": ["good movie", "bad plot", "nice acting"], "label": [1, 0, 1]},
                                        features=features)  # fmt: skip
     train.save_to_disk(str(tmp_path / "train"))
-    _csv(tmp_path / "val.csv", [{"sentence": "bad acting", "label": "unacceptable"}])
+    write_csv(tmp_path / "val.csv", [{"sentence": "bad acting", "label": "unacceptable"}])
     datasets.Dataset.from_dict({"sentence": ["great"], "label": [-1]}, features=features).save_to_disk(
         str(tmp_path / "test")
     )
@@ -301,7 +240,7 @@ def _scores(n: int, seed: int) -> list[dict]:
 def test_a_regression_task_trains_searches_and_exports(bert, tmp_path, capsys):
     """STS-B's form: sentence pairs with real-valued scores are a regression (one output, mean squared error),
     ranked by Pearson correlation, reported with Spearman and MSE; the export says problem_type regression."""
-    files = {s: _csv(tmp_path / f"{s}.csv", _scores(n, i)) for i, (s, n) in enumerate([("train", 48), ("val", 16),
+    files = {s: write_csv(tmp_path / f"{s}.csv", _scores(n, i)) for i, (s, n) in enumerate([("train", 48), ("val", 16),
                                                                                         ("test", 16)])}  # fmt: skip
     args = _train_args(bert, files, tmp_path / "sup", "--text-column", "s1", "s2", "--label-column", "score")
     code, err = cli("train", [*args, "--sched", "linear", "--epochs", "4"], capsys)
@@ -375,7 +314,7 @@ def test_glue_presets_follow_the_gift_papers_table_9(task):
 def test_a_glue_preset_trains_with_its_columns_and_metric(bert, tmp_path, capsys):
     """configs/glue/stsb.yaml with the tiny BERT and files in GLUE's columns: a regression ranked by Pearson."""
     rows = [{"sentence1": r["s1"], "sentence2": r["s2"], "label": r["score"]} for r in _scores(24, 0)]
-    train, val = _csv(tmp_path / "train.csv", rows[:16]), _csv(tmp_path / "val.csv", rows[16:])
+    train, val = write_csv(tmp_path / "train.csv", rows[:16]), write_csv(tmp_path / "val.csv", rows[16:])
     args = ["-c", "glue/stsb", "--model", str(bert), "--train-file", str(train), "--validation-file", str(val),
             "--max-seq-length", "16", "--epochs", "1", "--batch-size", "8", "--no-progress", "--out",
             str(tmp_path / "sup")]  # fmt: skip
@@ -386,58 +325,34 @@ def test_a_glue_preset_trains_with_its_columns_and_metric(bert, tmp_path, capsys
     assert tuple(ckpt["data"]["text_column"]) == ("sentence1", "sentence2")
 
 
-def _which_sentence(n: int, seed: int) -> list[dict]:
-    """Sentence pairs whose label says which sentence holds 'good': only the segment ids (BERT's token_type_ids)
-    tell the two sentences' tokens apart beyond their positions."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        a, b = ([rng.choice(FILLER) for _ in range(rng.randint(2, 4))] for _ in range(2))
-        holder = a if i % 2 else b
-        holder.insert(rng.randint(0, len(holder)), "good")
-        rows.append({"s1": " ".join(a), "s2": " ".join(b), "label": "first" if i % 2 else "second"})
-    return rows
-
-
-def test_segment_ids_reach_the_model_and_the_export_scores_what_the_search_reported(bert, tmp_path, capsys):
+def test_segment_ids_reach_the_model_and_the_export_scores_what_the_search_reported(text_pipeline):
     """A BERT (two token types) on sentence pairs: training, search and export see the tokenizer's token_type_ids,
     so the export, loaded by plain transformers and fed the tokenizer's whole output, scores on the validation rows
     exactly what the search reported for them, with the supernet's logits."""
     from glora.app.data import DataSpec, make_loader
 
-    assert transformers.AutoConfig.from_pretrained(bert).type_vocab_size == 2
-    rows = {s: _which_sentence(n, i) for i, (s, n) in enumerate([("train", 32), ("val", 16), ("test", 16)])}
-    files = {s: _csv(tmp_path / f"{s}.csv", r) for s, r in rows.items()}
-    args = _train_args(bert, files, tmp_path / "sup", "--text-column", "s1", "s2")
-    code, err = cli("train", args, capsys)
-    assert code == 0, err
-    ckpt = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)
+    root, rows = text_pipeline.root, text_pipeline.rows
+    assert transformers.AutoConfig.from_pretrained(text_pipeline.model).type_vocab_size == 2
+    ckpt = torch.load(root / "supernet" / "last.pt", weights_only=True)
     val = DataSpec.from_checkpoint(ckpt["data"]).load("val")
     assert set(val.fields) == {"input_ids", "token_type_ids", "attention_mask"}
     assert (val.fields["token_type_ids"] == 1).any()  # the second sentence's tokens
-    search = ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s"), *TINY_SEARCH]
-    code, err = cli("search", [*search, "--param-limit", "none", "--no-progress"], capsys)
-    assert code == 0, err
-    final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
-    out = tmp_path / "e"
-    argv = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
-    code, err = cli("export", [*argv, "--latency-rounds", "0"], capsys)
-    assert code == 0, err
-    plain = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(out)
+    final = [json.loads(line) for line in (root / "search" / "search_log.jsonl").read_text().splitlines()][-1]
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(root / "export").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(root / "export")
     enc = tok([r["s1"] for r in rows["val"]], [r["s2"] for r in rows["val"]], padding=True, return_tensors="pt")
     assert "token_type_ids" in enc
     with torch.no_grad():
         theirs = plain(**enc).logits
     labels = torch.tensor([plain.config.label2id[r["label"]] for r in rows["val"]])
     assert (theirs.argmax(-1) == labels).double().mean().item() == pytest.approx(final["val_metrics"]["accuracy"])
-    supernet = load_supernet(tmp_path / "sup" / "last.pt").eval()
-    glora.set_subnet(supernet, glora.load_subnet(tmp_path / "s" / "subnet.yaml"))
+    supernet = load_supernet(root / "supernet" / "last.pt").eval()
+    glora.set_subnet(supernet, glora.load_subnet(root / "search" / "subnet.yaml"))
     (batch,) = make_loader(val, len(val), shuffle=False)[0]  # the rows as training and the search batch them
     assert torch.equal(batch.inputs["token_type_ids"], enc["token_type_ids"])
     with torch.no_grad():
         ours = supernet(**batch.inputs)
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
-    zeroed = {**enc, "token_type_ids": torch.zeros_like(enc["token_type_ids"])}
-    with torch.no_grad():  # the segments change the outputs: training without them would be another model
-        assert not torch.allclose(plain(**zeroed).logits, theirs, atol=1e-4)
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(supernet(**enc), ours, rtol=1e-5, atol=1e-5)  # called as a transformers model
+        zeroed = {**enc, "token_type_ids": torch.zeros_like(enc["token_type_ids"])}
+        assert not torch.allclose(plain(**zeroed).logits, theirs, atol=1e-4)  # the segments change the outputs
