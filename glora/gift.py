@@ -7,17 +7,29 @@ serves many layers. As a GLoRA choice, ``A = gift_r`` uses the first ``r`` colum
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["GiftGenerator", "GiftBank", "gift_group", "gift_params", "layer_type"]
+__all__ = ["GiftGenerator", "GiftBank", "gift_group", "gift_params", "generators_params", "layer_type"]
 
 
 def gift_params(in_features: int, rank: int) -> int:
     """What a generator used at ``rank`` adds to the paper's "# params": phi (in x r) and psi (r x in), paid once
     per group, at the largest rank any member uses."""
     return 2 * rank * in_features
+
+
+def generators_params(uses: Iterable[tuple[Hashable, int, int]]) -> int:
+    """The generators a subnet uses, in the paper's "# params": ``uses`` holds (group, in_features, rank) for every
+    layer whose A is a GIFT choice; each group is paid once, at the largest rank any of its members uses. The one
+    rule every count follows (:func:`glora.count_params`, the search's genome)."""
+    top: dict[Hashable, tuple[int, int]] = {}
+    for group, in_features, rank in uses:
+        width, best = top.get(group, (in_features, 0))
+        top[group] = (width, max(best, rank))
+    return sum(gift_params(width, rank) for width, rank in top.values())
 
 
 def layer_type(name: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._text import first_of
-from .gift import gift_params, layer_type
+from .gift import generators_params, gift_params, layer_type
 from .inject import require_layers
 from .layer import GLoRALinear, set_codes
 from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
@@ -132,7 +132,9 @@ def count_params(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> i
     layers = require_layers(model)
     parsed = _parse(layers, subnet)
     total = sum(layer.count(parsed[name]) for name, layer in layers.items())
-    return total + sum(gift_params(in_f, r) for r, in_f, _ in _gift_usage(layers, parsed).values())
+    uses = ((layer.gift_group, layer.in_features, parsed[name].A.rank) for name, layer in layers.items()
+            if parsed[name].A.kind is Kind.GIFT)  # fmt: skip
+    return total + generators_params(uses)
 
 
 def _gift_usage(

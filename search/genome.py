@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from glora.gift import gift_params
+from glora.gift import generators_params, gift_params
 from glora.inject import get_space, require_layers
 from glora.space import SUPPORTS, Choice, Kind, SearchSpace
 from glora.subnet import Subnet
@@ -109,15 +109,10 @@ class Genome:
     # ------------------------------------------------------------------ cost
     def cost(self, genes: Sequence[int]) -> int:
         """The paper's "# params" of the subnet (equal to glora.count_params)."""
-        total = 0
-        best: dict[int, int] = {}
-        for i, g in enumerate(genes):
-            total += self.cost_table[i][g]
-            r = self.gift_rank[i][g]
-            if r:
-                grp = self.group_of[i]
-                best[grp] = max(best.get(grp, 0), r)
-        return total + sum(gift_params(self.group_width[grp], r) for grp, r in best.items())
+        total = sum(self.cost_table[i][g] for i, g in enumerate(genes))
+        uses = ((self.group_of[i], self.group_width[self.group_of[i]], self.gift_rank[i][g])
+                for i, g in enumerate(genes) if self.gift_rank[i][g])  # fmt: skip
+        return total + generators_params(uses)
 
     def min_cost(self) -> int:
         return sum(min(row) for row in self.cost_table)
