@@ -45,6 +45,8 @@ __all__ = [
     "skeleton",
     "distribute_from_rank0",
     "align_to_rank0",
+    "build_on_ranks",
+    "place_model",
     "weightless",
 ]
 
@@ -226,6 +228,29 @@ def distribute_from_rank0(model: nn.Module, job: Any, device: torch.device) -> i
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
     return blocks
+
+
+def build_on_ranks(
+    whole: Callable[[], nn.Module], shell: Callable[[torch.device | str], nn.Module], job: Any, sharded: bool
+) -> nn.Module:
+    """The model a rank builds: ``whole()`` (weights read) on every rank unsharded, on rank 0 alone sharded; the
+    other ranks of a sharded job build ``shell(device)``'s :func:`skeleton` with rank 0's dtypes. Train and search
+    build their models through this, then :func:`place_model`."""
+    if not sharded or job.main:
+        model = whole()
+    else:
+        model = skeleton(shell)
+    if sharded:
+        align_to_rank0(model, job)
+    return model
+
+
+def place_model(model: nn.Module, job: Any, device: torch.device, sharded: bool) -> nn.Module:
+    """The model where it runs: moved to ``device``, or sharded over the job's ranks from rank 0's tensors."""
+    if sharded:
+        distribute_from_rank0(model, job, device)
+        return model
+    return model.to(device)
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from ..options import (
 )
 from ..options.search import RESUMABLE_OPTIONS, build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
-from ..sharding import check_path, distribute_from_rank0, fsdp_wanted, skeleton
+from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model
 from ..tasks import METRICS, Task, result_key
 
 __all__ = ["build_parser", "main", "cli"]
@@ -124,15 +124,14 @@ class _SearchRun:
         if self.modality.name != "images" and args.eval_set:
             raise ValueError(f"--eval-set takes image folders or lists; this supernet takes {self.modality.name}")
         self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
-        if self.sharded:  # rank 0 rebuilds it on the host; each rank keeps its shards of it, on the device
-            self.model = load_supernet(ckpt) if job.main else skeleton(lambda where: supernet_skeleton(ckpt, where))
-            set_execution(self.model, path=check_path(args.execution))
-            distribute_from_rank0(self.model, job, device)
-            self.forward = None
-        else:
-            self.model = load_supernet(ckpt, device=device)
-            set_execution(self.model, path=args.execution)
-            # Compiled, a candidate is the same graph with other codes: no fold on the host, no recompilation.
+        # Sharded, rank 0 rebuilds it on the host and each rank keeps its shards of it, on the device.
+        model = build_on_ranks(
+            lambda: load_supernet(ckpt), lambda where: supernet_skeleton(ckpt, where), job, self.sharded
+        )
+        set_execution(model, path=check_path(args.execution) if self.sharded else args.execution)
+        self.model = place_model(model, job, device, self.sharded)
+        self.forward = None  # a sharded model runs eagerly
+        if not self.sharded:  # compiled, a candidate is the same graph with other codes: no fold, no recompilation
             self.forward = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self._compiled = False
         check_no_overlap(self.out, supernet_inputs(ckpt, args.data_root))

@@ -51,7 +51,7 @@ from ..options.train import (
     inputs_of,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
-from ..sharding import align_to_rank0, check_path, distribute_from_rank0, fsdp_wanted, skeleton, weightless
+from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model, weightless
 from ..sizes import check_training_size
 from ..tasks import Task
 from ..trainer import DivergenceError, Recipe, Trainer
@@ -146,12 +146,12 @@ class _SupernetRun:
         # Sharded, only rank 0 reads the weights; the others build the architecture on the meta device (no memory)
         # and receive their shards from rank 0 once the model is split.
         whole = not self.sharded or self.dist.main
-        if whole:
-            model = build_backbone(self.spec)
-        else:
-            model = skeleton(lambda where: build_backbone(weightless(self.spec), device=where))
-        if self.sharded:
-            align_to_rank0(model, self.dist)
+        model = build_on_ranks(
+            lambda: build_backbone(self.spec),
+            lambda where: build_backbone(weightless(self.spec), device=where),
+            self.dist,
+            self.sharded,
+        )
         self.adapter = adapter_from_args(self.args, heads=head_names(model))
         self.adapter = resolve_bias_free(model, self.adapter, self.args.bias_free)
         # Before anything is allocated: ranks no layer can use, and a training state the machine cannot hold.
@@ -176,14 +176,11 @@ class _SupernetRun:
         set_execution(model, path=check_path(self.args.execution) if self.sharded else self.args.execution)
         self.fingerprint = fingerprint(model) if whole else ""
         modality = self.data.model_inputs(model, self.args.mean, self.args.std) if whole else None
-        if self.sharded:  # each rank keeps its shards, on the device
-            distribute_from_rank0(model, self.dist, device)
+        self.model = place_model(model, self.dist, device, self.sharded)  # sharded: each rank keeps its shards
+        if self.sharded:
             self.fingerprint, record = self.dist.broadcast_object((self.fingerprint, modality and modality.record()))
-            self.modality = modality_from_record(record)
-            self.model = model
-        else:
-            self.modality = modality
-            self.model = model.to(device)
+            modality = modality_from_record(record)
+        self.modality = modality
 
     def _load_splits(self):
         splits = []
