@@ -211,3 +211,25 @@ def test_data_check_reports_each_task_present_missing_or_broken(tmp_path, capsys
     pets = next(line.split(None, 2) for line in out.splitlines() if line.strip().startswith("oxford_pets"))
     assert pets == ["oxford_pets", "ok", "4 images; 1-shot seed 0, 2-shot seed 1, val, test"]
     assert out.splitlines()[-1] == "1 ok, 5 missing, 0 broken"
+
+
+def test_checkpoint_records_written_before_modalities_read_back():
+    """The "input" record of older checkpoints (an image input configuration; for text a (2, L) stand-in with a
+    "kind") and their "data" record (every source's fields) give today's modality and spec."""
+    from glora.app.data import ImageModality, TextModality, modality_from_record
+
+    text = modality_from_record({"input_size": [2, 96], "mean": [], "std": [], "kind": "tokens"})
+    assert isinstance(text, TextModality) and text.max_seq_length == 96 and text.unit == "sequences"
+    assert modality_from_record(text.record()).record() == {"modality": "text", "max_seq_length": 96}
+    image = modality_from_record({"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0})
+    assert isinstance(image, ImageModality) and image.input_size == (3, 32, 32) and image.unit == "images"
+    assert image.record()["modality"] == "images" and image.record()["crop_pct"] == 1.0
+    old = {"dataset": "text", "data_root": None, "task": None, "train_split": "train", "val_split": "val",
+           "test_split": "test", "val_fraction": 0.2, "test_fraction": 0.0, "split_seed": 0, "cache_images": True,
+           "shot": None, "crop_pct": None, "crop_mode": None, "train_file": "t.csv", "validation_file": "v.csv",
+           "test_file": None, "text_column": ["a", "b"], "label_column": "y", "problem_type": None,
+           "max_seq_length": 96, "tokenizer": "/m", "packing": False}  # fmt: skip
+    spec = DataSpec.from_dict(old)
+    assert spec.text_column == ["a", "b"] and spec.max_seq_length == 96 and spec.split_key("val") == "v.csv"
+    with pytest.raises(ValueError, match="has no test split: give --test-file"):
+        spec.split_key("test")

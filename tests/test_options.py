@@ -247,6 +247,6 @@ def test_every_training_preset_sets_only_options_its_run_can_use(path):
 def test_help_groups_the_options_by_the_datasets_that_use_them():
     text = train_parser().format_help()
     assert "image files under a root folder (--dataset vtab, fewshot, folder):" in text
-    assert "text files read with the datasets library" in text and "(--dataset text, instructions):" in text
+    assert "text files, read with the datasets library" in text and "(--dataset text, instructions):" in text
     assert "text classification or regression columns (--dataset text):" in text
     assert "timm models:" in text and "transformers models:" in text

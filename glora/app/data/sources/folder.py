@@ -107,7 +107,7 @@ def load_folder(
 
 @dataclass
 class FolderOptions(ImageFileOptions, SplitSeedOptions):
-    """An ImageFolder tree split per class."""
+    """ImageFolder trees, split per class."""
 
     val_fraction: float = option(0.2, "ImageFolder: per-class share held out for val", type=probability)
     test_fraction: float = option(0.0, "ImageFolder: per-class share for test", type=probability)

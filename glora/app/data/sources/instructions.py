@@ -184,7 +184,7 @@ def _sequences(rows: list[Row], choice: bool) -> tuple[list[str], list[str], lis
 
 @dataclass
 class InstructionOptions(TextFileOptions):
-    """Instruction data (causal LM)."""
+    """Instruction data for a causal LM."""
 
     packing: bool = option(
         False,

@@ -44,7 +44,7 @@ def option(default: Any = None, help: str = "", **argparse_kwargs: Any) -> Any:
 
 @dataclass
 class SplitOptions:
-    """Image splits by name (every image dataset)."""
+    """Image splits by name."""
 
     train_split: str = option("train", "train split (VTAB-1k: train800 or a list file)")
     val_split: str = option("val", "validation split: the search ranks subnets on it")
@@ -78,14 +78,14 @@ class ImageFileOptions(SplitOptions):
 
 @dataclass
 class TaskOptions(ImageFileOptions):
-    """A task folder under the root."""
+    """Task folders under the root."""
 
     task: str | None = option(None, "VTAB-1k task (e.g. cifar) or few-shot dataset (e.g. oxford_pets)")
 
 
 @dataclass
 class SplitSeedOptions:
-    """A seeded split."""
+    """Seeded splits."""
 
     split_seed: int = option(
         0, "ImageFolder: seed of the stratified split; few-shot: the seed of the train list", type=nonneg_int
@@ -94,7 +94,7 @@ class SplitSeedOptions:
 
 @dataclass
 class TextFileOptions:
-    """Text files read with the datasets library and tokenized by the model's own tokenizer."""
+    """Text files, read with the datasets library and tokenized by the model's own tokenizer."""
 
     train_file: str | None = option(None, "CSV, TSV, JSON, JSONL, parquet or a save_to_disk folder", metavar="FILE")
     validation_file: str | None = option(None, "the validation split's file (the search ranks on it)", metavar="FILE")
@@ -148,7 +148,9 @@ def add_option_groups(
     for cls, fields in declared.items():
         users = sorted({u for f in fields for u in owners[f.name]}, key=order.index)
         first = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
-        group = parser.add_argument_group(f"{first[0].lower()}{first[1:]} (--dataset {', '.join(users)})")
+        word = first.split()[0]
+        title = first if any(c.isupper() for c in word[1:]) else first[0].lower() + first[1:]  # ImageFolder stays
+        group = parser.add_argument_group(f"{title} (--dataset {', '.join(users)})")
         for f in fields:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             group.add_argument("--" + f.name.replace("_", "-"), default=default, **dict(f.metadata))
