@@ -91,6 +91,15 @@ class SearchFolder:
     def options(self) -> dict[str, Any]:
         return _read_options(self.config)
 
+    def read_state(self) -> dict[str, Any]:
+        """The resumable state of an interrupted or finished search; an error that names the file otherwise."""
+        if not self.state.is_file():
+            raise FileNotFoundError(f"no search to resume: {str(self.state)!r} does not exist")
+        state = _read_json(self.state, "search state")
+        if "config" not in state:
+            raise ValueError(f"{str(self.state)!r} is not a search state written by search.py")
+        return state
+
     def final(self) -> dict[str, Any] | None:
         """The search's final record (the pick's metrics), or None while the search has not finished."""
         if not self.log.is_file():
@@ -132,13 +141,7 @@ class ExportFolder:
 
     def read_record(self) -> dict[str, Any]:
         """The export's record, or {} when there is none."""
-        if not self.record.is_file():
-            return {}
-        try:
-            data = json.loads(self.record.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read {str(self.record)!r}: {e}") from None
-        return data if isinstance(data, dict) else {}
+        return _read_json(self.record, "export record") if self.record.is_file() else {}
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,17 @@ def run_folders(run: str | Path) -> RunFolders:
         SearchFolder(parts[1]) if parts[1] else None,
         ExportFolder(parts[2]) if parts[2] else None,
     )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``ValueError`` names the file (``what`` it is) and what is wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {str(path)!r} is corrupt: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(path)!r} is not a JSON object")
+    return data
 
 
 def _read_options(path: Path) -> dict[str, Any]:

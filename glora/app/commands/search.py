@@ -52,18 +52,6 @@ __all__ = ["build_parser", "main", "cli"]
 _logger = logging.getLogger(__name__)
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no search to resume: {str(path)!r} does not exist")
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"search state {str(path)!r} is corrupt: {e}") from None
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"{str(path)!r} is not a search state written by search.py")
-    return state
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -76,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv,
             args,
             RESUMABLE_OPTIONS,
-            load=lambda: _read_state(SearchFolder(out).state),
+            load=SearchFolder(out).read_state,
             saved_config=lambda s: s["config"],
             existing=[SearchFolder(out).state, SearchFolder(out).subnet],
             what="search results",
