@@ -320,3 +320,65 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, pipeline):
     bit, as the shared pipeline's run (its supports sit inside every checkpointed block)."""
     assert _train(tmp_path / "ckpt", "--gradient-checkpointing") == 0
     same_training(tmp_path / "ckpt" / "last.pt", pipeline / "supernet" / "last.pt")
+
+
+# ---------------------------------------------------------------------- retraining the pick
+def test_the_pick_retrains_from_its_inherited_weights_and_exports(pipeline, tmp_path, capsys):
+    """glora-train --init-from SUPERNET --subnet PICK: the supernet's options are the defaults, the pick starts from
+    the supernet's tensors (at a vanishing learning rate it scores exactly what the search reported), only its own
+    supports change, and the export folds the subnet the checkpoint was trained as."""
+    from helpers import cli
+
+    sup, pick = pipeline / "supernet" / "last.pt", pipeline / "search" / "subnet.yaml"
+    final = json.loads((pipeline / "search" / "search_log.jsonl").read_text().splitlines()[-1])
+    still = ["--epochs", "1", "--lr", "1e-12", "--warmup-epochs", "0", "--min-lr", "1e-12", "--no-progress"]
+    code, err = cli("train", ["--init-from", sup, "--subnet", pick, *still, "--out", tmp_path / "still"], capsys)
+    assert code == 0, err
+    assert "training one subnet" in err and "random subnet" not in err
+    log = json.loads((tmp_path / "still" / "log.jsonl").read_text().splitlines()[0])
+    assert log["val_acc"] == pytest.approx(final["val_acc"], abs=1e-9)  # inherited: the search's score
+    config = yaml.safe_load((tmp_path / "still" / "config.yaml").read_text())
+    saved = yaml.safe_load((pipeline / "supernet" / "config.yaml").read_text())
+    assert config["model"] == saved["model"] and config["lora-ranks"] == saved["lora-ranks"]
+    assert config["epochs"] == 1 and config["init-from"] == str(sup)
+
+    code, err = cli("train", ["--init-from", sup, "--subnet", pick, "--epochs", "2", "--warmup-epochs", "0",
+                              "--lr", "1e-3", "--no-progress", "--out", tmp_path / "re"], capsys)  # fmt: skip
+    assert code == 0, err
+    before, after = read_checkpoint(sup), read_checkpoint(tmp_path / "re" / "last.pt")
+    assert after["subnet"] == glora.load_subnet(pick) and after["trainable"].keys() == before["trainable"].keys()
+    model = load_supernet(after)
+    glora.set_subnet(model, after["subnet"])
+    unused = {n for n, p in model.named_parameters() if any(p is q for q in glora.unused_params(model))}
+    assert unused and all(torch.equal(after["trainable"][n], before["trainable"][n]) for n in unused)
+    assert any(
+        not torch.equal(after["trainable"][n], before["trainable"][n]) for n in set(before["trainable"]) - unused
+    )
+    code, err = cli("export", ["--supernet", tmp_path / "re" / "last.pt", "--out", tmp_path / "e"], capsys)
+    assert code == 0, err
+    assert glora.load_subnet(tmp_path / "e" / "subnet.yaml") == after["subnet"]
+    record = json.loads((tmp_path / "e" / "glora_export.json").read_text())
+    assert record["glora_params"] == glora.count_params(model, after["subnet"]) == final["params"]
+
+
+def test_a_retraining_run_resumes_exactly(pipeline, tmp_path, capsys):
+    from helpers import cli
+
+    common = ["--init-from", pipeline / "supernet" / "last.pt", "--subnet", pipeline / "search" / "subnet.yaml",
+              "--epochs", "2", "--no-progress"]  # fmt: skip
+    assert cli("train", [*common, "--out", tmp_path / "full"], capsys)[0] == 0
+    assert cli("train", [*common, "--stop-after", "1", "--out", tmp_path / "cut"], capsys)[0] == 0
+    assert cli("train", ["--resume", "--out", tmp_path / "cut"], capsys)[0] == 0
+    same_training(tmp_path / "cut" / "last.pt", tmp_path / "full" / "last.pt")
+
+
+def test_a_subnet_that_does_not_fit_is_refused_before_training(pipeline, tmp_path, capsys):
+    from helpers import cli
+
+    subnet = glora.load_subnet(pipeline / "search" / "subnet.yaml")
+    subnet["blocks.0.attn.qkv"]["A"] = "lora_64"  # the supernet's space offers ranks 8 and 4
+    glora.save_subnet(subnet, bad := tmp_path / "bad.yaml")
+    argv = ["--init-from", pipeline / "supernet" / "last.pt", "--subnet", bad, "--out", tmp_path / "o"]
+    code, err = cli("train", argv, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ") and "lora_64" in err, err
+    assert not (tmp_path / "o" / "last.pt").exists()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 from glora._io import atomic_write_text
 from glora.fold import fold
-from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
+from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, save_subnet, set_subnet
 
 from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
@@ -41,7 +40,7 @@ from ..hf_backbone import (
 )
 from ..layout import ExportFolder, SearchFolder, SupernetFolder
 from ..options import parse_args
-from ..options.export import build_parser
+from ..options.export import DEFAULT_SUBNET, build_parser
 from ..outputs import check_no_overlap, output_lock, run_folder
 from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 
@@ -66,11 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
         args.verify_examples = args.verify_images
     out = Path(args.out)
+    own = _trained_subnet(args.supernet) if args.subnet is None else None
+    if args.subnet is None and own is None:
+        args.subnet = DEFAULT_SUBNET
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
     inputs += [
         ("the --supernet's run folder", run_folder(args.supernet, SupernetFolder.LOG, SupernetFolder.CONFIG)),
-        ("the --subnet's search folder", run_folder(args.subnet, SearchFolder.STATE, SearchFolder.LOG)),
     ]
+    if args.subnet:
+        inputs.append(("the --subnet's search folder", run_folder(args.subnet, SearchFolder.STATE, SearchFolder.LOG)))
     inputs += eval_set_inputs(args.eval_set)
     check_no_overlap(out, inputs + [("--config", c) for c in args.config])
     check_eval_sets(args.eval_set)
@@ -83,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hf and args.eval_set:
             raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
-        subnet = load_subnet(args.subnet)  # read, and the verification data checked, before the model is rebuilt
+        subnet = own or load_subnet(args.subnet)  # read, and the data checked, before the model is rebuilt
         DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",))
         model = load_supernet(ckpt, device=resolve_device(args.device))
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
         checked = _fold_and_check(args, ckpt, model, subnet)
-        _write_export(args, out, ckpt, checked, hf)
+        _write_export(args, out, ckpt, checked, hf, subnet)
     if hf:
         auto = "AutoModelForCausalLM" if isinstance(model, CausalLM) else "AutoModelForSequenceClassification"
         print(f"plain transformers reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
@@ -97,6 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plain timm reload matches exactly; exported to {out}/ (config.json, model.safetensors)")
         print(f'load it anywhere with: timm.create_model("local-dir:{out}", pretrained=True)')
     return 0
+
+
+def _trained_subnet(path: str) -> Subnet | None:
+    """The subnet a checkpoint was trained as (``glora-train --subnet``: a retrained pick), or None; a file that
+    cannot be read is left for the checks that report it."""
+    try:
+        stored = read_checkpoint(path).get("subnet")
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and stored else None
 
 
 def _check_replaceable(out: Path) -> None:
@@ -161,7 +174,7 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     print(f"FLOPs per {modality.unit_singular}: base {f_base:,}, folded {f_fold:,} (overhead {f_fold - f_base})")
     stats = {
         "supernet": str(args.supernet),
-        "subnet": str(args.subnet),
+        "subnet": str(args.subnet) if args.subnet else f"{args.supernet} (the subnet it was trained as)",
         "glora_params": glora_params,
         "params": n_fold,
         "base_params": n_base,
@@ -238,7 +251,9 @@ def _verification_inputs(
     return modality.place(next(iter(loader)).inputs, device)
 
 
-def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked, hf: bool) -> None:
+def _write_export(
+    args: argparse.Namespace, out: Path, ckpt: dict[str, Any], checked: _Checked, hf: bool, subnet: Subnet
+) -> None:
     """Write the folder privately (timm's layout, or save_pretrained for a transformers model), reload it with the
     plain library, check it, then put it in place."""
     with staged_folder(out) as tmp:
@@ -249,7 +264,7 @@ def _write_export(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], che
         else:
             export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
             reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
-        shutil.copyfile(args.subnet, ExportFolder(tmp).subnet)
+        save_subnet(subnet, ExportFolder(tmp).subnet)
         with torch.no_grad():
             rdiff, _ = max_difference(modality_from_record(ckpt["input"])(reloaded, checked.x), checked.logits)
         if rdiff > 0:

@@ -20,6 +20,7 @@ from glora._io import atomic_write_text
 from glora.config import SUPPORT_DTYPES
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
+from glora.subnet import Subnet, count_params, load_subnet, parse_subnet
 
 from ..backbone import (
     bias_free_rule,
@@ -37,7 +38,6 @@ from ..evaluate import compile_model, resolve_device
 from ..layout import SupernetFolder
 from ..options import (
     args_to_dict,
-    parse_args,
     save_config,
     start_or_resume,
 )
@@ -49,6 +49,7 @@ from ..options.train import (
     build_parser,
     check_applicable,
     inputs_of,
+    parse_train_args,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model, weightless
@@ -67,7 +68,7 @@ def _describe(space: SearchSpace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parse_args(parser, argv)
+    args = parse_train_args(parser, argv)
     if not args.resume:  # a resumed run keeps its checked options
         check_applicable(parser, argv, args)
     last = SupernetFolder(Path(args.out)).checkpoint
@@ -125,6 +126,9 @@ class _SupernetRun:
         if not self.sharded:
             compiled = compile_model(self.model, device, args.compile, args.compile_mode, args.compile_backend)
         self.class_names = list(train.class_names) if train.class_names else None
+        self.subnet = self._fixed_subnet()
+        if args.init_from and ckpt is None:
+            self._inherit(args.init_from)
         self.trainer = Trainer(
             self.model,
             train,
@@ -137,6 +141,7 @@ class _SupernetRun:
             progress=args.progress,
             data_on_device=args.data_on_device,
             task=self.task,
+            subnet=self.subnet,
         )
         if ckpt is not None:
             self._restore(ckpt)
@@ -199,6 +204,24 @@ class _SupernetRun:
         self.task.check_split(splits[1].targets, "validation")
         return splits
 
+    def _fixed_subnet(self) -> Subnet | None:
+        """``--subnet``: the one subnet this run trains (checked against the supernet's space), or None."""
+        if not self.args.subnet:
+            return None
+        subnet = load_subnet(self.args.subnet)
+        parse_subnet(self.model, subnet)  # names the layer and choice that do not fit
+        params = count_params(self.model, subnet)
+        _logger.info("training one subnet (%s, %s params) as a fixed adapter", self.args.subnet, f"{params:,}")
+        return subnet
+
+    def _inherit(self, path: str) -> None:
+        """``--init-from``: start from a trained supernet's tensors (the same backbone, space and heads)."""
+        ckpt = read_checkpoint(path)
+        if ckpt["fingerprint"] != self.fingerprint:
+            raise ValueError(f"--init-from {path}: its backbone's weights differ from this run's backbone")
+        load_trainable(self.model, ckpt["trainable"], f"--init-from {path}")
+        _logger.info("starting from the trained tensors of %s", path)
+
     def _restore(self, ckpt: dict[str, Any]) -> None:
         where = ckpt.get("path", str(self.files.checkpoint))
         if ckpt["fingerprint"] != self.fingerprint:
@@ -225,6 +248,7 @@ class _SupernetRun:
                     "task": self.task.to_dict(),
                     "input": self.modality.record(),
                     "class_names": self.class_names,
+                    "subnet": self.subnet,
                     "trainable": tensors,
                     **state,
                     "config": args_to_dict(self.args),
@@ -259,7 +283,8 @@ class _SupernetRun:
         if self.dist.main:
             self._prepare_out()
         _logger.info(
-            "supernet: %d adapted layers, %d trainable tensors' elements, %d train / %d val %s",
+            "%s: %d adapted layers, %d trainable tensors' elements, %d train / %d val %s",
+            "supernet" if self.subnet is None else "one subnet",
             len(glora_layers(self.model)),
             sum(p.numel() for p in t.params),
             len(t.train_set),
@@ -281,4 +306,7 @@ class _SupernetRun:
         if t.epoch < args.epochs:
             _logger.info("stopped after epoch %d of %d; continue with --resume", t.epoch, args.epochs)
         else:
-            _logger.info("done: %s; next: glora-search --supernet %s (or python search.py ...)", last, last)
+            if self.subnet is not None:  # a retrained pick: the export folds the subnet it was trained as
+                _logger.info("done: %s; next: glora-export --supernet %s (or python reparam.py ...)", last, last)
+            else:
+                _logger.info("done: %s; next: glora-search --supernet %s (or python search.py ...)", last, last)

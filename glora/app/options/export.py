@@ -15,7 +15,10 @@ from . import (
 
 __all__ = [
     "build_parser",
+    "DEFAULT_SUBNET",
 ]
+
+DEFAULT_SUBNET = "runs/default/search/subnet.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Fold a searched subnet into plain weights and export a vanilla timm (or transformers) model.",
     )
     p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
-    p.add_argument("--subnet", default="runs/default/search/subnet.yaml", help="subnet YAML from search.py")
+    p.add_argument(
+        "--subnet",
+        default=None,
+        help="subnet YAML from search.py (default: the subnet the checkpoint was trained as, when glora-train "
+        f"retrained one with --subnet; else {DEFAULT_SUBNET})",
+    )
     p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir or save_pretrained)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
     p.add_argument(

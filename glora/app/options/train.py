@@ -34,6 +34,7 @@ from . import (
     nonneg_float,
     nonneg_int,
     optional,
+    parse_args,
     parse_choices,
     positive_float,
     positive_int,
@@ -52,6 +53,8 @@ __all__ = [
     "augment_from_args",
     "backbone_from_args",
     "check_applicable",
+    "parse_train_args",
+    "inherited_options",
     "inputs_of",
 ]
 
@@ -96,8 +99,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
     _add_training_options(p.add_argument_group("training"))
     _add_runtime_options(p.add_argument_group("runtime"))
+    _add_retrain_options(p.add_argument_group("a searched subnet (retraining the pick)"))
     _add_output_options(p.add_argument_group("output"))
     return p
+
+
+# Options of a --init-from checkpoint a retraining run does not take over: where and how this run writes, and what it
+# retrains (the rest, model, data, space and recipe, are its defaults).
+_NOT_INHERITED = {"out", "resume", "force", "stop_after", "init_from", "subnet", "config", "debug", "progress"}
+
+
+def _add_retrain_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--subnet",
+        default=None,
+        metavar="YAML",
+        help="train this subnet alone, as a fixed adapter (a subnet.yaml of glora-search): with --init-from, "
+        "retrain the pick from its inherited weights; without, train it from scratch (a stand-alone score)",
+    )
+    g.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="a supernet checkpoint (last.pt) whose trained tensors this run starts from; its options (model, data, "
+        "space, recipe) are this run's defaults, so only what changes is given (--epochs, --lr, ...)",
+    )
+
+
+def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args`` with one more layer of defaults under the ``-c`` files: the options of the ``--init-from``
+    checkpoint (a fresh run only; a resumed one keeps its own)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--init-from", default=None)
+    pre.add_argument("--resume", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    if known.init_from and not known.resume:
+        parser.set_defaults(**inherited_options(parser, known.init_from))
+    return parse_args(parser, argv)
+
+
+def inherited_options(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The options a supernet checkpoint was trained with, as this parser's defaults (names it does not know, and
+    :data:`_NOT_INHERITED`, left out)."""
+    from ..checkpoint import read_checkpoint
+
+    saved = read_checkpoint(path).get("config") or {}
+    dests = {a.dest for a in parser._actions}
+    out = {}
+    for key, value in saved.items():
+        dest = str(key).replace("-", "_")
+        if dest in dests and dest not in _NOT_INHERITED:
+            out[dest] = value
+    return out
 
 
 def _add_backbone_options(p: argparse.ArgumentParser) -> None:
@@ -434,6 +487,8 @@ def inputs_of(args: argparse.Namespace, configs: bool = True) -> list[tuple[str,
         value = getattr(args, option, None)
         if value and Path(value).expanduser().exists():
             found.append(("--" + option.replace("_", "-"), value))
+    for option in ("init_from", "subnet"):
+        found.append(("--" + option.replace("_", "-"), getattr(args, option, None)))
     if configs:
         found += [("--config", str(resolve_config(c))) for c in args.config]
     return found
