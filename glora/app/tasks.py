@@ -151,6 +151,16 @@ class Task:
         nll, count, _ = self._token_stats(out, y, need_hits=False)
         return (nll / count.clamp(min=1)).sum()
 
+    def distill_loss(self, out: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """In-place distillation, summed over the batch's rows: cross-entropy to the teacher's class probabilities
+        (classification) or squared distance to its outputs (regression). The teacher's outputs are constants."""
+        out, teacher = out.float(), teacher.detach().float()
+        if self.kind == "classification":
+            return -(teacher.softmax(-1) * out.log_softmax(-1)).sum()
+        if self.kind == "regression":
+            return F.mse_loss(out.reshape(-1), teacher.reshape(-1), reduction="sum")
+        raise ValueError("in-place distillation (--distill) is for classification and regression, not a causal LM")
+
     # ------------------------------------------------------------------ evaluation
     def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
         """Per-row statistics of one batch, enough for every metric: (prediction, label) for classification and

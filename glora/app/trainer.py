@@ -1,6 +1,7 @@
 """The one training loop: supernets, single subnets, plain fine-tuning and the embedded backbone all go through it.
 
-Per step: (a supernet) draw a random subnet from the trainer's seeded RNG, forward under autocast (eagerly or through
+Per step: (a supernet) draw the step's subnets from the trainer's seeded RNG (one uniform draw, the paper's, or the
+sandwich rule, inside a parameter budget or not: :mod:`glora.app.sampling`), forward under autocast (eagerly or through
 a compiled model: the same graph for every subnet), the task's loss (cross-entropy with optional label smoothing,
 mean squared error, or a causal LM's response-token loss), backward, the unused supports' gradients settled by the
 recipe's semantics, all-reduce of the gradients that exist (data parallelism; under FSDP the sharded model
@@ -27,12 +28,13 @@ import torch
 from torch import nn
 
 from glora.inject import find_in_place_edits, glora_layers
-from glora.subnet import Subnet, sample_subnet, set_subnet, unused_params
+from glora.subnet import Subnet, set_subnet, unused_params
 
 from .cli import catch_signals
 from .data import Batch, Modality, Split, make_loader, place
 from .distributed import Distributed
 from .evaluate import AMP_MODES, autocast, split_stats
+from .sampling import Sampling, SubnetSampler
 from .sharding import full_optimizer_state, is_sharded, sharded_optimizer_state
 from .tasks import Task, result_key
 
@@ -138,6 +140,7 @@ class Trainer:
         progress: progress bars (None: only on a terminal).
         data_on_device: where cached rows live during the run (``glora.app.data.place``: auto, on, off).
         task: the loss and the validation metrics (default: classification, cross-entropy, accuracy first).
+        sampling: which subnets a supernet step trains (default: one uniform draw, the paper's).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Trainer:
         progress: bool | None = None,
         data_on_device: str = "auto",
         task: Task | None = None,
+        sampling: Sampling | None = None,
     ) -> None:
         if len(train_set) == 0:
             raise ValueError("the train split is empty")
@@ -171,6 +175,10 @@ class Trainer:
         self.adapted = bool(glora_layers(model))
         self.sharded = is_sharded(model)  # FSDP2: gradients reduce-scattered by the model, state gathered to save
         self.supernet = self.adapted and subnet is None
+        self.sampling = sampling or Sampling()
+        if self.sampling.distill and self.supernet and self.task.kind == "causal-lm":
+            raise ValueError("--distill is for classification and regression; a causal LM trains on its labels")
+        self.sampler = SubnetSampler(model, self.sampling) if self.supernet else None
         self._edits_checked = False
         if subnet is not None:
             set_subnet(model, subnet)
@@ -368,29 +376,42 @@ class Trainer:
         return value
 
     def _step(self, batch: Batch, global_n: int, weight: float) -> torch.Tensor:
-        """One update; returns this global batch's summed loss as a device tensor (all ranks' shares added)."""
+        """One update; returns this global batch's summed loss as a device tensor (all ranks' shares added). A
+        supernet step trains the subnets its sampler draws (one, or a sandwich: their gradients averaged)."""
         r, modality = self.recipe, self.modality
         inputs = modality.place(batch.inputs, self.device)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in batch.targets.items()}
         if self.augment is not None:
             inputs = self.augment(inputs, self.rng)
-        if self.supernet:
-            set_subnet(self.model, sample_subnet(self.model, self.rng))  # the same draw on every rank
-        if self.adapted and not self._edits_checked:  # once per run, on the first batch (no draw consumed)
-            with autocast(self.device, r.amp):
-                find_in_place_edits(self.model, lambda: modality(self.model, inputs))
-            self._edits_checked = True
-        with autocast(self.device, r.amp):
-            logits = modality(self.forward, inputs)
-        # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
-        loss_sum = self.task.loss(logits, targets, r.smoothing) * weight
+        subnets = self.sampler.draw(self.rng) if self.supernet else [None]  # the same draws on every rank
         self.optimizer.zero_grad(set_to_none=True)
-        (loss_sum / global_n).backward()
-        if self.adapted:
-            self._settle_unused()
+        teacher, total, unused = None, None, None
+        for subnet in subnets:
+            if subnet is not None:
+                set_subnet(self.model, subnet)
+            if self.adapted and not self._edits_checked:  # once per run, on the first batch (no draw consumed)
+                with autocast(self.device, r.amp):
+                    find_in_place_edits(self.model, lambda: modality(self.model, inputs))
+                self._edits_checked = True
+            with autocast(self.device, r.amp):
+                logits = modality(self.forward, inputs)
+            # This rank's share of the global batch's mean loss: summed over ranks it is the global mean.
+            if teacher is not None:  # in-place distillation: the largest subnet's outputs are the targets
+                loss_sum = self.task.distill_loss(logits, teacher) * weight
+            else:
+                loss_sum = self.task.loss(logits, targets, r.smoothing) * weight
+                if self.sampling.distill and self.supernet:
+                    teacher = logits.detach()
+            (loss_sum / (global_n * len(subnets))).backward()
+            total = loss_sum.detach() if total is None else total + loss_sum.detach()
+            if self.adapted:  # the supports no subnet of the step reads
+                step_unused = {id(p): p for p in unused_params(self.model)}
+                unused = step_unused if unused is None else {k: p for k, p in unused.items() if k in step_unused}
+        if unused is not None:
+            self._settle_unused(list(unused.values()))
         if not self.sharded:
             self.dist.all_reduce_grads(self.params)
-        loss = self.dist.sum_(loss_sum.detach().double())
+        loss = self.dist.sum_((total / len(subnets)).double())
         if r.clip_grad:
             nn.utils.clip_grad_norm_(self.params, r.clip_grad)
         self.optimizer.step()
@@ -399,9 +420,8 @@ class Trainer:
             self.scheduler.step_update(self.step)
         return loss
 
-    def _settle_unused(self) -> None:
-        """Give the supports this step's subnet did not use the gradient the recipe's semantics asks for."""
-        unused = unused_params(self.model)
+    def _settle_unused(self, unused: list[nn.Parameter]) -> None:
+        """Give the supports this step's subnets did not use the gradient the recipe's semantics asks for."""
         if self.recipe.unused_supports == "skip":
             for p in unused:
                 p.grad = None
@@ -420,7 +440,7 @@ class Trainer:
         """The task's validation metrics: a supernet's of one random subnet (drawn from the trainer's RNG), else the
         model's. Each rank evaluates its share; the per-row statistics are gathered, so metrics are the split's."""
         if self.supernet:
-            set_subnet(self.model, sample_subnet(self.model, self.rng))
+            set_subnet(self.model, self.sampler.random(self.rng))
         r = self.recipe
         size = max(r.batch_size, 256) if self.task.kind != "causal-lm" else r.batch_size
         if self.sharded:  # every rank runs every batch (each forward is collective): its share of each

@@ -50,6 +50,7 @@ from ..options.train import (
     check_applicable,
     inputs_of,
     parse_train_args,
+    sampling_from_args,
 )
 from ..outputs import check_no_overlap, output_lock, writes_files
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model, weightless
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_train_args(parser, argv)
     if not args.resume:  # a resumed run keeps its checked options
         check_applicable(parser, argv, args)
+        sampling_from_args(args)  # its rules, before anything is loaded
     last = SupernetFolder(Path(args.out)).checkpoint
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
@@ -142,6 +144,7 @@ class _SupernetRun:
             data_on_device=args.data_on_device,
             task=self.task,
             subnet=self.subnet,
+            sampling=sampling_from_args(args),
         )
         if ckpt is not None:
             self._restore(ckpt)

@@ -21,6 +21,7 @@ from ..data.sources.options import add_option_groups, option_names
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
 from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
+from ..sampling import SAMPLINGS, Sampling
 from ..tasks import METRICS
 from ..trainer import SCHEDULES, UNUSED_SUPPORTS
 from . import (
@@ -54,6 +55,7 @@ __all__ = [
     "backbone_from_args",
     "check_applicable",
     "parse_train_args",
+    "sampling_from_args",
     "inherited_options",
     "inputs_of",
 ]
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_augment_options(p.add_argument_group("augmentation (timm train.py names; with --augment)"))
     _add_training_options(p.add_argument_group("training"))
+    _add_sampling_options(p.add_argument_group("supernet sampling (which subnets a step trains)"))
     _add_runtime_options(p.add_argument_group("runtime"))
     _add_retrain_options(p.add_argument_group("a searched subnet (retraining the pick)"))
     _add_output_options(p.add_argument_group("output"))
@@ -346,6 +349,42 @@ def _add_training_options(g: argparse._ArgumentGroup) -> None:
         "every metric of the task is reported",
     )
     g.add_argument("--seed", type=nonneg_int, default=0, help="seeds the head init, data order and subnet sampling")
+
+
+def _add_sampling_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default="uniform",
+        help="uniform: one subnet per step, every choice drawn uniformly (the paper's); sandwich: the largest, the "
+        "smallest and --sandwich-random random subnets per step, gradients averaged (BigNAS)",
+    )
+    g.add_argument(
+        "--sandwich-random", type=nonneg_int, default=2, help="random subnets per sandwich step, besides the two ends"
+    )
+    g.add_argument(
+        "--param-limit",
+        type=optional(positive_float),
+        default=None,
+        help="millions of params (the paper's count): random subnets are drawn among those the search's "
+        "--param-limit will allow (default: the whole space)",
+    )
+    g.add_argument(
+        "--min-param-limit", type=nonneg_float, default=0.0, help="millions: and among those at least this large"
+    )
+    g.add_argument(
+        "--distill",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="in-place distillation (with --sampling sandwich): the largest subnet learns the labels, the others "
+        "its outputs",
+    )
+
+
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    """The supernet sampling the options describe (older runs' options lack them: the paper's uniform draw)."""
+    names = ("sampling", "sandwich_random", "param_limit", "min_param_limit", "distill")
+    return Sampling(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def _add_runtime_options(g: argparse._ArgumentGroup) -> None:
