@@ -60,5 +60,6 @@ def add_runtime_options(group: argparse._ArgumentGroup | argparse.ArgumentParser
         "--data-on-device",
         choices=DATA_ON_DEVICE,
         default="auto",
-        help="keep the cached uint8 images on the accelerator (auto: when they take at most a quarter of it)",
+        help="keep the cached rows (uint8 images, token fields) on the accelerator (auto: when they take at most a "
+        "quarter of it)",
     )

@@ -305,7 +305,9 @@ def augment_from_args(args: argparse.Namespace) -> TrainAugment | None:
 
 def _add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=positive_int, default=120, help="supernet epochs (paper VTAB-1k: 500)")
-    g.add_argument("--batch-size", type=positive_int, default=64, help="images per step (all processes together)")
+    g.add_argument(
+        "--batch-size", type=positive_int, default=64, help="images or sequences per step (all processes together)"
+    )
     g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)")
     g.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay")
     g.add_argument(
