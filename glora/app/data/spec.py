@@ -16,7 +16,7 @@ from .images import ImageSet
 from .sequences import TextSet
 from .sources import Source, get_source, source_names
 from .sources.options import option_names, options_from
-from .transforms import CROP_MODES, EvalCrop, TrainAugment, input_config
+from .transforms import EvalCrop, TrainAugment, input_config
 
 __all__ = ["DataSpec"]
 
@@ -44,11 +44,6 @@ class DataSpec:
         if source.needs_root and not getattr(options, "data_root", None):
             raise ValueError(f"dataset {dataset!r} needs --data-root")
         source.check(self)
-        crop_pct, crop_mode = getattr(options, "crop_pct", None), getattr(options, "crop_mode", None)
-        if crop_pct is not None and not 0 < crop_pct <= 1:
-            raise ValueError(f"crop-pct must be in (0, 1], got {crop_pct}")
-        if crop_mode is not None and crop_mode not in CROP_MODES:
-            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {crop_mode!r}")
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the spec itself lacks: the source's options.

@@ -75,6 +75,12 @@ class ImageFileOptions(SplitOptions):
         choices=CROP_MODES,
     )
 
+    def __post_init__(self) -> None:
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop-pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode is not None and self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop-mode must be one of {', '.join(CROP_MODES)}; got {self.crop_mode!r}")
+
 
 @dataclass
 class TaskOptions(ImageFileOptions):
