@@ -56,6 +56,7 @@ class _Checked:
     folded: nn.Module
     x: dict[str, torch.Tensor]  # the verification inputs as the model takes them (images normalised), on the CPU
     logits: torch.Tensor  # the folded model's outputs on them
+    modality: Modality  # how the inputs reach the model
     stats: dict[str, Any]
 
 
@@ -65,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
         args.verify_examples = args.verify_images
     out = Path(args.out)
-    own = _trained_subnet(args.supernet) if args.subnet is None else None
+    early = _read_if_readable(args.supernet) if args.subnet is None else None
+    own = _trained_subnet(early)
     if args.subnet is None and own is None:
         args.subnet = DEFAULT_SUBNET
     inputs = [("--supernet", args.supernet), ("--subnet", args.subnet), ("--data-root", args.data_root)]
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
         _check_replaceable(out)
-        ckpt = read_checkpoint(args.supernet)
+        ckpt = early or read_checkpoint(args.supernet)
         hf = BackboneSpec.from_dict(ckpt["backbone"]).is_transformers
         if hf and args.eval_set:
             raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
@@ -102,13 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _trained_subnet(path: str) -> Subnet | None:
-    """The subnet a checkpoint was trained as (``glora-train --subnet``: a retrained pick), or None; a file that
-    cannot be read is left for the checks that report it."""
+def _read_if_readable(path: str) -> dict[str, Any] | None:
+    """The checkpoint, or None when it cannot be read (left for the checks that report it, in their order)."""
     try:
-        stored = read_checkpoint(path).get("subnet")
+        return read_checkpoint(path)
     except (OSError, ValueError):
         return None
+
+
+def _trained_subnet(ckpt: dict[str, Any] | None) -> Subnet | None:
+    """The subnet a checkpoint was trained as (``glora-train --subnet``: a retrained pick), or None."""
+    stored = None if ckpt is None else ckpt.get("subnet")
     return stored if isinstance(stored, dict) and stored else None
 
 
@@ -189,7 +195,7 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         stats["latency"] = _latency(args.latency_rounds, folded, model, base, x, modality)
     if args.eval_set:
         stats["eval_sets"] = _eval_sets(args, ckpt, folded, device, modality)
-    return _Checked(folded.to("cpu"), {k: v.cpu() for k, v in x.items()}, got.cpu(), stats)
+    return _Checked(folded.to("cpu"), {k: v.cpu() for k, v in x.items()}, got.cpu(), modality, stats)
 
 
 def _eval_sets(
@@ -266,7 +272,7 @@ def _write_export(
             reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
         save_subnet(subnet, ExportFolder(tmp).subnet)
         with torch.no_grad():
-            rdiff, _ = max_difference(modality_from_record(ckpt["input"])(reloaded, checked.x), checked.logits)
+            rdiff, _ = max_difference(checked.modality(reloaded, checked.x), checked.logits)
         if rdiff > 0:
             raise ValueError(f"the export reloaded with plain {library} differs from the folded model by {rdiff:.3e}")
         atomic_write_text(ExportFolder(tmp).record, json.dumps(checked.stats, indent=1))

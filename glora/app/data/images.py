@@ -50,7 +50,6 @@ class ImageSet:
     augment: TrainAugment | None = None  # training transform of files read on access (normalised float out)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # what ``augment`` normalises with
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    modality: str = dataclasses.field(default="images", init=False)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +35,6 @@ class TextSet:
     lengths: torch.Tensor
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
-    modality: str = field(default="text", init=False)
 
     def __post_init__(self) -> None:
         self.lengths = torch.as_tensor(self.lengths, dtype=torch.long).cpu()
