@@ -29,7 +29,7 @@ from glora.gift import GiftBank, GiftGenerator
 from glora.space import Kind, LayerChoice
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ROOT / "glora" / "app" / "presets"  # the shipped -c presets (package data)
+PRESETS = ROOT / "configs"  # the -c presets (a built wheel ships a copy as package data)
 
 # Small searches for pipeline tests: (population, parents, mutations, crossovers, generations).
 SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]

@@ -117,8 +117,9 @@ def test_a_regular_install_runs_the_default_pipeline_from_any_folder(tmp_path):
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"glora/app/assets/digits-vit/config.json", "glora/app/assets/digits-vit/model.safetensors"} <= names
-    presets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "glora/app/presets").rglob("*.yaml")}
-    assert presets and presets <= names  # every -c preset ships
+    configs = ROOT / "configs"
+    presets = {f"glora/app/presets/{p.relative_to(configs).as_posix()}" for p in configs.rglob("*.yaml")}
+    assert presets and presets <= names  # every -c preset in configs/ ships, as package data
     for command in ("glora-train", "glora-search", "glora-export", "glora-report", "glora-data"):
         assert command in entry_points
     site = tmp_path / "site"

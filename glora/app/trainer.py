@@ -67,7 +67,7 @@ class Recipe:
     """How to train: optimiser, schedule, loss, precision, seed (the train command's options of the same names).
 
     The defaults are the embedded task's; the paper's VTAB-1k recipe (500 epochs, lr 5e-4 or 1e-4, 10 warmup
-    epochs) is in the ``vtab/*`` presets (``glora/app/presets``).
+    epochs) is in the ``vtab/*`` presets (``configs/vtab``).
     """
 
     epochs: int = 120

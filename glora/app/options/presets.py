@@ -14,8 +14,15 @@ from .errors import ConfigError
 __all__ = ["PRESETS", "preset_names", "resolve_config", "ListPresets"]
 
 
-# The -c presets, shipped inside the package (package data), so they are there after a regular install.
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
+def _presets_folder() -> Path:
+    """The -c presets: a built package's copy (setup.py puts ``configs/`` there), else the checkout's ``configs/``
+    (a source tree or an editable install: the one copy the repository keeps)."""
+    here = Path(__file__).resolve()
+    packaged = here.parent.parent / "presets"
+    return packaged if packaged.is_dir() else here.parents[3] / "configs"
+
+
+PRESETS = _presets_folder()
 
 
 def preset_names() -> list[str]:
