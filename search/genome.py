@@ -42,8 +42,9 @@ class BudgetError(ValueError):
 class Genome:
     """Encoding of a model's subnets; ``low``/``up`` are the per-gene bounds deap's mutUniformInt takes."""
 
-    def __init__(self, model: nn.Module, space: SearchSpace | None = None) -> None:
-        """``space``: search a narrower space than the supernet's (every choice it offers must be the supernet's)."""
+    def __init__(self, model: nn.Module, space: SearchSpace | None = None, only: Subnet | None = None) -> None:
+        """``space``: search a narrower space than the supernet's (every choice it offers must be the supernet's);
+        ``only``: the one subnet a retrained checkpoint trained (each gene keeps that subnet's choice)."""
         layers = require_layers(model)
         own = get_space(model)
         space = own if space is None else _narrowed(own, space)
@@ -54,6 +55,9 @@ class Genome:
         self.options: list[tuple[str, ...]] = [
             tuple(c for c in space.choice_names(s) if c in layers[n].space.choice_names(s)) for n, s in self.genes
         ]
+        if only is not None:
+            pinned = [only.get(n, {}).get(s) for n, s in self.genes]
+            self.options = [(c,) if c in o else () for c, o in zip(pinned, self.options)]
         empty = next(((n, s) for (n, s), o in zip(self.genes, self.options) if not o), None)
         if empty is not None:
             n, s = empty

@@ -137,7 +137,9 @@ class _SearchRun:
         self.val = place(self.data.load_for("val", self.modality, args.progress), device, args.data_on_device)
         self.task.check_split(self.val.targets, "validation")
         self.val_loader = self._loader(self.val)
-        self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices))
+        # a retrained pick (glora-train --subnet) trained one subnet: that one is scored, the rest are stale
+        self.retrained = ckpt.get("subnet")
+        self.genome = Genome(self.model, _search_space(get_space(self.model), args.choices), only=self.retrained)
         rule = bias_free_rule(self.model)
         if rule:
             _logger.info("%s", rule)
@@ -145,7 +147,8 @@ class _SearchRun:
         settings = _settings(args)
         if self.fixed:
             cost = self.genome.cost([0] * len(self.genome))
-            _logger.info("the space holds one subnet (%s params): evaluating it, no search", f"{cost:,}")
+            what = "the checkpoint trained one subnet" if self.retrained else "the space holds one subnet"
+            _logger.info("%s (%s params): evaluating it, no search", what, f"{cost:,}")
             if not settings.min_params <= cost <= settings.max_params:
                 _logger.warning("the one subnet has %s params, outside --param-limit; kept anyway", f"{cost:,}")
             settings = dataclasses.replace(
