@@ -166,21 +166,6 @@ CASES = [
         "refusing to load",
     ),
     (
-        "budget-inverted",
-        "search",
-        lambda d, t: [
-            "--supernet",
-            str(d / SUP),
-            "--out",
-            str(t / "s"),
-            "--param-limit",
-            "0.01",
-            "--min-param-limit",
-            "0.02",
-        ],
-        "inverted budget",
-    ),
-    (
         "budget-unreachable",
         "search",
         lambda d, t: [
@@ -404,6 +389,11 @@ def _subnet_edit(done: Path, tmp: Path, edit) -> Path:
     return tmp / "edited.yaml"
 
 
+def test_every_case_has_its_own_id():
+    names = [c[0] for c in CASES]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
 @pytest.mark.parametrize("name, command, argv, message", CASES, ids=[c[0] for c in CASES])
 def test_user_errors_are_one_line_and_touch_nothing(pipeline, tmp_path, capsys, name, command, argv, message):
     if name == "supernet-malicious-pickle":
@@ -444,3 +434,22 @@ def test_non_finite_tensors_are_never_written(tmp_path):
 
 
 # ---------------------------------------------------------------------- interruption
+
+
+@pytest.mark.parametrize("missing", ["transformers", "datasets"])
+def test_a_text_run_without_the_text_extra_names_the_install(tiny_bert, tmp_path, capsys, monkeypatch, missing):
+    """Language models need the ``text`` extra: without it, one line that gives the install command, before any
+    work (not an ImportError from inside the run)."""
+    import importlib.util
+
+    from helpers import sentiment_files, text_train_args
+
+    from glora.app.hf_backbone import TEXT_EXTRA
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    files = sentiment_files(tmp_path)
+    code, err = cli("train", text_train_args(tiny_bert, files, tmp_path / "o"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and missing in lines[0] and TEXT_EXTRA in lines[0], err
+    assert not (tmp_path / "o").exists()

@@ -10,6 +10,7 @@ tests and smoke runs.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 from glora._text import first_line
 
 __all__ = [
+    "TEXT_EXTRA",
+    "require_text_packages",
     "TASK_TYPES",
     "DTYPES",
     "is_transformers_model",
@@ -79,6 +82,19 @@ def is_transformers_model(name: str) -> bool:
     return len(parts) == 2 and all(parts)
 
 
+# What language models need beyond the core install, and the line that installs it.
+TEXT_PACKAGES = ("transformers", "datasets")
+TEXT_EXTRA = "pip install 'glora-toolkit[text]'"
+
+
+def require_text_packages(what: str = "language models") -> None:
+    """``ValueError`` naming the install command when the text extra's packages are missing: one line, not an
+    ``ImportError`` from deep inside a run."""
+    missing = [name for name in TEXT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"{what} need {' and '.join(missing)} (the text extra), not installed: {TEXT_EXTRA}")
+
+
 def infer_task_type(architectures: list[str] | None) -> str | None:
     """The task type the config's ``architectures`` name, or None when they name none (or more than one)."""
     found = {task for arch in architectures or () for end, task in _ENDINGS.items() if arch.endswith(end)}
@@ -86,6 +102,7 @@ def infer_task_type(architectures: list[str] | None) -> str | None:
 
 
 def _config(name: str):
+    require_text_packages()
     from transformers import AutoConfig
 
     try:

@@ -20,7 +20,7 @@ from ..data.sources import get_source
 from ..data.sources.options import add_option_groups, option_names
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
-from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model
+from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model, require_text_packages
 from ..sampling import SAMPLINGS, Sampling
 from ..tasks import METRICS
 from ..trainer import SCHEDULES, UNUSED_SUPPORTS
@@ -455,6 +455,11 @@ def check_applicable(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     own = set(option_names(source.Options))
     hf = is_transformers_model(str(args.model))
     text = source.modality == "text"
+    if hf or text:
+        try:
+            require_text_packages()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if hf != text:
         raise ConfigError(
             f"--model {args.model!r} is a transformers model; it trains on --dataset text or instructions"

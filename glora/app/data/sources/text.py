@@ -20,6 +20,7 @@ import torch
 
 from glora._text import first_line
 
+from ...hf_backbone import require_text_packages
 from ..sequences import TextSet
 from . import Source, register_source
 from .options import TextFileOptions, option
@@ -40,6 +41,7 @@ TEXT_SUFFIXES = {
 
 def read_table(path: str):
     """A ``datasets.Dataset`` from a data file or a ``save_to_disk`` folder; ``ValueError`` says what is wrong."""
+    require_text_packages("text data")
     import datasets
 
     p = Path(path).expanduser()
@@ -130,6 +132,7 @@ def _integral(values: list) -> list:
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str):
     """The model's own tokenizer, padding on the right (with eos where it has no pad token)."""
+    require_text_packages()
     from transformers import AutoTokenizer
 
     try:
