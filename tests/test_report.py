@@ -19,7 +19,7 @@ VIT = "vit_base_patch16_224.orig_in21k"
 
 
 def _run(root: Path, *, dataset: str, task: str | None, seed: int = 0, shot: int | None = None, test=None,
-         lora=(8, 4), eval_sets=None, model=VIT, metric="accuracy", layout="full") -> Path:  # fmt: skip
+         lora=(8, 4), eval_sets=None, model=VIT, metric="accuracy", layout="full", metrics=None) -> Path:  # fmt: skip
     """A finished (or, with ``test=None``, unfinished) run as the commands lay it out."""
     sup, search, export = root / "supernet", root / "search", root / "export"
     sup.mkdir(parents=True)
@@ -31,6 +31,8 @@ def _run(root: Path, *, dataset: str, task: str | None, seed: int = 0, shot: int
         (search / "config.yaml").write_text(yaml.safe_dump({"supernet": str(sup / "last.pt")}))
         key = "acc" if metric == "accuracy" else metric
         final = {"final": True, "params": 860_000 + seed, "metric": metric, f"test_{key}": test}
+        if metrics:  # every metric of the pick, as the search writes them
+            final |= {"val_metrics": metrics["val"], "test_metrics": metrics["test"]}
         if eval_sets:
             final["eval_sets"] = eval_sets
         (search / "search_log.jsonl").write_text(json.dumps({"generation": 1}) + "\n" + json.dumps(final) + "\n")
@@ -108,6 +110,38 @@ def test_fewshot_per_shot_with_a_plot_and_dg_with_masked_sets_marked(tmp_path):
     paper = dict(zip(_row(md, "source"), _row(md, "paper: GLoRA (0.29M) (Table 2)")))
     assert paper["sketch"] == "30.6" and paper["a*"] == "13.3" and paper["source test"] == "78.3"
     assert "* masked: the argmax was restricted" in md
+
+
+def test_the_csvs_keep_the_spread_runs_csv_has_every_run_and_median_is_offered(tmp_path):
+    """Each CSV cell comes with its std and number of seeds; runs.csv holds one row per run with every val / test
+    metric; ``--aggregate median`` shows the median over seeds (the GIFT paper's GLUE protocol)."""
+    tests = [0.70, 0.72, 0.80]
+    runs = [
+        _run(tmp_path / f"c{seed}", dataset="vtab", task="cifar", seed=seed, test=t,
+             metrics={"val": {"accuracy": t - 0.01, "loss": 1.0 - t}, "test": {"accuracy": t}})
+        for seed, t in enumerate(tests)
+    ] + [_run(tmp_path / "g", dataset="text", task=None, test=0.5)]  # fmt: skip
+    mean = build_report(find_results(runs))
+    vtab = next(iter(csv.DictReader(io.StringIO(mean.csv["vtab.csv"]))))
+    assert float(vtab["cifar"]) == pytest.approx(74.0) and vtab["cifar n"] == "3"
+    assert float(vtab["cifar std"]) == pytest.approx(statistics.stdev([70, 72, 80]), abs=1e-4)
+    assert vtab["dtd"] == vtab["dtd std"] == vtab["dtd n"] == ""  # not run: empty, never zero
+    other = next(iter(csv.DictReader(io.StringIO(mean.csv["other.csv"]))))
+    assert other["test"] == "50.0000" and other["test std"] == "0.0000" and other["test n"] == "1"
+    rows = list(csv.DictReader(io.StringIO(mean.csv["runs.csv"])))
+    cifar = [r for r in rows if r["task"] == "cifar"]
+    assert [int(r["seed"]) for r in cifar] == [0, 1, 2] and len(rows) == 4
+    assert [float(r["test accuracy"]) for r in cifar] == tests
+    assert [float(r["val loss"]) for r in cifar] == pytest.approx([1.0 - t for t in tests])
+    assert next(r for r in rows if r["dataset"] == "text")["test accuracy"] == "0.5"  # an older record: test only
+    median = build_report(find_results(runs), "median")
+    assert float(next(iter(csv.DictReader(io.StringIO(median.csv["vtab.csv"]))))["cifar"]) == pytest.approx(72.0)
+    md = "\n\n".join(median.markdown)
+    assert "Median over seeds" in md and dict(zip(_row(md, "method"), _row(md, f"{VIT} lora 8,4")))["cifar"].startswith(
+        "72.0 ± "
+    )
+    with pytest.raises(ValueError, match="aggregate must be one of mean, median"):
+        build_report(find_results(runs), "mode")
 
 
 @pytest.mark.slow  # the session's default pipeline

@@ -3,9 +3,10 @@
 A run is a folder laid out as the default run is (``supernet/``, ``search/``, ``export/``) or any one of those
 folders. What each run trained on (dataset, task, shot, seed, search space) is read from the supernet's
 ``config.yaml`` (found through the search's or export's record when only those are given); the result from the
-search's final record (the pick's test metric and parameter count) and the export's ``glora_export.json`` (its
+search's final record (the pick's metrics and parameter count) and the export's ``glora_export.json`` (its
 extra evaluation sets, the domain-generalization columns). Runs that differ only in their seed are one cell:
-mean ± sample standard deviation over seeds, and how many.
+mean (or median, ``--aggregate median``) ± sample standard deviation over seeds, and how many; each CSV keeps all
+three per cell (columns ``X``, ``X std``, ``X n``), and ``runs.csv`` holds every run as a row.
 
 Tables (Markdown in ``report.md``, one CSV each, the few-shot curves as PNG): VTAB-1k per task with the paper's
 group means (Natural, Specialized, Structured) and their mean, as the paper averages (Table 1); few-shot accuracy
@@ -34,7 +35,16 @@ from .data import FEWSHOT_SHOTS, DataSpec
 from .layout import SupernetFolder, run_folders
 from .tasks import result_key
 
-__all__ = ["RunResult", "find_results", "build_report", "write_report", "VTAB_GROUPS", "PAPER_VTAB", "PAPER_DG"]
+__all__ = [
+    "RunResult",
+    "AGGREGATES",
+    "find_results",
+    "build_report",
+    "write_report",
+    "VTAB_GROUPS",
+    "PAPER_VTAB",
+    "PAPER_DG",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +110,8 @@ class RunResult:
     test: float | None = None  # the pick's test metric (None: the run has no test result yet)
     params: int | None = None
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)  # every metric of the pick, as the search wrote them
+    test_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def percent(self) -> bool:
@@ -155,6 +167,8 @@ def read_run(run: str | Path) -> RunResult:
         metric = final.get("metric", "accuracy")
         result.metric, result.test, result.params = metric, final.get(f"test_{result_key(metric)}"), final.get("params")
         result.eval_sets = dict(final.get("eval_sets") or {})
+        result.val_metrics = dict(final.get("val_metrics") or {})
+        result.test_metrics = dict(final.get("test_metrics") or {})
     if exported:  # the folded export's numbers are what ships
         result.params = exported.get("glora_params", result.params)
         result.eval_sets = dict(exported.get("eval_sets") or result.eval_sets)
@@ -170,11 +184,15 @@ def find_results(runs: Iterable[str | Path]) -> list[RunResult]:
 
 
 # ---------------------------------------------------------------------- aggregation
+AGGREGATES = ("mean", "median")
+
+
 @dataclass
 class Cell:
-    """A mean over seeds."""
+    """One table cell: a metric over seeds, summarised by its mean or (the GIFT paper's GLUE protocol) its median."""
 
     values: list[float]
+    how: str = "mean"
 
     @property
     def n(self) -> int:
@@ -188,20 +206,30 @@ class Cell:
     def std(self) -> float:
         return statistics.stdev(self.values) if self.n > 1 else 0.0
 
+    @property
+    def center(self) -> float:
+        """The value the tables show: the mean or the median over seeds."""
+        return statistics.median(self.values) if self.how == "median" else self.mean
 
-def _cells(results: Sequence[RunResult], key) -> dict[Any, Cell]:
+
+def _cells(results: Sequence[RunResult], key, how: str = "mean") -> dict[Any, Cell]:
     grouped: dict[Any, list[float]] = defaultdict(list)
     for r in results:
         if r.test is not None and math.isfinite(r.test):
             grouped[key(r)].append(100 * r.test if r.percent else r.test)
-    return {k: Cell(v) for k, v in grouped.items()}
+    return {k: Cell(v, how) for k, v in grouped.items()}
 
 
 def _fmt(cell: Cell | None, digits: int = 1) -> str:
     if cell is None:
         return "—"
-    text = f"{cell.mean:.{digits}f}"
+    text = f"{cell.center:.{digits}f}"
     return text + (f" ± {cell.std:.{digits}f} (n={cell.n})" if cell.n > 1 else "")
+
+
+def _summary_words(how: str) -> str:
+    """How a report's cells summarise seeds, as its sections say it."""
+    return "Mean ± std over seeds (n = seeds)" if how == "mean" else "Median over seeds, ± std (n = seeds)"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -233,6 +261,7 @@ class Report:
     markdown: list[str] = field(default_factory=list)
     csv: dict[str, str] = field(default_factory=dict)
     png: dict[str, bytes] = field(default_factory=dict)
+    aggregate: str = "mean"  # how a cell summarises seeds (AGGREGATES)
 
 
 def _vtab(results: Sequence[RunResult], report: Report) -> None:
@@ -243,11 +272,12 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
     for r in runs:
         by_space[(r.model, r.space)].append(r)
     header = ["method", "# params (M)", *_TASK_ORDER, *VTAB_GROUPS, "Average"]
+    csv_header = ["method", "# params (M)", *_spread_header(_TASK_ORDER), *VTAB_GROUPS, "Average"]
     md_rows, csv_rows = [], []
     for (model, space), group in sorted(by_space.items()):
-        cells = _cells(group, lambda r: r.task)
+        cells = _cells(group, lambda r: r.task, report.aggregate)
         means = {
-            g: statistics.fmean([cells[t].mean for t in ts]) if all(t in cells for t in ts) else None
+            g: statistics.fmean([cells[t].center for t in ts]) if all(t in cells for t in ts) else None
             for g, ts in VTAB_GROUPS.items()
         }
         complete = [m for m in means.values() if m is not None]
@@ -263,7 +293,7 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
                 _num(average),
             ]
         )
-        csv_rows.append([name, params, *(_csv_cell(cells.get(t)) for t in _TASK_ORDER), *means.values(), average])
+        csv_rows.append([name, params, *_spread(cells.get(t) for t in _TASK_ORDER), *means.values(), average])
         paper = _paper_row(model, group[0].lora_ranks, group[0].gift_ranks)
         if paper is not None:
             label, per_task, groups, paper_avg = paper
@@ -276,15 +306,15 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
                     _num(paper_avg),
                 ]
             )
-            diff = [_diff(cells[t].mean if t in cells else None, per_task.get(t)) for t in _TASK_ORDER]
+            diff = [_diff(cells[t].center if t in cells else None, per_task.get(t)) for t in _TASK_ORDER]
             gdiff = [_diff(means[g], groups.get(g)) for g in VTAB_GROUPS]
             md_rows.append(["difference (ours − paper)", "", *diff, *gdiff, _diff(average, paper_avg)])
     report.markdown.append(
-        "## VTAB-1k (test accuracy, %)\n\nMean ± std over seeds (n = seeds); group means as the paper's Table 1 "
+        f"## VTAB-1k (test accuracy, %)\n\n{_summary_words(report.aggregate)}; group means as the paper's Table 1 "
         "forms them, the average is the mean of the three group means. — : not run (a group mean needs all its "
         "tasks).\n\n" + _table(header, md_rows)
     )
-    report.csv["vtab.csv"] = _csv(header, csv_rows)
+    report.csv["vtab.csv"] = _csv(csv_header, csv_rows)
 
 
 def _group_text(mean: float | None, tasks: Sequence[str], cells: Mapping[str, Cell]) -> str:
@@ -293,8 +323,17 @@ def _group_text(mean: float | None, tasks: Sequence[str], cells: Mapping[str, Ce
     return f"— ({sum(t in cells for t in tasks)}/{len(tasks)})"
 
 
-def _csv_cell(cell: Cell | None) -> str:
-    return "" if cell is None else f"{cell.mean:.4f}"
+def _spread_header(columns: Iterable[str]) -> list[str]:
+    """A CSV keeps each cell's spread: every column ``X`` becomes ``X``, ``X std`` and ``X n``."""
+    return [name for c in columns for name in (c, f"{c} std", f"{c} n")]
+
+
+def _spread(cells: Iterable[Cell | None]) -> list[str]:
+    """The CSV values of :func:`_spread_header`'s columns (empty where nothing ran)."""
+    out: list[str] = []
+    for cell in cells:
+        out += ["", "", ""] if cell is None else [f"{cell.center:.4f}", f"{cell.std:.4f}", str(cell.n)]
+    return out
 
 
 def _diff(ours: float | None, paper: float | None) -> str:
@@ -323,18 +362,20 @@ def _fewshot(results: Sequence[RunResult], report: Report) -> None:
     runs = [r for r in results if r.dataset == "fewshot"]
     if not runs:
         return
-    cells = _cells(runs, lambda r: (r.task, r.space, r.shot))
+    cells = _cells(runs, lambda r: (r.task, r.space, r.shot), report.aggregate)
     rows_keys = sorted({(t, s) for t, s, _ in cells} | {(r.task, r.space) for r in runs}, key=str)
     shots = sorted({*FEWSHOT_SHOTS, *(sh for _, _, sh in cells if sh is not None)})
     header = ["dataset", "space", *(f"{s}-shot" for s in shots)]
     md = [[t, s, *(_fmt(cells.get((t, s, sh))) for sh in shots)] for t, s in rows_keys]
     report.markdown.append(
-        "## Few-shot fine-grained classification (test accuracy, %)\n\nMean ± std over seeds. The paper gives these "
+        f"## Few-shot fine-grained classification (test accuracy, %)\n\n{_summary_words(report.aggregate)}. The "
+        "paper gives these "
         "as curves (its Figure 2), not numbers, so there is nothing to difference against; see fewshot.png.\n\n"
         + _table(header, md)
     )
     report.csv["fewshot.csv"] = _csv(
-        header, [[t, s, *(_csv_cell(cells.get((t, s, sh))) for sh in shots)] for t, s in rows_keys]
+        ["dataset", "space", *_spread_header(f"{s}-shot" for s in shots)],
+        [[t, s, *_spread(cells.get((t, s, sh)) for sh in shots)] for t, s in rows_keys],
     )
     report.png["fewshot.png"] = _fewshot_png(cells, rows_keys)
 
@@ -350,7 +391,7 @@ def _fewshot_png(cells: Mapping[Any, Cell], rows: Sequence[tuple[str, str]]) -> 
             xs = [p for p, _ in points]
             ax.errorbar(
                 xs,
-                [c.mean for _, c in points],
+                [c.center for _, c in points],
                 yerr=[c.std for _, c in points],
                 marker="o",
                 capsize=3,
@@ -382,12 +423,14 @@ def _dg(results: Sequence[RunResult], report: Report) -> None:
     header = ["source", "space", "source test", *(n + ("*" if n in masked else "") for n in names)]
     md, rows = [], []
     for (dataset, space, task), group in sorted(by.items(), key=str):
-        test = _cells(group, lambda r: 0).get(0)
-        sets = {n: Cell([100 * r.eval_sets[n]["acc"] for r in group if n in r.eval_sets]) for n in names}
+        test = _cells(group, lambda r: 0, report.aggregate).get(0)
+        sets = {
+            n: Cell([100 * r.eval_sets[n]["acc"] for r in group if n in r.eval_sets], report.aggregate) for n in names
+        }
         sets = {n: c for n, c in sets.items() if c.n}
         label = f"{dataset}/{task}" if task else dataset
         md.append([label, space, _fmt(test), *(_fmt(sets.get(n)) for n in names)])
-        rows.append([label, space, _csv_cell(test), *(_csv_cell(sets.get(n)) for n in names)])
+        rows.append([label, space, *_spread([test, *(sets.get(n) for n in names)])])
     paper = {n: PAPER_DG.get(_DG_NAMES.get(n.lower(), "")) for n in names}
     if any(v is not None for v in paper.values()):
         md.append(["paper: GLoRA (0.29M) (Table 2)", "", _num(PAPER_DG["ImageNet"]), *(_num(paper[n]) for n in names)])
@@ -401,7 +444,7 @@ def _dg(results: Sequence[RunResult], report: Report) -> None:
         "## Domain generalization (accuracy, %)\n\nThe exported model on each extra evaluation set, beside its own "
         "test split (ImageNet for the paper's 16-shot source).\n\n" + _table(header, md) + note
     )
-    report.csv["dg.csv"] = _csv(header, rows)
+    report.csv["dg.csv"] = _csv(["source", "space", *_spread_header(header[2:])], rows)
 
 
 def _data_name(train_file: Any) -> str | None:
@@ -426,7 +469,7 @@ def _others(results: Sequence[RunResult], report: Report) -> None:
     def key(r: RunResult) -> tuple:  # runs of one model on one task in one space are seeds of one cell
         return (r.dataset, r.task, _short_model(r.model), r.space, r.metric)
 
-    cells = _cells(runs, key)
+    cells = _cells(runs, key, report.aggregate)
     keys = sorted({key(r) for r in runs}, key=str)
     header = ["dataset", "task", "model", "space", "metric", "test", "# params (M)"]
     md = []
@@ -435,19 +478,44 @@ def _others(results: Sequence[RunResult], report: Report) -> None:
         group = [r for r in runs if key(r) == k]
         unit = " (%)" if group[0].percent else ""
         md.append([d, t or "", model, s, m + unit, _fmt(cells.get(k), 2 if not unit else 1), _num(_params(group), 4)])
-    report.markdown.append("## Other tasks\n\n" + _table(header, md))
-    report.csv["other.csv"] = _csv(header, [[*row[:5], _csv_cell(cells.get(k)), row[6]] for row, k in zip(md, keys)])
+    report.markdown.append(f"## Other tasks\n\n{_summary_words(report.aggregate)}.\n\n" + _table(header, md))
+    report.csv["other.csv"] = _csv(
+        [*header[:5], *_spread_header(["test"]), header[6]],
+        [[*row[:5], *_spread([cells.get(k)]), row[6]] for row, k in zip(md, keys)],
+    )
 
 
-def build_report(results: Sequence[RunResult]) -> Report:
-    """Every table the results fill."""
-    report = Report()
+def _runs_csv(results: Sequence[RunResult], report: Report) -> None:
+    """One row per run (every seed, every metric of its pick), for plots and tables of one's own."""
+    metrics = {kind: sorted({m for r in results for m in getattr(r, f"{kind}_metrics")}) for kind in ("val", "test")}
+    sets = sorted({n for r in results for n in r.eval_sets})
+    header = ["run", "dataset", "task", "shot", "model", "space", "seed", "params", "metric",
+              *(f"{kind} {m}" for kind, names in metrics.items() for m in names),
+              *(f"{n} acc" for n in sets)]  # fmt: skip
+    rows = []
+    for r in sorted(results, key=lambda r: (r.dataset, str(r.task), str(r.shot), r.model, r.space, r.seed, r.run)):
+        values = [r.val_metrics.get(m) for m in metrics["val"]] + [r.test_metrics.get(m) for m in metrics["test"]]
+        if not r.test_metrics and r.test is not None and r.metric in metrics["test"]:  # an older record: test only
+            values[len(metrics["val"]) + metrics["test"].index(r.metric)] = r.test
+        rows.append([r.run, r.dataset, r.task or "", "" if r.shot is None else r.shot, r.model, r.space, r.seed,
+                     "" if r.params is None else r.params, r.metric,
+                     *("" if v is None else v for v in values),
+                     *(r.eval_sets[n]["acc"] if n in r.eval_sets else "" for n in sets)])  # fmt: skip
+    report.csv["runs.csv"] = _csv(header, rows)
+
+
+def build_report(results: Sequence[RunResult], aggregate: str = "mean") -> Report:
+    """Every table the results fill; ``aggregate``: how a cell summarises seeds (mean, or median as the GIFT paper
+    reports GLUE); every run also as a row of runs.csv."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+    report = Report(aggregate=aggregate)
     pending = [r.run for r in results if r.test is None]
     report.markdown.append(
         f"# GLoRA results\n\n{len(results)} runs read, {len(results) - len(pending)} with a finished search."
         + (f" Without a test result yet (shown as missing): {', '.join(pending)}." if pending else "")
     )
-    for section in (_vtab, _fewshot, _dg, _others):
+    for section in (_vtab, _fewshot, _dg, _others, _runs_csv):
         section(results, report)
     return report
 

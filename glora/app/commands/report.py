@@ -2,8 +2,9 @@
 
     glora-report runs/vtab/* runs/vtab-seed1/* --out runs/report
 
-Writes ``report.md`` (every table, the paper's numbers beside ours and the difference), one CSV per table and
-``fewshot.png``; reads nothing but the runs' small records (config.yaml, search_log.jsonl, glora_export.json).
+Writes ``report.md`` (every table, the paper's numbers beside ours and the difference), one CSV per table (each
+cell's value, std and number of seeds), ``runs.csv`` (one row per run, every metric) and ``fewshot.png``; reads
+nothing but the runs' small records (config.yaml, search_log.jsonl, glora_export.json).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..cli import run
 from ..options import make_parser, parse_args, program_name
 from ..outputs import check_no_overlap, output_lock
-from ..report import build_report, find_results, write_report
+from ..report import AGGREGATES, build_report, find_results, write_report
 
 __all__ = ["build_parser", "main", "cli"]
 
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "averaged",
     )
     p.add_argument("--out", default="runs/report", help="folder for report.md, the CSV tables and fewshot.png")
+    p.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="mean",
+        help="how a cell summarises the seeds of a task (median: the GIFT paper's GLUE protocol, five seeds)",
+    )
     p.add_argument("--force", action="store_true", help="replace a report already in --out")
     return p
 
@@ -45,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / "report.md").exists() and not args.force:
             raise FileExistsError(f"{str(out)!r} already holds a report; pass --force to replace it")
         results = find_results(args.runs)
-        written = write_report(build_report(results), out)
+        written = write_report(build_report(results, args.aggregate), out)
     done = sum(r.test is not None for r in results)
     print(f"{len(results)} runs ({done} with a finished search); wrote {', '.join(p.name for p in written)} to {out}/")
     return 0
