@@ -134,6 +134,18 @@ def test_gift_is_shared_and_its_update_reaches_every_member():
     layers = list(glora.glora_layers(model).values())
     assert layers[0].gift is layers[1].gift  # type sharing: names "0" and "2" both wildcard to "*"
     assert len(list(model.get_submodule(GIFT_ATTR).generators)) == 1
+    # a step on a loss of the first member alone moves the second member's output: one generator, trained by both
+    glora.set_subnet(model, glora.make_subnet(model, A="gift_3"))
+    x = torch.randn(5, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        second = model[2](x)
+    generator = list(model.get_submodule(GIFT_ATTR).parameters())
+    opt = torch.optim.SGD(generator, lr=0.1)
+    model[0](x).pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator)
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model[2](x), second)
 
 
 def test_unset_layer_raises_a_clear_error():

@@ -300,8 +300,14 @@ def test_a_commonsense_preset_trains_a_bf16_supernet_on_q_and_v(llama, tmp_path,
     args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
     code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
     assert code == 0, err  # the bf16 export reloads in plain transformers with the very same logits
-    plain = transformers.AutoModelForCausalLM.from_pretrained(out)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert plain.dtype == torch.bfloat16
+    ids = torch.randint(3, plain.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), glora.folded(model.eval(), glora.load_subnet(tmp_path / "s" / "subnet.yaml")):
+        ours = model(input_ids=ids)
+    with torch.no_grad():
+        theirs = plain(input_ids=ids).logits
+    assert ours.dtype == theirs.dtype == torch.bfloat16 and torch.equal(ours, theirs)
 
 
 @pytest.mark.slow

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, SMALL_SEARCH, python, same_training, search_state
+from helpers import ROOT, SMALL_SEARCH, TINY_SEARCH, python, same_training, search_state
 
 import glora
 from glora.app import load_supernet, read_checkpoint
@@ -131,8 +132,9 @@ def test_export_loads_with_plain_timm_and_matches_the_supernet(pipeline):
     assert sum(p.numel() for p in plain.parameters()) == stats["base_params"]
 
 
-def test_export_refuses_to_overwrite_unless_forced(pipeline, capsys):
-    out = pipeline / "export"
+def test_export_refuses_to_overwrite_unless_forced(pipeline, tmp_path, capsys):
+    out = tmp_path / "export"  # a copy: the shared pipeline stays as conftest made it
+    shutil.copytree(pipeline / "export", out)
     before = (out / "model.safetensors").read_bytes()
     argv = [
         "--supernet",
@@ -147,6 +149,29 @@ def test_export_refuses_to_overwrite_unless_forced(pipeline, capsys):
     assert (out / "model.safetensors").read_bytes() == before
     assert run(reparam_main, [*argv, "--force"]) == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".export")]  # no temp folders left
+
+
+def test_train_and_search_force_replace_only_their_own_files(pipeline, tmp_path, capsys):
+    """``--force`` over a finished run rewrites what the command writes and leaves every other file in the folder
+    (the user's notes, another command's outputs) as it was."""
+    sup, found = tmp_path / "supernet", tmp_path / "search"
+    shutil.copytree(pipeline / "supernet", sup)
+    shutil.copytree(pipeline / "search", found)
+    for folder in (sup, found):
+        (folder / "notes.txt").write_text("mine")
+    (found / "last.pt").write_bytes(b"not the search's")
+    old_ckpt = (sup / "last.pt").read_bytes()
+    train = ["--epochs", "1", "--seed", "7", "--no-progress", "--out", str(sup)]
+    assert run(train_main, train) == 2 and "--force" in capsys.readouterr().err
+    assert run(train_main, [*train, "--force"]) == 0
+    assert (sup / "last.pt").read_bytes() != old_ckpt and (sup / "notes.txt").read_text() == "mine"
+    assert len((sup / "log.jsonl").read_text().splitlines()) == 1  # the new run's log, not appended to the old
+    old_log = (found / "search_log.jsonl").read_text()
+    search = ["--supernet", str(sup / "last.pt"), "--out", str(found), *TINY_SEARCH, "--no-progress"]
+    assert run(search_main, search) == 2 and "--force" in capsys.readouterr().err
+    assert run(search_main, [*search, "--force"]) == 0
+    assert (found / "search_log.jsonl").read_text() != old_log
+    assert (found / "notes.txt").read_text() == "mine" and (found / "last.pt").read_bytes() == b"not the search's"
 
 
 def test_export_rejects_a_subnet_that_does_not_fit(pipeline, tmp_path, capsys):
@@ -359,6 +384,13 @@ def test_the_pick_retrains_from_its_inherited_weights_and_exports(pipeline, tmp_
     assert glora.load_subnet(tmp_path / "e" / "subnet.yaml") == after["subnet"]
     record = json.loads((tmp_path / "e" / "glora_export.json").read_text())
     assert record["glora_params"] == glora.count_params(model, after["subnet"]) == final["params"]
+    # the search scores the retrained subnet alone (the space's other subnets hold the supernet's stale tensors)
+    argv = ["--supernet", tmp_path / "re" / "last.pt", "--out", tmp_path / "s", "--param-limit", "none"]
+    code, err = cli("search", [*argv, "--no-progress"], capsys)
+    assert code == 0 and "the checkpoint trained one subnet" in err, err
+    scored = json.loads((tmp_path / "s" / "search_log.jsonl").read_text().splitlines()[-1])
+    assert scored["evaluated"] == 1 and scored["params"] == final["params"]
+    assert glora.load_subnet(tmp_path / "s" / "subnet.yaml") == after["subnet"]
 
 
 def test_a_retraining_run_resumes_exactly(pipeline, tmp_path, capsys):
