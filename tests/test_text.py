@@ -21,6 +21,7 @@ from helpers import (
     sentiment_rows,
     text_train_args,
     write_csv,
+    write_jsonl,
 )
 
 import glora
@@ -110,6 +111,34 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         return ["--validation-file", str(tmp / "missing.csv")]
     if what == "longer-than-positions":  # the tiny BERT has 64 learned positions
         return ["--max-seq-length", "100"]
+    if what == "blank-label":  # pandas reads a blank cell of a number column as NaN
+        (tmp / "t.csv").write_text("text,label\nthis was great,1\nawful plot,\nbad acting,0\n")
+        return ["--train-file", str(tmp / "t.csv")]
+    if what == "null-label":
+        rows[3]["label"] = None
+        return ["--validation-file", str(write_jsonl(tmp / "v.jsonl", rows))]
+    if what == "one-class":
+        return ["--train-file", str(write_csv(tmp / "t.csv", [{**r, "label": "pos"} for r in rows]))]
+    if what == "mixed-labels":
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", [{**r, "label": i if i % 2 else "pos"}
+                                                                  for i, r in enumerate(rows)]))]  # fmt: skip
+    if what == "list-labels":
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", [{**r, "label": [0, 1]} for r in rows]))]
+    if what == "number-as-text":
+        rows[1]["text"] = 42
+        return ["--validation-file", str(write_jsonl(tmp / "v.jsonl", rows))]
+    if what == "nan-regression":
+        (tmp / "t.csv").write_text("text,label\nthis was great,0.5\nawful plot,\nbad acting,1.5\n")
+        return ["--train-file", str(tmp / "t.csv"), "--problem-type", "regression"]
+    if what == "csv-extra-field":
+        (tmp / "v.csv").write_text("text,label\nthis was great,pos\nawful, boring plot,neg\n")
+        return ["--validation-file", str(tmp / "v.csv")]
+    if what == "utf16":
+        (tmp / "v.csv").write_bytes("text,label\nthis was great,pos\n".encode("utf-16"))
+        return ["--validation-file", str(tmp / "v.csv")]
+    if what == "broken-jsonl":
+        (tmp / "v.jsonl").write_text('{"text": "great", "label": "pos"}\n{"text": "bad", "label": \n')
+        return ["--validation-file", str(tmp / "v.jsonl")]
     raise ValueError(what)
 
 
@@ -121,7 +150,17 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         ("missing-column", "no label column 'sentiment'; columns: text, label"),
         ("bad-format", "unknown format; give one of .csv, .tsv, .json, .jsonl, .parquet"),
         ("real-labels-as-classes", "label 0.5 in column 'label' is not a class (whole numbers or names)"),
-        ("names-as-regression", "in column 'label' is not a number (a regression needs numbers)"),
+        ("names-as-regression", "in column 'label' is not a finite number (a regression needs numbers)"),
+        ("blank-label", "row 2 has no label in column 'label' (None)"),
+        ("null-label", "row 4 has no label in column 'label' (None)"),
+        ("one-class", "column 'label' holds one class ('pos'); a classification needs at least two"),
+        ("mixed-labels", "column 'label' mixes numbers and names (row 2: 1, row 1: 'pos')"),
+        ("list-labels", "row 1: label [0, 1] in column 'label' is a list; a label is one class or one number"),
+        ("number-as-text", "row 2: 'text' holds 42 (a int), not a text"),
+        ("nan-regression", "row 2 has no label in column 'label' (None)"),
+        ("csv-extra-field", "as csv: Error tokenizing data. C error: Expected 2 fields in line 3, saw 3"),
+        ("utf16", "(the file is not UTF-8: save it as UTF-8)"),
+        ("broken-jsonl", "as jsonl: "),
         ("metric", "metric 'pearson' does not apply to classification with 2 classes; use one of accuracy, matthews"),
         ("no-validation-file", "does not exist"),
         (

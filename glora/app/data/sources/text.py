@@ -60,10 +60,28 @@ def read_table(path: str):
         raise ValueError(f"text file {str(p)!r}: unknown format; give one of {', '.join(TEXT_SUFFIXES)} or a folder")
     name, options = builder
     datasets.disable_progress_bars()
+    quiet = logging.getLogger("datasets")  # it logs the reader's failure itself; the one error line says it instead
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(name, data_files=str(p), split="train", **options)
-    except Exception as e:  # the builders raise many kinds on a malformed file
-        raise ValueError(f"cannot read {str(p)!r} as {p.suffix[1:]}: {' '.join(str(e).split())[:300]}") from None
+    except Exception as e:  # the builders raise many kinds on a malformed file, the cause wrapped in their own
+        raise ValueError(f"cannot read {str(p)!r} as {p.suffix[1:]}: {_reader_cause(e)}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _reader_cause(e: BaseException) -> str:
+    """What went wrong in a ``datasets`` reader: the innermost cause (``DatasetGenerationError`` only says that an
+    error occurred), in one line, with the fix for a file that is not UTF-8."""
+    seen = [e]
+    while (seen[-1].__cause__ or seen[-1].__context__) is not None and len(seen) < 10:
+        seen.append(seen[-1].__cause__ or seen[-1].__context__)  # type: ignore[arg-type]
+    root = next((c for c in reversed(seen) if str(c).strip()), e)
+    text = " ".join(str(root).split())[:300]
+    if isinstance(root, UnicodeDecodeError) or "utf8" in text.lower().replace("-", ""):
+        text += " (the file is not UTF-8: save it as UTF-8)"
+    return text
 
 
 def _column(table, name: str, what: str, path: str) -> list:
@@ -88,14 +106,18 @@ def _label_names_of(path: str, column: str, problem_type: str | None, _version: 
     values = _integral(_column(table, column, "label", path))
     if not values:
         raise ValueError(f"{path}: no rows")
+    check_labels(path, column, values)
     names = _class_label_names(table, column)
     if names is not None and problem_type != "regression":  # a datasets ClassLabel (GLUE): its names, in order
         return names
     real = any(isinstance(v, float) for v in values)
     if problem_type == "regression" or (problem_type is None and real):
-        bad = next((v for v in values if not _is_number(v)), None)
+        bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)
         if bad is not None:
-            raise ValueError(f"{path}: label {bad!r} in column {column!r} is not a number (a regression needs numbers)")
+            raise ValueError(
+                f"{path}: row {bad + 1}: label {values[bad]!r} in column {column!r} is not a finite number (a "
+                "regression needs numbers)"
+            )
         if problem_type is None:
             _logger.info("%s: label column %r holds real numbers: a regression task", path, column)
         return None
@@ -108,8 +130,63 @@ def _label_names_of(path: str, column: str, problem_type: str | None, _version: 
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
             raise ValueError(f"{path}: label {min(values)} is negative; integer labels are classes 0, 1, ...")
+        _check_classes(path, column, values)
         return max(values) + 1
+    _check_classes(path, column, values)
     return tuple(sorted({str(v) for v in values}))
+
+
+def _missing(v) -> bool:
+    """An absent label: null, NaN (pandas' blank cell in a number column) or a blank string."""
+    return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+
+
+def check_labels(path: str, column: str, values: list) -> None:
+    """What every split's labels must be, whatever the task: present, one value each, and one kind (numbers or
+    names), each failure named by its row (1 = the first data row)."""
+    for i, v in enumerate(values):
+        if _missing(v):
+            raise ValueError(f"{path}: row {i + 1} has no label in column {column!r} ({v!r})")
+        if isinstance(v, (list, tuple, dict)):
+            raise ValueError(
+                f"{path}: row {i + 1}: label {v!r} in column {column!r} is a {type(v).__name__}; a label is one "
+                "class or one number"
+            )
+    names = next((i for i, v in enumerate(values) if isinstance(v, str)), None)
+    numbers = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+    if names is not None and numbers is not None:
+        raise ValueError(
+            f"{path}: column {column!r} mixes numbers and names (row {numbers + 1}: {values[numbers]!r}, row "
+            f"{names + 1}: {values[names]!r}); give every label as a class index or every label as a name"
+        )
+
+
+def _check_classes(path: str, column: str, values: list) -> None:
+    """A classification needs two classes or more; as many classes as rows looks like an id column."""
+    present = {str(v) for v in values}
+    if len(present) < 2:
+        raise ValueError(
+            f"{path}: column {column!r} holds one class ({next(iter(present))!r}); a classification needs at least "
+            "two (numbers to predict? --problem-type regression)"
+        )
+    if len(present) == len(values) > 2:
+        _logger.warning(
+            "%s: column %r has as many classes as rows (%d): an id rather than a label?", path, column, len(values)
+        )
+
+
+def check_texts(path: str, column: str, values: list) -> None:
+    """Each row's text is a non-empty string; a failure names the row, the column and what is there instead."""
+    for i, v in enumerate(values):
+        if v is None:
+            raise ValueError(
+                f"{path}: row {i + 1} has no {column!r} text (a missing value: a short row, or a separator too many "
+                "in the row before?)"
+            )
+        if not isinstance(v, str):
+            raise ValueError(f"{path}: row {i + 1}: {column!r} holds {v!r} (a {type(v).__name__}), not a text")
+        if not v.strip():
+            raise ValueError(f"{path}: row {i + 1} has an empty {column!r} text")
 
 
 def _class_label_names(table, column: str) -> tuple[str, ...] | None:
@@ -226,10 +303,9 @@ class TextSource(Source):
         raw = _integral(_column(table, spec.label_column, "label", path))
         if not raw:
             raise ValueError(f"{path}: no rows")
+        check_labels(path, spec.label_column, raw)
         for col, values in zip(spec.text_column, columns):
-            empty = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
-            if empty is not None:
-                raise ValueError(f"{path}: row {empty + 1} has an empty {col!r} text")
+            check_texts(path, col, values)
         vocab = _label_names(spec.train_file, spec.label_column, spec.problem_type)
         if vocab is None:
             bad = next((v for v in raw if not _is_number(v)), None)
