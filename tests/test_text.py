@@ -79,6 +79,7 @@ def test_a_fixed_adapter_learns_the_texts_and_the_search_reports_test_accuracy(b
     lora = ["--choices", "A=none", "B=lora_8", "C=none", "D=none", "E=none", "--epochs", "12"]
     code, err = cli("train", [*_train_args(bert, texts, tmp_path / "sup"), *lora], capsys)
     assert code == 0, err
+    assert "LOAD REPORT" not in err and "MISSING" not in err and "Loading weights" not in err, err  # expected: quiet
     log = torch.load(tmp_path / "sup" / "last.pt", weights_only=True)["log"]
     assert log[-1]["val_acc"] >= 0.75, log
     code, err = cli("search", ["--supernet", str(tmp_path / "sup" / "last.pt"), "--out", str(tmp_path / "s")], capsys)

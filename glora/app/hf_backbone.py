@@ -159,7 +159,7 @@ def build_transformers(
             torch.manual_seed(init_seed)  # the new classifier's init (everything, without pretrained weights)
         try:
             if pretrained:
-                model = auto.from_pretrained(name, config=config, dtype=torch_dtype, **kwargs)
+                model = _from_pretrained(auto, name, config=config, dtype=torch_dtype, **kwargs)
             else:
                 model = auto.from_config(config)
                 if torch_dtype != "auto":
@@ -167,6 +167,40 @@ def build_transformers(
         except (OSError, ValueError) as e:
             first = first_line(e)
             raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
+    return model
+
+
+# The heads a task model gets new (another task or label set than the checkpoint's): missing from it by design.
+_NEW_HEADS = ("classifier", "score")
+
+
+def _from_pretrained(auto, name: str, **kwargs) -> nn.Module:
+    """``from_pretrained`` without transformers' load table and progress bar on every command: a new task head
+    missing from the checkpoint is expected (noted at INFO); any other missing weight is a WARNING naming them."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = auto.from_pretrained(name, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    missing = list(info.get("missing_keys") or ())
+    head = [k for k in missing if k.split(".", 1)[0] in _NEW_HEADS]
+    other = [k for k in missing if k not in head]
+    if head:
+        _logger.info("new task head (not in %s's checkpoint, trained by this run): %s", name, ", ".join(head))
+    resized = [k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys") or ()]
+    if resized:
+        _logger.info("replaced by a new one of this task's size: %s", ", ".join(map(str, resized)))
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        _logger.warning("%d weights missing from %s's checkpoint, newly initialised: %s", len(other), name, shown)
+    if info.get("unexpected_keys"):
+        _logger.info("%d weights of the checkpoint unused by this model", len(info["unexpected_keys"]))
     return model
 
 
