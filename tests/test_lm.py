@@ -5,6 +5,7 @@ export reloaded by plain transformers with the same logits, the loss on response
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,7 @@ def test_a_causal_lm_run_resumes_exactly_and_learns(llama, alpaca, tmp_path, cap
     same_training(tmp_path / "cut" / "last.pt", tmp_path / "full" / "last.pt")
 
 
-def _bad_rows(tmp: Path, what: str) -> list[str]:
+def _bad_rows(tmp: Path, what: str, llama: Path) -> list[str]:
     if what == "columns":
         return ["--train-file", str(write_jsonl(tmp / "t.jsonl", [{"question": "a", "answer": "b"}]))]
     if what == "last-turn":
@@ -248,6 +249,21 @@ def _bad_rows(tmp: Path, what: str) -> list[str]:
     if what == "bad-answer":
         rows = [{"instruction": "Which ?", "options": ["It is red .", "It is blue ."], "answer": 2}]
         return ["--validation-file", str(write_jsonl(tmp / "v.jsonl", rows))]
+    if what == "empty-assistant":
+        rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}]
+        return ["--train-file", str(write_jsonl(tmp / "t.jsonl", rows))]
+    if what == "no-tokenizer-files":  # the weights and config alone: transformers would build a near-empty one
+        bare = tmp / "bare"
+        bare.mkdir()
+        for name in ("config.json", "model.safetensors", "generation_config.json"):
+            if (llama / name).is_file():
+                shutil.copy(llama / name, bare / name)
+        return ["--model", str(bare)]
+    if what == "tokenizer-too-large":
+        tok = transformers.AutoTokenizer.from_pretrained(llama)
+        tok.add_tokens([f"extra{i}" for i in range(400)])
+        tok.save_pretrained(tmp / "tok")
+        return ["--tokenizer", str(tmp / "tok")]
     raise ValueError(what)
 
 
@@ -262,13 +278,42 @@ def _bad_rows(tmp: Path, what: str) -> list[str]:
         ("metric", "metric 'accuracy' does not apply to causal-lm; use one of loss, perplexity, token_accuracy"),
         ("no-options", "metric mc_accuracy needs multiple-choice rows (options and an answer) in the split"),
         ("bad-answer", "row 1: 'answer' 2 is neither one of the options nor an index 0..1"),
+        ("empty-assistant", "row 1: the assistant's last turn is empty; it is the response the model learns"),
+        ("no-tokenizer-files", "holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt, ...)"),
+        ("tokenizer-too-large", "it is not this model's tokenizer (--tokenizer)"),
     ],
 )
 def test_bad_instruction_inputs_are_one_line(llama, alpaca, tmp_path, capsys, what, message):
-    code, err = cli("train", [*_train_args(llama, alpaca, tmp_path / "o"), *_bad_rows(tmp_path, what)], capsys)
+    bad = _bad_rows(tmp_path, what, llama)
+    code, err = cli("train", [*_train_args(llama, alpaca, tmp_path / "o"), *bad], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert "Traceback" not in err and not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_an_encoder_is_refused_as_a_causal_lm(tiny_bert, alpaca, tmp_path, capsys):
+    """BERT given instruction data would see the tokens it predicts (bidirectional attention): refused before
+    training, by what the model does (a later token must not change an earlier position's logits)."""
+    code, err = cli("train", _train_args(tiny_bert, alpaca, tmp_path / "o"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "is not a causal (decoder) model: its positions see later tokens" in lines[-1], err
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_the_export_tokenizer_pads_as_training_did(tmp_path):
+    """A tokenizer without a pad token (GPT-2's) is exported with eos as its pad token, as training padded, so a
+    batched pipeline works on the export."""
+    from glora.app.hf_backbone import export_transformers_folder
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    tok = transformers.AutoTokenizer.from_pretrained(make_llama(tmp_path / "llama"))
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "nopad")
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "nopad").pad_token is None
+    export_transformers_folder(model, tmp_path / "out", str(tmp_path / "nopad"))
+    saved = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert saved.pad_token == saved.eos_token is not None
+    assert saved(["a", "a b c"], padding=True, return_tensors="pt")["input_ids"].shape[0] == 2
 
 
 @pytest.mark.slow

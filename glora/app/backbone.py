@@ -44,6 +44,7 @@ __all__ = [
     "resolve_bias_free",
     "bias_free_rule",
     "check_sequence_length",
+    "check_tokenizer",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -286,6 +287,19 @@ def bias_free_rule(model: nn.Module) -> str | None:
         f"{n} adapted layer(s) have no bias: C and E add one there (--bias-free allow); the export turns on the "
         "config's bias flags that hold it (attention_bias, mlp_bias, ...), or refuses a subnet it cannot hold"
     )
+
+
+def check_tokenizer(model: nn.Module, tokenizer) -> None:
+    """The tokenizer's ids must index the model's embedding table (a larger vocabulary fails deep inside the first
+    forward with an IndexError): refused in one line, before any text is tokenized."""
+    get = getattr(unwrap(model), "get_input_embeddings", None)
+    table = get() if callable(get) else None
+    rows = getattr(table, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but {type(unwrap(model)).__name__} embeds {rows}: it is not "
+            "this model's tokenizer (--tokenizer)"
+        )
 
 
 def check_sequence_length(model: nn.Module, max_seq_length: int) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "infer_task_type",
     "build_transformers",
     "TokenModel",
+    "check_causal",
     "unwrap",
     "SequenceClassifier",
     "classification_heads",
@@ -167,7 +168,33 @@ def build_transformers(
         except (OSError, ValueError) as e:
             first = first_line(e)
             raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
+    if task == "causal-lm":
+        check_causal(model, name)
     return model
+
+
+def check_causal(model: nn.Module, name: str) -> None:
+    """A causal LM must not let a position see the tokens after it (an encoder such as BERT would learn to copy the
+    token it predicts): two sequences that share only their first token must give the same logits there."""
+    weights = next(model.parameters(), None)
+    if weights is None or weights.is_meta:
+        return
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = (torch.arange(1, 9, device=weights.device) % vocab).unsqueeze(0)
+    other = ids.clone()
+    other[0, 1:] = (ids[0, 1:] * 3 + 1) % vocab
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            a, b = model(input_ids=ids).logits[0, 0].float(), model(input_ids=other).logits[0, 0].float()
+    finally:
+        model.train(training)
+    if float((a - b).abs().max()) > 1e-5 * float(a.abs().max().clamp(min=1.0)):
+        raise ValueError(
+            f"{name!r} ({type(model).__name__}) is not a causal (decoder) model: its positions see later tokens, "
+            "so it cannot learn instructions; give a decoder (Llama, GPT-2, Qwen, ...) for --dataset instructions"
+        )
 
 
 # The heads a task model gets new (another task or label set than the checkpoint's): missing from it by design.
@@ -414,7 +441,10 @@ def export_transformers_folder(
     if tokenizer:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        if tok.pad_token is None and tok.eos_token is not None:
+            tok.pad_token = tok.eos_token  # as training padded: batched pipelines need a pad token (GPT-2 has none)
+        tok.save_pretrained(folder)
 
 
 def _keep_label_count(path: Path, num_labels: int) -> None:

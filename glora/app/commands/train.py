@@ -26,6 +26,7 @@ from ..backbone import (
     bias_free_rule,
     build_backbone,
     check_sequence_length,
+    check_tokenizer,
     enable_checkpointing,
     fingerprint,
     resolve_bias_free,
@@ -33,6 +34,7 @@ from ..backbone import (
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
 from ..data import DataSpec, modality_from_record
+from ..data.sources.text import load_tokenizer
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..layout import SupernetFolder
@@ -123,6 +125,7 @@ class _SupernetRun:
         self._build_model(device)
         if self.data.modality == "text":
             check_sequence_length(self.model, self.data.max_seq_length)
+            check_tokenizer(self.model, load_tokenizer(self.data.tokenizer))
         train, val = self._load_splits()
         compiled = None  # a sharded model runs eagerly
         if not self.sharded:

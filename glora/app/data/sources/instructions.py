@@ -133,6 +133,8 @@ def _chat(messages, i: int, path: str, tokenizer) -> tuple[str, str]:
             raise ValueError(f"{where}: every turn needs a 'role' and a 'content'; got {turn!r:.80}")
     if messages[-1]["role"] != "assistant":
         raise ValueError(f"{where}: the last turn is {messages[-1]['role']!r}; it must be the assistant's response")
+    if not isinstance(messages[-1]["content"], str) or not messages[-1]["content"].strip():
+        raise ValueError(f"{where}: the assistant's last turn is empty; it is the response the model learns")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"{where}: chat rows need a tokenizer with a chat template; this one has none (use Alpaca rows: "

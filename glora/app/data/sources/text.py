@@ -206,12 +206,23 @@ def _integral(values: list) -> list:
     return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
 
 
+# A tokenizer saved by transformers or tokenizers writes at least one of these (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")  # fmt: skip
+
+
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str):
     """The model's own tokenizer, padding on the right (with eos where it has no pad token)."""
     require_text_packages()
     from transformers import AutoTokenizer
 
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(
+            f"{name!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); give --tokenizer <folder or "
+            "hub id> (the model's own tokenizer)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
