@@ -396,3 +396,38 @@ def test_segment_ids_reach_the_model_and_the_export_scores_what_the_search_repor
         torch.testing.assert_close(supernet(**enc), ours, rtol=1e-5, atol=1e-5)  # called as a transformers model
         zeroed = {**enc, "token_type_ids": torch.zeros_like(enc["token_type_ids"])}
         assert not torch.allclose(plain(**zeroed).logits, theirs, atol=1e-4)  # the segments change the outputs
+
+
+def test_a_run_given_relative_paths_searches_and_exports_from_another_folder(bert, tmp_path, monkeypatch, capsys):
+    """Relative --model, data files and --out are stored absolute, so search and export work from any folder (and
+    the checkpoint says where everything is)."""
+    import os
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "data").mkdir(parents=True)
+    files = sentiment_files(work / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    relative = {k: Path(os.path.relpath(v, work)) for k, v in files.items()}
+    model = Path(os.path.relpath(bert, work))
+    code, err = cli("train", [*_train_args(model, relative, Path("runs/sup")), "--epochs", "1"], capsys)
+    assert code == 0, err
+    ckpt = torch.load(work / "runs" / "sup" / "last.pt", weights_only=True)
+    for key in ("train_file", "validation_file", "test_file", "tokenizer"):
+        assert Path(ckpt["data"][key]).is_absolute(), (key, ckpt["data"][key])
+    assert Path(ckpt["backbone"]["model"]).is_absolute()
+    monkeypatch.chdir(elsewhere)
+    sup = work / "runs" / "sup" / "last.pt"
+    code, err = cli("search", ["--supernet", str(sup), "--out", "s", "--param-limit", "none", *TINY_SEARCH,
+                               "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    final = json.loads((elsewhere / "s" / "search_log.jsonl").read_text().splitlines()[-1])
+    assert final["test_acc"] is not None  # the test file found from here
+    code, err = cli("export", ["--supernet", str(sup), "--subnet", "s/subnet.yaml", "--out", "e"], capsys)
+    assert code == 0, err
+    assert (elsewhere / "e" / "model.safetensors").is_file()
+    monkeypatch.chdir(tmp_path)  # the search and export folders name their supernet absolute: readable from here
+    for folder in ("s", "e"):
+        code, err = cli("report", [str(elsewhere / folder), "--out", f"r-{folder}"], capsys)
+        assert code == 0, err
+        assert "1 runs read, 1 with a finished search" in (tmp_path / f"r-{folder}" / "report.md").read_text()

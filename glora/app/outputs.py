@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "absolute",
     "writes_files",
     "OutputLock",
     "OutputBusyError",
@@ -49,6 +50,15 @@ class OutputBusyError(RuntimeError):
 
 class OverlapError(ValueError):
     """An output folder is, contains, or lies inside something the command reads."""
+
+
+def absolute(path: str | os.PathLike | None) -> str | None:
+    """A path that names something here, made absolute (what records store, so a run's files are found from any
+    folder); anything else (a hub id, a missing file) as it is."""
+    if path is None or not str(path):
+        return None if path is None else str(path)
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
 
 
 def lock_path(folder: str | os.PathLike) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 from glora._io import atomic_write_bytes, atomic_write_text
 
 from .data import FEWSHOT_SHOTS, DataSpec
-from .layout import SupernetFolder, run_folders
+from .layout import SearchFolder, SupernetFolder, run_folders
 from .tasks import result_key
 
 __all__ = [
@@ -134,8 +134,11 @@ def read_run(run: str | Path) -> RunResult:
         raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
     folders = run_folders(root)
     search, export = folders.search, folders.export
-    final = search.final() if search else None
     exported = export.read_record() if export else {}
+    if search is None and exported.get("subnet"):  # an export folder alone: the search that picked its subnet
+        picked = SearchFolder(_resolve(exported["subnet"], root).parent)  # type: ignore[union-attr]
+        search = picked if picked.log.is_file() else None
+    final = search.final() if search else None
     supernet = folders.supernet
     if supernet is None:  # only a search or an export folder: its record names the supernet
         named = (final and search.options().get("supernet")) if search else None

@@ -41,7 +41,7 @@ from ..hf_backbone import (
 from ..layout import ExportFolder, SearchFolder, SupernetFolder
 from ..options import parse_args
 from ..options.export import DEFAULT_SUBNET, build_parser
-from ..outputs import check_no_overlap, output_lock, run_folder
+from ..outputs import absolute, check_no_overlap, output_lock, run_folder
 from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 
 __all__ = ["build_parser", "main", "cli"]
@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
         args.verify_examples = args.verify_images
     out = Path(args.out)
+    args.supernet, args.subnet = absolute(args.supernet), absolute(args.subnet)  # recorded absolute
     early = _read_if_readable(args.supernet) if args.subnet is None else None
     own = _trained_subnet(early)
     if args.subnet is None and own is None:

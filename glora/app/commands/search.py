@@ -43,7 +43,7 @@ from ..options import (
     start_or_resume,
 )
 from ..options.search import RESUMABLE_OPTIONS, build_parser
-from ..outputs import check_no_overlap, output_lock, run_folder, writes_files
+from ..outputs import absolute, check_no_overlap, output_lock, run_folder, writes_files
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model
 from ..tasks import METRICS, Task, result_key
 
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what="search results",
         )
         check_no_overlap(out, _inputs(args, configs=False))
+        args.supernet = absolute(args.supernet)  # recorded absolute: the report finds it from any folder
         job, device = setup_distributed(resolve_device(args.device))
         if not job.main:
             logging.getLogger().setLevel(logging.WARNING)

@@ -35,6 +35,7 @@ from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write
 from ..cli import run
 from ..data import DataSpec, modality_from_record
 from ..data.sources.text import load_tokenizer
+from ..data.spec import PATH_OPTIONS
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..layout import SupernetFolder
@@ -54,7 +55,7 @@ from ..options.train import (
     parse_train_args,
     sampling_from_args,
 )
-from ..outputs import check_no_overlap, output_lock, writes_files
+from ..outputs import absolute, check_no_overlap, output_lock, writes_files
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model, weightless
 from ..sizes import check_training_size
 from ..tasks import Task
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             what="a supernet checkpoint",
         )
         check_no_overlap(args.out, inputs_of(args, configs=False))  # a resumed run reads its saved inputs
+        for name in _RECORDED_PATHS:  # the saved options name inputs absolute: commands run from any folder
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, absolute(getattr(args, name)))
         dist, device = setup_distributed(resolve_device(args.device))
         try:
             if not dist.main:
@@ -97,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             dist.close()
     return 0
+
+
+# Options that name files or folders this run reads (a hub id or timm name stays as it is: absolute() keeps what
+# does not exist here).
+_RECORDED_PATHS = ("model", "pretrained_file", "init_from", "subnet", *PATH_OPTIONS)
 
 
 def cli() -> int:
@@ -114,10 +123,9 @@ class _SupernetRun:
         self.files = SupernetFolder(self.out)
         self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
-        if self.data.modality == "text":  # the model's own tokenizer; a local folder stored absolute
-            tokenizer = Path(self.data.tokenizer or str(args.model)).expanduser()
-            found = str(tokenizer.resolve()) if tokenizer.is_dir() else self.data.tokenizer or str(args.model)
-            self.data = self.data.replace(tokenizer=found)
+        if self.data.modality == "text":  # the model's own tokenizer by default
+            self.data = self.data.replace(tokenizer=self.data.tokenizer or str(args.model))
+        self.data = self.data.resolved()  # stored absolute: search and export run from any folder
         self.data.preflight()  # the train and val files, read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
