@@ -147,8 +147,23 @@ def test_export_refuses_to_overwrite_unless_forced(pipeline, tmp_path, capsys):
     assert run(reparam_main, argv) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
+    (out.parent / ".export.k1ll3d00").mkdir()  # what a SIGKILLed export leaves: a half-written temporary folder
+    (out.parent / ".export.old-99").mkdir()  # and a set-aside previous export whose swap finished
     assert run(reparam_main, [*argv, "--force"]) == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".export")]  # no temp folders left
+
+
+def test_an_export_killed_mid_swap_is_put_back(tmp_path):
+    """Killed between setting the old export aside and moving the new one in: the next export restores the old."""
+    from glora.app.timm_folder import remove_stale
+
+    old = tmp_path / ".export.old-123"
+    old.mkdir()
+    (old / "model.safetensors").write_text("the previous export")
+    (tmp_path / ".export.abcdefgh").mkdir()  # the new one, half-written
+    remove_stale(tmp_path / "export")
+    assert (tmp_path / "export" / "model.safetensors").read_text() == "the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_train_and_search_force_replace_only_their_own_files(pipeline, tmp_path, capsys):

@@ -9,6 +9,8 @@ The folder is timm's hub layout (config.json + model.safetensors, written by ``t
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
 import shutil
 import statistics
@@ -30,8 +32,11 @@ __all__ = [
     "check_finite",
     "export_timm_folder",
     "staged_folder",
+    "remove_stale",
     "measure_latency",
 ]
+
+_logger = logging.getLogger(__name__)
 
 
 # How a model is run on an input: ``call(model, x)`` (a Modality passes named inputs; by default ``model(x)``).
@@ -88,6 +93,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     folder or the new one, never a mix.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
@@ -98,6 +104,22 @@ def staged_folder(target: Path) -> Iterator[Path]:
         if is_out_of_space(e) and not isinstance(e, DiskFullError):
             raise DiskFullError(target) from e
         raise
+
+
+def remove_stale(target: Path) -> None:
+    """What a killed export left beside ``target`` (the caller holds its output lock, so no live export owns them):
+    half-written temporary folders are removed; a previous export set aside for the swap is put back when the swap
+    never happened (no ``target``), else removed."""
+    stale = sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.*") if p.is_dir())
+    for path in stale:
+        kept = path.name.startswith(f".{target.name}.old-") and not target.exists()
+        if kept:
+            os.replace(path, target)
+            _logger.warning("restored %s from an interrupted export's swap", target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        _logger.info("removed what an interrupted export left beside %s", target)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
