@@ -69,7 +69,15 @@ def test_vtab_cells_are_means_over_seeds_and_missing_tasks_stay_missing(tmp_path
     assert paper["cifar"] == "76.4" and paper["Average"] == "78.0"
     diff = dict(zip(header, _row(md, "difference (ours − paper)")))
     assert diff["cifar"] == "-5.4" and diff["kitti"] == "—"
-    assert "Without a test result yet (shown as missing): " + str(tmp_path / "k0") in md
+    assert "Not finished (shown as missing): " + str(tmp_path / "k0") in md
+    # a finished search without a test split is finished, with no test figure (not "not finished")
+    untested = _run(tmp_path / "u0", dataset="vtab", task="dtd", seed=1, test=0.5)
+    log = untested / "search" / "search_log.jsonl"
+    final = json.loads(log.read_text().splitlines()[-1]) | {"test_acc": None, "test_metrics": None}
+    log.write_text(json.dumps(final) + "\n")
+    md = _markdown(tmp_path, [*runs, untested])
+    assert "5 runs read, 4 with a finished search" in md
+    assert "Finished without a test split (no test figure): " + str(untested) in md
 
 
 def test_group_means_and_the_average_follow_the_paper(tmp_path):

@@ -112,6 +112,7 @@ class RunResult:
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     val_metrics: dict[str, float] = field(default_factory=dict)  # every metric of the pick, as the search wrote them
     test_metrics: dict[str, float] = field(default_factory=dict)
+    finished: bool = False  # the search wrote its final record (with or without a test split)
 
     @property
     def percent(self) -> bool:
@@ -169,6 +170,7 @@ def read_run(run: str | Path) -> RunResult:
     if final is not None:
         metric = final.get("metric", "accuracy")
         result.metric, result.test, result.params = metric, final.get(f"test_{result_key(metric)}"), final.get("params")
+        result.finished = True
         result.eval_sets = dict(final.get("eval_sets") or {})
         result.val_metrics = dict(final.get("val_metrics") or {})
         result.test_metrics = dict(final.get("test_metrics") or {})
@@ -513,10 +515,12 @@ def build_report(results: Sequence[RunResult], aggregate: str = "mean") -> Repor
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
     report = Report(aggregate=aggregate)
-    pending = [r.run for r in results if r.test is None]
+    pending = [r.run for r in results if not r.finished]
+    untested = [r.run for r in results if r.finished and r.test is None]
     report.markdown.append(
         f"# GLoRA results\n\n{len(results)} runs read, {len(results) - len(pending)} with a finished search."
-        + (f" Without a test result yet (shown as missing): {', '.join(pending)}." if pending else "")
+        + (f" Not finished (shown as missing): {', '.join(pending)}." if pending else "")
+        + (f" Finished without a test split (no test figure): {', '.join(untested)}." if untested else "")
     )
     for section in (_vtab, _fewshot, _dg, _others, _runs_csv):
         section(results, report)

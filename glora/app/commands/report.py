@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileExistsError(f"{str(out)!r} already holds a report; pass --force to replace it")
         results = find_results(args.runs)
         written = write_report(build_report(results, args.aggregate), out)
-    done = sum(r.test is not None for r in results)
+    done = sum(r.finished for r in results)
     print(f"{len(results)} runs ({done} with a finished search); wrote {', '.join(p.name for p in written)} to {out}/")
     return 0
 
