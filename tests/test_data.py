@@ -212,6 +212,15 @@ def test_data_check_reports_each_task_present_missing_or_broken(tmp_path, capsys
     assert pets == ["oxford_pets", "ok", "4 images; 1-shot seed 0, 2-shot seed 1, val, test"]
     assert out.splitlines()[-1] == "1 ok, 5 missing, 0 broken"
 
+    # the wrong --kind, or a root of neither kind, is an error (never "every task missing" with exit 0)
+    from glora.app.cli import run
+
+    assert run(main, ["check", str(vtab), "--kind", "fewshot"]) == 2
+    assert "holds VTAB-1k task folders, not few-shot ones; --kind vtab" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run(main, ["check", str(tmp_path / "empty"), "--kind", "vtab"]) == 2
+    assert "holds no VTAB-1k task folder" in capsys.readouterr().err
+
 
 def test_checkpoint_records_written_before_modalities_read_back():
     """The "input" record of older checkpoints (an image input configuration; for text a (2, L) stand-in with a

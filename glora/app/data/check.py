@@ -108,9 +108,18 @@ def check_root(root: str | Path, kind: str = "auto") -> tuple[str, list[TaskStat
         raise FileNotFoundError(f"data root {str(path)!r} does not exist")
     if kind not in DATA_KINDS:
         raise ValueError(f"kind must be one of {', '.join(DATA_KINDS)}; got {kind!r}")
+    vtab = sum((path / t).is_dir() for t in VTAB_TASKS)
+    fewshot = sum((path / t).is_dir() for t in FEWSHOT_TASKS)
+    named = {"vtab": ("VTAB-1k", vtab), "fewshot": ("few-shot", fewshot)}
+    if kind != "auto" and not named[kind][1]:  # the wrong kind, or nothing: not a root of "every task missing"
+        other = "fewshot" if kind == "vtab" else "vtab"
+        holds = (
+            f"holds {named[other][0]} task folders, not {named[kind][0]} ones; --kind {other}"
+            if named[other][1]
+            else (f"holds no {named[kind][0]} task folder; give the root that holds the task folders")
+        )
+        raise ValueError(f"{str(path)!r} {holds}")
     if kind == "auto":
-        vtab = sum((path / t).is_dir() for t in VTAB_TASKS)
-        fewshot = sum((path / t).is_dir() for t in FEWSHOT_TASKS)
         if not vtab and not fewshot:
             raise ValueError(
                 f"{str(path)!r} holds no VTAB-1k task folder (cifar, dtd, ...) and no few-shot one (oxford_pets, "
