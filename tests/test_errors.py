@@ -160,6 +160,12 @@ CASES = [
         "has shape",
     ),
     (
+        "supernet-empty-file",
+        "search",
+        lambda d, t: ["--supernet", str(_write(t / "empty.pt", b"")), "--out", str(t / "s")],
+        "not a file torch.save writes (empty, text or another format",
+    ),
+    (
         "supernet-malicious-pickle",
         "search",
         lambda d, t: ["--supernet", str(_evil_checkpoint(t)), "--out", str(t / "s")],

@@ -265,6 +265,27 @@ def test_memory_check_refuses_what_does_not_fit(monkeypatch, tmp_path, caplog):
     assert "trying anyway" in caplog.text and "more than half" in caplog.text
 
 
+def test_a_disk_that_cannot_hold_two_checkpoints_is_warned_about(monkeypatch, tmp_path, caplog):
+    """The old checkpoint stays until the new one is complete: a disk with room for less than two is warned
+    about (and one with room is not)."""
+    import shutil
+
+    import glora.app.sizes as sizes
+
+    monkeypatch.setattr(sizes, "available_memory", lambda device: 10**12)
+    usage = shutil.disk_usage(tmp_path)
+    ckpt = round(10**6 * sizes.SAVE_BYTES_PER_ELEMENT)
+    monkeypatch.setattr(sizes.shutil, "disk_usage", lambda p: usage._replace(free=ckpt + 1))
+    with caplog.at_level(logging.WARNING):
+        check_training_size(10**6, torch.device("cpu"), tmp_path / "not-yet" / "out")
+    assert "saving may run out of space" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(sizes.shutil, "disk_usage", lambda p: usage._replace(free=3 * ckpt))
+    with caplog.at_level(logging.WARNING):
+        check_training_size(10**6, torch.device("cpu"), tmp_path)
+    assert "saving may run out of space" not in caplog.text
+
+
 def test_memory_check_counts_the_frozen_backbone_and_the_support_dtype(monkeypatch, tmp_path):
     """On an accelerator the frozen weights must fit beside the training state; bf16 supports take half of fp32's
     (value, gradient and two AdamW moments each in the supports' dtype)."""

@@ -140,12 +140,21 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
     if what == "broken-jsonl":
         (tmp / "v.jsonl").write_text('{"text": "great", "label": "pos"}\n{"text": "bad", "label": \n')
         return ["--validation-file", str(tmp / "v.jsonl")]
+    if what == "out-in-model-folder":  # texts["model"]: the model folder (the tokenizer's too)
+        return ["--out", str(texts["model"] / "run")]
+    if what == "out-over-data-file":
+        return ["--out", str(texts["train"].parent)]  # the folder holding the data files
+    if what == "out-in-tokenizer-folder":
+        return ["--tokenizer", str(texts["model"]), "--out", str(texts["model"] / "t")]
     raise ValueError(what)
 
 
 @pytest.mark.parametrize(
     "what, message",
     [
+        ("out-in-model-folder", "overlaps --model"),
+        ("out-over-data-file", "overlaps --train-file"),
+        ("out-in-tokenizer-folder", "overlaps --"),
         ("unknown-label", "label 'meh' is not in the train file's labels (neg, pos)"),
         ("empty-text", "row 5 has an empty 'text' text"),
         ("missing-column", "no label column 'sentiment'; columns: text, label"),
@@ -171,7 +180,8 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
     ],
 )
 def test_bad_text_inputs_are_one_line(bert, texts, tmp_path, capsys, what, message):
-    code, err = cli("train", [*_train_args(bert, texts, tmp_path / "o"), *_bad(texts, tmp_path, what)], capsys)
+    bad = _bad({**texts, "model": bert}, tmp_path, what)
+    code, err = cli("train", [*_train_args(bert, texts, tmp_path / "o"), *bad], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert "Traceback" not in err and not (tmp_path / "o" / "last.pt").exists()
