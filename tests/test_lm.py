@@ -291,6 +291,28 @@ def test_bad_instruction_inputs_are_one_line(llama, alpaca, tmp_path, capsys, wh
     assert "Traceback" not in err and not (tmp_path / "o" / "last.pt").exists()
 
 
+def test_gradient_checkpointing_of_a_causal_lm_gives_the_same_training(llama, alpaca, tmp_path, capsys, monkeypatch):
+    """Recomputing the decoder's blocks in the backward pass changes nothing: the same losses and tensors, bit for
+    bit, as the run that keeps its activations; and the blocks were recomputed (their MLPs run more often)."""
+    from transformers.models.llama import modeling_llama
+
+    calls = {"n": 0}
+    real = modeling_llama.LlamaMLP.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    short = ["--epochs", "2"]
+    assert cli("train", _train_args(llama, alpaca, tmp_path / "plain", *short), capsys)[0] == 0
+    plain, calls["n"] = calls["n"], 0
+    code, err = cli("train", _train_args(llama, alpaca, tmp_path / "ckpt", *short, "--gradient-checkpointing"), capsys)
+    assert code == 0, err
+    assert calls["n"] > plain  # the training steps' blocks ran again in the backward pass
+    same_training(tmp_path / "ckpt" / "last.pt", tmp_path / "plain" / "last.pt")
+
+
 def test_an_encoder_is_refused_as_a_causal_lm(tiny_bert, alpaca, tmp_path, capsys):
     """BERT given instruction data would see the tokens it predicts (bidirectional attention): refused before
     training, by what the model does (a later token must not change an earlier position's logits)."""

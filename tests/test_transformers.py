@@ -246,6 +246,9 @@ def _small(cls_name: str, **extra):
         (lambda: _small("MistralConfig"), None, "exclude"),  # no bias flags at all
         (lambda: _small("Qwen3Config", head_dim=8), ["q_proj", "v_proj"], "allow"),  # attention_bias holds them
         (lambda: _small("Qwen3Config", head_dim=8), None, "exclude"),  # ... but not the MLP's
+        (lambda: _small("OlmoConfig"), ["q_proj", "v_proj"], "allow"),  # OLMo: attention_bias
+        (lambda: _small("Ernie4_5Config"), ["q_proj", "v_proj"], "allow"),  # Ernie 4.5: use_bias
+        (lambda: _small("StableLmConfig"), ["q_proj", "v_proj"], "allow"),  # StableLM: use_qkv_bias
         (_bert, None, "allow"),  # every adapted layer has a bias: nothing to decide
         (lambda: __import__("timm").create_model("vit_tiny_patch16_224", qkv_bias=False, depth=1), None, "exclude"),
     ],
@@ -264,6 +267,35 @@ def test_bias_free_auto_decides_per_model(make, targets, decided, caplog):
     glora.inject(model, resolved)
     if decided == "allow":  # then every subnet folds into something the architecture (with its flags) loads
         assert all(m.space == resolved.space for m in glora.glora_layers(model).values())
+
+
+@pytest.mark.parametrize(
+    "config, flag",
+    [("OlmoConfig", "attention_bias"), ("Ernie4_5Config", "use_bias"), ("StableLmConfig", "use_qkv_bias")],
+)
+def test_each_familys_own_bias_flag_is_declared(config, flag):
+    """A subnet giving q and v a bias folds into a config with the family's own flag on: the plain architecture
+    loads exactly those keys and computes the same function."""
+    from glora.app.hf_backbone import CausalLM, declare_biases
+
+    torch.manual_seed(0)
+    model = CausalLM(_small(config))
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4,)), ["q_proj", "v_proj"])
+    subnet = glora.make_subnet(model, A="none", B="none", C="none", D="none", E="vector")
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, 0, 0.1)
+    glora.set_subnet(model, subnet)
+    ids = _ids()
+    with torch.no_grad():
+        expected = model(input_ids=ids)
+    folded = glora.fold(model, subnet)
+    extra = sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
+    assert declare_biases(folded, extra) == [flag] and getattr(folded.model.config, flag)
+    plain = type(model.model)(folded.model.config)
+    assert set(plain.state_dict()) == set(folded.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(input_ids=ids), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bias_free_allow_warns_where_the_export_would_refuse(caplog):
