@@ -242,3 +242,26 @@ def test_checkpoint_records_written_before_modalities_read_back():
     assert spec.text_column == ["a", "b"] and spec.max_seq_length == 96 and spec.split_key("val") == "v.csv"
     with pytest.raises(ValueError, match="has no test split: give --test-file"):
         spec.split_key("test")
+
+
+def test_data_check_text_reads_files_as_training_will(tmp_path, capsys):
+    """glora-data check-text: per file, rows and classes (or the regression's range), or the first problem with its
+    row; a label the first file lacks is a problem; exit 1 when a file is broken."""
+    from helpers import write_csv, write_jsonl
+
+    from glora.app.commands.data import main
+
+    train = write_csv(tmp_path / "train.csv", [{"text": f"t{i}", "label": "pos" if i % 3 else "neg"} for i in range(9)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    assert main(["check-text", str(train), str(val)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{train}  ok  9 rows; 2 classes: neg 3, pos 6" and out[-1] == "2 ok, 0 broken"
+    other = write_jsonl(tmp_path / "other.jsonl", [{"text": "a", "label": "meh"}, {"text": "b", "label": "pos"}])
+    blank = tmp_path / "blank.csv"
+    blank.write_text("text,label\nfine,pos\n,neg\n")
+    scores = write_csv(tmp_path / "scores.csv", [{"text": "a", "label": 0.5}, {"text": "b", "label": 4.25}])
+    assert main(["check-text", str(train), str(other), str(blank), str(scores)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "label 'meh' is not in the first file's labels" in out[1]
+    assert "row 2 has no 'text' text" in out[2] and out[3].endswith("ok  2 rows; regression: 0.5..4.25")
+    assert out[-1] == "2 ok, 2 broken"

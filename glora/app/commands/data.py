@@ -1,7 +1,9 @@
-"""``glora-data check ROOT``: what a VTAB-1k or few-shot root holds, task by task, before a long run starts.
+"""``glora-data check ROOT``: what a VTAB-1k or few-shot root holds, task by task, before a long run starts;
+``glora-data check-text FILE...``: text data files checked as ``--dataset text`` reads them (labels and texts, row by
+row, no model needed).
 
-Exit status 0 when every task that is there can be read (missing tasks are listed, not errors), 1 when one is
-broken (its first problem is named).
+Exit status 0 when every task (file) that is there can be read (missing tasks are listed, not errors), 1 when one
+is broken (its first problem is named).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..cli import run
-from ..data.check import DATA_KINDS, check_root
+from ..data.check import DATA_KINDS, check_root, check_text_files
 from ..options import make_parser, parse_args, program_name
 
 __all__ = ["build_parser", "main", "cli"]
@@ -18,17 +20,23 @@ __all__ = ["build_parser", "main", "cli"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(program_name("glora-data", "glora-data"), "Check dataset roots before training on them.")
-    sub = p.add_subparsers(dest="action", required=True, metavar="check")
+    sub = p.add_subparsers(dest="action", required=True, metavar="check | check-text")
     check = sub.add_parser("check", help="report per task what is present, missing or broken")
     check.add_argument("root", help="the folder holding the task folders (<root>/cifar, <root>/oxford_pets, ...)")
     check.add_argument(
         "--kind", choices=DATA_KINDS, default="auto", help="vtab or fewshot (default: told from the task folders)"
     )
+    text = sub.add_parser("check-text", help="check text data files (train first) as --dataset text reads them")
+    text.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV, JSON, JSONL, parquet or save_to_disk folders")
+    text.add_argument("--text-column", nargs="+", default=["text"], metavar="COLUMN", help="one, or two for pairs")
+    text.add_argument("--label-column", default="label")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    if args.action == "check-text":
+        return _check_text(args)
     kind, statuses = check_root(args.root, args.kind)
     width = max(len(s.task) for s in statuses)
     print(f"{kind} root {args.root}:")
@@ -38,6 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = {state: sum(s.state == state for s in statuses) for state in ("ok", "missing", "broken")}
     print(f"{counts['ok']} ok, {counts['missing']} missing, {counts['broken']} broken")
     return 1 if counts["broken"] else 0
+
+
+def _check_text(args: argparse.Namespace) -> int:
+    statuses = check_text_files(args.files, args.text_column, args.label_column)
+    for s in statuses:
+        detail = f"{s.rows} rows; {s.labels}" if s.state == "ok" else s.problem
+        print(f"{s.path}  {s.state}  {detail}")
+    broken = sum(s.state == "broken" for s in statuses)
+    print(f"{len(statuses) - broken} ok, {broken} broken")
+    return 1 if broken else 0
 
 
 def cli() -> int:

@@ -9,6 +9,8 @@ would fail: the first problem is named).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,15 @@ from .images import read_list_file
 from .sources.fewshot import FEWSHOT_TASKS, split_files
 from .sources.vtab import VTAB_TASKS
 
-__all__ = ["TaskStatus", "check_vtab", "check_fewshot", "check_root", "DATA_KINDS"]
+__all__ = [
+    "TaskStatus",
+    "check_vtab",
+    "check_fewshot",
+    "check_root",
+    "DATA_KINDS",
+    "TextFileStatus",
+    "check_text_files",
+]
 
 DATA_KINDS = ("auto", "vtab", "fewshot")
 _VTAB_LISTS = ("train800", "val200", "train800val200", "test")
@@ -127,3 +137,49 @@ def check_root(root: str | Path, kind: str = "auto") -> tuple[str, list[TaskStat
             )
         kind = "vtab" if vtab >= fewshot else "fewshot"
     return kind, check_vtab(path) if kind == "vtab" else check_fewshot(path)
+
+
+@dataclass
+class TextFileStatus:
+    """One text data file as ``glora-data check-text`` reports it."""
+
+    path: str
+    state: str  # ok | broken
+    rows: int = 0
+    labels: str = ""  # "2 classes: neg 10, pos 12" or "regression: -1.5..4.0"
+    problem: str = ""
+
+
+def check_text_files(
+    paths: Sequence[str], text_columns: Sequence[str] = ("text",), label_column: str = "label"
+) -> list[TextFileStatus]:
+    """Every file read and checked as ``--dataset text`` will (labels and texts, row by row), without a model or a
+    tokenizer; the first file's classes are the others' reference (a label the first lacks is a problem there)."""
+    from .sources.text import _column, _integral, check_labels, check_texts, read_table
+
+    out: list[TextFileStatus] = []
+    reference: set[str] | None = None
+    for path in paths:
+        try:
+            table = read_table(path)
+            texts = [_column(table, c, "text", path) for c in text_columns]
+            labels = _integral(_column(table, label_column, "label", path))
+            if not labels:
+                raise ValueError(f"{path}: no rows")
+            check_labels(path, label_column, labels)
+            for column, values in zip(text_columns, texts):
+                check_texts(path, column, values)
+            if any(isinstance(v, float) for v in labels):
+                summary = f"regression: {min(labels):g}..{max(labels):g}"
+            else:
+                counts = Counter(str(v) for v in labels)
+                if reference is None:
+                    reference = set(counts)
+                unknown = sorted(set(counts) - reference)
+                if unknown:
+                    raise ValueError(f"{path}: label {unknown[0]!r} is not in the first file's labels")
+                summary = f"{len(counts)} classes: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+            out.append(TextFileStatus(path, "ok", len(labels), summary))
+        except (ValueError, FileNotFoundError) as e:
+            out.append(TextFileStatus(path, "broken", problem=str(e)))
+    return out
