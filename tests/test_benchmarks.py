@@ -127,3 +127,24 @@ def test_rank_faithfulness_benchmark_scores_every_strategy_on_the_same_candidate
     for r in result["strategies"].values():
         tau = r["kendall_tau"]  # NaN when every candidate ties on one side
         assert (tau != tau or -1 <= tau <= 1) and len(r["inherited"]) == 2 and r["pick"]["params"] <= result["budget"]
+
+
+def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
+    """Each method at the same total epochs (GLoRA: supernet + retraining), the searched ones inside LoRA r=8's
+    parameter count; a rerun with the same --work reads the finished stages back instead of training again."""
+    work = tmp_path / "w"
+    tiny = "--population 4 --parents 2 --mutations 2 --crossovers 2 --generations 1"
+    args = ["--task", "embedded", "--epochs", "2", "--seeds", "0", "--methods", "lora", "ssf", "glora", "--work",
+            str(work), "--search", tiny]  # fmt: skip
+    done = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "b.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((tmp_path / "b.json").read_text())["results"]["runs"]["2"]
+    lora, glora = runs["lora"]["0"], runs["glora"]["0"]
+    assert glora["params"] <= lora["params"] and set(glora["seconds"]) == {"supernet", "search", "retrain", "score"}
+    assert set(runs["ssf"]["0"]["seconds"]) == {"train", "search"}
+    supernet = [json.loads(line) for line in (work / "glora-e2-s0" / "supernet" / "log.jsonl").read_text().splitlines()]
+    retrain = (work / "glora-e2-s0" / "retrain" / "log.jsonl").read_text().splitlines()
+    assert len(supernet) + len(retrain) == 2  # the same total epochs as every fixed method
+    again = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "c.json"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "c.json").read_text())["results"]["runs"]["2"] == runs  # read back, not rerun

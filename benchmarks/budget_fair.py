@@ -1,0 +1,225 @@
+"""Budget-fair comparison: GLoRA pipelines against fixed adapters at <= LoRA r=8's parameters and the same total
+training epochs (supernet epochs + retraining epochs), over seeds, through the toolkit's own commands.
+
+    python -m benchmarks.budget_fair --task sentiment --epochs 8 --seeds 0 1 2
+    python -m benchmarks.budget_fair --task embedded --epochs 60 --seeds 0 1 2
+
+Tasks: ``sentiment`` (all-MiniLM-L6-v2 on movie-review sentences, both from PyPI packages, see
+benchmarks/sentiment.py; query and value adapted, batch 32, lr 1e-3) and ``embedded`` (the project's digits ViT,
+its default recipe). Every method is ``glora-train`` with the task's options and the same recipe, then
+``glora-search`` (a fixed adapter's search only scores it); the reported figure is the search's final record
+(validation accuracy picks, test accuracy is held out).
+
+Methods (``--methods``):
+  lora, ssf, gift, peft-glora   the shipped method presets (``-c methods/NAME``), trained --epochs epochs;
+  glora-paper                   the paper's pipeline: a uniform supernet for --epochs epochs, searched under the
+                                budget;
+  glora                         the recommended pipeline: a sandwich supernet inside the budget with in-place
+                                distillation for (1 - --retrain-fraction) of the epochs, the search under the
+                                budget, then the pick retrained (``glora-train --init-from --subnet``) for the rest.
+The budget is LoRA r=8's parameter count on the same layers (the paper's count), measured by its own run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from glora.app.cli import setup_logging
+from glora.app.commands.search import main as search_main
+from glora.app.commands.train import main as train_main
+
+from ._common import add_json_arg, machine, write_json
+
+__all__ = ["main", "METHODS", "TASKS"]
+
+FIXED = ("lora", "ssf", "gift", "peft-glora")
+METHODS = (*FIXED, "glora-paper", "glora")
+TASKS = ("sentiment", "embedded")
+_SCORE = ["--generations", "1"]  # a search over one subnet only scores it
+_SANDWICH_IN_BUDGET = ["--sampling", "sandwich", "--sandwich-random", "1", "--distill"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=TASKS, default="sentiment")
+    p.add_argument("--epochs", type=int, nargs="+", default=[8], help="total training epochs per method (a list: "
+                   "accuracy against the training budget)")  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["lora", "ssf", "gift", "glora-paper", "glora"])
+    p.add_argument("--retrain-fraction", type=float, default=0.5, help="glora: share of the epochs retraining the pick")
+    p.add_argument("--search", default="--population 20 --parents 5 --mutations 10 --crossovers 10 --generations 5",
+                   help="glora-search's evolution options for the searched methods")  # fmt: skip
+    p.add_argument("--data", type=Path, default=Path("data/sentiment"), help="sentiment: where the splits live")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "glora-benchmarks")
+    p.add_argument("--work", type=Path, default=None, help="keep the runs here, and resume from the runs that "
+                   "finished there (default: a temporary folder)")  # fmt: skip
+    add_json_arg(p)
+    args = p.parse_args(argv)
+    if not 0 <= args.retrain_fraction < 1:
+        p.error(f"--retrain-fraction must be in [0, 1), got {args.retrain_fraction}")
+    return args
+
+
+def task_options(args: argparse.Namespace) -> list[str]:
+    """The options every method's ``glora-train`` shares for the task (model, data, recipe)."""
+    if args.task == "embedded":
+        return []  # the embedded default: digits ViT, its recipe
+    from .sentiment import minilm_path, write_splits
+
+    files = write_splits(args.data, args.cache)
+    return [
+        "--model", str(minilm_path()), "--dataset", "text", "--train-file", str(files["train"]),
+        "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--targets", "query", "value",
+        "--batch-size", "32", "--lr", "1e-3", "--max-seq-length", "64",
+    ]  # fmt: skip
+
+
+def _train(argv: list[str]) -> None:
+    if train_main([*argv, "--no-progress", "--force"]) != 0:
+        raise SystemExit(f"glora-train failed: {argv}")
+
+
+def _search(supernet: Path, out: Path, limit: str, seed: int, evolution: list[str]) -> dict:
+    argv = ["--supernet", str(supernet), "--out", str(out), "--param-limit", limit, "--seed", str(seed),
+            "--no-progress", "--force", *evolution]  # fmt: skip
+    if search_main(argv) != 0:
+        raise SystemExit(f"glora-search failed: {argv}")
+    return json.loads((out / "search_log.jsonl").read_text().splitlines()[-1])
+
+
+def _stage(root: Path, name: str, run: Callable[[], dict | None], stages: dict[str, float]) -> dict | None:
+    """One stage of a method, run once: its record and wall time are kept in ``root``, so a rerun with the same
+    ``--work`` resumes after the last finished stage."""
+    record = root / f"{name}.stage.json"
+    if record.is_file():
+        kept = json.loads(record.read_text())
+    else:
+        started = time.time()
+        kept = {"final": run(), "seconds": round(time.time() - started, 1)}
+        root.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(kept) + "\n")
+    stages[name] = kept["seconds"]
+    return kept["final"]
+
+
+def _budget_text(params: int) -> str:
+    return f"{params / 1e6:.6f}"
+
+
+def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int | None, args, work: Path) -> dict:
+    """One method at one budget and seed: its final record (params, val/test accuracy) and wall time per stage
+    (stages finished in an earlier run of the same ``--work`` are read back: the benchmark resumes)."""
+    root = work / f"{method}-e{epochs}-s{seed}"
+    common = [*task, "--seed", str(seed)]
+    sup, found = root / "supernet", root / "search"
+    stages: dict[str, float] = {}
+    if method in FIXED:
+        _stage(root, "train", lambda: _train([*common, "-c", f"methods/{method}", *_retarget(task), "--epochs",
+                                              str(epochs), "--out", str(sup)]), stages)  # fmt: skip
+        final = _stage(root, "search", lambda: _search(sup / "last.pt", found, "none", seed, _SCORE), stages)
+    else:
+        assert budget is not None
+        limit = _budget_text(budget)
+        retrain = round(epochs * args.retrain_fraction) if method == "glora" else 0
+        sampling = [*_SANDWICH_IN_BUDGET, "--param-limit", limit] if method == "glora" else []
+        _stage(root, "supernet", lambda: _train([*common, *sampling, "--epochs", str(epochs - retrain), "--out",
+                                                 str(sup)]), stages)  # fmt: skip
+        evolution = args.search.split()
+        final = _stage(root, "search", lambda: _search(sup / "last.pt", found, limit, seed, evolution), stages)
+        if retrain:
+            again = root / "retrain"
+            _stage(root, "retrain", lambda: _train(["--init-from", str(sup / "last.pt"), "--subnet",
+                                                    str(found / "subnet.yaml"), "--epochs", str(retrain), "--seed",
+                                                    str(seed), "--out", str(again)]), stages)  # fmt: skip
+            final = _stage(root, "score", lambda: _search(again / "last.pt", root / "score", "none", seed, _SCORE),
+                           stages)  # fmt: skip
+    assert final is not None
+    result = {
+        "params": final["params"],
+        "val_acc": final["val_acc"],
+        "test_acc": final.get("test_acc"),
+        "seconds": {k: round(v, 1) for k, v in stages.items()},
+    }
+    return result
+
+
+def _retarget(task: list[str]) -> list[str]:
+    """A method preset may name its own layers (GIFT's ``attn.proj``): the task's targets win, given after it."""
+    if "--targets" not in task:
+        return []
+    i = task.index("--targets")
+    out = [task[i]]
+    for value in task[i + 1 :]:
+        if value.startswith("--"):
+            break
+        out.append(value)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results: dict) -> dict:
+    """Per budget and method: mean ± std of val and test accuracy, mean params, mean seconds per stage, n."""
+    out: dict = {}
+    for epochs, by_method in results.items():
+        for method, by_seed in by_method.items():
+            runs = list(by_seed.values())
+            stages = {k for r in runs for k in r["seconds"]}
+            out.setdefault(epochs, {})[method] = {
+                "n": len(runs),
+                "params": statistics.mean(r["params"] for r in runs),
+                "val_acc": _mean_std([r["val_acc"] for r in runs]),
+                "test_acc": _mean_std([r["test_acc"] for r in runs]),
+                "seconds": {k: statistics.mean(r["seconds"].get(k, 0.0) for r in runs) for k in sorted(stages)},
+            }
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\nmachine: {machine()}")
+    for epochs, by_method in summary.items():
+        print(f"\n{epochs} total epochs:")
+        print(f"  {'method':12s} {'params':>8s}  {'val acc':>15s}  {'test acc':>15s}  n  wall s per stage")
+        for method, s in by_method.items():
+            secs = ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items())
+            print(f"  {method:12s} {s['params']:8,.0f}  {s['val_acc'][0]:.4f} ± {s['val_acc'][1]:.4f}  "
+                  f"{s['test_acc'][0]:.4f} ± {s['test_acc'][1]:.4f}  {s['n']}  {secs}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    setup_logging(logging.WARNING)
+    task = task_options(args)
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for epochs in args.epochs:
+            for seed in args.seeds:
+                # LoRA r=8 first: its parameter count is every searched method's budget at this seed
+                order = ["lora", *[m for m in args.methods if m != "lora"]]
+                budget = None
+                for method in order:
+                    r = run_method(method, epochs, seed, task, budget, args, work)
+                    if method == "lora":
+                        budget = r["params"]
+                        if "lora" not in args.methods:
+                            continue
+                    results.setdefault(epochs, {}).setdefault(method, {})[seed] = r
+                    print(f"{epochs} epochs, seed {seed}: {method:12s} {r['params']:8,d} params  val "
+                          f"{r['val_acc']:.4f}  test {r['test_acc']:.4f}  {r['seconds']}", flush=True)  # fmt: skip
+    summary = summarize(results)
+    print_summary(summary)
+    write_json(args.json, "budget_fair", args, {"summary": summary, "runs": results})
+
+
+if __name__ == "__main__":
+    main()
