@@ -160,6 +160,24 @@ CASES = [
         "has shape",
     ),
     (
+        "supernet-is-a-folder",
+        "search",
+        lambda d, t: ["--supernet", str(d / "supernet"), "--out", str(t / "s")],
+        "is a folder, not a file",
+    ),
+    (
+        "data-root-is-a-file",
+        "train",
+        lambda d, t: ["--dataset", "vtab", "--task", "cifar", "--data-root", str(_write(t / "root.txt", "x"))],
+        "is a file, not a folder",
+    ),
+    (
+        "folder-root-is-a-file",
+        "train",
+        lambda d, t: ["--dataset", "folder", "--data-root", str(_write(t / "root.txt", "x"))],
+        "is a file, not a folder",
+    ),
+    (
         "supernet-empty-file",
         "search",
         lambda d, t: ["--supernet", str(_write(t / "empty.pt", b"")), "--out", str(t / "s")],

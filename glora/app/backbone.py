@@ -31,6 +31,7 @@ from .hf_backbone import (
     position_limit,
     unwrap,
 )
+from .values import not_found
 
 __all__ = [
     "BackboneSpec",
@@ -147,7 +148,7 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
     if spec.pretrained_file:
         weights = Path(spec.pretrained_file).expanduser()
         if not weights.is_file():
-            raise FileNotFoundError(f"pretrained file {str(weights)!r} does not exist")
+            raise not_found("pretrained file", weights, "file")
         if weights_format(weights) is None:
             raise ValueError(
                 f"pretrained file {str(weights)!r} is not a weights file (neither safetensors nor a torch checkpoint)"

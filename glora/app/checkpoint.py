@@ -23,6 +23,7 @@ from glora.inject import inject
 
 from .backbone import BackboneSpec, build_backbone, fingerprint
 from .sharding import assign_, full, weightless
+from .values import not_found
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -60,7 +61,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a supernet checkpoint (weights_only); ``ValueError`` says what is wrong with the file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"supernet checkpoint {str(p)!r} does not exist")
+        raise not_found("supernet checkpoint", p, "file")
     if weights_format(p) != "torch":
         raise ValueError(
             f"{str(p)!r} is not a supernet checkpoint: not a file torch.save writes (empty, text or another format; "

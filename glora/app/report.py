@@ -34,6 +34,7 @@ from glora._io import atomic_write_bytes, atomic_write_text
 from .data import FEWSHOT_SHOTS, DataSpec
 from .layout import SearchFolder, SupernetFolder, run_folders
 from .tasks import result_key
+from .values import not_found
 
 __all__ = [
     "RunResult",
@@ -132,7 +133,7 @@ def read_run(run: str | Path) -> RunResult:
     """What one run trained on and what it reached; ``ValueError`` names the folder when that cannot be told."""
     root = Path(run).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"run folder {str(root)!r} does not exist")
+        raise not_found("run folder", root)
     folders = run_folders(root)
     search, export = folders.search, folders.export
     exported = export.read_record() if export else {}

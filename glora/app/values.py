@@ -22,6 +22,7 @@ __all__ = [
     "probability",
     "optional",
     "yaml_mapping",
+    "not_found",
 ]
 
 
@@ -77,3 +78,16 @@ def optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
     wrapped.__name__ = f"{getattr(convert, '__name__', 'value')} or none"
     return wrapped
+
+
+def not_found(what: str, path: Any, want: str = "folder") -> OSError:
+    """The error for a ``want`` (``"file"`` or ``"folder"``) that is not at ``path``: a file where a folder is
+    expected (or the other way round) is said so, rather than called missing."""
+    from pathlib import Path
+
+    p = Path(str(path)).expanduser()
+    if want == "folder" and p.is_file():
+        return NotADirectoryError(f"{what} {str(p)!r} is a file, not a folder")
+    if want == "file" and p.is_dir():
+        return IsADirectoryError(f"{what} {str(p)!r} is a folder, not a file")
+    return FileNotFoundError(f"{what} {str(p)!r} does not exist")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..values import not_found
 from .images import read_list_file
 from .sources.fewshot import FEWSHOT_TASKS, split_files
 from .sources.vtab import VTAB_TASKS
@@ -115,7 +116,7 @@ def check_root(root: str | Path, kind: str = "auto") -> tuple[str, list[TaskStat
     """(the kind checked, one status per task); ``auto`` tells VTAB-1k from few-shot by what the root holds."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"data root {str(path)!r} does not exist")
+        raise not_found("data root", path)
     if kind not in DATA_KINDS:
         raise ValueError(f"kind must be one of {', '.join(DATA_KINDS)}; got {kind!r}")
     vtab = sum((path / t).is_dir() for t in VTAB_TASKS)

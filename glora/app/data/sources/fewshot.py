@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...values import optional, positive_int
+from ...values import not_found, optional, positive_int
 from ..images import ImageSet, locate_images, materialise, read_list_file
 from ..transforms import EvalCrop
 from . import Source, register_source
@@ -143,7 +143,7 @@ def task_folder(root: str | Path, task: str) -> Path:
     if not base.is_dir():
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
-            raise FileNotFoundError(f"--data-root {str(root_path)!r} does not exist")
+            raise not_found("--data-root", root_path)
         have = sorted(p.name for p in root_path.iterdir() if (p / "annotations").is_dir())
         listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "") if have else "none"
         raise FileNotFoundError(f"few-shot task folder {str(base)!r} does not exist; task folders there: {listed}")

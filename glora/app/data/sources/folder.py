@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...values import probability
+from ...values import not_found, probability
 from ..images import IMAGE_EXTENSIONS, ImageSet, materialise, split_per_class
 from ..transforms import EvalCrop
 from . import Source, register_source
@@ -22,7 +22,7 @@ _logger = logging.getLogger(__name__)
 
 def scan_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+        raise not_found("image folder", root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"image folder {str(root)!r} has no class sub-folders (expected <root>/<class>/<image>)")

@@ -6,6 +6,7 @@ import difflib
 import logging
 from pathlib import Path
 
+from ...values import not_found
 from ..images import ImageSet, label_span, materialise, read_list_file
 from ..transforms import EvalCrop
 from . import Source, register_source
@@ -61,6 +62,8 @@ def load_vtab(
     if task not in VTAB_TASKS:
         raise ValueError(f"unknown VTAB-1k task {task!r}; tasks: {', '.join(VTAB_TASKS)}")
     base = Path(root).expanduser() / task
+    if not Path(root).expanduser().is_dir():
+        raise not_found("--data-root", root)
     if not base.is_dir():
         raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist (expected <data-root>/{task})")
     listing = _vtab_list(base, split_file)
@@ -113,6 +116,8 @@ class VtabSource(Source):
 
     def preflight(self, spec, split: str) -> None:
         base = Path(spec.data_root).expanduser() / spec.task
+        if not Path(spec.data_root).expanduser().is_dir():
+            raise not_found("--data-root", spec.data_root)
         if not base.is_dir():
             raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist")
         read_list_file(_vtab_list(base, split), base, VTAB_TASKS[spec.task], spec.task)
