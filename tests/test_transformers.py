@@ -269,6 +269,24 @@ def test_bias_free_auto_decides_per_model(make, targets, decided, caplog):
         assert all(m.space == resolved.space for m in glora.glora_layers(model).values())
 
 
+def _qv_bias_subnet(model) -> glora.Subnet:
+    """GLoRA on q and v with E = vector (a new bias where the architecture has none), random supports, set."""
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4,)), ["q_proj", "v_proj"])
+    subnet = glora.make_subnet(model, A="none", B="none", C="none", D="none", E="vector")
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, 0, 0.1)
+    glora.set_subnet(model, subnet)
+    return subnet
+
+
+def _new_keys(model, folded) -> list[str]:
+    """The state-dict keys the fold added to the plain architecture (its new biases)."""
+    from glora.app.hf_backbone import CausalLM
+
+    return sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
+
+
 @pytest.mark.parametrize(
     "config, flag",
     [("OlmoConfig", "attention_bias"), ("Ernie4_5Config", "use_bias"), ("StableLmConfig", "use_qkv_bias")],
@@ -280,17 +298,12 @@ def test_each_familys_own_bias_flag_is_declared(config, flag):
 
     torch.manual_seed(0)
     model = CausalLM(_small(config))
-    glora.inject(model, glora.SearchSpace(lora_ranks=(4,)), ["q_proj", "v_proj"])
-    subnet = glora.make_subnet(model, A="none", B="none", C="none", D="none", E="vector")
-    for p in model.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, 0, 0.1)
-    glora.set_subnet(model, subnet)
+    subnet = _qv_bias_subnet(model)
     ids = _ids()
     with torch.no_grad():
         expected = model(input_ids=ids)
     folded = glora.fold(model, subnet)
-    extra = sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
+    extra = _new_keys(model, folded)
     assert declare_biases(folded, extra) == [flag] and getattr(folded.model.config, flag)
     plain = type(model.model)(folded.model.config)
     assert set(plain.state_dict()) == set(folded.model.state_dict())
@@ -700,17 +713,12 @@ def test_declared_bias_flags_or_a_clear_refusal():
                 num_key_value_heads=2, max_position_embeddings=32,
             )  # fmt: skip
             model = CausalLM(transformers.MistralForCausalLM(cfg))
-        glora.inject(model, glora.SearchSpace(lora_ranks=(4,)), ["q_proj", "v_proj"])
-        subnet = glora.make_subnet(model, A="none", B="none", C="none", D="none", E="vector")
-        for p in model.parameters():
-            if p.requires_grad:
-                torch.nn.init.normal_(p, 0, 0.1)
-        glora.set_subnet(model, subnet)
+        subnet = _qv_bias_subnet(model)
         tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             expected = model(**tokens)
         folded = glora.fold(model, subnet)
-        extra = sorted(set(folded.state_dict()) - set(CausalLM(type(model.model)(model.model.config)).state_dict()))
+        extra = _new_keys(model, folded)
         assert extra and all(k.endswith(("q_proj.bias", "v_proj.bias")) for k in extra)
         if family == "mistral":
             with pytest.raises(ValueError, match="MistralForCausalLM has no place for it .it has no bias flags."):
