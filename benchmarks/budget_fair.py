@@ -67,17 +67,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The recipe every method trains with, written out: a method preset's own recipe (GIFT's lr 1e-4, 5 warm-up
+# epochs) must not apply, the comparison is at one recipe (these are glora-train's defaults).
+_RECIPE = ["--weight-decay", "1e-4", "--sched", "cosine", "--warmup-epochs", "2", "--warmup-lr", "1e-6", "--min-lr",
+           "1e-6"]  # fmt: skip
+
+
 def task_options(args: argparse.Namespace) -> list[str]:
     """The options every method's ``glora-train`` shares for the task (model, data, recipe)."""
     if args.task == "embedded":
-        return []  # the embedded default: digits ViT, its recipe
+        return ["--batch-size", "64", "--lr", "5e-3", *_RECIPE]  # the embedded default: digits ViT, its recipe
     from .sentiment import minilm_path, write_splits
 
     files = write_splits(args.data, args.cache)
     return [
         "--model", str(minilm_path()), "--dataset", "text", "--train-file", str(files["train"]),
         "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--targets", "query", "value",
-        "--batch-size", "32", "--lr", "1e-3", "--max-seq-length", "64",
+        "--batch-size", "32", "--lr", "1e-3", "--max-seq-length", "64", *_RECIPE,
     ]  # fmt: skip
 
 
