@@ -110,6 +110,10 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         return ["--validation-file", str(tmp / "v.xml")]
     if what == "no-validation-file":
         return ["--validation-file", str(tmp / "missing.csv")]
+    if what == "no-test-file":  # noticed before training, not as "test metrics not reported" after the search
+        return ["--test-file", str(tmp / "missing.csv")]
+    if what == "broken-test-file":
+        return ["--test-file", str(write_csv(tmp / "t.csv", [{"text": "fine", "label": "meh"}]))]
     if what == "longer-than-positions":  # the tiny BERT has 64 learned positions
         return ["--max-seq-length", "100"]
     if what == "blank-label":  # pandas reads a blank cell of a number column as NaN
@@ -173,6 +177,8 @@ def _bad(texts: dict[str, Path], tmp: Path, what: str) -> list[str]:
         ("broken-jsonl", "as jsonl: "),
         ("metric", "metric 'pearson' does not apply to classification with 2 classes; use one of accuracy, matthews"),
         ("no-validation-file", "does not exist"),
+        ("no-test-file", "missing.csv' does not exist"),
+        ("broken-test-file", "label 'meh' is not in the train file's labels"),
         (
             "longer-than-positions",
             "--max-seq-length 100 is longer than BertForSequenceClassification takes (64 positions); give at most 64",

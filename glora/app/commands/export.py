@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         subnet = own or load_subnet(args.subnet)  # read, and the data checked, before the model is rebuilt
-        DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",))
+        DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",), given_test=False)
         model = load_supernet(ckpt, device=resolve_device(args.device))
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
         checked = _fold_and_check(args, ckpt, model, subnet)

@@ -112,7 +112,7 @@ class _SearchRun:
         self.modality = modality_from_record(ckpt["input"])
         if self.modality.name != "images" and args.eval_set:
             raise ValueError(f"--eval-set takes image folders or lists; this supernet takes {self.modality.name}")
-        self.data.preflight(("val",))  # the validation files, read before the supernet is rebuilt
+        self.data.preflight(("val",))  # the validation (and a given test) files, read before the supernet is rebuilt
         # Sharded, rank 0 rebuilds it on the host and each rank keeps its shards of it, on the device.
         model = build_on_ranks(
             lambda: load_supernet(ckpt), lambda where: supernet_skeleton(ckpt, where), job, self.sharded

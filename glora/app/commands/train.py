@@ -126,7 +126,7 @@ class _SupernetRun:
         if self.data.modality == "text":  # the model's own tokenizer by default
             self.data = self.data.replace(tokenizer=self.data.tokenizer or str(args.model))
         self.data = self.data.resolved()  # stored absolute: search and export run from any folder
-        self.data.preflight()  # the train and val files, read before a model is built
+        self.data.preflight()  # the train and val files (and a given test file), read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
         self.spec = backbone_from_args(args, num_classes)

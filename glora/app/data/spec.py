@@ -169,9 +169,12 @@ class DataSpec:
         """``{"dataset": ..., **options}``: what checkpoints store."""
         return {"dataset": self.dataset, **dataclasses.asdict(self.options)}
 
-    def preflight(self, splits: Sequence[str] = ("train", "val")) -> None:
+    def preflight(self, splits: Sequence[str] = ("train", "val"), given_test: bool = True) -> None:
         """Check the files of ``splits`` (train / val / test) before any work: one line names the file and what is
-        wrong with it."""
+        wrong with it. ``given_test``: a ``--test-file`` that was given is checked too (a missing or broken one is
+        an error now, not a "test metrics not reported" at the end of a search)."""
+        if given_test and "test" not in splits and getattr(self.options, "test_file", None):
+            splits = (*splits, "test")
         for split in splits:
             self.source.preflight(self, self.source.split_name(self, split))
 
