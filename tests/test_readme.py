@@ -18,10 +18,12 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert (tmp_path / "subnet.yaml").exists()
 
 
-def test_every_config_the_readme_names_is_a_shipped_preset():
-    """``-c configs/...`` in the README's commands and its preset list resolve after a plain install."""
+def test_every_config_the_readme_names_is_a_shipped_preset(tmp_path, monkeypatch):
+    """``-c configs/...`` in the README's commands and its preset list resolve after a plain install, from a folder
+    that is not the checkout (there a file of that name would win)."""
     from glora.app.options import PRESETS, resolve_config
 
+    monkeypatch.chdir(tmp_path)
     text = README.read_text(encoding="utf-8")
     named = set(re.findall(r"(configs/[\w./-]+\.yaml)", text))
     assert len(named) > 10
