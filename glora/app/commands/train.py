@@ -123,9 +123,8 @@ class _SupernetRun:
         self.files = SupernetFolder(self.out)
         self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
-        if self.data.modality == "text":  # the model's own tokenizer by default
+        if self.data.modality == "text":  # the model's own tokenizer by default (paths made absolute in main())
             self.data = self.data.replace(tokenizer=self.data.tokenizer or str(args.model))
-        self.data = self.data.resolved()  # stored absolute: search and export run from any folder
         self.data.preflight()  # the train and val files (and a given test file), read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)

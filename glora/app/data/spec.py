@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from .batch import ImageModality, Modality, TextModality
@@ -21,7 +20,7 @@ from .transforms import EvalCrop, TrainAugment, input_config
 
 __all__ = ["DataSpec", "PATH_OPTIONS"]
 
-# The data options that name files or folders (stored absolute by DataSpec.resolved).
+# The data options that name files or folders (glora-train records them absolute).
 PATH_OPTIONS = ("data_root", "train_file", "validation_file", "test_file", "tokenizer")
 
 _logger = logging.getLogger(__name__)
@@ -154,16 +153,6 @@ class DataSpec:
                 )
             spec = spec.replace(data_root=str(data_root))
         return spec
-
-    def resolved(self) -> DataSpec:
-        """A copy with every path option that names something here made absolute (a hub id stays as it is): what a
-        checkpoint stores, so search and export run from any folder."""
-        changes = {}
-        for name in PATH_OPTIONS:
-            value = getattr(self.options, name, None)
-            if isinstance(value, str) and value and Path(value).expanduser().exists():
-                changes[name] = str(Path(value).expanduser().resolve())
-        return self.replace(**changes) if changes else self
 
     def to_dict(self) -> dict:
         """``{"dataset": ..., **options}``: what checkpoints store."""
