@@ -156,20 +156,13 @@ def check_text_files(
 ) -> list[TextFileStatus]:
     """Every file read and checked as ``--dataset text`` will (labels and texts, row by row), without a model or a
     tokenizer; the first file's classes are the others' reference (a label the first lacks is a problem there)."""
-    from .sources.text import _column, _integral, check_labels, check_texts, read_table
+    from .sources.text import read_checked
 
     out: list[TextFileStatus] = []
     reference: set[str] | None = None
     for path in paths:
         try:
-            table = read_table(path)
-            texts = [_column(table, c, "text", path) for c in text_columns]
-            labels = _integral(_column(table, label_column, "label", path))
-            if not labels:
-                raise ValueError(f"{path}: no rows")
-            check_labels(path, label_column, labels)
-            for column, values in zip(text_columns, texts):
-                check_texts(path, column, values)
+            _, _, labels = read_checked(path, text_columns, label_column)
             if any(isinstance(v, float) for v in labels):
                 summary = f"regression: {min(labels):g}..{max(labels):g}"
             else:

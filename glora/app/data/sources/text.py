@@ -15,6 +15,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -175,6 +176,20 @@ def _check_classes(path: str, column: str, values: list) -> None:
         )
 
 
+def read_checked(path: str, text_columns, label_column: str) -> tuple[Any, list[list], list]:
+    """A text file's table, its text columns and its labels (whole-number floats as ints), every row checked
+    (:func:`check_labels`, :func:`check_texts`): what training and ``glora-data check-text`` both read."""
+    table = read_table(path)
+    columns = [_column(table, c, "text", path) for c in text_columns]
+    labels = _integral(_column(table, label_column, "label", path))
+    if not labels:
+        raise ValueError(f"{path}: no rows")
+    check_labels(path, label_column, labels)
+    for column, values in zip(text_columns, columns):
+        check_texts(path, column, values)
+    return table, columns, labels
+
+
 def check_texts(path: str, column: str, values: list) -> None:
     """Each row's text is a non-empty string; a failure names the row, the column and what is there instead."""
     for i, v in enumerate(values):
@@ -309,14 +324,7 @@ class TextSource(Source):
         """The split's file, text columns, labels (classes or reals), class names and whether it is a regression;
         every check of the file's content, without tokenizing."""
         path = split_file(spec, split)
-        table = read_table(path)
-        columns = [_column(table, c, "text", path) for c in spec.text_column]
-        raw = _integral(_column(table, spec.label_column, "label", path))
-        if not raw:
-            raise ValueError(f"{path}: no rows")
-        check_labels(path, spec.label_column, raw)
-        for col, values in zip(spec.text_column, columns):
-            check_texts(path, col, values)
+        table, columns, raw = read_checked(path, spec.text_column, spec.label_column)
         vocab = _label_names(spec.train_file, spec.label_column, spec.problem_type)
         if vocab is None:
             bad = next((v for v in raw if not _is_number(v)), None)
