@@ -91,6 +91,37 @@ def test_fsdp_refuses_what_a_sharded_model_cannot_run(caplog):
     assert check_path("auto") == "static" and check_path("autograd") == "autograd"
 
 
+def test_memory_check_counts_one_ranks_share_under_fsdp(lm, tmp_path, monkeypatch):
+    """Under --fsdp each rank holds 1/world of the trainable state and of the frozen backbone: the memory check
+    must size one rank's share (a model that fits split over 4 GPUs is not refused for one GPU's memory), and
+    unsharded it must size the whole."""
+    import glora.app.commands.train as train_cmd
+    import glora.app.sharding as sharding
+    from glora.app.options.train import backbone_from_args, build_parser, parse_train_args
+
+    class SizedError(Exception):  # stops the build once the check has been asked
+        pass
+
+    seen: list[tuple[int, int]] = []
+
+    def record(elements, device, out, *, enabled=True, element_size=4, frozen_bytes=0):
+        seen.append((elements, frozen_bytes))
+        raise SizedError
+
+    monkeypatch.setattr(train_cmd, "check_training_size", record)
+    monkeypatch.setattr(sharding, "align_to_rank0", lambda model, job: None)  # a collective: no process group here
+    args = parse_train_args(build_parser(), _train_args(lm, tmp_path / "out"))
+    for dist, sharded in ((Distributed(), False), (Distributed(rank=0, world=4), True)):
+        run = object.__new__(train_cmd._SupernetRun)
+        run.args, run.dist, run.out, run.sharded = args, dist, tmp_path / "out", sharded
+        run.spec = backbone_from_args(args, None)
+        with pytest.raises(SizedError):
+            run._build_model(torch.device("cpu"))
+    (whole, frozen), (share, frozen_share) = seen
+    assert whole > 0 and frozen > 0
+    assert share == whole // 4 and frozen_share == frozen // 4
+
+
 def _tied_llama(dtype: torch.dtype | None = None):
     cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
