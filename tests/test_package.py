@@ -51,6 +51,7 @@ def test_the_search_uses_only_the_public_core(path):
     assert not bad, f"search/{path.name} imports {bad}"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_core_loads_no_application_code():
     code = "import glora, sys; print(sorted(m for m in sys.modules if m.startswith(('glora.app', 'search'))))"
     done = python("-c", code)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import LAYER_IN, LAYER_OUT, check_every_choice, make_layer
+from helpers import LAYER_IN, LAYER_OUT, all_choices, check_every_choice, make_layer, pairwise_choices
 from torch import nn
 
 import glora
@@ -19,11 +20,17 @@ from glora.space import LayerChoice
 OUT, IN = LAYER_OUT, LAYER_IN
 
 
-# The whole-tensor forms in the quick subset; the CPU-chunked and accelerator forms (the same math, 2/3 of its time)
-# with the slow tests, which CI runs.
+# Every form on a pairwise cover of the choices (every two supports in every two of their choices): the quick subset
+# checks the whole-tensor forms so; the whole product of choices runs with the slow tests (which CI runs) for the
+# whole-tensor forms, whose terms the CPU-chunked and accelerator forms compute with other reductions only.
 @pytest.mark.parametrize(
     "forms",
-    ["whole", pytest.param("chunked", marks=pytest.mark.slow), pytest.param("accelerator", marks=pytest.mark.slow)],
+    [
+        "whole",
+        pytest.param("every-choice", marks=pytest.mark.slow),
+        pytest.param("chunked", marks=pytest.mark.slow),
+        pytest.param("accelerator", marks=pytest.mark.slow),
+    ],
 )
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize(
@@ -40,7 +47,16 @@ def test_manual_equals_reference_for_every_choice(space, bias, forms, monkeypatc
         layer.execution = dataclasses.replace(layer.execution, forms="accelerator")
     x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, OUT, dtype=torch.float64)
-    check_every_choice(layer, x, g)
+    check_every_choice(layer, x, g, None if forms == "every-choice" else pairwise_choices(space))
+
+
+def test_the_pairwise_cover_covers_every_pair_with_few_choices():
+    space = glora.SearchSpace(lora_ranks=(8, 4), gift_ranks=(2,))
+    cover, every = pairwise_choices(space), list(all_choices(space))
+    for s, t in itertools.combinations(glora.SUPPORTS, 2):
+        wanted = {(e[s], e[t]) for e in every}
+        assert {(e[s], e[t]) for e in cover} == wanted, (s, t)
+    assert len(cover) < len(every) / 10
 
 
 def _saved_by(layer: glora.GLoRALinear, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

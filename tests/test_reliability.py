@@ -127,13 +127,27 @@ def test_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
 
 
 def test_lock_released_when_the_holder_is_killed(tmp_path):
-    code = f"from glora.app.outputs import OutputLock; OutputLock({str(tmp_path / 'out')!r}).acquire(); print('held', flush=True); import time; time.sleep(60)"  # noqa: E501
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    with pytest.raises(OutputBusyError, match=f"pid {proc.pid}"):
-        OutputLock(tmp_path / "out").acquire()
-    proc.kill()
-    proc.wait()
+    # The holder is a forked child (another process, without a second interpreter start and torch import): it takes
+    # the lock, says so through a pipe, and is SIGKILLed while holding it.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing of pytest runs here, it leaves only by the kill (or os._exit)
+        try:
+            os.close(read)
+            OutputLock(tmp_path / "out").acquire()
+            os.write(write, b"held")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    try:
+        os.close(write)
+        assert os.read(read, 4) == b"held"
+        with pytest.raises(OutputBusyError, match=f"pid {pid}"):
+            OutputLock(tmp_path / "out").acquire()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read)
     with OutputLock(tmp_path / "out"):  # the kernel released it; the record is stale
         pass
 
