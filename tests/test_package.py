@@ -59,6 +59,21 @@ def test_importing_the_core_loads_no_application_code():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_the_commands_parse_their_options_without_importing_timm_or_transformers():
+    """--help and an option error answer in the time torch takes to import: timm (with torchvision, about as long
+    again) and transformers are imported where a model or a transform is built."""
+    code = (
+        "import sys\n"
+        "from glora.app.commands import data, export, report, search, train\n"
+        "for m in (train, search, export, report, data): m.build_parser()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'transformers', 'datasets'}))"
+    )
+    done = python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_public_api_is_the_core():
     for name in glora.__all__:
         obj = getattr(glora, name)

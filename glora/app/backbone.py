@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -155,6 +154,8 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
             )
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         pretrained = True
+    import timm  # here, not at the top: a text run, --help or an option error does not pay its import
+
     bare = name.split(":", 1)[-1] if not name.startswith(("local-dir:", "hf-hub:")) else None
     if bare is not None and not timm.is_model(bare):
         close = timm.list_models(f"*{bare.split('.')[0][:12]}*")[:5]

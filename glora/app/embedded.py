@@ -12,7 +12,6 @@ import logging
 import random
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -53,6 +52,8 @@ PRETRAIN_RECIPE = Recipe(
 
 
 def _make(num_classes: int) -> nn.Module:
+    import timm  # imported where used: the commands start without it
+
     return timm.create_model(ARCH, pretrained=False, num_classes=num_classes, **ARCH_ARGS)
 
 
@@ -91,6 +92,8 @@ def pretrain(*, epochs: int = PRETRAIN_RECIPE.epochs, seed: int = 0) -> tuple[nn
 
 def save_timm_folder(model: nn.Module, folder: str | Path) -> None:
     """Save in timm's hub layout (config.json + model.safetensors) with the digits' mean/std."""
+    import timm
+
     timm.models.save_for_hf(
         model,
         str(folder),

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -80,6 +79,8 @@ def export_timm_folder(
         if len(label_names) != getattr(model, "num_classes", len(label_names)):
             raise ValueError(f"{len(label_names)} class names for a model with {model.num_classes} classes")
         model_config["label_names"] = list(label_names)
+    import timm  # imported where used: the commands start without it
+
     timm.models.save_for_hf(
         model, str(folder), safe_serialization=True, model_config=model_config, data_config=data_config
     )

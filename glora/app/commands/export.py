@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -269,6 +268,8 @@ def _write_export(
             export_transformers_folder(checked.folded, tmp, tokenizer, ckpt.get("class_names"))
             reloaded, library = reload_transformers_folder(tmp, checked.folded).eval(), "transformers"
         else:
+            import timm
+
             export_timm_folder(checked.folded, tmp, ckpt["input"], ckpt.get("class_names"))
             reloaded, library = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval(), "timm"
         save_subnet(subnet, ExportFolder(tmp).subnet)

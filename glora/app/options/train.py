@@ -270,7 +270,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_augment_options(g: argparse._ArgumentGroup) -> None:
-    ref = TrainAugment()
+    # The defaults as declared (not an instance: its check of the policy would import timm for every --help)
+    ref = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(TrainAugment)})
     g.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
