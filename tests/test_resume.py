@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
-from helpers import ROOT, SMALL_SEARCH, TINY_SEARCH, cli, image_folder, same_training, search_state, start, wait_for
+from helpers import SMALL_SEARCH, TINY_SEARCH, cli, image_folder, same_training, search_state, start, wait_for
 
 from glora.app import read_checkpoint
 from glora.app.cli import run
@@ -110,13 +109,23 @@ def test_search_is_reproducible_and_resumes_exactly(pipeline, tmp_path):
         assert resumed[key] == full[key], key
 
 
+def _six_generations(pipeline: Path) -> list[str]:
+    return ["--supernet", str(pipeline / "supernet/last.pt"), *TINY_SEARCH[:-1], "6"]
+
+
+@pytest.fixture(scope="module")
+def search_reference(pipeline, tmp_path_factory) -> Path:
+    """The uninterrupted six-generation search (in this process) every interrupted one must end equal to."""
+    full = tmp_path_factory.mktemp("search") / "full"
+    assert run(search_main, [*_six_generations(pipeline), "--out", str(full)]) == 0
+    return full
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_interrupted_search_resumes_exactly(pipeline, tmp_path, sig):
-    args = ["search.py", "--supernet", str(pipeline / "supernet/last.pt"), *TINY_SEARCH[:-1], "6"]
-    full = tmp_path / "full"
-    assert subprocess.run([sys.executable, *args, "--out", str(full)], cwd=ROOT).returncode == 0
+def test_interrupted_search_resumes_exactly(pipeline, search_reference, tmp_path, sig):
+    full = search_reference
     out, log = tmp_path / "killed", tmp_path / "log.txt"
-    proc = start([*args, "--out", str(out)], log)
+    proc = start(["search.py", *_six_generations(pipeline), "--out", str(out)], log)
     wait_for(log, "generation 3/6", proc)
     proc.send_signal(sig)
     proc.wait(timeout=60)
