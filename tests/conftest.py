@@ -15,6 +15,19 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n auto``) each worker, and every process it starts, computes with one
+    thread: a worker per core, each with torch's default pool of a thread per core, oversubscribes the cores
+    (spinning pools made a training step 10x slower). Results do not depend on it: the tests compare runs made
+    under the same setting."""
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """One reduced run of the three commands on the embedded default (3 epochs, a small search, the export),
