@@ -16,7 +16,8 @@ Methods (``--methods``):
                                 budget;
   glora                         the recommended pipeline: a sandwich supernet inside the budget with in-place
                                 distillation for (1 - --retrain-fraction) of the epochs, the search under the
-                                budget, then the pick retrained (``glora-train --init-from --subnet``) for the rest.
+                                budget, then the pick retrained (``glora-train --init-from --subnet``) for the rest
+                                (``--retrain-warmup 0``: without a second warm-up).
 The budget is LoRA r=8's parameter count on the same layers (the paper's count), measured by its own run.
 """
 
@@ -54,6 +55,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["lora", "ssf", "gift", "glora-paper", "glora"])
     p.add_argument("--retrain-fraction", type=float, default=0.5, help="glora: share of the epochs retraining the pick")
+    p.add_argument("--retrain-warmup", type=float, default=None, metavar="EPOCHS",
+                   help="glora: warm-up epochs of the retraining (default: the recipe's, as every run; 0: the pick "
+                   "retrains from the peak lr, the supernet having warmed up)")  # fmt: skip
     p.add_argument("--search", default="--population 20 --parents 5 --mutations 10 --crossovers 10 --generations 5",
                    help="glora-search's evolution options for the searched methods")  # fmt: skip
     p.add_argument("--data", type=Path, default=Path("data/sentiment"), help="sentiment: where the splits live")
@@ -64,6 +68,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.retrain_fraction < 1:
         p.error(f"--retrain-fraction must be in [0, 1), got {args.retrain_fraction}")
+    if args.retrain_warmup is not None and args.retrain_warmup < 0:
+        p.error(f"--retrain-warmup must be >= 0 epochs, got {args.retrain_warmup}")
     return args
 
 
@@ -122,7 +128,9 @@ def _budget_text(params: int) -> str:
 def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int | None, args, work: Path) -> dict:
     """One method at one budget and seed: its final record (params, val/test accuracy) and wall time per stage
     (stages finished in an earlier run of the same ``--work`` are read back: the benchmark resumes)."""
-    root = work / f"{method}-e{epochs}-s{seed}"
+    # A retraining schedule other than the recipe's is another run (its own folder: nothing read back across them).
+    variant = f"-rw{args.retrain_warmup:g}" if method == "glora" and args.retrain_warmup is not None else ""
+    root = work / f"{method}-e{epochs}-s{seed}{variant}"
     common = [*task, "--seed", str(seed)]
     sup, found = root / "supernet", root / "search"
     stages: dict[str, float] = {}
@@ -141,9 +149,10 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
         final = _stage(root, "search", lambda: _search(sup / "last.pt", found, limit, seed, evolution), stages)
         if retrain:
             again = root / "retrain"
+            warmup = [] if args.retrain_warmup is None else ["--warmup-epochs", f"{args.retrain_warmup:g}"]
             _stage(root, "retrain", lambda: _train(["--init-from", str(sup / "last.pt"), "--subnet",
                                                     str(found / "subnet.yaml"), "--epochs", str(retrain), "--seed",
-                                                    str(seed), "--out", str(again)]), stages)  # fmt: skip
+                                                    str(seed), *warmup, "--out", str(again)]), stages)  # fmt: skip
             final = _stage(root, "score", lambda: _search(again / "last.pt", root / "score", "none", seed, _SCORE),
                            stages)  # fmt: skip
     assert final is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from helpers import python
 
 pytestmark = pytest.mark.slow  # each runs in its own process
@@ -142,16 +143,19 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
     work = tmp_path / "w"
     tiny = "--population 4 --parents 2 --mutations 2 --crossovers 2 --generations 1"
     args = ["--task", "embedded", "--epochs", "2", "--seeds", "0", "--methods", "lora", "ssf", "glora", "--work",
-            str(work), "--search", tiny]  # fmt: skip
+            str(work), "--search", tiny, "--retrain-warmup", "0"]  # fmt: skip
     done = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "b.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads((tmp_path / "b.json").read_text())["results"]["runs"]["2"]
     lora, glora = runs["lora"]["0"], runs["glora"]["0"]
     assert glora["params"] <= lora["params"] and set(glora["seconds"]) == {"supernet", "search", "retrain", "score"}
     assert set(runs["ssf"]["0"]["seconds"]) == {"train", "search"}
-    supernet = [json.loads(line) for line in (work / "glora-e2-s0" / "supernet" / "log.jsonl").read_text().splitlines()]
-    retrain = (work / "glora-e2-s0" / "retrain" / "log.jsonl").read_text().splitlines()
+    root = work / "glora-e2-s0-rw0"  # a retraining schedule of its own: its own folder
+    supernet = (root / "supernet" / "log.jsonl").read_text().splitlines()
+    retrain = (root / "retrain" / "log.jsonl").read_text().splitlines()
     assert len(supernet) + len(retrain) == 2  # the same total epochs as every fixed method
+    assert yaml.safe_load((root / "retrain" / "config.yaml").read_text())["warmup-epochs"] == 0
+    assert yaml.safe_load((root / "supernet" / "config.yaml").read_text())["warmup-epochs"] == 2
     again = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "c.json"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "c.json").read_text())["results"]["runs"]["2"] == runs  # read back, not rerun
