@@ -38,12 +38,13 @@ from glora.app.commands.train import main as train_main
 
 from ._common import add_json_arg, machine, write_json
 
-__all__ = ["main", "METHODS", "TASKS"]
+__all__ = ["main", "METHODS", "RETRAIN_FRACTION", "TASKS"]
 
 FIXED = ("lora", "ssf", "gift", "peft-glora")
 METHODS = (*FIXED, "glora-paper", "glora")
 TASKS = ("sentiment", "embedded")
 _SCORE = ["--generations", "1"]  # a search over one subnet only scores it
+RETRAIN_FRACTION = 0.5
 _SANDWICH_IN_BUDGET = ["--sampling", "sandwich", "--sandwich-random", "1", "--distill"]
 
 
@@ -54,7 +55,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "accuracy against the training budget)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["lora", "ssf", "gift", "glora-paper", "glora"])
-    p.add_argument("--retrain-fraction", type=float, default=0.5, help="glora: share of the epochs retraining the pick")
+    p.add_argument("--retrain-fraction", type=float, default=RETRAIN_FRACTION,
+                   help="glora: share of the epochs retraining the pick")  # fmt: skip
     p.add_argument("--retrain-warmup", type=float, default=None, metavar="EPOCHS",
                    help="glora: warm-up epochs of the retraining (default: the recipe's, as every run; 0: the pick "
                    "retrains from the peak lr, the supernet having warmed up)")  # fmt: skip
@@ -128,8 +130,11 @@ def _budget_text(params: int) -> str:
 def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int | None, args, work: Path) -> dict:
     """One method at one budget and seed: its final record (params, val/test accuracy) and wall time per stage
     (stages finished in an earlier run of the same ``--work`` are read back: the benchmark resumes)."""
-    # A retraining schedule other than the recipe's is another run (its own folder: nothing read back across them).
-    variant = f"-rw{args.retrain_warmup:g}" if method == "glora" and args.retrain_warmup is not None else ""
+    # A retraining schedule other than the default is another run (its own folder: nothing read back across them).
+    variant = ""
+    if method == "glora":
+        variant += f"-rf{args.retrain_fraction:g}" if args.retrain_fraction != RETRAIN_FRACTION else ""
+        variant += f"-rw{args.retrain_warmup:g}" if args.retrain_warmup is not None else ""
     root = work / f"{method}-e{epochs}-s{seed}{variant}"
     common = [*task, "--seed", str(seed)]
     sup, found = root / "supernet", root / "search"
