@@ -241,12 +241,13 @@ def pairwise_choices(space: glora.SearchSpace) -> list[dict[str, str]]:
         items = list(entry.items())
         return {(a, b) for i, a in enumerate(items) for b in items[i + 1 :]}
 
-    uncovered = set().union(*(pairs(e) for e in every))
+    covers = [(e, pairs(e)) for e in every]
+    uncovered = set().union(*(c for _, c in covers))
     picked = []
     while uncovered:
-        best = max(every, key=lambda e: len(pairs(e) & uncovered))  # the first of the best: deterministic
+        best, covered = max(covers, key=lambda ec: len(ec[1] & uncovered))  # the first of the best: deterministic
         picked.append(best)
-        uncovered -= pairs(best)
+        uncovered -= covered
     return picked
 
 
@@ -268,6 +269,12 @@ def check_every_choice(
                     assert a is None or not a.any(), (path, combo, name)
                 else:
                     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{path} {combo} {name}")
+
+
+def in_process(main: Callable, *argv: str) -> None:
+    """A command's run in the test's own process (a second interpreter would only add its start-up); ``--debug``
+    so a failure shows its traceback."""
+    assert main([*map(str, argv), "--debug"]) == 0
 
 
 # ---------------------------------------------------------------------- the commands in other processes

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import ToyMLP, free_port, randomize_supports, torchrun
+from helpers import ToyMLP, free_port, in_process, randomize_supports, torchrun
 
 import glora
 from glora.app import read_checkpoint
@@ -73,7 +73,7 @@ def test_torchrun_training_and_search_match_a_single_process(tmp_path):
     common = ["--epochs", "2", "--device", "cpu"]
     two = torchrun("train_supernet.py", *common, "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
-    assert train_main([*common, "--out", str(tmp_path / "one"), "--debug"]) == 0  # one process: this one
+    in_process(train_main, *common, "--out", str(tmp_path / "one"))
     a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
     for ra, rb in zip(a["log"], b["log"], strict=True):
         assert ra["lr"] == rb["lr"]
@@ -89,7 +89,7 @@ def test_torchrun_training_and_search_match_a_single_process(tmp_path):
     small += ["--supernet", str(tmp_path / "one" / "last.pt")]
     two = torchrun("search.py", *small, "--out", str(tmp_path / "s2"))
     assert two.returncode == 0, two.stderr[-2000:]
-    assert search_main([*small, "--out", str(tmp_path / "s1"), "--debug"]) == 0
+    in_process(search_main, *small, "--out", str(tmp_path / "s1"))
     s1 = json.loads((tmp_path / "s1" / "search_state.json").read_text())
     s2 = json.loads((tmp_path / "s2" / "search_state.json").read_text())
     assert s1["cache"] == s2["cache"] and s1["population"] == s2["population"]

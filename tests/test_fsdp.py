@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import free_port, torchrun
+from helpers import free_port, in_process, torchrun
 
 from glora.app.checkpoint import read_checkpoint
 from glora.app.commands.search import main as search_main
@@ -51,11 +51,6 @@ def _train_args(lm: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 def _ok(result) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _here(main, *argv: str) -> None:
-    """A command's unsharded run in this process (a second interpreter would only add its start-up)."""
-    assert main([*argv, "--debug"]) == 0
 
 
 def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -202,7 +197,7 @@ def test_sharded_training_resume_and_search_match_one_process(lm, tmp_path):
     resume it sharded, and once more unsharded (the checkpoint is the same file either way); search both ways."""
     ckpt = ["--gradient-checkpointing"]
     _ok(torchrun("train_supernet.py", *_train_args(lm, tmp_path / "two", "--fsdp", *ckpt)))
-    _here(train_main, *_train_args(lm, tmp_path / "one", "--execution", "static", *ckpt))
+    in_process(train_main, *_train_args(lm, tmp_path / "one", "--execution", "static", *ckpt))
     a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
     for ra, rb in zip(a["log"], b["log"], strict=True):
         assert ra["lr"] == rb["lr"] and ra["val_mc_accuracy"] == rb["val_mc_accuracy"]
@@ -229,7 +224,7 @@ def test_sharded_training_resume_and_search_match_one_process(lm, tmp_path):
     c = read_checkpoint(tmp_path / "r" / "last.pt")
     assert [r["loss"] for r in c["log"]] == [r["loss"] for r in b["log"]]
     assert all(torch.equal(c["trainable"][k], b["trainable"][k]) for k in b["trainable"])
-    _here(train_main, "--resume", "--no-fsdp", "--execution", "static", "--out", str(tmp_path / "r1"))
+    in_process(train_main, "--resume", "--no-fsdp", "--execution", "static", "--out", str(tmp_path / "r1"))
     assert _rel(read_checkpoint(tmp_path / "r1" / "last.pt")["trainable"], b["trainable"]) < 1e-5
 
     # Search: every candidate evaluated by both ranks together, on shares of each batch; the same evolution.
@@ -237,7 +232,7 @@ def test_sharded_training_resume_and_search_match_one_process(lm, tmp_path):
              "--device", "cpu", "--no-progress", "--param-limit", "none",
              "--supernet", str(tmp_path / "one" / "last.pt")]  # fmt: skip
     _ok(torchrun("search.py", *small, "--fsdp", "--out", str(tmp_path / "s2")))
-    _here(search_main, *small, "--out", str(tmp_path / "s1"))
+    in_process(search_main, *small, "--out", str(tmp_path / "s1"))
     s1 = json.loads((tmp_path / "s1" / "search_state.json").read_text())
     s2 = json.loads((tmp_path / "s2" / "search_state.json").read_text())
     assert s1["population"] == s2["population"]
