@@ -15,9 +15,10 @@ Methods (``--methods``):
   glora-paper                   the paper's pipeline: a uniform supernet for --epochs epochs, searched under the
                                 budget;
   glora                         the recommended pipeline: a sandwich supernet inside the budget with in-place
-                                distillation for (1 - --retrain-fraction) of the epochs, the search under the
-                                budget, then the pick retrained (``glora-train --init-from --subnet``) for the rest
-                                (``--retrain-warmup 0``: without a second warm-up).
+                                distillation, C without lora (``-c protocols/recommended``) for
+                                (1 - --retrain-fraction) of the epochs, the search under the budget, then the pick
+                                retrained (``glora-train --init-from --subnet``) for the rest (``--retrain-warmup 0``:
+                                without a second warm-up).
 The budget is LoRA r=8's parameter count on the same layers (the paper's count), measured by its own run.
 """
 
@@ -32,9 +33,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
+from glora.app.options.presets import resolve_config
 
 from ._common import add_json_arg, machine, write_json
 
@@ -45,7 +49,8 @@ METHODS = (*FIXED, "glora-paper", "glora")
 TASKS = ("sentiment", "embedded")
 _SCORE = ["--generations", "1"]  # a search over one subnet only scores it
 RETRAIN_FRACTION = 0.5
-_SANDWICH_IN_BUDGET = ["--sampling", "sandwich", "--sandwich-random", "1", "--distill"]
+# The recommended pipeline's supernet stage: the sandwich rule with in-place distillation, C without lora (a preset)
+RECOMMENDED = "protocols/recommended"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +65,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrain-warmup", type=float, default=None, metavar="EPOCHS",
                    help="glora: warm-up epochs of the retraining (default: the recipe's, as every run; 0: the pick "
                    "retrains from the peak lr, the supernet having warmed up)")  # fmt: skip
+    p.add_argument("--choices", nargs="+", default=None, metavar="SUPPORT=NAMES",
+                   help="the searched methods' space (glora-train --choices; default: glora the recommended preset's, "
+                   "C=vector,none; glora-paper the paper's whole space), e.g. C=lora_8,lora_4,vector,none; each space "
+                   "runs in its own work folder")  # fmt: skip
     p.add_argument("--search", default="--population 20 --parents 5 --mutations 10 --crossovers 10 --generations 5",
                    help="glora-search's evolution options for the searched methods")  # fmt: skip
     p.add_argument("--data", type=Path, default=Path("data/sentiment"), help="sentiment: where the splits live")
@@ -108,19 +117,39 @@ def _search(supernet: Path, out: Path, limit: str, seed: int, evolution: list[st
     return json.loads((out / "search_log.jsonl").read_text().splitlines()[-1])
 
 
-def _stage(root: Path, name: str, run: Callable[[], dict | None], stages: dict[str, float]) -> dict | None:
+def _stage(
+    root: Path, name: str, run: Callable[[], dict | None], stages: dict[str, float], options: list[str] | None = None
+) -> dict | None:
     """One stage of a method, run once: its record and wall time are kept in ``root``, so a rerun with the same
-    ``--work`` resumes after the last finished stage."""
+    ``--work`` resumes after the last finished stage. ``options``: what the stage ran with beyond the folder's name
+    (the search's evolution); a record made with others is refused rather than read back as this run's."""
     record = root / f"{name}.stage.json"
     if record.is_file():
         kept = json.loads(record.read_text())
+        if options is not None and kept.get("options", options) != options:
+            raise SystemExit(
+                f"{record} ran with {' '.join(kept['options'])!r}, not {' '.join(options)!r}: give another --work"
+            )
     else:
         started = time.time()
         kept = {"final": run(), "seconds": round(time.time() - started, 1)}
+        if options is not None:
+            kept["options"] = options
         root.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(kept) + "\n")
     stages[name] = kept["seconds"]
     return kept["final"]
+
+
+def space_choices(method: str, given: list[str] | None) -> list[str]:
+    """A searched method's ``--choices``: the ones given, else the recommended preset's for ``glora`` (as
+    ``SUPPORT=NAMES`` strings) and the whole space for ``glora-paper``; none for a fixed method."""
+    if method in FIXED:
+        return []
+    if given is not None or method != "glora":
+        return list(given or [])
+    preset = yaml.safe_load(resolve_config(RECOMMENDED).read_text(encoding="utf-8"))
+    return [f"{s}={','.join([v] if isinstance(v, str) else v)}" for s, v in (preset.get("choices") or {}).items()]
 
 
 def _budget_text(params: int) -> str:
@@ -135,6 +164,9 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
     if method == "glora":
         variant += f"-rf{args.retrain_fraction:g}" if args.retrain_fraction != RETRAIN_FRACTION else ""
         variant += f"-rw{args.retrain_warmup:g}" if args.retrain_warmup is not None else ""
+    choices = space_choices(method, args.choices)
+    if choices:
+        variant += "-" + "-".join(c.replace("=", "").replace(",", "").replace("_", "") for c in choices)
     root = work / f"{method}-e{epochs}-s{seed}{variant}"
     common = [*task, "--seed", str(seed)]
     sup, found = root / "supernet", root / "search"
@@ -147,11 +179,13 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
         assert budget is not None
         limit = _budget_text(budget)
         retrain = round(epochs * args.retrain_fraction) if method == "glora" else 0
-        sampling = [*_SANDWICH_IN_BUDGET, "--param-limit", limit] if method == "glora" else []
+        sampling = ["-c", RECOMMENDED, "--param-limit", limit] if method == "glora" else []
+        sampling += ["--choices", *choices] if choices else []
         _stage(root, "supernet", lambda: _train([*common, *sampling, "--epochs", str(epochs - retrain), "--out",
                                                  str(sup)]), stages)  # fmt: skip
         evolution = args.search.split()
-        final = _stage(root, "search", lambda: _search(sup / "last.pt", found, limit, seed, evolution), stages)
+        final = _stage(root, "search", lambda: _search(sup / "last.pt", found, limit, seed, evolution), stages,
+                       evolution)  # fmt: skip
         if retrain:
             again = root / "retrain"
             warmup = [] if args.retrain_warmup is None else ["--warmup-epochs", f"{args.retrain_warmup:g}"]

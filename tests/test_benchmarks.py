@@ -150,12 +150,23 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
     lora, glora = runs["lora"]["0"], runs["glora"]["0"]
     assert glora["params"] <= lora["params"] and set(glora["seconds"]) == {"supernet", "search", "retrain", "score"}
     assert set(runs["ssf"]["0"]["seconds"]) == {"train", "search"}
-    root = work / "glora-e2-s0-rw0"  # a retraining schedule of its own: its own folder
+    root = work / "glora-e2-s0-rw0-Cvectornone"  # a retraining schedule and a space of their own: their own folder
     supernet = (root / "supernet" / "log.jsonl").read_text().splitlines()
     retrain = (root / "retrain" / "log.jsonl").read_text().splitlines()
     assert len(supernet) + len(retrain) == 2  # the same total epochs as every fixed method
     assert yaml.safe_load((root / "retrain" / "config.yaml").read_text())["warmup-epochs"] == 0
     assert yaml.safe_load((root / "supernet" / "config.yaml").read_text())["warmup-epochs"] == 2
+    supernet_config = yaml.safe_load((root / "supernet" / "config.yaml").read_text())
+    # the recommended preset: the sandwich rule in the budget, distilled, C without lora
+    assert supernet_config["sampling"] == "sandwich" and supernet_config["distill"] is True
+    assert supernet_config["choices"] == ["C=vector,none"]
+    assert float(supernet_config["param-limit"]) * 1e6 == pytest.approx(lora["params"], abs=1)
+    assert "C: lora" not in (root / "search" / "subnet.yaml").read_text()
     again = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "c.json"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "c.json").read_text())["results"]["runs"]["2"] == runs  # read back, not rerun
+    # another evolution in the same --work is refused, not read back as its result
+    other = [*args[: args.index("--search") + 1], tiny.replace("--generations 1", "--generations 2"),
+             *args[args.index("--search") + 2 :]]  # fmt: skip
+    refused = python("-m", "benchmarks.budget_fair", *other)
+    assert refused.returncode != 0 and "give another --work" in refused.stderr, refused.stderr[-3000:]
