@@ -16,6 +16,7 @@ from helpers import (
     alpaca_rows,
     chat_rows,
     cli,
+    commands,
     commonsense_rows,
     make_llama,
     same_training,
@@ -399,3 +400,32 @@ def test_torchrun_trains_a_causal_lm_as_one_process_does(llama, tmp_path):
         assert ra["lr"] == rb["lr"] and ra["val_mc_accuracy"] == rb["val_mc_accuracy"]
         assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-4)
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+
+
+def test_the_recommended_protocol_takes_a_causal_lm_through_search_retraining_and_export(llama, alpaca, tmp_path):
+    """``-c protocols/recommended`` (sandwich in the budget, C without lora; ``--no-distill``, which a causal LM needs
+    and the preset says) on bias-free layers: the pick keeps the budget and C's lora choices out, retrains as a fixed
+    adapter and exports. Without ``--no-distill`` the run stops with one line saying so."""
+    import yaml
+
+    from glora.app.cli import run
+
+    main = commands()
+    sup, found, again = tmp_path / "supernet", tmp_path / "search", tmp_path / "retrain"
+    limit = "0.001"  # 1,000 params: a small part of the space's largest subnet
+    train = _train_args(llama, alpaca, sup, "-c", "protocols/recommended", "--param-limit", limit, "--epochs", "1")
+    assert run(main["train"], train) == 2  # distillation is for classification and regression
+    assert run(main["train"], [*train, "--no-distill"]) == 0
+    config = yaml.safe_load((sup / "config.yaml").read_text())
+    assert (config["sampling"], config["distill"], config["param-limit"]) == ("sandwich", False, float(limit))
+    search = ["--supernet", str(sup / "last.pt"), "--out", str(found), "--param-limit", limit, "--no-progress"]
+    assert run(main["search"], [*search, *TINY_SEARCH]) == 0
+    final = json.loads((found / "search_log.jsonl").read_text().splitlines()[-1])
+    assert 0 < final["params"] <= 1000
+    picked = yaml.safe_load((found / "subnet.yaml").read_text())
+    assert picked and not any(str(choice["C"]).startswith("lora") for choice in picked.values())
+    retrain = ["--init-from", str(sup / "last.pt"), "--subnet", str(found / "subnet.yaml"), "--epochs", "1",
+               "--warmup-epochs", "0", "--no-progress", "--out", str(again)]  # fmt: skip
+    assert run(main["train"], retrain) == 0
+    export = ["--supernet", str(again / "last.pt"), "--out", str(tmp_path / "export"), "--latency-rounds", "0"]
+    assert run(main["export"], export) == 0
