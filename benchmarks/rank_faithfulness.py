@@ -4,8 +4,9 @@ inherited-weight validation accuracy and stand-alone validation accuracy, on the
     python -m benchmarks.rank_faithfulness [--epochs 60] [--alone-epochs 60] [--candidates 10] [--seeds 0 1 2]
 
 Candidates are drawn (seeded, the same for every strategy) among the subnets inside LoRA r=8's parameter count, the
-budget the search uses. Stand-alone accuracy: each candidate trained alone (``glora-train --subnet``) from the
-backbone for --alone-epochs, once. Inherited accuracy: the candidate's validation accuracy with each supernet's
+budget the search uses, in the space every strategy trains (without C's lora when ``recommended preset`` runs).
+Stand-alone accuracy: each candidate trained alone (``glora-train --subnet``) from the backbone for --alone-epochs,
+once. Inherited accuracy: the candidate's validation accuracy with each supernet's
 weights (what the search's fitness reads). Each strategy's supernet trains --epochs epochs through
 ``glora-train`` with the same seed; its search pick under the same budget is reported too (test accuracy), beside
 LoRA r=8 trained alone for the same epochs. Every seed draws its own candidates and trains everything again; the
@@ -24,12 +25,14 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import glora
 from glora.app import load_supernet
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
+from glora.app.options.presets import resolve_config
 from glora.app.sampling import Sampling, SubnetSampler
 
 from ._common import add_json_arg, machine, write_json
@@ -45,6 +48,8 @@ STRATEGIES: dict[str, list[str]] = {
     "sandwich": _SANDWICH,
     "sandwich in budget": [*_SANDWICH, "--param-limit", "BUDGET"],
     "sandwich in budget + distill": [*_SANDWICH, "--param-limit", "BUDGET", "--distill"],
+    # the same with C without lora: the candidates are then drawn in that narrower space, for every strategy
+    "recommended preset": ["-c", "protocols/recommended", "--param-limit", "BUDGET"],
 }
 
 
@@ -60,10 +65,24 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def candidates(n: int, budget: int, seed: int) -> list[glora.Subnet]:
-    """``n`` distinct subnets inside ``budget`` params, drawn uniformly among those subnets (seeded)."""
+def candidate_space(strategies: list[str]) -> glora.SearchSpace:
+    """The space every strategy's supernet can score: the paper's ({8, 4}), narrowed by a preset's ``choices``
+    (the recommended one leaves C's lora out) when a strategy trains one."""
+    choices: dict = {}
+    for name in strategies:
+        options = STRATEGIES[name]
+        for i, option in enumerate(options[:-1]):
+            if option == "-c":
+                preset = yaml.safe_load(resolve_config(options[i + 1]).read_text(encoding="utf-8"))
+                for support, names in (preset.get("choices") or {}).items():
+                    choices[support] = tuple([names] if isinstance(names, str) else names)
+    return glora.SearchSpace(lora_ranks=(8, 4), choices=choices or None)
+
+
+def candidates(n: int, budget: int, seed: int, space: glora.SearchSpace) -> list[glora.Subnet]:
+    """``n`` distinct subnets of ``space`` inside ``budget`` params, drawn uniformly among those subnets (seeded)."""
     torch.manual_seed(seed)
-    model = glora.inject(backbone(), glora.SearchSpace(lora_ranks=(8, 4)))
+    model = glora.inject(backbone(), space)
     sampler = SubnetSampler(model, Sampling(param_limit=budget / 1e6))
     rng, out = random.Random(seed), []
     while len(out) < n:
@@ -112,7 +131,7 @@ def budget_text(budget: int) -> str:
 
 def one_seed(args, seed: int, work: Path) -> dict:
     acc_lora, lora_params = fixed_subnet(seed, args.epochs, lambda m: glora.make_subnet(m, B="lora_8"))
-    subnets = candidates(args.candidates, lora_params, seed)
+    subnets = candidates(args.candidates, lora_params, seed, candidate_space(args.strategies))
     started = time.time()
     alone = [fixed_subnet(seed, args.alone_epochs, lambda m, s=s: s, split="val")[0] for s in subnets]
     alone_s = time.time() - started

@@ -124,13 +124,15 @@ def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):
 
 def test_rank_faithfulness_benchmark_scores_every_strategy_on_the_same_candidates(tmp_path):
     args = ["--epochs", "1", "--alone-epochs", "1", "--candidates", "2", "--generations", "1", "--seeds", "0",
-            "--strategies", "uniform (paper)", "sandwich in budget + distill"]  # fmt: skip
+            "--strategies", "uniform (paper)", "recommended preset"]  # fmt: skip
     done = python("-m", "benchmarks.rank_faithfulness", *args, "--json", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "r.json").read_text())["results"]
     result = record["seeds"]["0"]
-    assert set(result["strategies"]) == {"uniform (paper)", "sandwich in budget + distill"}
-    assert set(record["summary"]) == {"lora_test_acc", "uniform (paper)", "sandwich in budget + distill"}
+    assert set(result["strategies"]) == {"uniform (paper)", "recommended preset"}
+    assert set(record["summary"]) == {"lora_test_acc", "uniform (paper)", "recommended preset"}
+    # the candidates lie in the space both supernets trained: the preset's leaves C's lora out
+    assert not any(str(c["C"]).startswith("lora") for subnet in result["candidates"] for c in subnet.values())
     assert len(result["candidates"]) == len(result["stand_alone"]) == 2
     for r in result["strategies"].values():
         tau = r["kendall_tau"]  # NaN when every candidate ties on one side
