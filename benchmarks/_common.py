@@ -44,7 +44,19 @@ __all__ = [
     "peak_above_base",
     "peak_in_own_process",
     "step_table",
+    "preset_choices",
 ]
+
+
+def preset_choices(name: str) -> list[str]:
+    """A shipped ``-c`` preset's ``choices`` as ``SUPPORT=NAMES`` strings, checked as ``--choices`` checks them."""
+    import yaml
+
+    from glora.app.options.parsing import support_choices
+    from glora.app.options.presets import resolve_config
+
+    preset = yaml.safe_load(resolve_config(name).read_text(encoding="utf-8")) or {}
+    return support_choices.from_yaml(preset.get("choices") or [], name)
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:

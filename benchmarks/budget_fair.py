@@ -33,14 +33,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
-from glora.app.options.presets import resolve_config
 
-from ._common import add_json_arg, machine, write_json
+from ._common import add_json_arg, machine, preset_choices, write_json
 
 __all__ = ["main", "METHODS", "RETRAIN_FRACTION", "TASKS"]
 
@@ -148,8 +145,7 @@ def space_choices(method: str, given: list[str] | None) -> list[str]:
         return []
     if given is not None or method != "glora":
         return list(given or [])
-    preset = yaml.safe_load(resolve_config(RECOMMENDED).read_text(encoding="utf-8"))
-    return [f"{s}={','.join([v] if isinstance(v, str) else v)}" for s, v in (preset.get("choices") or {}).items()]
+    return preset_choices(RECOMMENDED)
 
 
 def _budget_text(params: int) -> str:

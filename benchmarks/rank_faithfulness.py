@@ -16,6 +16,7 @@ summary is the mean and standard deviation over seeds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import random
@@ -25,17 +26,16 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 import glora
 from glora.app import load_supernet
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
-from glora.app.options.presets import resolve_config
+from glora.app.options.parsing import parse_choices
 from glora.app.sampling import Sampling, SubnetSampler
 
-from ._common import add_json_arg, machine, write_json
+from ._common import add_json_arg, machine, preset_choices, write_json
 from .accuracy import backbone, evaluate, fixed_subnet, kendall_tau
 
 __all__ = ["main", "STRATEGIES"]
@@ -68,14 +68,12 @@ def parse() -> argparse.Namespace:
 def candidate_space(strategies: list[str]) -> glora.SearchSpace:
     """The space every strategy's supernet can score: the paper's ({8, 4}), narrowed by a preset's ``choices``
     (the recommended one leaves C's lora out) when a strategy trains one."""
-    choices: dict = {}
+    choices: dict[str, list[str]] = {}
     for name in strategies:
         options = STRATEGIES[name]
-        for i, option in enumerate(options[:-1]):
-            if option == "-c":
-                preset = yaml.safe_load(resolve_config(options[i + 1]).read_text(encoding="utf-8"))
-                for support, names in (preset.get("choices") or {}).items():
-                    choices[support] = tuple([names] if isinstance(names, str) else names)
+        for flag, value in itertools.pairwise(options):
+            if flag == "-c":
+                choices |= parse_choices(preset_choices(value)) or {}
     return glora.SearchSpace(lora_ranks=(8, 4), choices=choices or None)
 
 
