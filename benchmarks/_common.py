@@ -45,7 +45,14 @@ __all__ = [
     "peak_in_own_process",
     "step_table",
     "preset_choices",
+    "pick_accuracy",
 ]
+
+
+def pick_accuracy(final: dict[str, Any]) -> tuple[float, float | None]:
+    """A search's final record: its pick's validation and test accuracy, whatever metric the search ranked by."""
+    test = final.get("test_metrics") or {}
+    return final["val_metrics"]["accuracy"], test.get("accuracy")
 
 
 def preset_choices(name: str) -> list[str]:

@@ -30,7 +30,7 @@ from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
 from glora.app.data import load_digits
-from glora.app.embedded import BACKBONE, digits_accuracy, fit_digits
+from glora.app.embedded import BACKBONE, digits_accuracy, digits_metrics, fit_digits
 
 from ._common import add_json_arg, machine, write_json
 
@@ -63,6 +63,11 @@ def evaluate(model, split: str) -> float:
     return digits_accuracy(model, load_digits("transfer", split))
 
 
+def evaluate_metrics(model, split: str) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a transfer split."""
+    return digits_metrics(model, load_digits("transfer", split))
+
+
 def linear_probe(seed: int, epochs: int) -> tuple[float, int]:
     torch.manual_seed(seed)
     model = backbone()
@@ -80,14 +85,16 @@ def full_finetune(seed: int, epochs: int) -> tuple[float, int]:
     return evaluate(model, "test"), sum(p.numel() for p in model.parameters()) - head
 
 
-def fixed_subnet(seed: int, epochs: int, subnet_of, lr: float = 5e-3, split: str = "test") -> tuple[float, int]:
-    """Train one GLoRA subnet alone (stand-alone accuracy)."""
+def fixed_subnet(
+    seed: int, epochs: int, subnet_of, lr: float = 5e-3, split: str = "test", measure=evaluate
+) -> tuple[float, int]:
+    """Train one GLoRA subnet alone (stand-alone accuracy, or what ``measure(model, split)`` returns)."""
     torch.manual_seed(seed)
     model = backbone()
     glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))
     subnet = subnet_of(model)
     fit(model, lr, epochs, seed, subnet=subnet)
-    return evaluate(model, split), glora.count_params(model, subnet)
+    return measure(model, split), glora.count_params(model, subnet)
 
 
 def glora_search(seed: int, epochs: int, budget: int, work: Path, generations: int) -> tuple[float, int, Path]:

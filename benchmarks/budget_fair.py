@@ -37,7 +37,7 @@ from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
 
-from ._common import add_json_arg, machine, preset_choices, write_json
+from ._common import add_json_arg, machine, pick_accuracy, preset_choices, write_json
 
 __all__ = ["main", "METHODS", "RETRAIN_FRACTION", "TASKS"]
 
@@ -191,10 +191,11 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
             final = _stage(root, "score", lambda: _search(again / "last.pt", root / "score", "none", seed, _SCORE),
                            stages)  # fmt: skip
     assert final is not None
+    val_acc, test_acc = pick_accuracy(final)
     result = {
         "params": final["params"],
-        "val_acc": final["val_acc"],
-        "test_acc": final.get("test_acc"),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
         "seconds": {k: round(v, 1) for k, v in stages.items()},
     }
     return result

@@ -6,8 +6,11 @@ inherited-weight validation accuracy and stand-alone validation accuracy, on the
 Candidates are drawn (seeded, the same for every strategy) among the subnets inside LoRA r=8's parameter count, the
 budget the search uses, in the space every strategy trains (without C's lora when ``recommended preset`` runs).
 Stand-alone accuracy: each candidate trained alone (``glora-train --subnet``) from the backbone for --alone-epochs,
-once. Inherited accuracy: the candidate's validation accuracy with each supernet's
-weights (what the search's fitness reads). Each strategy's supernet trains --epochs epochs through
+once. Inherited accuracy: the candidate's validation accuracy with each supernet's weights (what the search's
+fitness reads). Validation cross-entropy is measured beside accuracy on both sides: besides the issue's tau
+(inherited accuracy vs stand-alone accuracy) the benchmark reports tau of the inherited loss (``glora-search
+--metric loss``'s fitness) against stand-alone accuracy and against stand-alone loss; on 200 validation images
+accuracies tie or differ by a few rows, the loss does not. Each strategy's supernet trains --epochs epochs through
 ``glora-train`` with the same seed; its search pick under the same budget is reported too (test accuracy), beside
 LoRA r=8 trained alone for the same epochs. Every seed draws its own candidates and trains everything again; the
 summary is the mean and standard deviation over seeds.
@@ -35,8 +38,8 @@ from glora.app.commands.train import main as train_main
 from glora.app.options.parsing import parse_choices
 from glora.app.sampling import Sampling, SubnetSampler
 
-from ._common import add_json_arg, machine, preset_choices, write_json
-from .accuracy import backbone, evaluate, fixed_subnet, kendall_tau
+from ._common import add_json_arg, machine, pick_accuracy, preset_choices, write_json
+from .accuracy import backbone, evaluate_metrics, fixed_subnet, kendall_tau
 
 __all__ = ["main", "STRATEGIES"]
 
@@ -60,6 +63,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--generations", type=int, default=10, help="search generations per strategy")
+    p.add_argument(
+        "--search-metric", choices=("accuracy", "loss"), default="accuracy", help="the search's fitness (--metric)"
+    )
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES), metavar="NAME")
     add_json_arg(p)
     return p.parse_args()
@@ -90,13 +96,27 @@ def candidates(n: int, budget: int, seed: int, space: glora.SearchSpace) -> list
     return out
 
 
-def inherited(supernet: Path, subnets: list[glora.Subnet]) -> list[float]:
+def inherited(supernet: Path, subnets: list[glora.Subnet]) -> list[dict[str, float]]:
+    """Each candidate's validation accuracy and loss with the supernet's weights."""
     model = load_supernet(supernet)
-    accs = []
+    out = []
     for s in subnets:
         with glora.folded(model, s):
-            accs.append(evaluate(model, "val"))
-    return accs
+            out.append(evaluate_metrics(model, "val"))
+    return out
+
+
+def taus(inh: list[dict[str, float]], alone: list[dict[str, float]]) -> dict[str, float]:
+    """Kendall tau of the inherited scores against the stand-alone ones (losses negated: higher is better)."""
+
+    def col(rows, key):
+        return [r[key] if key == "accuracy" else -r[key] for r in rows]
+
+    return {
+        "kendall_tau": kendall_tau(col(inh, "accuracy"), col(alone, "accuracy")),
+        "kendall_tau_loss_vs_acc": kendall_tau(col(inh, "loss"), col(alone, "accuracy")),
+        "kendall_tau_loss": kendall_tau(col(inh, "loss"), col(alone, "loss")),
+    }
 
 
 def run_strategy(name: str, args, seed: int, budget: int, subnets, alone, work: Path) -> dict:
@@ -110,16 +130,17 @@ def run_strategy(name: str, args, seed: int, budget: int, subnets, alone, work: 
     inh = inherited(sup / "last.pt", subnets)
     started = time.time()
     search = ["--supernet", str(sup / "last.pt"), "--out", str(found), "--seed", str(seed), "--param-limit",
-              budget_text(budget), "--generations", str(args.generations), "--no-progress"]  # fmt: skip
+              budget_text(budget), "--generations", str(args.generations), "--metric", args.search_metric,
+              "--no-progress"]  # fmt: skip
     assert search_main(search) == 0
     final = json.loads((found / "search_log.jsonl").read_text().splitlines()[-1])
     return {
         "options": options,
-        "kendall_tau": kendall_tau(inh, alone),
+        **taus(inh, alone),
         "inherited": inh,
         "train_s": round(train_s, 1),
         "search_s": round(time.time() - started, 1),
-        "pick": {"params": final["params"], "val_acc": final["val_acc"], "test_acc": final["test_acc"]},
+        "pick": {"params": final["params"], **dict(zip(("val_acc", "test_acc"), pick_accuracy(final)))},
     }
 
 
@@ -131,16 +152,21 @@ def one_seed(args, seed: int, work: Path) -> dict:
     acc_lora, lora_params = fixed_subnet(seed, args.epochs, lambda m: glora.make_subnet(m, B="lora_8"))
     subnets = candidates(args.candidates, lora_params, seed, candidate_space(args.strategies))
     started = time.time()
-    alone = [fixed_subnet(seed, args.alone_epochs, lambda m, s=s: s, split="val")[0] for s in subnets]
+    alone = [
+        fixed_subnet(seed, args.alone_epochs, lambda m, s=s: s, split="val", measure=evaluate_metrics)[0]
+        for s in subnets
+    ]
     alone_s = time.time() - started
     print(f"seed {seed}: LoRA r=8 alone, {args.epochs} epochs: test {acc_lora:.4f}, {lora_params:,} params (budget)")
-    print("  stand-alone val accuracy of the candidates: " + " ".join(f"{a:.3f}" for a in alone), flush=True)
+    print("  stand-alone val accuracy of the candidates: " + " ".join(f"{a['accuracy']:.3f}" for a in alone))
+    print("  stand-alone val loss of the candidates:     " + " ".join(f"{a['loss']:.3f}" for a in alone), flush=True)
     results = {}
     for name in args.strategies:
         results[name] = r = run_strategy(name, args, seed, lora_params, subnets, alone, work / f"seed{seed}")
         pick = r["pick"]
-        print(f"  {name:30s} tau {r['kendall_tau']:+.3f}  pick {pick['params']:,} params test "
-              f"{pick['test_acc']:.4f}  train {r['train_s']:.0f}s", flush=True)  # fmt: skip
+        print(f"  {name:30s} tau {r['kendall_tau']:+.3f} (loss: vs acc {r['kendall_tau_loss_vs_acc']:+.3f}, vs loss "
+              f"{r['kendall_tau_loss']:+.3f})  pick {pick['params']:,} params test {pick['test_acc']:.4f}  "
+              f"train {r['train_s']:.0f}s", flush=True)  # fmt: skip
     return {
         "budget": lora_params,
         "lora_test_acc": acc_lora,
@@ -166,12 +192,16 @@ def main() -> None:
     summary = {"lora_test_acc": lora}
     for name in args.strategies:
         tau = _mean_std([r["strategies"][name]["kendall_tau"] for r in seeds.values()])
+        tau_la = _mean_std([r["strategies"][name]["kendall_tau_loss_vs_acc"] for r in seeds.values()])
+        tau_l = _mean_std([r["strategies"][name]["kendall_tau_loss"] for r in seeds.values()])
         test = _mean_std([r["strategies"][name]["pick"]["test_acc"] for r in seeds.values()])
         params = statistics.mean(r["strategies"][name]["pick"]["params"] for r in seeds.values())
         train_s = statistics.mean(r["strategies"][name]["train_s"] for r in seeds.values())
-        summary[name] = {"kendall_tau": tau, "pick_test_acc": test, "pick_params": params, "train_s": train_s}
-        print(f"{name:30s} tau {tau[0]:+.3f} ± {tau[1]:.3f}  pick test {test[0]:.4f} ± {test[1]:.4f}  "
-              f"{params:,.0f} params  train {train_s:.0f}s")  # fmt: skip
+        summary[name] = {"kendall_tau": tau, "kendall_tau_loss_vs_acc": tau_la, "kendall_tau_loss": tau_l,
+                         "pick_test_acc": test, "pick_params": params, "train_s": train_s}  # fmt: skip
+        print(f"{name:30s} tau {tau[0]:+.3f} ± {tau[1]:.3f} (loss: vs acc {tau_la[0]:+.3f} ± {tau_la[1]:.3f}, vs loss "
+              f"{tau_l[0]:+.3f} ± {tau_l[1]:.3f})  pick test {test[0]:.4f} ± {test[1]:.4f}  {params:,.0f} params  "
+              f"train {train_s:.0f}s")  # fmt: skip
     write_json(args.json, "rank_faithfulness", args, {"summary": summary, "seeds": seeds})
 
 

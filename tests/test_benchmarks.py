@@ -124,7 +124,7 @@ def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):
 
 def test_rank_faithfulness_benchmark_scores_every_strategy_on_the_same_candidates(tmp_path):
     args = ["--epochs", "1", "--alone-epochs", "1", "--candidates", "2", "--generations", "1", "--seeds", "0",
-            "--strategies", "uniform (paper)", "recommended preset"]  # fmt: skip
+            "--strategies", "uniform (paper)", "recommended preset", "--search-metric", "loss"]  # fmt: skip
     done = python("-m", "benchmarks.rank_faithfulness", *args, "--json", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "r.json").read_text())["results"]
@@ -134,9 +134,14 @@ def test_rank_faithfulness_benchmark_scores_every_strategy_on_the_same_candidate
     # the candidates lie in the space both supernets trained: the preset's leaves C's lora out
     assert not any(str(c["C"]).startswith("lora") for subnet in result["candidates"] for c in subnet.values())
     assert len(result["candidates"]) == len(result["stand_alone"]) == 2
+    assert all(a["loss"] > 0 and 0 <= a["accuracy"] <= 1 for a in result["stand_alone"])
     for r in result["strategies"].values():
-        tau = r["kendall_tau"]  # NaN when every candidate ties on one side
-        assert (tau != tau or -1 <= tau <= 1) and len(r["inherited"]) == 2 and r["pick"]["params"] <= result["budget"]
+        for key in ("kendall_tau", "kendall_tau_loss_vs_acc", "kendall_tau_loss"):
+            tau = r[key]  # NaN when every candidate ties on one side
+            assert tau != tau or -1 <= tau <= 1
+        assert len(r["inherited"]) == 2 and r["pick"]["params"] <= result["budget"]
+        # two candidates: their losses differ, so the loss taus are +-1 (the accuracies may tie)
+        assert abs(r["kendall_tau_loss"]) == 1
 
 
 def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):

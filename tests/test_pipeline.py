@@ -40,7 +40,7 @@ def test_training_outputs(pipeline):
     out = pipeline / "supernet"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
-    assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "val_matthews", "seconds"}  # every metric of the task
+    assert set(log[0]) == {"epoch", "loss", "lr", "val_acc", "val_matthews", "val_loss", "seconds"}  # every metric
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and ckpt["backbone"]["model"] == "embedded:digits-vit"
     assert all(not k.endswith((".weight", ".bias")) or k.startswith("head.") for k in ckpt["trainable"])
@@ -417,6 +417,33 @@ def test_a_retraining_run_resumes_exactly(pipeline, tmp_path, capsys):
     assert cli("train", [*common, "--stop-after", "1", "--out", tmp_path / "cut"], capsys)[0] == 0
     assert cli("train", ["--resume", "--out", tmp_path / "cut"], capsys)[0] == 0
     same_training(tmp_path / "cut" / "last.pt", tmp_path / "full" / "last.pt")
+
+
+def test_the_pick_can_learn_from_the_supernets_largest_subnet(pipeline, tmp_path, capsys):
+    """--teacher-weight: the retraining also learns the largest subnet's outputs (a frozen copy of the supernet as
+    loaded); it trains differently from the labels alone, resumes exactly, and is refused in one line where no
+    supernet and pick are given or the weight is not in [0, 1]."""
+    from helpers import cli
+
+    sup, pick = pipeline / "supernet" / "last.pt", pipeline / "search" / "subnet.yaml"
+    common = ["--init-from", sup, "--subnet", pick, "--epochs", "2", "--no-progress"]
+    code, err = cli("train", [*common, "--teacher-weight", "0.5", "--out", tmp_path / "kd"], capsys)
+    assert code == 0 and "largest subnet (weight 0.5)" in err, err
+    assert yaml.safe_load((tmp_path / "kd" / "config.yaml").read_text())["teacher-weight"] == 0.5
+    assert cli("train", [*common, "--out", tmp_path / "labels"], capsys)[0] == 0
+    kd, labels = read_checkpoint(tmp_path / "kd" / "last.pt"), read_checkpoint(tmp_path / "labels" / "last.pt")
+    assert any(not torch.equal(kd["trainable"][k], labels["trainable"][k]) for k in labels["trainable"])
+    cut = [*common, "--teacher-weight", "0.5", "--stop-after", "1", "--out", tmp_path / "cut"]
+    assert cli("train", cut, capsys)[0] == 0
+    assert cli("train", ["--resume", "--out", tmp_path / "cut"], capsys)[0] == 0
+    same_training(tmp_path / "cut" / "last.pt", tmp_path / "kd" / "last.pt")
+    code, err = cli("train", ["--teacher-weight", "0.5", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: --teacher-weight distils a supernet into its pick: give --subnet and --init-from"
+    ), err
+    code, err = cli("train", [*common, "--teacher-weight", "1.5", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "--teacher-weight" in err and "[0, 1]" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_subnet_that_does_not_fit_is_refused_before_training(pipeline, tmp_path, capsys):

@@ -118,3 +118,42 @@ def test_the_train_command_refuses_bad_sampling_in_one_line(tmp_path, capsys):
     code, err = cli("train", ["--sampling", "sandwich", "--param-limit", "0.001", "--min-param-limit", "0.002",
                               "--out", tmp_path / "o"], capsys)  # fmt: skip
     assert code == 2 and "error: --param-limit at training time: inverted budget: --min-param-limit" in err, err
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_a_pick_learning_from_a_teacher_follows_the_mixed_loss(weight):
+    """Retraining with a teacher: a fixed subnet's gradients are those of (1 - w) * cross-entropy to the labels +
+    w * cross-entropy to the frozen teacher's class probabilities; the teacher itself never changes."""
+    model = _supernet()
+    pick = glora.make_subnet(model, A="lora_2", B="vector", C="none", D="scalar", E="none")
+    teacher = copy.deepcopy(model).requires_grad_(False).eval()
+    glora.set_subnet(teacher, SubnetSampler(teacher, Sampling()).largest)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    recipe = Recipe(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0, amp="off", workers=0, seed=5)
+    modality = ImageModality({"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    cpu = torch.device("cpu")
+    trainer = Trainer(model, _data(), recipe, modality=modality, device=cpu, subnet=pick, teacher=teacher,
+                      teacher_weight=weight)  # fmt: skip
+    batch = next(iter(trainer.train_set.batches([list(range(8))])))
+    x = trainer.modality.place(batch.inputs, cpu)["pixel_values"]
+    ref = copy.deepcopy(model)
+    glora.set_subnet(ref, pick)
+    task = Task(num_classes=3)
+    with torch.no_grad():
+        taught = teacher(x)
+    out = ref(x)
+    loss = (1 - weight) * task.loss(out, batch.targets["labels"]) + weight * task.distill_loss(out, taught)
+    (loss / 8).backward()
+    captured: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: captured.update(
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    ) or step()  # fmt: skip
+    trainer._step(batch, global_n=8, weight=1.0)
+    assert captured
+    for n, p in ref.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(captured[n], p.grad, rtol=1e-5, atol=1e-7)
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="a teacher trains one fixed subnet"):
+        Trainer(_supernet(), _data(), recipe, modality=modality, device=cpu, teacher=teacher)

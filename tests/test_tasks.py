@@ -41,7 +41,19 @@ def test_classification_metrics_match_scikit_learn(k):
 
 def test_matthews_is_zero_when_one_class_is_predicted():
     label = torch.tensor([0, 1, 1, 0])
-    assert Task("classification", num_classes=2).compute((torch.zeros(4, dtype=torch.long), label))["matthews"] == 0
+    task = Task("classification", num_classes=2)
+    assert task.compute(task.stats(torch.tensor([[1.0, 0.0]]).expand(4, 2), label))["matthews"] == 0
+
+
+def test_classification_loss_is_the_splits_mean_cross_entropy_and_ranks_lower_first():
+    g = torch.Generator().manual_seed(1)
+    logits, label = torch.randn(300, 3, generator=g), torch.randint(0, 3, (300,), generator=g)
+    task = Task("classification", metric="loss", num_classes=3)
+    parts = [task.stats(logits[i : i + 64], label[i : i + 64]) for i in range(0, 300, 64)]
+    got = task.compute([torch.cat(c) for c in zip(*parts)])
+    expected = sklearn_metrics.log_loss(label, logits.double().softmax(-1), labels=[0, 1, 2])
+    assert got["loss"] == pytest.approx(expected, rel=1e-6)
+    assert task.selection == "loss" and task.score(got) == -got["loss"]  # the search maximises: lower is better
 
 
 def test_regression_metrics_match_scipy_with_ties():
@@ -108,5 +120,5 @@ def test_scores_are_maximised_and_names_checked():
         Task("causal-lm", "pearson")
     with pytest.raises(ValueError, match="task kind must be one of classification, regression, causal-lm"):
         Task("ranking")
-    assert {m.kind for m in METRICS.values()} == {"classification", "regression", "causal-lm"}
+    assert {k for m in METRICS.values() for k in m.kinds} == {"classification", "regression", "causal-lm"}
     assert all(math.isnan(v) for v in Task().compute((torch.zeros(0), torch.zeros(0))).values())

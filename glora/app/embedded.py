@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from glora._io import publish_tree
@@ -20,7 +21,7 @@ from glora.subnet import Subnet
 
 from .backbone import EMBEDDED_PREFIX
 from .data import PIXELS, ImageModality, ImageSet, load_digits, make_loader
-from .evaluate import accuracy
+from .evaluate import accuracy, predict
 from .trainer import Augment, Recipe, Trainer
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "save_timm_folder",
     "transfer_headroom",
     "digits_accuracy",
+    "digits_metrics",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -79,6 +81,17 @@ def fit_digits(
 def digits_accuracy(model: nn.Module, data: ImageSet) -> float:
     loader, _ = make_loader(data, 512, shuffle=False)
     return accuracy(model, loader, _inputs(), torch.device("cpu"))
+
+
+def digits_metrics(model: nn.Module, data: ImageSet) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on a digits split: the loss tells apart models whose accuracies tie on a
+    few hundred images (rank-faithfulness measurements)."""
+    loader, _ = make_loader(data, 512, shuffle=False)
+    logits, labels = predict(model, loader, _inputs(), torch.device("cpu"))
+    return {
+        "accuracy": (logits.argmax(-1) == labels).double().mean().item(),
+        "loss": F.cross_entropy(logits.double(), labels).item(),
+    }
 
 
 def pretrain(*, epochs: int = PRETRAIN_RECIPE.epochs, seed: int = 0) -> tuple[nn.Module, float]:

@@ -3,7 +3,9 @@
 Three kinds of task share the commands:
 
 - ``classification`` (images, text): cross-entropy (label smoothing optional); metrics ``accuracy``,
-  ``matthews`` (Matthews correlation, CoLA's), and ``f1`` of class 1 for two classes (MRPC's and QQP's).
+  ``matthews`` (Matthews correlation, CoLA's), ``f1`` of class 1 for two classes (MRPC's and QQP's) and ``loss``
+  (mean cross-entropy over the split: on a small validation split it ranks subnets by a continuous number where
+  accuracies tie or differ by a few rows).
 - ``regression`` (STS-B): one output per row, mean squared error; metrics ``pearson``, ``spearman``, ``mse``.
 - ``causal-lm``: next-token cross-entropy on the tokens whose label is not ``-100`` (the response of an
   instruction), averaged per sequence; metrics ``loss`` (mean per response token over the split), ``perplexity``
@@ -41,7 +43,7 @@ IGNORE_INDEX = -100  # a label the causal-LM loss skips (prompt and padding toke
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # the task kind it belongs to
+    kinds: tuple[str, ...]  # the task kinds it applies to
     greater_is_better: bool = True
     description: str = ""
 
@@ -49,16 +51,16 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("accuracy", "classification", True, "top-1 accuracy"),
-        Metric("matthews", "classification", True, "Matthews correlation coefficient (CoLA)"),
-        Metric("f1", "classification", True, "F1 of class 1, two classes only (MRPC, QQP)"),
-        Metric("pearson", "regression", True, "Pearson correlation (STS-B)"),
-        Metric("spearman", "regression", True, "Spearman rank correlation"),
-        Metric("mse", "regression", False, "mean squared error"),
-        Metric("loss", "causal-lm", False, "mean next-token cross-entropy on response tokens"),
-        Metric("perplexity", "causal-lm", False, "exp(loss)"),
-        Metric("token_accuracy", "causal-lm", True, "greedy next-token accuracy on response tokens"),
-        Metric("mc_accuracy", "causal-lm", True, "multiple-choice accuracy: the most likely option is the choice"),
+        Metric("accuracy", ("classification",), True, "top-1 accuracy"),
+        Metric("matthews", ("classification",), True, "Matthews correlation coefficient (CoLA)"),
+        Metric("f1", ("classification",), True, "F1 of class 1, two classes only (MRPC, QQP)"),
+        Metric("pearson", ("regression",), True, "Pearson correlation (STS-B)"),
+        Metric("spearman", ("regression",), True, "Spearman rank correlation"),
+        Metric("mse", ("regression",), False, "mean squared error"),
+        Metric("loss", ("classification", "causal-lm"), False, "mean cross-entropy (a causal LM: per response token)"),
+        Metric("perplexity", ("causal-lm",), False, "exp(loss)"),
+        Metric("token_accuracy", ("causal-lm",), True, "greedy next-token accuracy on response tokens"),
+        Metric("mc_accuracy", ("causal-lm",), True, "multiple-choice accuracy: the most likely option is the choice"),
     )
 }
 
@@ -118,7 +120,7 @@ class Task:
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every metric an evaluation of this task reports (f1 only for two classes)."""
-        names = [m.name for m in METRICS.values() if m.kind == self.kind]
+        names = [m.name for m in METRICS.values() if self.kind in m.kinds]
         if self.kind == "classification" and self.num_classes != 2:
             names.remove("f1")
         return tuple(names)
@@ -164,11 +166,12 @@ class Task:
     # ------------------------------------------------------------------ evaluation
     def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
         """Per-row statistics of one batch, enough for every metric: (prediction, label) for classification and
-        regression; (summed NLL, response tokens, hits, group, correct) per sequence for a causal LM."""
+        regression (classification adds each row's cross-entropy); (summed NLL, response tokens, hits, group,
+        correct) per sequence for a causal LM."""
         fields = _fields(targets)
         out, y = out.float(), fields["labels"]
         if self.kind == "classification":
-            return out.argmax(-1), y
+            return out.argmax(-1), y, F.cross_entropy(out, y, reduction="none")
         if self.kind == "regression":
             return out.reshape(-1), y.float()
         n = len(y)
@@ -200,6 +203,7 @@ class Task:
             out = {"accuracy": (pred == label).double().mean().item(), "matthews": _matthews(pred, label)}
             if "f1" in self.metric_names:
                 out["f1"] = _f1(pred, label)
+            out["loss"] = stats[2].double().mean().item()
             return out
         if self.kind == "regression":
             pred, label = stats[0].double(), stats[1].double()

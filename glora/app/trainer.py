@@ -141,6 +141,8 @@ class Trainer:
         data_on_device: where cached rows live during the run (``glora.app.data.place``: auto, on, off).
         task: the loss and the validation metrics (default: classification, cross-entropy, accuracy first).
         sampling: which subnets a supernet step trains (default: one uniform draw, the paper's).
+        teacher: a frozen model whose outputs a fixed subnet also learns (knowledge distillation: a retrained pick
+            learns from its supernet's largest subnet), weighted by ``teacher_weight`` against the labels.
     """
 
     def __init__(
@@ -161,6 +163,8 @@ class Trainer:
         data_on_device: str = "auto",
         task: Task | None = None,
         sampling: Sampling | None = None,
+        teacher: nn.Module | None = None,
+        teacher_weight: float = 0.5,
     ) -> None:
         if len(train_set) == 0:
             raise ValueError("the train split is empty")
@@ -179,6 +183,11 @@ class Trainer:
         if self.sampling.distill and self.supernet and self.task.kind == "causal-lm":
             raise ValueError("--distill is for classification and regression; a causal LM trains on its labels")
         self.sampler = SubnetSampler(model, self.sampling) if self.supernet else None
+        if teacher is not None and (self.supernet or self.task.kind == "causal-lm"):
+            raise ValueError("a teacher trains one fixed subnet of a classification or regression task")
+        if not 0 <= teacher_weight <= 1:
+            raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+        self.teacher, self.teacher_weight = teacher, teacher_weight
         self._edits_checked = False
         if subnet is not None:
             set_subnet(model, subnet)
@@ -402,6 +411,11 @@ class Trainer:
                 loss_sum = self.task.loss(logits, targets, r.smoothing) * weight
                 if self.sampling.distill and self.supernet:
                     teacher = logits.detach()
+                if self.teacher is not None:  # a fixed subnet learning from a frozen teacher too
+                    with torch.no_grad(), autocast(self.device, r.amp):
+                        taught = modality(self.teacher, inputs)
+                    w = self.teacher_weight
+                    loss_sum = (1 - w) * loss_sum + w * self.task.distill_loss(logits, taught) * weight
             (loss_sum / (global_n * len(subnets))).backward()
             total = loss_sum.detach() if total is None else total + loss_sum.detach()
             if self.adapted:  # the supports no subnet of the step reads

@@ -8,6 +8,7 @@ digits 5-9) into ``runs/default/supernet``. Every epoch end writes ``last.pt`` a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from glora._io import atomic_write_text
 from glora.config import SUPPORT_DTYPES
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
-from glora.subnet import Subnet, count_params, load_subnet, parse_subnet
+from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
 
 from ..backbone import (
     bias_free_rule,
@@ -56,6 +58,7 @@ from ..options.train import (
     sampling_from_args,
 )
 from ..outputs import absolute, check_no_overlap, output_lock, writes_files
+from ..sampling import Sampling, SubnetSampler
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model, weightless
 from ..sizes import check_training_size
 from ..tasks import Task
@@ -141,6 +144,7 @@ class _SupernetRun:
         self.subnet = self._fixed_subnet()
         if args.init_from and ckpt is None:
             self._inherit(args.init_from)
+        teacher = self._teacher(ckpt) if getattr(args, "teacher_weight", 0.0) else None
         self.trainer = Trainer(
             self.model,
             train,
@@ -155,6 +159,8 @@ class _SupernetRun:
             task=self.task,
             subnet=self.subnet,
             sampling=sampling_from_args(args),
+            teacher=teacher,
+            teacher_weight=getattr(args, "teacher_weight", 0.0),
         )
         if ckpt is not None:
             self._restore(ckpt)
@@ -234,6 +240,25 @@ class _SupernetRun:
             raise ValueError(f"--init-from {path}: its backbone's weights differ from this run's backbone")
         load_trainable(self.model, ckpt["trainable"], f"--init-from {path}")
         _logger.info("starting from the trained tensors of %s", path)
+
+    def _teacher(self, ckpt: dict[str, Any] | None) -> nn.Module:
+        """``--teacher-weight``: the supernet's largest subnet, frozen as --init-from loaded it. Only the trainable
+        tensors are copied (the frozen backbone is shared with the student)."""
+        args = self.args
+        if not (args.subnet and args.init_from):
+            raise ValueError("--teacher-weight distils a supernet into its pick: give --subnet and --init-from")
+        if self.sharded:
+            raise ValueError("--teacher-weight needs the whole model on each process; run it without --fsdp")
+        if self.task.kind == "causal-lm":
+            raise ValueError("--teacher-weight is for classification and regression; a causal LM trains on its labels")
+        if ckpt is not None:  # resuming: the student moved on; the teacher is the checkpoint it started from
+            self._inherit(args.init_from)
+        shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
+        teacher = copy.deepcopy(self.model, memo=shared)
+        teacher.requires_grad_(False).eval()
+        set_subnet(teacher, SubnetSampler(teacher, Sampling()).largest)
+        _logger.info("the pick also learns from %s's largest subnet (weight %g)", args.init_from, args.teacher_weight)
+        return teacher
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         where = ckpt.get("path", str(self.files.checkpoint))

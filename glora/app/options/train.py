@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options of a --init-from checkpoint a retraining run does not take over: where and how this run writes, and what it
 # retrains (the rest, model, data, space and recipe, are its defaults).
-_NOT_INHERITED = {"out", "resume", "force", "stop_after", "init_from", "subnet", "config", "debug", "progress"}
+_NOT_INHERITED = {
+    "out", "resume", "force", "stop_after", "init_from", "subnet", "teacher_weight", "config", "debug", "progress"
+}  # fmt: skip
 
 
 def _add_retrain_options(g: argparse._ArgumentGroup) -> None:
@@ -126,6 +128,14 @@ def _add_retrain_options(g: argparse._ArgumentGroup) -> None:
         metavar="CKPT",
         help="a supernet checkpoint (last.pt) whose trained tensors this run starts from; its options (model, data, "
         "space, recipe) are this run's defaults, so only what changes is given (--epochs, --lr, ...)",
+    )
+    g.add_argument(
+        "--teacher-weight",
+        type=probability,
+        default=0.0,
+        metavar="W",
+        help="with --subnet and --init-from: the pick also learns the outputs of the supernet's largest subnet "
+        "(frozen as loaded; knowledge distillation), loss = (1 - W) * labels' + W * teacher's (0: labels only)",
     )
 
 
