@@ -64,7 +64,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--generations", type=int, default=10, help="search generations per strategy")
     p.add_argument(
-        "--search-metric", choices=("accuracy", "loss"), default="accuracy", help="the search's fitness (--metric)"
+        "--search-metric",
+        choices=("accuracy", "loss"),
+        default=None,
+        help="the search's fitness (--metric; default: each supernet's own: the recommended preset's loss, else "
+        "accuracy)",
     )
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES), metavar="NAME")
     add_json_arg(p)
@@ -130,8 +134,9 @@ def run_strategy(name: str, args, seed: int, budget: int, subnets, alone, work: 
     inh = inherited(sup / "last.pt", subnets)
     started = time.time()
     search = ["--supernet", str(sup / "last.pt"), "--out", str(found), "--seed", str(seed), "--param-limit",
-              budget_text(budget), "--generations", str(args.generations), "--metric", args.search_metric,
-              "--no-progress"]  # fmt: skip
+              budget_text(budget), "--generations", str(args.generations), "--no-progress"]  # fmt: skip
+    if args.search_metric:
+        search += ["--metric", args.search_metric]
     assert search_main(search) == 0
     final = json.loads((found / "search_log.jsonl").read_text().splitlines()[-1])
     return {

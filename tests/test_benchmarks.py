@@ -164,8 +164,10 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
     assert yaml.safe_load((root / "retrain" / "config.yaml").read_text())["warmup-epochs"] == 0
     supernet_config = yaml.safe_load((root / "supernet" / "config.yaml").read_text())
     assert supernet_config["warmup-epochs"] == 2
-    # the recommended preset: the sandwich rule in the budget, distilled, C without lora
+    # the recommended preset: the sandwich rule in the budget, distilled, C without lora, subnets ranked by loss
     assert supernet_config["sampling"] == "sandwich" and supernet_config["distill"] is True
+    assert supernet_config["metric"] == "loss"
+    assert json.loads((root / "search" / "search_log.jsonl").read_text().splitlines()[-1])["metric"] == "loss"
     assert supernet_config["choices"] == ["C=vector,none"]
     assert float(supernet_config["param-limit"]) * 1e6 == pytest.approx(lora["params"], abs=1)
     assert "C: lora" not in (root / "search" / "subnet.yaml").read_text()

@@ -6,7 +6,8 @@ Three kinds of task share the commands:
   ``matthews`` (Matthews correlation, CoLA's), ``f1`` of class 1 for two classes (MRPC's and QQP's) and ``loss``
   (mean cross-entropy over the split: on a small validation split it ranks subnets by a continuous number where
   accuracies tie or differ by a few rows).
-- ``regression`` (STS-B): one output per row, mean squared error; metrics ``pearson``, ``spearman``, ``mse``.
+- ``regression`` (STS-B): one output per row, mean squared error; metrics ``pearson``, ``spearman``, ``mse`` (and
+  ``loss``, the same number: every kind has a ``loss``).
 - ``causal-lm``: next-token cross-entropy on the tokens whose label is not ``-100`` (the response of an
   instruction), averaged per sequence; metrics ``loss`` (mean per response token over the split), ``perplexity``
   (its exponential), ``token_accuracy`` (greedy next-token hits on response tokens) and, where the split holds
@@ -57,7 +58,7 @@ METRICS: dict[str, Metric] = {
         Metric("pearson", ("regression",), True, "Pearson correlation (STS-B)"),
         Metric("spearman", ("regression",), True, "Spearman rank correlation"),
         Metric("mse", ("regression",), False, "mean squared error"),
-        Metric("loss", ("classification", "causal-lm"), False, "mean cross-entropy (a causal LM: per response token)"),
+        Metric("loss", TASK_KINDS, False, "the training loss on the split (cross-entropy; regression: squared error)"),
         Metric("perplexity", ("causal-lm",), False, "exp(loss)"),
         Metric("token_accuracy", ("causal-lm",), True, "greedy next-token accuracy on response tokens"),
         Metric("mc_accuracy", ("causal-lm",), True, "multiple-choice accuracy: the most likely option is the choice"),
@@ -207,11 +208,13 @@ class Task:
             return out
         if self.kind == "regression":
             pred, label = stats[0].double(), stats[1].double()
-            return {
+            out = {
                 "pearson": _pearson(pred, label),
                 "spearman": _pearson(_ranks(pred), _ranks(label)),
                 "mse": ((pred - label) ** 2).mean().item(),
             }
+            out["loss"] = out["mse"]
+            return out
         nll, count, hits, group, correct = stats
         right = correct == 1  # plain sequences, and the correct option of a multiple-choice row
         total, tokens = nll[right].double().sum().item(), count[right].sum().item()
