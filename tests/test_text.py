@@ -310,7 +310,7 @@ def test_a_regression_task_trains_searches_and_exports(bert, tmp_path, capsys):
     assert code == 0, err
     final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
     assert final["metric"] == "spearman" and final["val_spearman"] == final["val_metrics"]["spearman"]
-    assert set(final["test_metrics"]) == {"pearson", "spearman", "mse"}
+    assert set(final["test_metrics"]) == {"pearson", "spearman", "mse", "loss"}
     out = tmp_path / "e"
     args = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out", out]
     code, err = cli("export", [*args, "--latency-rounds", "0"], capsys)
@@ -331,7 +331,7 @@ def test_the_selection_metric_is_logged_and_ranks_the_search(bert, texts, tmp_pa
     final = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()][-1]
     assert final["metric"] == "matthews"
     assert final["val_matthews"] == pytest.approx(max(score for _, score in state["cache"]), abs=1e-6)
-    assert set(final["val_metrics"]) == {"accuracy", "matthews", "f1"}
+    assert set(final["val_metrics"]) == {"accuracy", "matthews", "f1", "loss"}
     pareto = json.loads((tmp_path / "s" / "pareto.json").read_text())
     assert pareto["metric"] == "matthews" and all("val_matthews" in p for p in pareto["front"])
 
