@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glora._io import publish_tree
@@ -22,6 +21,7 @@ from glora.subnet import Subnet
 from .backbone import EMBEDDED_PREFIX
 from .data import PIXELS, ImageModality, ImageSet, load_digits, make_loader
 from .evaluate import accuracy, predict
+from .tasks import Task
 from .trainer import Augment, Recipe, Trainer
 
 __all__ = [
@@ -88,10 +88,9 @@ def digits_metrics(model: nn.Module, data: ImageSet) -> dict[str, float]:
     few hundred images (rank-faithfulness measurements)."""
     loader, _ = make_loader(data, 512, shuffle=False)
     logits, labels = predict(model, loader, _inputs(), torch.device("cpu"))
-    return {
-        "accuracy": (logits.argmax(-1) == labels).double().mean().item(),
-        "loss": F.cross_entropy(logits.double(), labels).item(),
-    }
+    task = Task(num_classes=logits.shape[-1])
+    metrics = task.compute(task.stats(logits, labels))
+    return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
 
 
 def pretrain(*, epochs: int = PRETRAIN_RECIPE.epochs, seed: int = 0) -> tuple[nn.Module, float]:

@@ -144,7 +144,7 @@ class _SupernetRun:
         self.subnet = self._fixed_subnet()
         if args.init_from and ckpt is None:
             self._inherit(args.init_from)
-        teacher = self._teacher(ckpt) if getattr(args, "teacher_weight", 0.0) else None
+        teacher = self._teacher(ckpt) if args.teacher_weight else None
         self.trainer = Trainer(
             self.model,
             train,
@@ -160,7 +160,7 @@ class _SupernetRun:
             subnet=self.subnet,
             sampling=sampling_from_args(args),
             teacher=teacher,
-            teacher_weight=getattr(args, "teacher_weight", 0.0),
+            teacher_weight=args.teacher_weight,
         )
         if ckpt is not None:
             self._restore(ckpt)
