@@ -139,13 +139,14 @@ def run_strategy(name: str, args, seed: int, budget: int, subnets, alone, work: 
         search += ["--metric", args.search_metric]
     assert search_main(search) == 0
     final = json.loads((found / "search_log.jsonl").read_text().splitlines()[-1])
+    val_acc, test_acc = pick_accuracy(final)
     return {
         "options": options,
         **taus(inh, alone),
         "inherited": inh,
         "train_s": round(train_s, 1),
         "search_s": round(time.time() - started, 1),
-        "pick": {"params": final["params"], **dict(zip(("val_acc", "test_acc"), pick_accuracy(final)))},
+        "pick": {"params": final["params"], "val_acc": val_acc, "test_acc": test_acc},
     }
 
 

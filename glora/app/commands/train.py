@@ -42,6 +42,7 @@ from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
 from ..layout import SupernetFolder
 from ..options import (
+    ConfigError,
     args_to_dict,
     save_config,
     start_or_resume,
@@ -79,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume:  # a resumed run keeps its checked options
         check_applicable(parser, argv, args)
         sampling_from_args(args)  # its rules, before anything is loaded
+        if args.teacher_weight and not (args.subnet and args.init_from):
+            raise ConfigError("--teacher-weight distils a supernet into its pick: give --subnet and --init-from")
     last = SupernetFolder(Path(args.out)).checkpoint
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
@@ -245,8 +248,6 @@ class _SupernetRun:
         """``--teacher-weight``: the supernet's largest subnet, frozen as --init-from loaded it. Only the trainable
         tensors are copied (the frozen backbone is shared with the student)."""
         args = self.args
-        if not (args.subnet and args.init_from):
-            raise ValueError("--teacher-weight distils a supernet into its pick: give --subnet and --init-from")
         if self.sharded:
             raise ValueError("--teacher-weight needs the whole model on each process; run it without --fsdp")
         if self.task.kind == "causal-lm":
