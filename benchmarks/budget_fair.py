@@ -10,6 +10,9 @@ project's digits ViT, its default recipe). Every method is ``glora-train`` with 
 recipe, then ``glora-search`` (a fixed adapter's search only scores it); the reported figure is the search's final
 record (validation accuracy picks, test accuracy is held out).
 
+Options --search-targets and --lora-ranks widen the searched methods' space (their own work folders); the budget
+stays LoRA r=8's on the task's layers.
+
 Methods (``--methods``):
   lora, ssf, gift, peft-glora   the shipped method presets (``-c methods/NAME``), trained --epochs epochs;
   glora-paper                   the paper's pipeline: a uniform supernet for --epochs epochs, searched under the
@@ -69,6 +72,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "runs in its own work folder")  # fmt: skip
     p.add_argument("--search", default="--population 20 --parents 5 --mutations 10 --crossovers 10 --generations 5",
                    help="glora-search's evolution options for the searched methods")  # fmt: skip
+    p.add_argument("--search-targets", nargs="+", default=None, metavar="SUFFIX",
+                   help="sentiment: the layers the searched methods may adapt (glora-train --targets; default: the "
+                   "fixed methods' query and value). The budget stays LoRA r=8's on query and value: the search "
+                   "decides where to spend it, e.g. --search-targets query key value dense")  # fmt: skip
+    p.add_argument("--lora-ranks", type=int, nargs="+", default=None, metavar="R",
+                   help="the searched methods' LoRA ranks (glora-train --lora-ranks; default its 8 4), e.g. 16 8 4: "
+                   "the search may spend the budget on fewer layers at a higher rank")  # fmt: skip
     p.add_argument("--corpus", choices=list(CORPORA), default="movies",
                    help="sentiment: which of VADER's rated corpora (benchmarks/sentiment.py)")  # fmt: skip
     p.add_argument("--data", type=Path, default=None,
@@ -83,6 +93,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.data = Path("data/sentiment" + ("" if args.corpus == "movies" else f"-{args.corpus}"))
     if not 0 <= args.retrain_fraction < 1:
         p.error(f"--retrain-fraction must be in [0, 1), got {args.retrain_fraction}")
+    if args.search_targets is not None and args.task != "sentiment":
+        p.error("--search-targets is for --task sentiment (the embedded task adapts every linear layer)")
     if args.retrain_warmup is not None and args.retrain_warmup < 0:
         p.error(f"--retrain-warmup must be >= 0 epochs, got {args.retrain_warmup}")
     return args
@@ -170,10 +182,16 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
     choices = space_choices(method, args.choices)
     if choices:
         variant += "-" + "-".join(c.replace("=", "").replace(",", "").replace("_", "") for c in choices)
+    wider = method not in FIXED and args.search_targets is not None
+    if wider:  # other layers: another run
+        variant += "-t" + "".join(t.replace(".", "") for t in args.search_targets)
+    ranks = [] if method in FIXED or args.lora_ranks is None else ["--lora-ranks", *map(str, args.lora_ranks)]
+    if ranks:
+        variant += "-r" + "-".join(ranks[1:])
     if args.task == "sentiment" and args.corpus != "movies":  # another data set: never the movie runs read back
         variant += f"-{args.corpus}"
     root = work / f"{method}-e{epochs}-s{seed}{variant}"
-    common = [*task, "--seed", str(seed)]
+    common = [*task, "--seed", str(seed), *(["--targets", *args.search_targets] if wider else []), *ranks]
     sup, found = root / "supernet", root / "search"
     stages: dict[str, float] = {}
     if method in FIXED:

@@ -179,3 +179,41 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
              *args[args.index("--search") + 2 :]]  # fmt: skip
     refused = python("-m", "benchmarks.budget_fair", *other)
     assert refused.returncode != 0 and "give another --work" in refused.stderr, refused.stderr[-3000:]
+
+
+@pytest.mark.parametrize("options, folder, extra", [
+    ([], "glora-e8-s0-rw0-Cvectornone", []),
+    (["--search-targets", "query", "key", "dense"], "glora-e8-s0-rw0-Cvectornone-tquerykeydense",
+     ["--targets", "query", "key", "dense"]),
+    (["--lora-ranks", "16", "8", "4"], "glora-e8-s0-rw0-Cvectornone-r16-8-4", ["--lora-ranks", "16", "8", "4"]),
+])  # fmt: skip
+def test_budget_fair_space_options_reach_the_searched_methods_only(tmp_path, monkeypatch, options, folder, extra):
+    """--search-targets and --lora-ranks widen the searched methods' space (the supernet's glora-train), never a
+    fixed method's; each space runs in its own work folder, and the budget stays LoRA's on the task's layers."""
+    from benchmarks import budget_fair
+
+    trained: list[list[str]] = []
+    record = {"params": 100, "val_metrics": {"accuracy": 0.5}, "test_metrics": {"accuracy": 0.5}}
+    monkeypatch.setattr(budget_fair, "_train", trained.append)
+    monkeypatch.setattr(budget_fair, "_search", lambda *a: record)
+    args = budget_fair.parse(["--retrain-warmup", "0", *options])
+    task = ["--model", "m", "--targets", "query", "value", "--lr", "1e-3"]
+    budget_fair.run_method("lora", 8, 0, task, None, args, tmp_path)
+    budget_fair.run_method("glora", 8, 0, task, 73728, args, tmp_path)
+    lora, supernet, retrain = trained
+    assert "--lora-ranks" not in lora and lora[lora.index("--targets", 3) + 1 : lora.index("--targets", 3) + 3] == [
+        "query", "value"]  # fmt: skip
+    if extra:
+        at = supernet.index(extra[0], supernet.index("--seed"))
+        assert supernet[at : at + len(extra)] == extra  # given after the task's: argparse keeps the last
+    assert supernet[supernet.index("--param-limit") + 1] == "0.073728"
+    assert (tmp_path / folder / "supernet.stage.json").is_file()
+    assert retrain[:2] == ["--init-from", str(tmp_path / folder / "supernet" / "last.pt")]  # the space comes along
+
+
+def test_budget_fair_refuses_search_targets_on_the_embedded_task(capsys):
+    from benchmarks import budget_fair
+
+    with pytest.raises(SystemExit):
+        budget_fair.parse(["--task", "embedded", "--search-targets", "qkv"])
+    assert "--search-targets is for --task sentiment" in capsys.readouterr().err
