@@ -4,6 +4,7 @@ session-wide pipeline fixtures: one finished run per modality (images, text clas
 from __future__ import annotations
 
 import os
+import signal
 import types
 
 import pytest
@@ -20,6 +21,11 @@ def pytest_configure(config):
     thread: a worker per core, each with torch's default pool of a thread per core, oversubscribes the cores
     (spinning pools made a training step 10x slower). Results do not depend on it: the tests compare runs made
     under the same setting."""
+    # A suite started in the background of a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, as
+    # POSIX has it, and so would every process it starts: the Ctrl-C tests need Python's own handler, here and in the
+    # children (a handled signal is reset to its default across exec).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(config, "workerinput"):
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
