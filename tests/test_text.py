@@ -4,7 +4,6 @@ get one line."""
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -450,11 +449,13 @@ def test_a_run_given_relative_paths_searches_and_exports_from_another_folder(ber
         assert "1 runs read, 1 with a finished search" in (tmp_path / f"r-{folder}" / "report.md").read_text()
 
 
+_BERT_SIZES = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48}
 _FAMILIES = {  # encoder families whose layers, inputs or weight sharing differ from BERT's
     # q_lin / v_lin, no segment ids
     "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48}),
-    "albert": ("AlbertConfig", {"embedding_size": 16, "num_hidden_layers": 2}),  # one layer shared across depth
-    "deberta-v2": ("DebertaV2Config", {"num_hidden_layers": 2}),  # query_proj, relative attention
+    # one layer shared across depth
+    "albert": ("AlbertConfig", {**_BERT_SIZES, "embedding_size": 16, "num_hidden_layers": 2}),
+    "deberta-v2": ("DebertaV2Config", {**_BERT_SIZES, "num_hidden_layers": 2}),  # query_proj, relative attention
 }
 
 
@@ -466,17 +467,15 @@ def test_other_encoder_families_train_search_and_export(family, bert, tmp_path):
     import inspect
     import shutil
 
-    from helpers import run_pipeline, sentiment_files, text_train_args
+    from helpers import run_pipeline, sentiment_files, sentiment_rows, text_train_args
 
     name, kw = _FAMILIES[family]
     model = tmp_path / family
     shutil.copytree(bert, model)
     for f in ("config.json", "model.safetensors"):
         (model / f).unlink()
-    base = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48}
-    base = {} if family == "distilbert" else base
     config = getattr(transformers, name)(vocab_size=len(transformers.AutoTokenizer.from_pretrained(bert)),
-                                         max_position_embeddings=64, num_labels=2, **base, **kw)  # fmt: skip
+                                         max_position_embeddings=64, num_labels=2, **kw)  # fmt: skip
     torch.manual_seed(0)
     transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(model)
     files = sentiment_files(tmp_path)
@@ -485,14 +484,14 @@ def test_other_encoder_families_train_search_and_export(family, bert, tmp_path):
     plain = transformers.AutoModelForSequenceClassification.from_pretrained(root / "export").eval()
     assert plain.config.model_type == config.model_type
     tok = transformers.AutoTokenizer.from_pretrained(root / "export")
-    rows = [r for r in csv.DictReader(files["val"].open(encoding="utf-8"))]
+    rows = sentiment_rows(16, 1)  # the validation rows sentiment_files wrote
     enc = tok([r["text"] for r in rows], padding=True, return_tensors="pt")
     accepted = inspect.signature(plain.forward).parameters
+    inputs = {k: v for k, v in enc.items() if k in accepted}  # DistilBERT takes no token_type_ids
     with torch.no_grad():
-        logits = plain(**{k: v for k, v in enc.items() if k in accepted}).logits
+        logits = plain(**inputs).logits
     labels = torch.tensor([plain.config.label2id[r["label"]] for r in rows])
     assert (logits.argmax(-1) == labels).double().mean().item() == pytest.approx(final["val_metrics"]["accuracy"])
-    inputs = {k: v for k, v in enc.items() if k in accepted}
     supernet = load_supernet(root / "supernet" / "last.pt").eval()
     glora.set_subnet(supernet, glora.load_subnet(root / "search" / "subnet.yaml"))
     untrained = transformers.AutoModelForSequenceClassification.from_pretrained(model).eval()
