@@ -33,6 +33,7 @@ __all__ = [
     "unused_params",
     "save_subnet",
     "load_subnet",
+    "subnet_difference",
 ]
 
 Subnet = dict[str, dict[str, str]]
@@ -212,6 +213,17 @@ def load_subnet(path: str | os.PathLike) -> Subnet:
     except yaml.YAMLError as e:
         raise ValueError(f"subnet file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     return _check_structure(data, str(p))
+
+
+def subnet_difference(subnet: Mapping[str, Mapping[str, str]], other: Mapping[str, Mapping[str, str]]) -> str:
+    """Where two subnets first differ, in words (``"layer 'x', support B: lora_8 here, none there"``); "" when they
+    are the same subnet."""
+    for name in sorted(set(subnet) | set(other)):
+        mine, theirs = dict(subnet.get(name) or {}), dict(other.get(name) or {})
+        for support in sorted(set(mine) | set(theirs)):
+            if mine.get(support) != theirs.get(support):
+                return f"layer {name!r}, support {support}: {mine.get(support)} here, {theirs.get(support)} there"
+    return ""
 
 
 def _check_structure(data: Any, where: str) -> Subnet:

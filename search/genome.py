@@ -57,6 +57,18 @@ class Genome:
         ]
         if only is not None:
             pinned = [only.get(n, {}).get(s) for n, s in self.genes]
+            left_out = next(
+                ((n, s, c) for (n, s), c, o in zip(self.genes, pinned, self.options) if c is not None and c not in o),
+                None,
+            )
+            if left_out is not None:
+                n, s, c = left_out
+                raise ValueError(
+                    f"this checkpoint holds one retrained subnet (scored as it is: no other subnet was trained with "
+                    f"it), whose choice for layer {n!r}, support {s} is {c}; the searched choices for {s} "
+                    f"({', '.join(space.choice_names(s))}) leave it out: search without narrowing {s}, or search the "
+                    "supernet it was retrained from"
+                )
             self.options = [(c,) if c in o else () for c, o in zip(pinned, self.options)]
         empty = next(((n, s) for (n, s), o in zip(self.genes, self.options) if not o), None)
         if empty is not None:

@@ -246,7 +246,8 @@ def test_checkpoint_records_written_before_modalities_read_back():
 
 def test_data_check_text_reads_files_as_training_will(tmp_path, capsys):
     """glora-data check-text: per file, rows and classes (or the regression's range), or the first problem with its
-    row; a label the first file lacks is a problem; exit 1 when a file is broken."""
+    row; the first file is the train file and every other one is judged against it, as training judges its splits;
+    exit 1 when a file is broken."""
     from helpers import write_csv, write_jsonl
 
     from glora.app.commands.data import main
@@ -262,6 +263,36 @@ def test_data_check_text_reads_files_as_training_will(tmp_path, capsys):
     scores = write_csv(tmp_path / "scores.csv", [{"text": "a", "label": 0.5}, {"text": "b", "label": 4.25}])
     assert main(["check-text", str(train), str(other), str(blank), str(scores)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert "label 'meh' is not in the first file's labels" in out[1]
-    assert "row 2 has no 'text' text" in out[2] and out[3].endswith("ok  2 rows; regression: 0.5..4.25")
-    assert out[-1] == "2 ok, 2 broken"
+    assert "label 'meh' is not in the train file's labels (neg, pos)" in out[1]
+    assert "row 2 has no 'text' text" in out[2] and "label 0.5 is not in the train file's labels" in out[3]
+    assert out[-1] == "1 ok, 3 broken"
+    assert main(["check-text", str(scores)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("ok  2 rows; regression: 0.5..4.25")
+
+
+def test_data_check_text_refuses_what_training_refuses_and_warns_as_it_warns(tmp_path, capsys, caplog):
+    """Training's checks, not a look-alike: a one-class train file is broken (the splits after it are not judged), an
+    id-like label column is warned about, and a class index written as text in a JSON file is the CSV's class."""
+    from helpers import write_csv, write_jsonl
+
+    from glora.app.commands.data import main
+    from glora.app.data import DataSpec
+
+    one = write_csv(tmp_path / "one.csv", [{"text": f"t{i}", "label": "pos"} for i in range(4)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "a", "label": "pos"}])
+    assert main(["check-text", str(one), str(val)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "holds one class ('pos'); a classification needs at least two" in out[0] and "broken" in out[0]
+    assert out[1].startswith(f"{val}  skipped") and out[-1] == "0 ok, 1 broken, 1 skipped"
+    with pytest.raises(ValueError, match="holds one class"):  # what training says of the same file
+        DataSpec(dataset="text", train_file=str(one), validation_file=str(val)).num_classes()
+    ids = write_csv(tmp_path / "ids.csv", [{"text": f"t{i}", "label": f"row{i}"} for i in range(5)])
+    assert main(["check-text", str(ids)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "warning:" in out[1] and "as many classes as rows (5): an id rather than a label?" in out[1]
+    ints = write_csv(tmp_path / "ints.csv", [{"text": f"t{i}", "label": i % 2} for i in range(6)])
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a", "label": "1"}, {"text": "b", "label": "0"}])
+    assert main(["check-text", str(ints), str(texts)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"{texts}  ok  2 rows; 2 classes: 0 1, 1 1"
+    spec = DataSpec(dataset="text", train_file=str(ints), validation_file=str(texts))
+    assert spec.source._labels(spec, "val")[2] == [1, 0]  # training reads them as the same classes

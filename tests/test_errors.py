@@ -374,7 +374,86 @@ CASES = [
         lambda d, t: ["--supernet", str(d / SUP), "--subnet", str(d / SUB), "--out", str(_foreign(t)), "--force"],
         "--force replaces a previous export only",
     ),
+    # reliability round 5: every option either applies or is refused; never a run from mixed tensors
+    (
+        "sandwich-random-unbounded",
+        "train",
+        lambda d, t: ["--sampling", "sandwich", "--sandwich-random", "100000"],
+        "--sandwich-random 100000: give 0 to 16 random subnets per step",
+    ),
+    (
+        "sandwich-random-without-the-sandwich",
+        "train",
+        lambda d, t: ["--sandwich-random", "3"],
+        "--sandwich-random: the random subnets of a sandwich step; this run samples uniform",
+    ),
+    (
+        "subnet-with-a-sampling-option",
+        "train",
+        lambda d, t: ["--subnet", str(d / SUB), "--sampling", "sandwich", "--param-limit", "0.02"],
+        "--sampling, --param-limit: how a supernet step samples its subnets; --subnet trains one fixed subnet",
+    ),
+    (
+        "subnet-with-a-preset-that-samples",
+        "train",
+        lambda d, t: ["--subnet", str(d / SUB), "-c", "protocols/recommended"],
+        "--sampling, --sandwich-random, --distill (set by -c protocols/recommended): how a supernet step samples",
+    ),
+    (
+        "init-from-a-retrained-checkpoint-as-a-supernet",
+        "train",
+        lambda d, t: ["--init-from", str(_retrained(d, t))],
+        "holds one retrained subnet",
+    ),
+    (
+        "init-from-a-retrained-checkpoint-with-another-subnet",
+        "train",
+        lambda d, t: [
+            "--init-from",
+            str(_retrained(d, t, _all_b_lora)),
+            "--subnet",
+            str(_subnet_edit(d, t, _all_b_none)),
+        ],
+        "is not the subnet --init-from",
+    ),
+    (
+        "export-another-subnet-of-a-retrained-checkpoint",
+        "reparam",
+        lambda d, t: [
+            "--supernet",
+            str(_retrained(d, t, _all_b_lora)),
+            "--subnet",
+            str(_subnet_edit(d, t, _all_b_none)),
+            "--out",
+            str(t / "e"),
+        ],
+        "which would fold retrained tensors with ones the retraining never touched",
+    ),
+    (
+        "search-a-retrained-checkpoint-narrowed-away-from-its-pick",
+        "search",
+        lambda d, t: ["--supernet", str(_retrained(d, t, _all_b_lora)), "--out", str(t / "s"), "--choices", "B=none"],
+        "holds one retrained subnet (scored as it is: no other subnet was trained with it), whose choice for layer",
+    ),
 ]
+
+
+def _all_b_none(subnet: dict) -> None:
+    for choices in subnet.values():
+        choices["B"] = "none"
+
+
+def _all_b_lora(subnet: dict) -> None:
+    for choices in subnet.values():
+        choices["B"] = "lora_8"
+
+
+def _retrained(done: Path, tmp: Path, edit=None) -> Path:
+    """A checkpoint as glora-train --subnet writes it: one subnet (the search's pick, or ``edit``-ed) trained."""
+    subnet = glora.load_subnet(done / SUB)
+    if edit is not None:
+        edit(subnet)
+    return _edited_checkpoint(done, tmp, lambda c: c.update(subnet=subnet))
 
 
 def _fewshot_root(tmp: Path) -> Path:

@@ -427,5 +427,22 @@ def test_the_recommended_protocol_takes_a_causal_lm_through_search_retraining_an
     retrain = ["--init-from", str(sup / "last.pt"), "--subnet", str(found / "subnet.yaml"), "--epochs", "1",
                "--warmup-epochs", "0", "--no-progress", "--out", str(again)]  # fmt: skip
     assert run(main["train"], retrain) == 0
+    kept = yaml.safe_load((again / "config.yaml").read_text())  # the supernet's sampling is not the pick's
+    assert (kept["sampling"], kept["distill"], kept["param-limit"], kept["choices"]) == (
+        "uniform", False, None, config["choices"]
+    )  # fmt: skip
     export = ["--supernet", str(again / "last.pt"), "--out", str(tmp_path / "export"), "--latency-rounds", "0"]
     assert run(main["export"], export) == 0
+
+
+def test_a_preset_that_distils_names_the_way_out_for_a_causal_lm_before_loading(llama, alpaca, tmp_path, capsys,
+                                                                               monkeypatch):  # fmt: skip
+    import glora.app.commands.train as train_command
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(train_command, "build_backbone", never)
+    code, err = cli("train", [*_train_args(llama, alpaca, tmp_path / "o"), "-c", "protocols/recommended"], capsys)
+    assert code == 2 and "--distill (set by -c protocols/recommended)" in err and "add --no-distill" in err, err
+    assert not (tmp_path / "o").exists()

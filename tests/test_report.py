@@ -135,7 +135,7 @@ def test_the_csvs_keep_the_spread_runs_csv_has_every_run_and_median_is_offered(t
     assert float(vtab["cifar std"]) == pytest.approx(statistics.stdev([70, 72, 80]), abs=1e-4)
     assert vtab["dtd"] == vtab["dtd std"] == vtab["dtd n"] == ""  # not run: empty, never zero
     other = next(iter(csv.DictReader(io.StringIO(mean.csv["other.csv"]))))
-    assert other["test"] == "50.0000" and other["test std"] == "0.0000" and other["test n"] == "1"
+    assert other["test"] == "50.0000" and other["test std"] == "" and other["test n"] == "1"  # one seed: no spread
     rows = list(csv.DictReader(io.StringIO(mean.csv["runs.csv"])))
     cifar = [r for r in rows if r["task"] == "cifar"]
     assert [int(r["seed"]) for r in cifar] == [0, 1, 2] and len(rows) == 4
@@ -150,6 +150,51 @@ def test_the_csvs_keep_the_spread_runs_csv_has_every_run_and_median_is_offered(t
     )
     with pytest.raises(ValueError, match="aggregate must be one of mean, median"):
         build_report(find_results(runs), "mode")
+
+
+def test_median_summarises_the_parameters_too(tmp_path):
+    runs = [_run(tmp_path / f"c{seed}", dataset="vtab", task="cifar", seed=seed, test=0.7) for seed in (0, 1, 8)]
+    params = [860_000, 860_001, 860_008]
+    for how, expected in (("mean", statistics.fmean(params)), ("median", 860_001)):
+        row = next(iter(csv.DictReader(io.StringIO(build_report(find_results(runs), how).csv["vtab.csv"]))))
+        assert float(row["# params (M)"]) == pytest.approx(expected / 1e6), how
+
+
+def test_a_classifier_searched_by_its_loss_is_reported_by_its_accuracy_too(tmp_path):
+    """The search's metric is shown, and the task's own beside it: a loss alone says little of a classifier. The
+    VTAB table is an accuracy table whatever the search ranked by."""
+    metrics = {"val": {"accuracy": 0.8, "loss": 0.5}, "test": {"accuracy": 0.9, "loss": 0.4}}
+    runs = [_run(tmp_path / "t", dataset="text", task=None, test=0.4, metric="loss", metrics=metrics),
+            _run(tmp_path / "v", dataset="vtab", task="cifar", test=0.4, metric="loss", metrics=metrics)]  # fmt: skip
+    report = build_report(find_results(runs))
+    md = "\n\n".join(report.markdown)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| text")]
+    assert [(r[4], r[5]) for r in rows] == [("loss (searched by)", "0.40"), ("accuracy (%)", "90.0")]
+    assert dict(zip(_row(md, "method"), _row(md, f"{VIT} lora 8,4")))["cifar"] == "90.0"
+    other = list(csv.DictReader(io.StringIO(report.csv["other.csv"])))
+    assert [(r["metric"], r["test"]) for r in other] == [("loss (searched by)", "0.4000"), ("accuracy (%)", "90.0000")]
+
+
+def test_a_search_that_never_finished_is_listed_as_unfinished(tmp_path, capsys):
+    """A search folder given alone (or a root holding only it) whose search was stopped: the supernet is found through
+    its options (or, without them, its resumable state), the run is listed as not finished, the rest reported."""
+    done = _run(tmp_path / "done", dataset="vtab", task="cifar", test=0.7)
+    cut = _run(tmp_path / "cut", dataset="vtab", task="dtd", test=None)
+    search = tmp_path / "cut" / "search"
+    search.mkdir()
+    (search / "config.yaml").write_text(yaml.safe_dump({"supernet": str(tmp_path / "cut" / "supernet" / "last.pt")}))
+    (search / "search_log.jsonl").write_text(json.dumps({"generation": 1}) + "\n")
+    state = {"config": {}, "generation": 1, "supernet": str(tmp_path / "cut" / "supernet" / "last.pt")}
+    (search / "search_state.json").write_text(json.dumps(state))
+    code, err = cli("report", [str(done), str(search), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "2 runs read, 1 with a finished search. Not finished (shown as missing): " + str(search) in md
+    assert dict(zip(_row(md, "method"), _row(md, f"{VIT} lora 8,4")))["cifar"] == "70.0"
+    (search / "config.yaml").unlink()  # killed before its options were written: the state names the supernet
+    results = find_results([search])
+    assert [(r.dataset, r.task, r.finished) for r in results] == [("vtab", "dtd", False)]
+    assert cut.is_dir()
 
 
 @pytest.mark.slow  # the session's default pipeline

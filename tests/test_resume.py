@@ -94,6 +94,97 @@ def test_resume_refuses_changed_options(tmp_path, capsys):
     assert code == 2 and "cannot change --lr when resuming" in err
 
 
+def test_the_command_pressed_again_with_resume_continues_it(tmp_path, monkeypatch, tiny_bert):
+    """Up-arrow, add --resume: the very command that started a run continues it, relative paths (to files, folders,
+    a -c file naming more of them) and all, for training, the search and a retraining of the pick; --stop-after
+    counts epochs in this run, and a resume without it runs to the end."""
+    import shutil
+
+    from helpers import TINY_SEARCH, sentiment_files
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bert, "bert")
+    Path("data").mkdir()
+    sentiment_files(Path("data"))
+    Path("cfg.yaml").write_text("test-file: data/test.jsonl\nvalidation-file: data/val.csv\n")
+    train = ["--model", "bert", "--dataset", "text", "--train-file", "data/train.csv", "-c", "cfg.yaml",
+             "--tokenizer", "bert", "--max-seq-length", "16", "--epochs", "3", "--batch-size", "8", "--no-progress",
+             "--out", "r/supernet"]  # fmt: skip
+    assert run(train_main, [*train, "--stop-after", "1"]) == 0
+    assert run(train_main, [*train, "--stop-after", "1", "--resume"]) == 0
+    assert read_checkpoint("r/supernet/last.pt")["epoch"] == 2  # one more epoch in this run
+    assert run(train_main, [*train, "--resume"]) == 0  # --stop-after not given: to the end
+    assert read_checkpoint("r/supernet/last.pt")["epoch"] == 3
+    search = ["--supernet", "r/supernet/last.pt", "--out", "r/search", "--param-limit", "none", "--no-progress",
+              *TINY_SEARCH[:-1]]  # fmt: skip
+    assert run(search_main, [*search, "1"]) == 0
+    assert run(search_main, [*search, "2", "--resume"]) == 0
+    assert json.loads(Path("r/search/search_state.json").read_text())["generation"] == 2
+    retrain = ["--init-from", "r/supernet/last.pt", "--subnet", "r/search/subnet.yaml", "--epochs", "2",
+               "--no-progress", "--out", "r/retrain"]  # fmt: skip
+    assert run(train_main, [*retrain, "--stop-after", "1"]) == 0
+    assert run(train_main, [*retrain, "--resume"]) == 0
+    assert read_checkpoint("r/retrain/last.pt")["epoch"] == 2
+
+
+def test_a_resumed_run_still_refuses_another_file(tmp_path, monkeypatch, capsys):
+    """Paths are compared as the files they name: another file under the same relative name is a change."""
+    monkeypatch.chdir(tmp_path)
+    data = image_folder(tmp_path / "imgs", per_class=4)
+    argv = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--dataset", "folder",
+            "--data-root", "imgs", "--epochs", "2", "--stop-after", "1", "--no-progress", "--out", "sup"]  # fmt: skip
+    assert run(train_main, argv) == 0
+    assert run(train_main, [*argv, "--resume", "--data-root", str(data)]) == 0  # the same folder, written absolute
+    image_folder(tmp_path / "other", per_class=4)
+    code, err = cli("train", [*argv[:-2], "--data-root", "other", "--out", "sup", "--resume", "--epochs", "3"], capsys)
+    assert code == 2 and "cannot change --data-root when resuming" in err
+
+
+def test_a_stop_request_ends_a_sandwich_step_between_its_subnets(tmp_path, monkeypatch, reference_sandwich):
+    """SIGTERM while a sandwich step trains its subnets: the step stops before its next subnet, nothing of it is
+    applied (the checkpoint holds the steps before it), and the resumed run ends bit for bit where an uninterrupted
+    one does."""
+    import os
+
+    import glora.app.trainer as trainer_module
+
+    calls = {"n": 0}
+    real = trainer_module.set_subnet
+
+    def set_subnet(model, subnet):
+        calls["n"] += 1
+        if calls["n"] == 10:  # the second subnet of the third step (four subnets a step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, subnet)
+
+    monkeypatch.setattr(trainer_module, "set_subnet", set_subnet)
+    out = tmp_path / "cut"
+    assert run(train_main, [*SANDWICH, "--out", str(out)]) == 130
+    ckpt = read_checkpoint(out / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 2, 2)
+    monkeypatch.setattr(trainer_module, "set_subnet", real)
+    assert run(train_main, ["--resume", "--out", str(out)]) == 0
+    same_training(out / "last.pt", reference_sandwich)
+
+
+SANDWICH = ["--sampling", "sandwich", "--sandwich-random", "2", "--epochs", "2", "--drop-path", "0.1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def reference_sandwich(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sandwich") / "supernet"
+    assert run(train_main, [*SANDWICH, "--out", str(out)]) == 0
+    return out / "last.pt"
+
+
+def test_extending_the_epochs_on_resume_says_what_the_schedule_does(tmp_path, capsys):
+    assert run(train_main, ["--epochs", "2", "--no-progress", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert run(train_main, ["--resume", "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "--epochs 2 -> 3: the learning-rate schedule is recomputed over 3 epochs" in err
+
+
 # ---------------------------------------------------------------------- search
 def test_search_is_reproducible_and_resumes_exactly(pipeline, tmp_path):
     supernet = pipeline / "supernet" / "last.pt"
@@ -122,7 +213,7 @@ def search_reference(pipeline, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_interrupted_search_resumes_exactly(pipeline, search_reference, tmp_path, sig):
+def test_interrupted_search_resumes_exactly(pipeline, search_reference, tmp_path, sig, capsys):
     full = search_reference
     out, log = tmp_path / "killed", tmp_path / "log.txt"
     proc = start(["search.py", *_six_generations(pipeline), "--out", str(out)], log)
@@ -130,7 +221,12 @@ def test_interrupted_search_resumes_exactly(pipeline, search_reference, tmp_path
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log.read_text()[-1000:]
+    if sig == signal.SIGINT:  # what was kept and how to go on
+        assert "holds the " in log.read_text() and "finished; continue with --resume" in log.read_text()
+    done = json.loads((out / "search_state.json").read_text())["generation"]
     assert run(search_main, ["--resume", "--out", str(out)]) == 0
+    shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generation ")]
+    assert shown[0].startswith(f"generation {done + 1}/6") and shown[-1].startswith("generation 6/6")
     a = json.loads((out / "search_state.json").read_text())
     b = json.loads((full / "search_state.json").read_text())
     for key in ("cache", "population", "rng", "generation"):

@@ -73,6 +73,17 @@ def test_text_classification_trains_searches_and_exports(text_pipeline, tmp_path
     assert stats["params"] == stats["base_params"] and stats["max_rel_diff"] < 1e-5 and stats["verify_examples"] == 16
 
 
+@pytest.mark.parametrize("progress", ["--no-progress", "--progress"])
+def test_the_export_shows_transformers_bars_only_as_progress_says(text_pipeline, tmp_path, capsys, progress):
+    """transformers' own bars ("Loading weights", "Writing model shards") follow the command's --progress."""
+    root = text_pipeline.root
+    argv = ["--supernet", root / "supernet/last.pt", "--subnet", root / "search/subnet.yaml", "--out", tmp_path / "e",
+            "--latency-rounds", "0", progress]  # fmt: skip
+    code, err = cli("export", argv, capsys)
+    assert code == 0, err
+    assert ("Loading weights" in err) == (progress == "--progress"), err
+
+
 def test_a_fixed_adapter_learns_the_texts_and_the_search_reports_test_accuracy(bert, texts, tmp_path, capsys):
     """LoRA r=8 as a one-subnet space: the sentiment words give the label away, so validation accuracy rises well
     above chance; the search evaluates that subnet on val and test (the JSONL file)."""

@@ -10,9 +10,12 @@ tests and smoke runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ __all__ = [
     "declare_biases",
     "export_transformers_folder",
     "reload_transformers_folder",
+    "transformers_bars",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -424,6 +428,21 @@ def declare_biases(model: nn.Module, extra: list[str]) -> list[str]:
     for flag in flags:
         setattr(config, flag, True)
     return list(flags)
+
+
+@contextlib.contextmanager
+def transformers_bars(progress: bool | None) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") on for the block only where the
+    command's ``--progress`` says (None: only on a terminal), as the command's own bars are."""
+    from transformers.utils import logging as hf_logging
+
+    shown = sys.stderr.isatty() if progress is None else progress
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 def export_transformers_folder(

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "absolute",
+    "same_input",
     "writes_files",
     "OutputLock",
     "OutputBusyError",
@@ -52,13 +53,44 @@ class OverlapError(ValueError):
     """An output folder is, contains, or lies inside something the command reads."""
 
 
+# A model name that is a folder behind a scheme (timm's ``local-dir:<folder>``): the folder is made absolute.
+_FOLDER_SCHEMES = ("local-dir:",)
+
+
 def absolute(path: str | os.PathLike | None) -> str | None:
     """A path that names something here, made absolute (what records store, so a run's files are found from any
-    folder); anything else (a hub id, a missing file) as it is."""
+    folder); ``local-dir:<folder>`` keeps its scheme; anything else (a hub id, a missing file) as it is."""
     if path is None or not str(path):
         return None if path is None else str(path)
-    p = Path(path).expanduser()
-    return str(p.resolve()) if p.exists() else str(path)
+    text = str(path)
+    scheme = next((s for s in _FOLDER_SCHEMES if text.startswith(s)), "")
+    p = Path(text[len(scheme) :]).expanduser()
+    return scheme + str(p.resolve()) if p.exists() else text
+
+
+def same_input(given: Any, recorded: Any) -> bool:
+    """Whether an option's value on this command line names what a run recorded: equal values, or paths that name
+    the same file or folder (a relative path resolved from the folder the command runs in; records hold them
+    absolute), element by element for a list."""
+    if given == recorded:
+        return True
+    if isinstance(given, (list, tuple)) and isinstance(recorded, (list, tuple)):
+        return len(given) == len(recorded) and all(same_input(g, r) for g, r in zip(given, recorded))
+    if not isinstance(given, (str, os.PathLike)) or not isinstance(recorded, (str, os.PathLike)):
+        return False
+    a, b = str(given), str(recorded)
+    scheme = next((s for s in _FOLDER_SCHEMES if a.startswith(s)), "")
+    if scheme and not b.startswith(scheme):
+        return False
+    pa, pb = Path(a[len(scheme) :]).expanduser(), Path(b[len(scheme) :]).expanduser()
+    if pa.exists() and pb.exists():
+        try:
+            return os.path.samefile(pa, pb)
+        except OSError:
+            return False
+    if not pb.is_absolute():  # a record from before inputs were recorded absolute: the two as written
+        return False
+    return str(pa.resolve()) == str(pb.resolve())
 
 
 def lock_path(folder: str | os.PathLike) -> Path:

@@ -118,7 +118,28 @@ class RunResult:
     @property
     def percent(self) -> bool:
         """Accuracy-like metrics are reported in %, as the papers do."""
-        return self.metric in ("accuracy", "mc_accuracy", "f1", "matthews", "pearson", "spearman")
+        return _percent(self.metric)
+
+    def test_value(self, metric: str | None = None) -> float | None:
+        """The pick's test figure for ``metric`` (default: the one the search ranked by); None when not measured."""
+        if metric is None or metric == self.metric:
+            return self.test
+        value = self.test_metrics.get(metric)
+        return None if value is None else float(value)
+
+    def shown_metrics(self) -> list[str]:
+        """The metrics a table shows for this run: the one its search ranked by, and the task's own headline metric
+        beside it when that was another (a classifier searched by its loss is shown by its accuracy too)."""
+        headline = next((m for m in _HEADLINE if m in self.test_metrics), None)
+        return [self.metric] + ([headline] if headline is not None and headline != self.metric else [])
+
+
+# The metric a task is known by, first found in a run's test metrics: classification, then regression.
+_HEADLINE = ("accuracy", "pearson")
+
+
+def _percent(metric: str) -> bool:
+    return metric in ("accuracy", "mc_accuracy", "f1", "matthews", "pearson", "spearman")
 
 
 # ---------------------------------------------------------------------- reading runs
@@ -143,7 +164,7 @@ def read_run(run: str | Path) -> RunResult:
     final = search.final() if search else None
     supernet = folders.supernet
     if supernet is None:  # only a search or an export folder: its record names the supernet
-        named = (final and search.options().get("supernet")) if search else None
+        named = _searched_supernet(search) if search else None
         ckpt = _resolve(named or exported.get("supernet"), root)
         supernet = SupernetFolder(ckpt.parent) if ckpt is not None else None
     if supernet is None or not supernet.config.is_file():
@@ -179,6 +200,18 @@ def read_run(run: str | Path) -> RunResult:
         result.params = exported.get("glora_params", result.params)
         result.eval_sets = dict(exported.get("eval_sets") or result.eval_sets)
     return result
+
+
+def _searched_supernet(search: SearchFolder) -> str | None:
+    """The supernet a search (finished or not) read: its config.yaml says, else its resumable state."""
+    try:
+        return search.options().get("supernet")
+    except ValueError:
+        pass
+    try:
+        return search.read_state().get("supernet")
+    except (OSError, ValueError):
+        return None
 
 
 def find_results(runs: Iterable[str | Path]) -> list[RunResult]:
@@ -218,11 +251,13 @@ class Cell:
         return statistics.median(self.values) if self.how == "median" else self.mean
 
 
-def _cells(results: Sequence[RunResult], key, how: str = "mean") -> dict[Any, Cell]:
+def _cells(results: Sequence[RunResult], key, how: str = "mean", metric: str | None = None) -> dict[Any, Cell]:
+    """The runs' test figures for ``metric`` (default: each run's search metric), grouped by ``key``."""
     grouped: dict[Any, list[float]] = defaultdict(list)
     for r in results:
-        if r.test is not None and math.isfinite(r.test):
-            grouped[key(r)].append(100 * r.test if r.percent else r.test)
+        value = r.test_value(metric)
+        if value is not None and math.isfinite(value):
+            grouped[key(r)].append(100 * value if _percent(metric or r.metric) else value)
     return {k: Cell(v, how) for k, v in grouped.items()}
 
 
@@ -242,9 +277,12 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _params(results: Sequence[RunResult]) -> float | None:
+def _params(results: Sequence[RunResult], how: str = "mean") -> float | None:
+    """The runs' parameter counts in millions, summarised as the cells are (mean or median)."""
     counts = [r.params for r in results if r.params is not None]
-    return statistics.fmean(counts) / 1e6 if counts else None
+    if not counts:
+        return None
+    return (statistics.median(counts) if how == "median" else statistics.fmean(counts)) / 1e6
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -281,7 +319,7 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
     csv_header = ["method", "# params (M)", *_spread_header(_TASK_ORDER), *VTAB_GROUPS, "Average"]
     md_rows, csv_rows = [], []
     for (model, space), group in sorted(by_space.items()):
-        cells = _cells(group, lambda r: r.task, report.aggregate)
+        cells = _cells(group, lambda r: r.task, report.aggregate, "accuracy")
         means = {
             g: statistics.fmean([cells[t].center for t in ts]) if all(t in cells for t in ts) else None
             for g, ts in VTAB_GROUPS.items()
@@ -289,7 +327,7 @@ def _vtab(results: Sequence[RunResult], report: Report) -> None:
         complete = [m for m in means.values() if m is not None]
         average = statistics.fmean(complete) if len(complete) == len(VTAB_GROUPS) else None
         name = f"{model.split('/')[-1]} {space}"
-        params = _params(group)
+        params = _params(group, report.aggregate)
         md_rows.append(
             [
                 name,
@@ -337,8 +375,9 @@ def _spread_header(columns: Iterable[str]) -> list[str]:
 def _spread(cells: Iterable[Cell | None]) -> list[str]:
     """The CSV values of :func:`_spread_header`'s columns (empty where nothing ran)."""
     out: list[str] = []
-    for cell in cells:
-        out += ["", "", ""] if cell is None else [f"{cell.center:.4f}", f"{cell.std:.4f}", str(cell.n)]
+    for cell in cells:  # one seed has no spread: its std is left blank, not 0
+        std = f"{cell.std:.4f}" if cell is not None and cell.n > 1 else ""
+        out += ["", "", ""] if cell is None else [f"{cell.center:.4f}", std, str(cell.n)]
     return out
 
 
@@ -368,7 +407,7 @@ def _fewshot(results: Sequence[RunResult], report: Report) -> None:
     runs = [r for r in results if r.dataset == "fewshot"]
     if not runs:
         return
-    cells = _cells(runs, lambda r: (r.task, r.space, r.shot), report.aggregate)
+    cells = _cells(runs, lambda r: (r.task, r.space, r.shot), report.aggregate, "accuracy")
     rows_keys = sorted({(t, s) for t, s, _ in cells} | {(r.task, r.space) for r in runs}, key=str)
     shots = sorted({*FEWSHOT_SHOTS, *(sh for _, _, sh in cells if sh is not None)})
     header = ["dataset", "space", *(f"{s}-shot" for s in shots)]
@@ -429,7 +468,7 @@ def _dg(results: Sequence[RunResult], report: Report) -> None:
     header = ["source", "space", "source test", *(n + ("*" if n in masked else "") for n in names)]
     md, rows = [], []
     for (dataset, space, task), group in sorted(by.items(), key=str):
-        test = _cells(group, lambda r: 0, report.aggregate).get(0)
+        test = _cells(group, lambda r: 0, report.aggregate, "accuracy").get(0)
         sets = {
             n: Cell([100 * r.eval_sets[n]["acc"] for r in group if n in r.eval_sets], report.aggregate) for n in names
         }
@@ -475,19 +514,22 @@ def _others(results: Sequence[RunResult], report: Report) -> None:
     def key(r: RunResult) -> tuple:  # runs of one model on one task in one space are seeds of one cell
         return (r.dataset, r.task, _short_model(r.model), r.space, r.metric)
 
-    cells = _cells(runs, key, report.aggregate)
-    keys = sorted({key(r) for r in runs}, key=str)
     header = ["dataset", "task", "model", "space", "metric", "test", "# params (M)"]
-    md = []
-    for k in keys:
-        d, t, model, s, m = k
+    md, spreads = [], []
+    for k in sorted({key(r) for r in runs}, key=str):
+        d, t, model, s, searched = k
         group = [r for r in runs if key(r) == k]
-        unit = " (%)" if group[0].percent else ""
-        md.append([d, t or "", model, s, m + unit, _fmt(cells.get(k), 2 if not unit else 1), _num(_params(group), 4)])
+        shown = list(dict.fromkeys(m for r in group for m in r.shown_metrics()))
+        for m in shown:  # the search's metric, then the task's headline one when that was another
+            cell = _cells(group, lambda r: 0, report.aggregate, m).get(0)
+            label = m + (" (%)" if _percent(m) else "") + (" (searched by)" if len(shown) > 1 and m == searched else "")
+            params = _params(group, report.aggregate)
+            md.append([d, t or "", model, s, label, _fmt(cell, 1 if _percent(m) else 2), _num(params, 4)])
+            spreads.append((cell, "" if params is None else f"{params:.4f}"))
     report.markdown.append(f"## Other tasks\n\n{_summary_words(report.aggregate)}.\n\n" + _table(header, md))
     report.csv["other.csv"] = _csv(
         [*header[:5], *_spread_header(["test"]), header[6]],
-        [[*row[:5], *_spread([cells.get(k)]), row[6]] for row, k in zip(md, keys)],
+        [[*row[:5], *_spread([cell]), params] for row, (cell, params) in zip(md, spreads)],
     )
 
 

@@ -22,11 +22,15 @@ from torch import nn
 from glora.subnet import Subnet, sample_subnet
 from search.genome import BudgetError, Genome
 
-__all__ = ["SAMPLINGS", "Sampling", "SubnetSampler"]
+__all__ = ["SAMPLINGS", "MAX_SANDWICH_RANDOM", "Sampling", "SubnetSampler"]
 
 # --sampling: uniform (one subnet per step, every choice drawn uniformly: the paper's) or sandwich (the largest,
 # the smallest and --sandwich-random random subnets per step, their gradients averaged into one update).
 SAMPLINGS = ("uniform", "sandwich")
+
+# Random subnets a sandwich step may add to its two ends: each is one more forward and backward of the whole model per
+# step (BigNAS uses 2); beyond this a step costs more than a dozen plain steps and a run is better served by more steps.
+MAX_SANDWICH_RANDOM = 16
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,11 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}")
-        if self.sandwich_random < 0:
-            raise ValueError(f"sandwich-random must be >= 0, got {self.sandwich_random}")
+        if not 0 <= self.sandwich_random <= MAX_SANDWICH_RANDOM:
+            raise ValueError(
+                f"--sandwich-random {self.sandwich_random}: give 0 to {MAX_SANDWICH_RANDOM} random subnets per step "
+                "(each one more forward and backward of the model per step; BigNAS uses 2)"
+            )
         if self.param_limit is not None and self.min_param_limit > self.param_limit:
             raise ValueError(
                 f"--param-limit at training time: inverted budget: --min-param-limit ({self.min_param_limit:g}M) is "

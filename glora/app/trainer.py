@@ -181,7 +181,9 @@ class Trainer:
         self.supernet = self.adapted and subnet is None
         self.sampling = sampling or Sampling()
         if self.sampling.distill and self.supernet and self.task.kind == "causal-lm":
-            raise ValueError("--distill is for classification and regression; a causal LM trains on its labels")
+            raise ValueError(
+                "--distill is for classification and regression; a causal LM trains on its labels: add --no-distill"
+            )
         self.sampler = SubnetSampler(model, self.sampling) if self.supernet else None
         if teacher is not None and (self.supernet or self.task.kind == "causal-lm"):
             raise ValueError("a teacher trains one fixed subnet of a classification or regression task")
@@ -357,6 +359,13 @@ class Trainer:
         for batch, (global_n, weight) in bar:
             started = time.time()
             loss = self._step(batch, global_n, weight)
+            if loss is None:  # a stop request ended the step between its subnets: nothing of it was applied
+                if pending is not None:
+                    total += self._read_loss(*pending, bar)
+                self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
+                if on_interrupt:
+                    on_interrupt()
+                raise KeyboardInterrupt
             if self._first_step and self.forward is not self.model:
                 _logger.info("first step with the compiled model (compilation included): %.1fs", time.time() - started)
             self._first_step = False
@@ -384,10 +393,17 @@ class Trainer:
         bar.set_postfix(loss=f"{value / global_n:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
         return value
 
-    def _step(self, batch: Batch, global_n: int, weight: float) -> torch.Tensor:
+    def _step(self, batch: Batch, global_n: int, weight: float) -> torch.Tensor | None:
         """One update; returns this global batch's summed loss as a device tensor (all ranks' shares added). A
-        supernet step trains the subnets its sampler draws (one, or a sandwich: their gradients averaged)."""
+        supernet step trains the subnets its sampler draws (one, or a sandwich: their gradients averaged).
+
+        A stop request that arrives while a sandwich step trains its subnets ends the step before the next one (a
+        single process: ranks would have to agree): nothing is applied, the random generators are put back as the
+        step found them, and None is returned, so the run saves at the previous step and a resume redoes this one
+        exactly."""
         r, modality = self.recipe, self.modality
+        multi = self.supernet and self.sampler.size > 1 and not self.dist.enabled
+        before = self._rng_state() if multi else None
         inputs = modality.place(batch.inputs, self.device)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in batch.targets.items()}
         if self.augment is not None:
@@ -395,7 +411,11 @@ class Trainer:
         subnets = self.sampler.draw(self.rng) if self.supernet else [None]  # the same draws on every rank
         self.optimizer.zero_grad(set_to_none=True)
         teacher, total, unused = None, None, None
-        for subnet in subnets:
+        for i, subnet in enumerate(subnets):
+            if before is not None and i and self._stop:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._set_rng_state(before)
+                return None
             if subnet is not None:
                 set_subnet(self.model, subnet)
             if self.adapted and not self._edits_checked:  # once per run, on the first batch (no draw consumed)

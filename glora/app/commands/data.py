@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ..cli import run
 from ..data.check import DATA_KINDS, check_root, check_text_files
+from ..data.sources.text import PROBLEM_TYPES
 from ..options import make_parser, parse_args, program_name
 
 __all__ = ["build_parser", "main", "cli"]
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("files", nargs="+", metavar="FILE", help="CSV, TSV, JSON, JSONL, parquet or save_to_disk folders")
     text.add_argument("--text-column", nargs="+", default=["text"], metavar="COLUMN", help="one, or two for pairs")
     text.add_argument("--label-column", default="label")
+    text.add_argument(
+        "--problem-type",
+        choices=PROBLEM_TYPES,
+        default=None,
+        help="classification or regression, as glora-train takes it (default: regression when the labels are real)",
+    )
     return p
 
 
@@ -49,13 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_text(args: argparse.Namespace) -> int:
-    statuses = check_text_files(args.files, args.text_column, args.label_column)
+    statuses = check_text_files(args.files, args.text_column, args.label_column, args.problem_type)
     for s in statuses:
         detail = f"{s.rows} rows; {s.labels}" if s.state == "ok" else s.problem
         print(f"{s.path}  {s.state}  {detail}")
-    broken = sum(s.state == "broken" for s in statuses)
-    print(f"{len(statuses) - broken} ok, {broken} broken")
-    return 1 if broken else 0
+        for note in s.notes:
+            print(f"  warning: {note}")
+    counts = {state: sum(s.state == state for s in statuses) for state in ("ok", "broken", "skipped")}
+    print(", ".join(f"{n} {state}" for state, n in counts.items() if n or state != "skipped"))
+    return 0 if counts["ok"] == len(statuses) else 1
 
 
 def cli() -> int:

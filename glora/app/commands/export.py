@@ -21,7 +21,7 @@ from torch import nn
 
 from glora._io import atomic_write_text
 from glora.fold import fold
-from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, save_subnet, set_subnet
+from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, save_subnet, set_subnet, subnet_difference
 
 from ..backbone import BackboneSpec, build_backbone
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs
@@ -36,6 +36,7 @@ from ..hf_backbone import (
     declare_biases,
     export_transformers_folder,
     reload_transformers_folder,
+    transformers_bars,
 )
 from ..layout import ExportFolder, SearchFolder, SupernetFolder
 from ..options import parse_args
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         subnet = own or load_subnet(args.subnet)  # read, and the data checked, before the model is rebuilt
+        _check_not_mixed(args, ckpt, subnet)
         DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",), given_test=False)
         model = load_supernet(ckpt, device=resolve_device(args.device))
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
@@ -116,6 +118,22 @@ def _trained_subnet(ckpt: dict[str, Any] | None) -> Subnet | None:
     """The subnet a checkpoint was trained as (``glora-train --subnet``: a retrained pick), or None."""
     stored = None if ckpt is None else ckpt.get("subnet")
     return stored if isinstance(stored, dict) and stored else None
+
+
+def _check_not_mixed(args: argparse.Namespace, ckpt: dict[str, Any], subnet: Subnet) -> None:
+    """A retrained checkpoint folds the subnet it trained, and no other: another subnet would fold tensors of the
+    retraining with tensors left as the supernet had them (never trained together)."""
+    trained = _trained_subnet(ckpt)
+    if trained is None or subnet is trained:
+        return
+    differ = subnet_difference(subnet, trained)
+    if differ:
+        origin = (ckpt.get("config") or {}).get("subnet") or "its --subnet"
+        raise ValueError(
+            f"--supernet {args.supernet} retrained one subnet ({origin}); --subnet {args.subnet} is another "
+            f"({differ}), which would fold retrained tensors with ones the retraining never touched: leave out "
+            "--subnet to export the retrained pick, or export this subnet from the supernet it was retrained from"
+        )
 
 
 def _check_replaceable(out: Path) -> None:
@@ -252,7 +270,7 @@ def _verification_inputs(
     """The first ``--verify-examples`` validation rows (images, or every field the tokenizer gave), as the model takes
     them on ``device``."""
     data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
-    part = data.load_for("val", modality).subset(args.verify_examples)
+    part = data.load_for("val", modality, args.progress).subset(args.verify_examples)
     loader, _ = make_loader(part, len(part), shuffle=False, workers=0)
     return modality.place(next(iter(loader)).inputs, device)
 
@@ -265,8 +283,9 @@ def _write_export(
     with staged_folder(out) as tmp:
         if hf:
             tokenizer = DataSpec.from_checkpoint(ckpt["data"]).tokenizer
-            export_transformers_folder(checked.folded, tmp, tokenizer, ckpt.get("class_names"))
-            reloaded, library = reload_transformers_folder(tmp, checked.folded).eval(), "transformers"
+            with transformers_bars(args.progress):
+                export_transformers_folder(checked.folded, tmp, tokenizer, ckpt.get("class_names"))
+                reloaded, library = reload_transformers_folder(tmp, checked.folded).eval(), "transformers"
         else:
             import timm
 

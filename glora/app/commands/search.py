@@ -228,13 +228,37 @@ class _SearchRun:
 
         try:
             self.evo.run(on_generation)
-        finally:
             bar.close()
-        if self.job.main or self.sharded:  # a sharded model's ranks evaluate the pick together
-            pick = self._evaluate_pick()
+            if self.job.main or self.sharded:  # a sharded model's ranks evaluate the pick together
+                pick = self._evaluate_pick()
+                if self.job.main:
+                    self._finish(*pick)
+        except KeyboardInterrupt:
+            bar.close()
             if self.job.main:
-                self._finish(*pick)
+                self._interrupted()
+            raise
         self.job.barrier()
+
+    def _interrupted(self) -> None:
+        """Say what a stopped search kept and how to go on (the state is written after every generation)."""
+        done, total = self.evo.generation, self.evo.s.generations
+        if done == 0:
+            _logger.warning("interrupted in generation 1 of %d: no generation had finished, nothing to resume", total)
+        elif done < total:
+            _logger.warning(
+                "interrupted in generation %d of %d: %s holds the %d finished; continue with --resume",
+                done + 1,
+                total,
+                self.files.state,
+                done,
+            )
+        else:
+            _logger.warning(
+                "interrupted while scoring the pick: %s holds all %d generations; --resume scores it",
+                self.files.state,
+                total,
+            )
 
     def _write_log(self, final: dict[str, Any] | None = None) -> None:
         lines = [json.dumps(r) for r in self.evo.log] + ([json.dumps(final)] if final else [])

@@ -49,11 +49,13 @@ from ..options import (
 )
 from ..options.train import (
     RESUMABLE_OPTIONS,
+    THIS_RUN_OPTIONS,
     adapter_from_args,
     augment_from_args,
     backbone_from_args,
     build_parser,
     check_applicable,
+    check_init_from,
     inputs_of,
     parse_train_args,
     sampling_from_args,
@@ -82,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampling_from_args(args)  # its rules, before anything is loaded
         if args.teacher_weight and not (args.subnet and args.init_from):
             raise ConfigError("--teacher-weight distils a supernet into its pick: give --subnet and --init-from")
+        check_init_from(args.init_from, args.subnet)
     last = SupernetFolder(Path(args.out)).checkpoint
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
@@ -94,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved_config=lambda c: c.get("config", {}),
             existing=[last],
             what="a supernet checkpoint",
+            this_run=THIS_RUN_OPTIONS,
         )
         check_no_overlap(args.out, inputs_of(args, configs=False))  # a resumed run reads its saved inputs
         for name in _RECORDED_PATHS:  # the saved options name inputs absolute: commands run from any folder
@@ -270,6 +274,20 @@ class _SupernetRun:
         t = self.trainer
         at = f"epoch {t.epoch + 1}, batch {t.batch}" if t.batch else f"after epoch {t.epoch}"
         _logger.info("resuming %s %s (step %d)", self.files.checkpoint, at, t.step)
+        before = (ckpt.get("config") or {}).get("epochs")
+        if before is not None and before != self.args.epochs and t.epoch < self.args.epochs:
+            groups = (ckpt.get("optimizer") or {}).get("param_groups") or [{}]
+            was, now = groups[0].get("lr"), t.optimizer.param_groups[0]["lr"]
+            _logger.warning(
+                "--epochs %d -> %d: the learning-rate schedule is recomputed over %d epochs (as timm's resume does), "
+                "so it goes from %s where the run stopped to %.2e at step %d, then decays to --min-lr at the new end",
+                before,
+                self.args.epochs,
+                self.args.epochs,
+                "?" if was is None else f"{was:.2e}",
+                now,
+                t.step,
+            )
 
     def _save(self) -> None:
         """Rank 0 writes; the others wait, so a failed write stops everyone at the same step. A sharded model's

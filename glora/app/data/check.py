@@ -142,38 +142,46 @@ def check_root(root: str | Path, kind: str = "auto") -> tuple[str, list[TaskStat
 
 @dataclass
 class TextFileStatus:
-    """One text data file as ``glora-data check-text`` reports it."""
+    """One text data file as ``glora-data check-text`` reports it: ``ok``, ``broken`` or ``skipped``."""
 
     path: str
     state: str  # ok | broken
     rows: int = 0
     labels: str = ""  # "2 classes: neg 10, pos 12" or "regression: -1.5..4.0"
     problem: str = ""
+    notes: list[str] = field(default_factory=list)  # warnings training would give (an id-like label column)
 
 
 def check_text_files(
-    paths: Sequence[str], text_columns: Sequence[str] = ("text",), label_column: str = "label"
+    paths: Sequence[str],
+    text_columns: Sequence[str] = ("text",),
+    label_column: str = "label",
+    problem_type: str | None = None,
 ) -> list[TextFileStatus]:
-    """Every file read and checked as ``--dataset text`` will (labels and texts, row by row), without a model or a
-    tokenizer; the first file's classes are the others' reference (a label the first lacks is a problem there)."""
-    from .sources.text import read_checked
+    """Every file read and checked exactly as ``--dataset text`` will (labels and texts, row by row), without a model
+    or a tokenizer: the first file as the train file (two classes at least, an id-like column warned about, the task
+    told from its labels), each other one as a split judged against it."""
+    from .sources.text import split_labels, train_labels
 
     out: list[TextFileStatus] = []
-    reference: set[str] | None = None
-    for path in paths:
+    vocab: tuple[str, ...] | int | None = None
+    for i, path in enumerate(paths):
         try:
-            _, _, labels = read_checked(path, text_columns, label_column)
-            if any(isinstance(v, float) for v in labels):
+            notes: list[str] = []
+            if i == 0:
+                vocab, notes = train_labels(path, label_column, problem_type)
+            elif out[0].state != "ok":
+                out.append(TextFileStatus(path, "skipped", problem="judged against the train file, which is broken"))
+                continue
+            _, labels, names = split_labels(path, vocab, text_columns, label_column)
+            if vocab is None:
                 summary = f"regression: {min(labels):g}..{max(labels):g}"
             else:
-                counts = Counter(str(v) for v in labels)
-                if reference is None:
-                    reference = set(counts)
-                unknown = sorted(set(counts) - reference)
-                if unknown:
-                    raise ValueError(f"{path}: label {unknown[0]!r} is not in the first file's labels")
-                summary = f"{len(counts)} classes: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
-            out.append(TextFileStatus(path, "ok", len(labels), summary))
+                counts = Counter(names[v] if names else str(v) for v in labels)
+                total = vocab if isinstance(vocab, int) else len(vocab)
+                shown = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+                summary = f"{total} classes{f' ({len(counts)} present)' if len(counts) < total else ''}: {shown}"
+            out.append(TextFileStatus(path, "ok", len(labels), summary, notes=notes))
         except (ValueError, FileNotFoundError) as e:
             out.append(TextFileStatus(path, "broken", problem=str(e)))
     return out

@@ -6,6 +6,7 @@ import argparse
 
 from ..evalsets import add_eval_set_option
 from . import (
+    add_progress_option,
     make_parser,
     nonneg_float,
     nonneg_int,
@@ -60,4 +61,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_set_option(p)
     p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
     p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
+    add_progress_option(p)
     return p

@@ -21,7 +21,7 @@ from ..data.sources.options import add_option_groups, option_names
 from ..data.transforms import ERASE_MODES, TRAIN_INTERPOLATIONS
 from ..evaluate import AMP_MODES
 from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model, require_text_packages
-from ..sampling import SAMPLINGS, Sampling
+from ..sampling import MAX_SANDWICH_RANDOM, SAMPLINGS, Sampling
 from ..tasks import METRICS
 from ..trainer import SCHEDULES, UNUSED_SUPPORTS
 from . import (
@@ -49,11 +49,14 @@ from . import (
 __all__ = [
     "build_parser",
     "RESUMABLE_OPTIONS",
+    "THIS_RUN_OPTIONS",
     "DEFAULT_MODEL",
     "adapter_from_args",
     "augment_from_args",
     "backbone_from_args",
     "check_applicable",
+    "check_init_from",
+    "SAMPLING_OPTIONS",
     "parse_train_args",
     "sampling_from_args",
     "inherited_options",
@@ -88,6 +91,11 @@ RESUMABLE_OPTIONS = {
     "memory_check",
     "gradient_checkpointing",
 }
+
+
+# Options about this invocation only: a resumed run takes them from its own command line (or their defaults), never
+# from the run it continues ("--stop-after N": N epochs in this run).
+THIS_RUN_OPTIONS = {"stop_after"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,31 +147,67 @@ def _add_retrain_options(g: argparse._ArgumentGroup) -> None:
     )
 
 
+# How a supernet step samples its subnets: they cannot apply to a run that trains one fixed subnet (--subnet), so
+# such a run refuses them and never inherits them from --init-from.
+SAMPLING_OPTIONS = ("sampling", "sandwich_random", "param_limit", "min_param_limit", "distill")
+
+
 def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parse_args`` with one more layer of defaults under the ``-c`` files: the options of the ``--init-from``
     checkpoint (a fresh run only; a resumed one keeps its own)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--init-from", default=None)
+    pre.add_argument("--subnet", default=None)
     pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
     if known.init_from and not known.resume:
-        parser.set_defaults(**inherited_options(parser, known.init_from))
+        parser.set_defaults(**inherited_options(parser, known.init_from, retraining=known.subnet is not None))
     return parse_args(parser, argv)
 
 
-def inherited_options(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+def inherited_options(parser: argparse.ArgumentParser, path: str, retraining: bool = False) -> dict[str, Any]:
     """The options a supernet checkpoint was trained with, as this parser's defaults (names it does not know, and
-    :data:`_NOT_INHERITED`, left out)."""
+    :data:`_NOT_INHERITED`, left out; ``retraining`` one subnet: the supernet's sampling too)."""
     from ..checkpoint import read_checkpoint
 
     saved = read_checkpoint(path).get("config") or {}
     dests = {a.dest for a in parser._actions}
+    skip = _NOT_INHERITED | (set(SAMPLING_OPTIONS) if retraining else set())
     out = {}
     for key, value in saved.items():
         dest = str(key).replace("-", "_")
-        if dest in dests and dest not in _NOT_INHERITED:
+        if dest in dests and dest not in skip:
             out[dest] = value
     return out
+
+
+def check_init_from(init_from: str | None, subnet_file: str | None) -> None:
+    """A run never starts from mixed tensors: ``--init-from`` a retrained checkpoint (one subnet trained further
+    than the rest of its supernet's tensors) takes that very subnet as ``--subnet``, or is refused in one line."""
+    if not init_from:
+        return
+    from glora.subnet import load_subnet, subnet_difference
+
+    from ..checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(init_from)
+    trained = ckpt.get("subnet")
+    if not trained:
+        return
+    origin = (ckpt.get("config") or {}).get("subnet") or "its --subnet"
+    if subnet_file is None:
+        raise ConfigError(
+            f"--init-from {init_from} holds one retrained subnet ({origin}): its other tensors were never trained "
+            "with it, so a supernet cannot start from them; give --subnet with that subnet to train it further, or "
+            "--init-from the supernet it was retrained from"
+        )
+    wanted = load_subnet(subnet_file)
+    differ = subnet_difference(wanted, trained)
+    if differ:
+        raise ConfigError(
+            f"--subnet {subnet_file} is not the subnet --init-from {init_from} retrained ({origin}; {differ}): "
+            "training it from there would start from tensors of two trainings; --init-from the supernet instead"
+        )
 
 
 def _add_backbone_options(p: argparse.ArgumentParser) -> None:
@@ -373,7 +417,10 @@ def _add_sampling_options(g: argparse._ArgumentGroup) -> None:
         "smallest and --sandwich-random random subnets per step, gradients averaged (BigNAS)",
     )
     g.add_argument(
-        "--sandwich-random", type=nonneg_int, default=2, help="random subnets per sandwich step, besides the two ends"
+        "--sandwich-random",
+        type=nonneg_int,
+        default=2,
+        help=f"random subnets per sandwich step, besides the two ends (0-{MAX_SANDWICH_RANDOM})",
     )
     g.add_argument(
         "--param-limit",
@@ -457,11 +504,32 @@ def _flags(dests: Sequence[str]) -> str:
     return ", ".join("--" + d.replace("_", "-") for d in dests)
 
 
+def _set_by(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dests: Sequence[str]) -> str:
+    """Where options came from when a ``-c`` file set them (" (set by -c protocols/recommended)"), else ""."""
+    typed = explicit_options(parser, argv)
+    files = [c for c in _config_files(argv) if any(d not in typed and d in _keys(c) for d in dests)]
+    return f" (set by {', '.join('-c ' + c for c in files)})" if files else ""
+
+
+def _config_files(argv: Sequence[str] | None) -> list[str]:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", action="append", default=[])
+    return pre.parse_known_args(argv)[0].config
+
+
+def _keys(config: str) -> set[str]:
+    from . import read_yaml
+
+    return {str(k).replace("-", "_") for k in read_yaml(config)}
+
+
 def check_applicable(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> None:
     """Refuse, in one line, options set for a dataset or a kind of model the run does not use (``--crop-pct`` with
-    ``--dataset text``, ``--drop-path`` with a transformers model), and a model that cannot read the data. Only what
-    the command line and its ``-c`` files set counts; defaults never do."""
+    ``--dataset text``, ``--drop-path`` with a transformers model), options that cannot apply to this run
+    (``--sampling`` with ``--subnet``, ``--distill`` for a causal LM), and a model that cannot read the data. Only
+    what the command line and its ``-c`` files set counts; defaults never do."""
     explicit = explicit_options(parser, argv) | config_options(parser, argv)
+    _check_training_kind(parser, argv, args, explicit)
     source = get_source(args.dataset)
     own = set(option_names(source.Options))
     hf = is_transformers_model(str(args.model))
@@ -501,6 +569,33 @@ def check_applicable(parser: argparse.ArgumentParser, argv: Sequence[str] | None
                 f"--task-type {args.task_type} does not fit --dataset {args.dataset}: it trains a {wanted} model"
             )
         _logger.warning("--task-type is deprecated: --dataset %s decides it (%s)", args.dataset, wanted)
+
+
+def _check_training_kind(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, explicit: set[str]
+) -> None:
+    """Options of one kind of training that another cannot use: a supernet's sampling with one fixed subnet, the
+    sandwich rule's count with uniform sampling, distillation and a teacher for a causal LM."""
+    if args.subnet:
+        given = [d for d in SAMPLING_OPTIONS if d in explicit]
+        if given:
+            raise ConfigError(
+                f"{_flags(given)}{_set_by(parser, argv, given)}: how a supernet step samples its subnets; --subnet "
+                "trains one fixed subnet, so they cannot apply: leave them out"
+            )
+    elif "sandwich_random" in explicit and args.sampling != "sandwich":
+        raise ConfigError(
+            f"--sandwich-random{_set_by(parser, argv, ['sandwich_random'])}: the random subnets of a sandwich step; "
+            f"this run samples {args.sampling}: give --sampling sandwich or leave it out"
+        )
+    if get_source(args.dataset).task_type == "causal-lm":
+        if args.distill and not args.subnet:
+            raise ConfigError(
+                f"--distill{_set_by(parser, argv, ['distill'])}: in-place distillation is for classification and "
+                "regression; a causal LM trains on its labels: add --no-distill"
+            )
+        if args.teacher_weight:
+            raise ConfigError("--teacher-weight is for classification and regression; a causal LM trains on its labels")
 
 
 def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> BackboneSpec:

@@ -26,7 +26,17 @@ from ..sequences import TextSet
 from . import Source, register_source
 from .options import TextFileOptions, option
 
-__all__ = ["TextSource", "TextOptions", "read_table", "load_tokenizer", "split_file", "TEXT_SUFFIXES", "PROBLEM_TYPES"]
+__all__ = [
+    "TextSource",
+    "TextOptions",
+    "read_table",
+    "train_labels",
+    "split_labels",
+    "load_tokenizer",
+    "split_file",
+    "TEXT_SUFFIXES",
+    "PROBLEM_TYPES",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -103,6 +113,17 @@ def _label_names(path: str, column: str, problem_type: str | None = None) -> tup
 
 @functools.lru_cache(maxsize=8)
 def _label_names_of(path: str, column: str, problem_type: str | None, _version: int) -> tuple[str, ...] | int | None:
+    labels, notes = train_labels(path, column, problem_type)
+    for note in notes:
+        _logger.warning("%s", note)
+    if labels is None and problem_type is None:
+        _logger.info("%s: label column %r holds real numbers: a regression task", path, column)
+    return labels
+
+
+def train_labels(path: str, column: str, problem_type: str | None = None) -> tuple[tuple[str, ...] | int | None, list]:
+    """The train file's labels as training decides them (the number of classes for integer labels, the sorted names
+    for strings, None for a regression), every check applied, and the warnings they raise (an id-like column)."""
     table = read_table(path)
     values = _integral(_column(table, column, "label", path))
     if not values:
@@ -110,7 +131,7 @@ def _label_names_of(path: str, column: str, problem_type: str | None, _version: 
     check_labels(path, column, values)
     names = _class_label_names(table, column)
     if names is not None and problem_type != "regression":  # a datasets ClassLabel (GLUE): its names, in order
-        return names
+        return names, []
     real = any(isinstance(v, float) for v in values)
     if problem_type == "regression" or (problem_type is None and real):
         bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)
@@ -119,22 +140,19 @@ def _label_names_of(path: str, column: str, problem_type: str | None, _version: 
                 f"{path}: row {bad + 1}: label {values[bad]!r} in column {column!r} is not a finite number (a "
                 "regression needs numbers)"
             )
-        if problem_type is None:
-            _logger.info("%s: label column %r holds real numbers: a regression task", path, column)
-        return None
+        return None, []
     if real:
         bad = next(v for v in values if isinstance(v, float))
         raise ValueError(
             f"{path}: label {bad!r} in column {column!r} is not a class (whole numbers or names); real-valued labels "
             "are a regression: --problem-type regression"
         )
+    notes = _check_classes(path, column, values)
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
             raise ValueError(f"{path}: label {min(values)} is negative; integer labels are classes 0, 1, ...")
-        _check_classes(path, column, values)
-        return max(values) + 1
-    _check_classes(path, column, values)
-    return tuple(sorted({str(v) for v in values}))
+        return max(values) + 1, notes
+    return tuple(sorted({str(v) for v in values})), notes
 
 
 def _missing(v) -> bool:
@@ -162,8 +180,9 @@ def check_labels(path: str, column: str, values: list) -> None:
         )
 
 
-def _check_classes(path: str, column: str, values: list) -> None:
-    """A classification needs two classes or more; as many classes as rows looks like an id column."""
+def _check_classes(path: str, column: str, values: list) -> list[str]:
+    """A classification needs two classes or more (else ValueError); as many classes as rows looks like an id
+    column (returned as a warning)."""
     present = {str(v) for v in values}
     if len(present) < 2:
         raise ValueError(
@@ -171,9 +190,8 @@ def _check_classes(path: str, column: str, values: list) -> None:
             "two (numbers to predict? --problem-type regression)"
         )
     if len(present) == len(values) > 2:
-        _logger.warning(
-            "%s: column %r has as many classes as rows (%d): an id rather than a label?", path, column, len(values)
-        )
+        return [f"{path}: column {column!r} has as many classes as rows ({len(values)}): an id rather than a label?"]
+    return []
 
 
 def read_checked(path: str, text_columns, label_column: str) -> tuple[Any, list[list], list]:
@@ -219,6 +237,40 @@ def _is_number(v) -> bool:
 def _integral(values: list) -> list:
     """Whole-number floats (1.0, written by a tool that typed the column float) as ints; anything else as it is."""
     return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+
+
+def split_labels(
+    path: str, vocab: tuple[str, ...] | int | None, text_columns, label_column: str
+) -> tuple[list[list], list, tuple[str, ...] | None]:
+    """A split file's text columns, labels (class indices or reals) and class names, judged against the train file's
+    labels ``vocab`` (:func:`train_labels`): every check training makes, without a tokenizer."""
+    table, columns, raw = read_checked(path, text_columns, label_column)
+    if vocab is None:
+        bad = next((v for v in raw if not _is_number(v)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: label {bad!r} is not a number (this is a regression task)")
+        labels, names = [float(v) for v in raw], None
+    elif isinstance(vocab, int):  # a class index written as text ("1" in a JSON file) is that class, as in a CSV
+        raw = [int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in raw]
+        bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < vocab), None)
+        if bad is not None:
+            raise ValueError(f"{path}: label {bad!r} is not one of the train file's classes 0..{vocab - 1}")
+        labels, names = list(raw), None
+    elif _class_label_names(table, label_column) is not None:  # class indices of the train file's names
+        bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < len(vocab)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{path}: label {bad!r} is not one of the train file's classes 0..{len(vocab) - 1} "
+                f"({', '.join(vocab)}){' (hidden test labels?)' if bad == -1 else ''}"
+            )
+        labels, names = list(raw), vocab
+    else:
+        index = {n: i for i, n in enumerate(vocab)}
+        bad = next((v for v in raw if str(v) not in index), None)
+        if bad is not None:
+            raise ValueError(f"{path}: label {bad!r} is not in the train file's labels ({', '.join(vocab)})")
+        labels, names = [index[str(v)] for v in raw], vocab
+    return columns, labels, names
 
 
 # A tokenizer saved by transformers or tokenizers writes at least one of these (fast, WordPiece, BPE, SentencePiece).
@@ -324,32 +376,8 @@ class TextSource(Source):
         """The split's file, text columns, labels (classes or reals), class names and whether it is a regression;
         every check of the file's content, without tokenizing."""
         path = split_file(spec, split)
-        table, columns, raw = read_checked(path, spec.text_column, spec.label_column)
         vocab = _label_names(spec.train_file, spec.label_column, spec.problem_type)
-        if vocab is None:
-            bad = next((v for v in raw if not _is_number(v)), None)
-            if bad is not None:
-                raise ValueError(f"{path}: label {bad!r} is not a number (this is a regression task)")
-            labels, names = [float(v) for v in raw], None
-        elif isinstance(vocab, int):
-            bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < vocab), None)
-            if bad is not None:
-                raise ValueError(f"{path}: label {bad!r} is not one of the train file's classes 0..{vocab - 1}")
-            labels, names = list(raw), None
-        elif _class_label_names(table, spec.label_column) is not None:  # class indices of the train file's names
-            bad = next((v for v in raw if not isinstance(v, int) or not 0 <= v < len(vocab)), None)
-            if bad is not None:
-                raise ValueError(
-                    f"{path}: label {bad!r} is not one of the train file's classes 0..{len(vocab) - 1} "
-                    f"({', '.join(vocab)}){' (hidden test labels?)' if bad == -1 else ''}"
-                )
-            labels, names = list(raw), vocab
-        else:
-            index = {n: i for i, n in enumerate(vocab)}
-            bad = next((v for v in raw if str(v) not in index), None)
-            if bad is not None:
-                raise ValueError(f"{path}: label {bad!r} is not in the train file's labels ({', '.join(vocab)})")
-            labels, names = [index[str(v)] for v in raw], vocab
+        columns, labels, names = split_labels(path, vocab, spec.text_column, spec.label_column)
         return path, columns, labels, names, vocab is None
 
     def load(self, spec, split, size, progress, crop_pct) -> TextSet:
