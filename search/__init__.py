@@ -1,6 +1,6 @@
 """Evolutionary search (deap) over GLoRA subnets under a parameter budget."""
 
-from .evolution import Evolution, SearchSettings, pareto_front
+from .evolution import Evolution, Fitness, SearchSettings, pareto_front
 from .genome import BudgetError, Genome
 
-__all__ = ["BudgetError", "Evolution", "Genome", "SearchSettings", "pareto_front"]
+__all__ = ["BudgetError", "Evolution", "Fitness", "Genome", "SearchSettings", "pareto_front"]

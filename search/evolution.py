@@ -1,11 +1,13 @@
 """Evolutionary search over a supernet's subnets with deap (paper §2.5; AutoFormer-style loop).
 
-Accuracy objective (the paper's): each generation keeps the top ``parents`` candidates seen so far (a deap
+Metric objective (the paper's): each generation keeps the top ``parents`` candidates seen so far (a deap
 HallOfFame), makes ``mutations`` children with ``mutUniformInt`` and ``crossovers`` with ``cxUniform``, and fills
-the population with random candidates. Pareto objective: NSGA-II (``varOr`` + ``selNSGA2``) over (accuracy,
-params). Every operator returns candidates inside the budget; every evaluated candidate is cached; the whole
-state is plain JSON data (:meth:`Evolution.state`), which the caller saves after each generation, so a search
-resumes exactly where it stopped. This module reads and writes no files.
+the population with random candidates. Pareto objective: NSGA-II (``varOr`` + ``selNSGA2``) over (fitness,
+params). The fitness is the task's validation metric, negated when lower is better (a loss), so the evolution
+always maximises; :class:`Fitness` names it, and the log records the metric's own values. Every operator returns
+candidates inside the budget; every evaluated candidate is cached; the whole state is plain JSON data
+(:meth:`Evolution.state`), which the caller saves after each generation, so a search resumes exactly where it
+stopped. This module reads and writes no files.
 
 deap's operators draw from Python's global ``random``; ``Evolution._seeded`` lends them the search's own
 ``random.Random`` for the duration of each call, so runs are reproducible and global state is left untouched.
@@ -18,19 +20,28 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deap import algorithms, base, creator, tools
 
 from .genome import Genome
 
-__all__ = ["SearchSettings", "Evolution", "pareto_front", "OBJECTIVES"]
+__all__ = ["SearchSettings", "Fitness", "Evolution", "pareto_front", "OBJECTIVES", "objective_name"]
 
 _logger = logging.getLogger(__name__)
 
-# accuracy: the paper's top-k loop (ties broken by fewer parameters); pareto: NSGA-II over (accuracy, params).
-OBJECTIVES = ("accuracy", "pareto")
+# metric: the paper's top-k loop on the validation metric alone (ties broken by fewer parameters); pareto: NSGA-II over
+# (metric, params). "accuracy", the first name of "metric" (it maximises whatever metric the task ranks by, a negated
+# loss included), is still read.
+OBJECTIVES = ("metric", "pareto")
+OBJECTIVE_ALIASES = {"accuracy": "metric"}
+
+
+def objective_name(name: str) -> str:
+    """An objective's name, the old one (``accuracy``) read as the new (``metric``)."""
+    return OBJECTIVE_ALIASES.get(name, name)
+
 
 STATE_VERSION = 1
 
@@ -38,8 +49,8 @@ STATE_VERSION = 1
 def _individual_class() -> type:
     """deap's individual class, created in deap's ``creator`` on first use (not at import), once per process.
 
-    Fitness = (val accuracy, params): maximise the first, minimise the second. deap compares fitnesses
-    lexicographically, so the accuracy objective breaks accuracy ties by fewer parameters; NSGA-II uses both.
+    deap's fitness = (the search's fitness, params): maximise the first, minimise the second. deap compares fitnesses
+    lexicographically, so the metric objective breaks ties by fewer parameters; NSGA-II uses both.
     """
     if not hasattr(creator, "GLoRAFitness"):
         creator.create("GLoRAFitness", base.Fitness, weights=(1.0, -1.0))
@@ -48,20 +59,34 @@ def _individual_class() -> type:
     return creator.GLoRAIndividual
 
 
+def _option(default: Any, help: str, **meta: Any) -> Any:
+    """A field that is also the search command's option of the same name (plain metadata: help, bounds, choices)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass
 class SearchSettings:
-    population: int = 50
-    parents: int = 10
-    mutations: int = 25
-    mutation_prob: float = 0.2
-    crossovers: int = 25
-    generations: int = 20
-    min_params: int = 0
+    """How the evolution runs; the fields with help are ``glora-search``'s options of the same names."""
+
+    population: int = _option(50, "candidates per generation", min=1)
+    parents: int = _option(10, "top-k candidates that breed", min=1)
+    mutations: int = _option(25, "children by mutation per generation", min=0)
+    mutation_prob: float = _option(0.2, "per-gene mutation probability", min=0, max=1)
+    crossovers: int = _option(25, "children by uniform crossover per generation", min=0)
+    generations: int = _option(20, "generations to run (may grow on --resume)", min=1, resume="may-change")
+    min_params: int = 0  # the budget, in parameters (the command takes millions: --min-param-limit, --param-limit)
     max_params: int = 10**12
-    objective: str = "accuracy"  # one of OBJECTIVES
-    seed: int = 0
+    objective: str = _option(
+        "metric",
+        "metric: the paper's loop (top-k by the validation metric, whatever it is); pareto: NSGA-II over (metric, "
+        "params)",
+        type=objective_name,
+        choices=OBJECTIVES,
+    )
+    seed: int = _option(0, "seeds every random draw of the search", min=0)
 
     def __post_init__(self) -> None:
+        self.objective = objective_name(self.objective)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.parents > self.population:
@@ -74,26 +99,41 @@ class SearchSettings:
 
 
 def pareto_front(points: list[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
-    """Non-dominated (params, accuracy, payload) points, fewest params first (2 objectives: one sweep)."""
+    """Non-dominated (params, fitness, payload) points, fewest params first (2 objectives: one sweep)."""
     front: list[tuple[int, float, Any]] = []
     best = float("-inf")
-    for params, acc, payload in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            front.append((params, acc, payload))
-            best = acc
+    for params, fit, payload in sorted(points, key=lambda p: (p[0], -p[1])):
+        if fit > best:
+            front.append((params, fit, payload))
+            best = fit
     return front
 
 
+@dataclass(frozen=True)
+class Fitness:
+    """What the evolution maximises: a metric, negated when lower is better (a loss), named so the log can say it."""
+
+    metric: str = "fitness"
+    greater_is_better: bool = True
+
+    def value(self, fitness: float) -> float:
+        """A fitness back as the metric's own value."""
+        return fitness if self.greater_is_better else -fitness
+
+    def show(self, fitness: float) -> str:
+        return f"{self.metric} {self.value(fitness):.4f}"
+
+
 class Evolution:
-    """One search run. ``evaluate(genes) -> accuracy`` is only called for candidates not in the cache.
+    """One search run. ``evaluate(genes) -> fitness`` is only called for candidates not in the cache.
 
     Args:
         genome: the supernet's encoding (bounds, exact costs, feasible sampling).
         settings: population sizes, budget, objective and seed.
-        evaluate: accuracy of one candidate (a gene list) on the validation split.
+        evaluate: the fitness of one candidate (a gene list) on the validation split: higher is better.
         meta: extra plain data stored in :meth:`state` (the caller's options, the supernet's fingerprint).
         map_fn: how a generation's new candidates are evaluated (``map``; a distributed map splits them).
-        show: a fitness as the progress log shows it (e.g. ``loss 3.6200`` for a negated lower-is-better metric).
+        fitness: which metric the fitness is (the log records and shows that metric's own values).
     """
 
     def __init__(
@@ -104,10 +144,10 @@ class Evolution:
         *,
         meta: dict[str, Any] | None = None,
         map_fn: Callable = map,
-        show: Callable[[float], str] = "{:.4f}".format,
+        fitness: Fitness | None = None,
     ) -> None:
         self.genome = genome
-        self._show = show
+        self.fitness = fitness or Fitness()
         self.s = settings
         self._evaluate = evaluate
         self.meta = meta or {}
@@ -200,15 +240,15 @@ class Evolution:
             key = tuple(ind)
             if key not in self.cache and key not in {tuple(t) for t in todo}:
                 todo.append(ind)
-        for ind, acc in zip(todo, self.toolbox.map(self._evaluate, [list(t) for t in todo])):
-            self.cache[tuple(ind)] = float(acc)
+        for ind, fit in zip(todo, self.toolbox.map(self._evaluate, [list(t) for t in todo])):
+            self.cache[tuple(ind)] = float(fit)
         for ind in individuals:
             ind.fitness.values = (self.cache[tuple(ind)], float(self.genome.cost(ind)))
         return len(todo)
 
     def ranked(self) -> list[tuple[tuple[int, ...], float, int]]:
-        """All evaluated candidates as (genes, accuracy, params), best first (ties: fewer params, then order)."""
-        items = [(k, acc, self.genome.cost(k)) for k, acc in self.cache.items()]
+        """All evaluated candidates as (genes, fitness, params), best first (ties: fewer params, then order)."""
+        items = [(k, fit, self.genome.cost(k)) for k, fit in self.cache.items()]
         return sorted(items, key=lambda t: (-t[1], t[2]))
 
     # ------------------------------------------------------------------ the loop
@@ -219,10 +259,10 @@ class Evolution:
             self.population = self._fresh(s.population)
         while self.generation < s.generations:
             start = time.time()
-            step = self._step_accuracy if s.objective == "accuracy" else self._step_pareto
-            new, accs = step()
+            step = self._step_metric if s.objective == "metric" else self._step_pareto
+            new, fits = step()
             self.generation += 1
-            self._record(new, accs, time.time() - start)
+            self._record(new, fits, time.time() - start)
             if on_generation:
                 on_generation(self.generation, s.generations)
 
@@ -241,10 +281,10 @@ class Evolution:
             out.append(self._random())
         return out
 
-    def _accs(self, individuals: list) -> list[float]:
+    def _fits(self, individuals: list) -> list[float]:
         return [self.cache[tuple(ind)] for ind in individuals]
 
-    def _step_accuracy(self) -> tuple[int, list[float]]:
+    def _step_metric(self) -> tuple[int, list[float]]:
         """Evaluate this generation; breed the next one from the top-k seen so far.
 
         The next population is bred even after the last generation, so a run resumed with more generations
@@ -252,7 +292,7 @@ class Evolution:
         """
         s = self.s
         new = self._score(self.population)
-        accs = self._accs(self.population)
+        fits = self._fits(self.population)
         parents = tools.HallOfFame(s.parents)
         parents.update([self._with_fitness(k) for k in self.cache])  # top-k over everything seen so far
         pool = list(parents)
@@ -284,7 +324,7 @@ class Evolution:
         add(crossed, s.crossovers)
         children += self._fresh(s.population - len(children), exclude=seen)
         self.population = children
-        return new, accs
+        return new, fits
 
     def _step_pareto(self) -> tuple[int, list[float]]:
         """Offspring by varOr, then NSGA-II survivor selection (population stays evaluated)."""
@@ -297,23 +337,27 @@ class Evolution:
             offspring = algorithms.varOr(self.population, self.toolbox, s.population, cxpb=0.5, mutpb=0.5)
         new += self._score(offspring)
         self.population = tools.selNSGA2(self.population + offspring, s.population)
-        return new, self._accs(self.population)
+        return new, self._fits(self.population)
 
     def _with_fitness(self, key: tuple[int, ...]):
         ind = self._individual(list(key))
         ind.fitness.values = (self.cache[key], float(self.genome.cost(key)))
         return ind
 
-    def _record(self, new: int, pop_acc: list[float], seconds: float) -> None:
-        _, best_acc, best_params = self.ranked()[0]
+    def _record(self, new: int, fits: list[float], seconds: float) -> None:
+        """One line of the log: the best candidate so far and this generation's, as values of the metric."""
+        _, best, best_params = self.ranked()[0]
+        value = self.fitness.value
+        mean = sum(fits) / len(fits)
         record = {
             "generation": self.generation,
             "evaluated": new,
             "cache_size": len(self.cache),
-            "best_acc": round(best_acc, 6),
+            "metric": self.fitness.metric,
+            "best": round(value(best), 6),
             "best_params": best_params,
-            "gen_best_acc": round(max(pop_acc), 6),
-            "gen_mean_acc": round(sum(pop_acc) / len(pop_acc), 6),
+            "gen_best": round(value(max(fits)), 6),
+            "gen_mean": round(value(mean), 6),
             "seconds": round(seconds, 3),
         }
         self.log.append(record)
@@ -321,9 +365,9 @@ class Evolution:
             "generation %d/%d  best %s (%d params)  mean %s  new %d  cached %d  %.1fs",
             self.generation,
             self.s.generations,
-            self._show(best_acc),
+            self.fitness.show(best),
             best_params,
-            self._show(record["gen_mean_acc"]),
+            self.fitness.show(mean),
             new,
             len(self.cache),
             seconds,
@@ -337,7 +381,7 @@ class Evolution:
             "settings": asdict(self.s),
             "generation": self.generation,
             "population": [list(ind) for ind in self.population],
-            "cache": [[list(k), acc] for k, acc in self.cache.items()],
+            "cache": [[list(k), fit] for k, fit in self.cache.items()],
             "rng": _jsonable(self.rng.getstate()),
             "log": self.log,
             **self.meta,
@@ -349,6 +393,8 @@ class Evolution:
             raise ValueError(f"search state has version {state.get('version')}, expected {STATE_VERSION}")
         saved = dict(state.get("settings", {}))
         saved.pop("generations", None)  # may grow on resume
+        if "objective" in saved:
+            saved["objective"] = objective_name(saved["objective"])
         mine = asdict(self.s)
         mine.pop("generations")
         if saved != mine:
@@ -356,17 +402,29 @@ class Evolution:
             raise ValueError(f"cannot resume with different search settings ({diff})")
         n = len(self.genome)
         self.cache = {}
-        for genes, acc in state["cache"]:
+        for genes, fit in state["cache"]:
             if len(genes) != n:
                 raise ValueError("search state does not match this supernet's genome length")
-            self.cache[tuple(genes)] = float(acc)
+            self.cache[tuple(genes)] = float(fit)
         self.population = [self._individual(list(g)) for g in state["population"]]
         for ind in self.population:
             if tuple(ind) in self.cache:
                 ind.fitness.values = (self.cache[tuple(ind)], float(self.genome.cost(ind)))
         self.rng.setstate(_tuple(state["rng"]))
         self.generation = int(state["generation"])
-        self.log = list(state["log"])
+        self.log = [self._readable(r) for r in state["log"]]
+
+    def _readable(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A log line of a search written before the log named its metric (``best_acc``: the fitness), in today's
+        form."""
+        if "best_acc" not in record or "best" in record:
+            return record
+        old = dict(record)
+        value = self.fitness.value
+        new = {k: v for k, v in old.items() if k not in ("best_acc", "gen_best_acc", "gen_mean_acc")}
+        new |= {"metric": self.fitness.metric, "best": value(old["best_acc"])}
+        new |= {"gen_best": value(old["gen_best_acc"]), "gen_mean": value(old["gen_mean_acc"])}
+        return new
 
 
 def _jsonable(x: Any) -> Any:

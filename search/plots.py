@@ -17,7 +17,7 @@ from matplotlib.patches import Rectangle
 
 from glora.space import SUPPORTS, Choice, Kind
 
-__all__ = ["plot_progress", "plot_accuracy_vs_params", "plot_choices", "plot_params_by_type", "png_bytes"]
+__all__ = ["plot_progress", "plot_metric_vs_params", "plot_choices", "plot_params_by_type", "png_bytes"]
 
 # Grid colours of the choice plot, from "nothing" to "most expressive".
 _KIND_COLORS: dict[Kind, str] = {
@@ -37,14 +37,14 @@ def png_bytes(fig: Figure, dpi: int = 120) -> bytes:
 
 
 def plot_progress(log: Sequence[Mapping[str, Any]], label: str = "validation accuracy") -> Figure:
-    """Best-so-far, generation-best and generation-mean fitness per generation (``label``: what it is; a
-    lower-is-better metric is plotted negated, as the search maximises it)."""
+    """Best-so-far, generation-best and generation-mean values of the search's metric per generation (``label``:
+    what the metric is)."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     gens = [r["generation"] for r in log]
-    ax.plot(gens, [r["best_acc"] for r in log], "o-", label="best so far")
-    ax.plot(gens, [r["gen_best_acc"] for r in log], "s--", alpha=0.7, label="best of generation")
-    ax.plot(gens, [r["gen_mean_acc"] for r in log], "^:", alpha=0.7, label="mean of generation")
+    ax.plot(gens, [r["best"] for r in log], "o-", label="best so far")
+    ax.plot(gens, [r["gen_best"] for r in log], "s--", alpha=0.7, label="best of generation")
+    ax.plot(gens, [r["gen_mean"] for r in log], "^:", alpha=0.7, label="mean of generation")
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{label} (inherited weights)")
     ax.grid(alpha=0.3)
@@ -52,7 +52,7 @@ def plot_progress(log: Sequence[Mapping[str, Any]], label: str = "validation acc
     return fig
 
 
-def plot_accuracy_vs_params(
+def plot_metric_vs_params(
     points: Sequence[tuple[int, float]],
     front: Sequence[tuple[int, float]],
     pick: tuple[int, float],
@@ -60,7 +60,8 @@ def plot_accuracy_vs_params(
     limits: tuple[float, float] | None = None,
     label: str = "validation accuracy",
 ) -> Figure:
-    """Every evaluated candidate, the Pareto front and the pick; params in thousands."""
+    """Every evaluated candidate, the Pareto front and the pick (values of the search's metric, ``label``); params in
+    thousands."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     ax.scatter([p / 1e3 for p, _ in points], [a for _, a in points], s=10, alpha=0.35, label="evaluated")
@@ -73,7 +74,7 @@ def plot_accuracy_vs_params(
     ax.set_xlabel("parameters (thousands, paper's # params)")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return fig
 
 

@@ -379,7 +379,7 @@ CASES = [
         "sandwich-random-unbounded",
         "train",
         lambda d, t: ["--sampling", "sandwich", "--sandwich-random", "100000"],
-        "--sandwich-random 100000: give 0 to 16 random subnets per step",
+        "argument --sandwich-random: expected an integer from 0 to 16, got '100000'",
     ),
     (
         "sandwich-random-without-the-sandwich",

@@ -112,7 +112,7 @@ def test_memory_check_counts_one_ranks_share_under_fsdp(lm, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_cmd, "check_training_size", record)
     monkeypatch.setattr(sharding, "align_to_rank0", lambda model, job: None)  # a collective: no process group here
-    args = parse_train_args(build_parser(), _train_args(lm, tmp_path / "out"))
+    args = parse_train_args(build_parser(), _train_args(lm, tmp_path / "out")).args
     for dist, sharded in ((Distributed(), False), (Distributed(rank=0, world=4), True)):
         run = object.__new__(train_cmd._SupernetRun)
         run.args, run.dist, run.out, run.sharded = args, dist, tmp_path / "out", sharded

@@ -76,7 +76,7 @@ def test_search_outputs_and_budget(pipeline):
     out = pipeline / "search"
     for name in ("subnet.yaml", "search_log.jsonl", "pareto.json", "config.yaml", "search_state.json"):
         assert (out / name).is_file(), name
-    for name in ("progress.png", "accuracy_vs_params.png", "choices.png"):
+    for name in ("progress.png", "metric_vs_params.png", "choices.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = load_supernet(pipeline / "supernet" / "last.pt")
     limit = 0.03e6

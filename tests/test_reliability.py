@@ -427,18 +427,15 @@ def test_model_kwargs_that_break_the_model_are_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("parser", [train_parser, search_parser, export_parser], ids=["train", "search", "export"])
 def test_every_option_has_help_and_shows_its_default(parser):
-    p = parser()
-    assert isinstance(p.formatter_class("x"), argparse.ArgumentDefaultsHelpFormatter)
-    formatter = p.formatter_class(p.prog)
-    for action in p._actions:
-        assert action.help, f"{action.option_strings} has no help"
-        if action.default is argparse.SUPPRESS:  # --help, --list-presets: they print and exit, nothing to default
-            continue
-        assert "default" in formatter._get_help_string(action), f"{action.option_strings} shows no default"
-    text = " ".join(p.format_help().split())
-    for action in p._actions:
-        if action.option_strings and isinstance(action.default, int) and not isinstance(action.default, bool):
-            assert f"(default: {action.default})" in text, action.option_strings  # --epochs, --population, ...
+    command = parser()
+    text = " ".join(command.format_help().split())
+    for option in command.options.values():
+        assert option.help, f"{option.flag} has no help"
+        if option.help == argparse.SUPPRESS or option.kwargs.get("action") == "store_true":
+            continue  # a hidden old name; a switch that is off unless given
+        assert "default" in option.help_text(), f"{option.flag} shows no default"
+        if isinstance(option.default, int) and not isinstance(option.default, bool):
+            assert f"(default: {option.default})" in text, option.flag  # --epochs, --population, ...
 
 
 # ---------------------------------------------------------------------- exact resume, drop-path on

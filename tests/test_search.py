@@ -128,7 +128,7 @@ def _evolution(settings: SearchSettings, model=None) -> Evolution:
     return Evolution(genome, settings, evaluate)
 
 
-@pytest.mark.parametrize("objective", ["accuracy", "pareto"])
+@pytest.mark.parametrize("objective", ["metric", "pareto", "accuracy"])  # accuracy: metric's old name, still read
 def test_evolution_respects_budget_and_improves(objective):
     s = SearchSettings(
         population=12, parents=4, mutations=4, crossovers=4, generations=6, max_params=3000, objective=objective, seed=1
@@ -137,9 +137,36 @@ def test_evolution_respects_budget_and_improves(objective):
     evo.run()
     assert all(evo.genome.cost(k) <= 3000 for k in evo.cache)
     # it improves, strictly: a loop that only kept its first population (elitism without search) fails here
-    assert evo.log[-1]["best_acc"] > evo.log[0]["best_acc"]
-    assert evo.log[-1]["gen_mean_acc"] > evo.log[0]["gen_mean_acc"]
+    assert evo.log[-1]["best"] > evo.log[0]["best"]
+    assert evo.log[-1]["gen_mean"] > evo.log[0]["gen_mean"]
     assert len(evo.log) == 6 and evo.generation == 6
+
+
+def test_the_log_names_the_metric_and_records_its_own_values():
+    """A lower-is-better metric is maximised negated, but the log says which metric it is and holds its values; a
+    state written before the log named its metric (``best_acc``: the negated fitness) reads the same way."""
+    from search import Fitness
+
+    s = SearchSettings(population=8, parents=2, mutations=2, crossovers=2, generations=3, seed=1)
+    model = _vit_model()
+    genome = Genome(model)
+
+    def loss(genes):  # a negated loss, as the search scores one
+        return -1.0 - sum(genes) / 100
+
+    evo = Evolution(genome, s, loss, fitness=Fitness("loss", greater_is_better=False))
+    evo.run()
+    best = max(evo.cache.values())
+    assert evo.log[-1]["metric"] == "loss" and evo.log[-1]["best"] == round(-best, 6) > 0
+    assert all(r["gen_mean"] >= r["best"] for r in evo.log)  # a loss: the mean is no lower than the best
+    old = evo.state()
+    old["settings"]["objective"] = "accuracy"  # the objective's first name
+    old["log"] = [{k: v for k, v in r.items() if k not in ("metric", "best", "gen_best", "gen_mean")}
+                  | {"best_acc": -r["best"], "gen_best_acc": -r["gen_best"], "gen_mean_acc": -r["gen_mean"]}
+                  for r in evo.log]  # fmt: skip
+    again = Evolution(genome, s, loss, fitness=Fitness("loss", greater_is_better=False))
+    again.restore(old)
+    assert again.log == evo.log
 
 
 def test_evolution_leaves_global_random_alone_and_is_seeded():
@@ -167,7 +194,7 @@ def test_restore_refuses_other_settings():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"objective": "speed"}, "one of accuracy, pareto"),
+        ({"objective": "speed"}, "one of metric, pareto"),
         ({"parents": 60}, "cannot exceed --population"),
         ({"mutations": 30, "crossovers": 30}, "cannot exceed --population"),
     ],

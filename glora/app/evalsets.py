@@ -37,7 +37,7 @@ __all__ = [
     "load_eval_set",
     "evaluate_sets",
     "masked_accuracy",
-    "add_eval_set_option",
+    "eval_set_text",
     "eval_set_inputs",
     "check_eval_sets",
 ]
@@ -95,18 +95,6 @@ def check_eval_sets(sets: Sequence[str]) -> None:
             read_text_file(Path(spec.mask).expanduser(), f"--eval-set {spec.name} mask file")
 
 
-def add_eval_set_option(parser: Any) -> None:
-    parser.add_argument(
-        "--eval-set",
-        type=_eval_set_text,
-        nargs="+",
-        default=[],
-        metavar="NAME=PATH[,mask=M]",
-        help="extra evaluation sets reported beside test (an ImageFolder tree or a 'path label' list; mask: a "
-        "file of classes or 'present', for sets covering part of the classes, e.g. ImageNet-A/-R)",
-    )
-
-
 def eval_set_inputs(sets: Sequence[str]) -> list[tuple[str, str | None]]:
     """What the sets read, as (option, path): an output folder must overlap none of them."""
     found: list[tuple[str, str | None]] = []
@@ -118,7 +106,8 @@ def eval_set_inputs(sets: Sequence[str]) -> list[tuple[str, str | None]]:
     return found
 
 
-def _eval_set_text(text: str) -> str:
+def eval_set_text(text: str) -> str:
+    """``--eval-set``'s converter: the text as it is, once it parses."""
     parse_eval_set(text)
     return text
 

@@ -22,6 +22,8 @@ from torch import nn
 from glora.subnet import Subnet, sample_subnet
 from search.genome import BudgetError, Genome
 
+from .declared import option
+
 __all__ = ["SAMPLINGS", "MAX_SANDWICH_RANDOM", "Sampling", "SubnetSampler"]
 
 # --sampling: uniform (one subnet per step, every choice drawn uniformly: the paper's) or sandwich (the largest,
@@ -46,11 +48,27 @@ class Sampling:
         distill: in-place distillation: the largest subnet learns the labels, the others its outputs (sandwich).
     """
 
-    sampling: str = "uniform"
-    sandwich_random: int = 2
-    param_limit: float | None = None
-    min_param_limit: float = 0.0
-    distill: bool = False
+    sampling: str = option(
+        "uniform",
+        "uniform: one subnet per step, every choice drawn uniformly (the paper's); sandwich: the largest, the "
+        "smallest and --sandwich-random random subnets per step, gradients averaged (BigNAS)",
+        choices=SAMPLINGS,
+    )
+    sandwich_random: int = option(
+        2, "random subnets per sandwich step, besides the two ends", min=0, max=MAX_SANDWICH_RANDOM
+    )
+    param_limit: float | None = option(
+        None,
+        "millions of params (the paper's count): random subnets are drawn among those the search's --param-limit "
+        "will allow (default: the whole space)",
+        above=0,
+    )
+    min_param_limit: float = option(0.0, "millions: and among those at least this large", min=0)
+    distill: bool = option(
+        False,
+        "in-place distillation (with --sampling sandwich): the largest subnet learns the labels, the others its "
+        "outputs",
+    )
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:

@@ -32,8 +32,10 @@ from glora.subnet import Subnet, set_subnet, unused_params
 
 from .cli import catch_signals
 from .data import Batch, Modality, Split, make_loader, place
+from .declared import option
 from .distributed import Distributed
 from .evaluate import AMP_MODES, autocast, split_stats
+from .options.runtime import Runtime
 from .sampling import Sampling, SubnetSampler
 from .sharding import full_optimizer_state, is_sharded, sharded_optimizer_state
 from .tasks import Task, result_key
@@ -64,28 +66,46 @@ SCHEDULES = ("cosine", "linear")
 
 @dataclass
 class Recipe:
-    """How to train: optimiser, schedule, loss, precision, seed (the train command's options of the same names).
+    """How to train: optimiser, schedule, loss, precision, seed; each field is the train command's option of the same
+    name (``--warmup-epochs``), declared here once.
 
     The defaults are the embedded task's; the paper's VTAB-1k recipe (500 epochs, lr 5e-4 or 1e-4, 10 warmup
-    epochs) is in the ``vtab/*`` presets (``configs/vtab``).
+    epochs) is in the ``vtab/*`` presets (``configs/vtab``). ``amp`` and ``workers`` are the runtime options'
+    (:class:`glora.app.options.runtime.Runtime`), shared with the search.
     """
 
-    epochs: int = 120
-    batch_size: int = 64
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
-    sched: str = "cosine"  # one of SCHEDULES
-    sched_on_updates: bool = True  # step the schedule per update; False: per epoch, after it (the reference code)
-    drop_last: bool = False  # drop the last incomplete batch of every epoch (the reference code does)
-    warmup_epochs: float = 2.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-6
-    smoothing: float = 0.0
-    clip_grad: float | None = None
-    amp: str = "auto"  # auto: bf16 autocast on CUDA only; bf16; off
-    seed: int = 0  # data order, subnet draws, augmentation
-    workers: int = 2  # data-loading workers when images are not cached in memory
-    unused_supports: str = "skip"  # what AdamW does with supports a step's subnet does not use (see UNUSED_SUPPORTS)
+    epochs: int = option(120, "supernet epochs (paper VTAB-1k: 500)", min=1, resume="may-change")
+    batch_size: int = option(64, "images or sequences per step (all processes together)", min=1)
+    lr: float = option(5e-3, "peak learning rate (paper VTAB-1k: 5e-4 or 1e-4)", above=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay", min=0)
+    sched: str = option(
+        "cosine",
+        "learning-rate decay after the warmup (timm's name): cosine (the paper's), or linear to --min-lr "
+        "(transformers' linear schedule, the GLUE recipes')",
+        choices=SCHEDULES,
+    )
+    sched_on_updates: bool = option(
+        True,
+        "step the schedule every update (timm's name); --no-sched-on-updates: once per epoch, after it, as the "
+        "reference code does (its one-epoch lag included: the first two epochs run at --warmup-lr)",
+    )
+    drop_last: bool = option(
+        False, "drop each epoch's last incomplete batch (the reference code does: 12 steps on 800 images at 64)"
+    )
+    warmup_epochs: float = option(2.0, "linear warmup before the schedule", min=0)
+    warmup_lr: float = option(1e-6, "learning rate the warmup starts from", min=0)
+    min_lr: float = option(1e-6, "learning rate the schedule ends at", min=0)
+    smoothing: float = option(0.0, "label smoothing", min=0, max=1)
+    clip_grad: float | None = option(None, "max gradient norm", above=0)
+    unused_supports: str = option(
+        "skip",
+        "supports a step's subnet does not use: skip = AdamW leaves them untouched; update = zero gradients, so AdamW "
+        "still applies momentum and weight decay (the paper's reference code)",
+        choices=UNUSED_SUPPORTS,
+    )
+    seed: int = option(0, "seeds the head init, data order and subnet sampling", min=0)
+    amp: str = Runtime.amp  # auto: bf16 autocast on CUDA only; bf16; off
+    workers: int = Runtime.workers  # data-loading workers when images are not cached in memory
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

@@ -14,6 +14,7 @@ import yaml
 
 __all__ = [
     "INT_MAX",
+    "number",
     "finite_float",
     "positive_int",
     "nonneg_int",
@@ -26,7 +27,12 @@ __all__ = [
 ]
 
 
-def _number(kind: type, check: Callable[[float], bool], what: str, upper: int | None = None) -> Callable[[str], Any]:
+def number(kind: type, check: Callable[[float], bool], what: str, upper: int | None = None) -> Callable[[str], Any]:
+    """A converter of ``kind`` (int or float) whose values must pass ``check``; ``what`` names what is expected in the
+    one-line error. Integers stop at ``upper`` (default: :data:`INT_MAX` for ints)."""
+    if upper is None and kind is int:
+        upper = INT_MAX
+
     def convert(text: str) -> Any:
         try:
             value = kind(text)
@@ -45,12 +51,12 @@ def _number(kind: type, check: Callable[[float], bool], what: str, upper: int | 
 # Integers end where torch's (seeds: manual_seed takes 0 .. 2**63 - 1) and Python's C-level sizes do.
 INT_MAX = 2**63 - 1
 
-finite_float = _number(float, lambda v: True, "a number")
-positive_int = _number(int, lambda v: v > 0, "a positive integer", INT_MAX)
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0", INT_MAX)
-positive_float = _number(float, lambda v: v > 0, "a positive number")
-nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
-probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+finite_float = number(float, lambda v: True, "a number")
+positive_int = number(int, lambda v: v > 0, "a positive integer", INT_MAX)
+nonneg_int = number(int, lambda v: v >= 0, "an integer >= 0", INT_MAX)
+positive_float = number(float, lambda v: v > 0, "a positive number")
+nonneg_float = number(float, lambda v: v >= 0, "a number >= 0")
+probability = number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def yaml_mapping(text: str) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from ..cli import run
 from ..data.check import DATA_KINDS, check_root, check_text_files
 from ..data.sources.text import PROBLEM_TYPES
-from ..options import make_parser, parse_args, program_name
+from ..options.parsing import Parser
 
 __all__ = ["build_parser", "main", "cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(program_name("glora-data", "glora-data"), "Check dataset roots before training on them.")
+    p = Parser(prog="glora-data", description="Check dataset roots before training on them.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="action", required=True, metavar="check | check-text")
     check = sub.add_parser("check", help="report per task what is present, missing or broken")
     check.add_argument("root", help="the folder holding the task folders (<root>/cifar, <root>/oxford_pets, ...)")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     if args.action == "check-text":
         return _check_text(args)
     kind, statuses = check_root(args.root, args.kind)

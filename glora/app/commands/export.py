@@ -39,7 +39,6 @@ from ..hf_backbone import (
     transformers_bars,
 )
 from ..layout import ExportFolder, SearchFolder, SupernetFolder
-from ..options import parse_args
 from ..options.export import DEFAULT_SUBNET, build_parser
 from ..outputs import absolute, check_no_overlap, output_lock, run_folder
 from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
@@ -61,7 +60,7 @@ class _Checked:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse(argv).args
     if args.verify_images is not None:
         _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
         args.verify_examples = args.verify_images

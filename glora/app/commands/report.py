@@ -9,43 +9,49 @@ nothing but the runs' small records (config.yaml, search_log.jsonl, glora_export
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import run
-from ..options import make_parser, parse_args, program_name
+from ..declared import Group, option
+from ..options import Command, program_name
 from ..outputs import check_no_overlap, output_lock
 from ..report import AGGREGATES, build_report, find_results, write_report
 
 __all__ = ["build_parser", "main", "cli"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(
-        program_name("report.py", "glora-report"),
-        "Tables of finished runs: VTAB-1k groups, few-shot per shot, domain generalization, beside the papers'.",
-    )
-    p.add_argument(
-        "runs",
+@dataclass
+class ReportOptions:
+    """The runs and where their tables go."""
+
+    runs: list[str] = option(
+        [],
+        "a run folder (supernet/, search/, export/ inside) or one of those folders; seeds of one task are averaged",
         nargs="+",
         metavar="RUN",
-        help="a run folder (supernet/, search/, export/ inside) or one of those folders; seeds of one task are "
-        "averaged",
+        positional=True,
     )
-    p.add_argument("--out", default="runs/report", help="folder for report.md, the CSV tables and fewshot.png")
-    p.add_argument(
-        "--aggregate",
+    out: str = option("runs/report", "folder for report.md, the CSV tables and fewshot.png")
+    aggregate: str = option(
+        "mean",
+        "how a cell summarises the seeds of a task (median: the GIFT paper's GLUE protocol, five seeds)",
         choices=AGGREGATES,
-        default="mean",
-        help="how a cell summarises the seeds of a task (median: the GIFT paper's GLUE protocol, five seeds)",
     )
-    p.add_argument("--force", action="store_true", help="replace a report already in --out")
-    return p
+    force: bool = option(False, "replace a report already in --out", action="store_true")
+
+
+def build_parser() -> Command:
+    return Command(
+        program_name("report.py", "glora-report"),
+        "Tables of finished runs: VTAB-1k groups, few-shot per shot, domain generalization, beside the papers'.",
+        [Group.of("", ReportOptions)],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse(argv).args
     out = Path(args.out)
     check_no_overlap(out, [("RUN", r) for r in args.runs])
     with output_lock(out, command="glora-report"):

@@ -24,8 +24,8 @@ from glora.fold import folded
 from glora.inject import get_space, set_execution
 from glora.space import SUPPORTS, SearchSpace
 from glora.subnet import params_by_type, save_subnet, set_subnet
-from search import Evolution, Genome, SearchSettings, pareto_front
-from search.plots import plot_accuracy_vs_params, plot_choices, plot_params_by_type, plot_progress, png_bytes
+from search import Evolution, Fitness, Genome, SearchSettings, pareto_front
+from search.plots import plot_choices, plot_metric_vs_params, plot_params_by_type, plot_progress, png_bytes
 
 from ..backbone import bias_free_rule
 from ..checkpoint import load_supernet, read_checkpoint, supernet_inputs, supernet_skeleton
@@ -35,14 +35,8 @@ from ..distributed import Distributed, setup_distributed
 from ..evalsets import check_eval_sets, eval_set_inputs, evaluate_sets
 from ..evaluate import compile_model, resolve_device, split_stats
 from ..layout import SearchFolder, SupernetFolder
-from ..options import (
-    args_to_dict,
-    parse_args,
-    parse_choices,
-    save_config,
-    start_or_resume,
-)
-from ..options.search import RESUMABLE_OPTIONS, build_parser
+from ..options import args_to_dict, parse_choices, save_config, start_or_resume
+from ..options.search import build_parser
 from ..outputs import absolute, check_no_overlap, output_lock, run_folder, writes_files
 from ..sharding import build_on_ranks, check_path, fsdp_wanted, place_model
 from ..tasks import METRICS, Task, result_key
@@ -53,17 +47,14 @@ _logger = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_args(parser, argv)
+    parsed = build_parser().parse(argv)
+    args = parsed.args
     out = Path(args.out)
     check_no_overlap(out, _inputs(args, configs=not args.resume))
     check_eval_sets(args.eval_set)
     with output_lock(out, enabled=writes_files(), command="glora-search"):
         args, state = start_or_resume(
-            parser,
-            argv,
-            args,
-            RESUMABLE_OPTIONS,
+            parsed,
             load=SearchFolder(out).read_state,
             saved_config=lambda s: s["config"],
             existing=[SearchFolder(out).state, SearchFolder(out).subnet],
@@ -157,9 +148,9 @@ class _SearchRun:
                 max_params=10**12,
             )  # fmt: skip
         meta = {"config": args_to_dict(args), "fingerprint": ckpt["fingerprint"], "supernet": str(args.supernet)}
-        show = "{:.4f}".format if self.task.selection == "accuracy" else self._show
+        self.fitness = Fitness(self.task.selection, METRICS[self.task.selection].greater_is_better)
         map_fn = map if self.sharded else job.map
-        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=map_fn, show=show)
+        self.evo = Evolution(self.genome, settings, self._fitness, meta=meta, map_fn=map_fn, fitness=self.fitness)
         if state is not None:
             self.evo.restore(state)
 
@@ -188,13 +179,6 @@ class _SearchRun:
             _logger.info("first candidate with the compiled model (compilation included): %.1fs", time.time() - started)
             self._compiled = True
         return score
-
-    def _show(self, score: float) -> str:
-        return f"{self.task.selection} {self._value(score):.4f}"
-
-    def _value(self, score: float) -> float:
-        """A fitness back as the metric's own value."""
-        return score if METRICS[self.task.selection].greater_is_better else -score
 
     def run(self) -> None:
         from tqdm.auto import tqdm
@@ -310,7 +294,8 @@ class _SearchRun:
             "subnet": SearchFolder.SUBNET,
             "params": params,
             "metric": name,
-            f"val_{key}": round(self._value(score), 6),
+            "objective": args.objective,
+            f"val_{key}": round(self.fitness.value(score), 6),
             f"test_{key}": None if test is None or name not in test else round(test[name], 6),
             "val_metrics": {k: round(v, 6) for k, v in val.items()},
             "test_metrics": None if test is None else {k: round(v, 6) for k, v in test.items()},
@@ -327,19 +312,19 @@ class _SearchRun:
             "param_limit": args.param_limit,
             "min_param_limit": args.min_param_limit,
             "front": [
-                {"params": p, f"val_{key}": round(self._value(a), 6), "subnet": self.genome.decode(g)}
+                {"params": p, f"val_{key}": round(self.fitness.value(a), 6), "subnet": self.genome.decode(g)}
                 for p, a, g in front
             ],
         }
         atomic_write_text(self.files.pareto, json.dumps(pareto, indent=1))
         limits = (evo.s.min_params, evo.s.max_params)
-        label = f"validation {name}" + ("" if METRICS[name].greater_is_better else " (negated)")
+        label, value = f"validation {name}", self.fitness.value
         figures = {
             "progress.png": plot_progress(evo.log, label=label),
-            "accuracy_vs_params.png": plot_accuracy_vs_params(
-                [(p, a) for p, a, _ in points],
-                [(p, a) for p, a, _ in front],
-                (params, score),
+            "metric_vs_params.png": plot_metric_vs_params(
+                [(p, value(a)) for p, a, _ in points],
+                [(p, value(a)) for p, a, _ in front],
+                (params, value(score)),
                 limits=limits,
                 label=label,
             ),
@@ -352,7 +337,7 @@ class _SearchRun:
         test_txt = "n/a" if test is None or name not in test else f"{test[name]:.4f}"
         test_txt += "".join(f", {n} {r['acc']:.4f}{' (masked)' * r['masked']}" for n, r in extra.items())
         print(
-            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val {short} {self._value(score):.4f}, test "
+            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val {short} {self.fitness.value(score):.4f}, test "
             f"{short} {test_txt} ({len(evo.cache)} candidates evaluated)"
         )
         others = [n for n in task.metric_names if n != name]

@@ -48,8 +48,6 @@ from ..options import (
     start_or_resume,
 )
 from ..options.train import (
-    RESUMABLE_OPTIONS,
-    THIS_RUN_OPTIONS,
     adapter_from_args,
     augment_from_args,
     backbone_from_args,
@@ -77,10 +75,10 @@ def _describe(space: SearchSpace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_train_args(parser, argv)
+    parsed = parse_train_args(build_parser(), argv)
+    args = parsed.args
     if not args.resume:  # a resumed run keeps its checked options
-        check_applicable(parser, argv, args)
+        check_applicable(parsed)
         sampling_from_args(args)  # its rules, before anything is loaded
         if args.teacher_weight and not (args.subnet and args.init_from):
             raise ConfigError("--teacher-weight distils a supernet into its pick: give --subnet and --init-from")
@@ -89,15 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_no_overlap(args.out, inputs_of(args, configs=not args.resume))
     with output_lock(args.out, enabled=writes_files(), command="glora-train"):
         args, ckpt = start_or_resume(
-            parser,
-            argv,
-            args,
-            RESUMABLE_OPTIONS,
+            parsed,
             load=lambda: read_checkpoint(last),
             saved_config=lambda c: c.get("config", {}),
             existing=[last],
             what="a supernet checkpoint",
-            this_run=THIS_RUN_OPTIONS,
         )
         check_no_overlap(args.out, inputs_of(args, configs=False))  # a resumed run reads its saved inputs
         for name in _RECORDED_PATHS:  # the saved options name inputs absolute: commands run from any folder

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..declared import option
+from ..values import optional
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -147,16 +150,16 @@ class TrainAugment:
     did), random erasing 0.25 in pixel mode, bicubic.
     """
 
-    aa: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    remode: str = "pixel"
-    recount: int = 1
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    vflip: float = 0.0
-    train_interpolation: str = "bicubic"
+    aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy (none: off)", type=optional(str))
+    color_jitter: float = option(0.4, "color jitter strength", min=0)
+    reprob: float = option(0.25, "random erasing probability", min=0, max=1)
+    remode: str = option("pixel", "random erasing mode", choices=ERASE_MODES)
+    recount: int = option(1, "random erasing count", min=1)
+    scale: tuple[float, float] = option((0.08, 1.0), "random resized crop scale", above=0)
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "random resized crop ratio", above=0)
+    hflip: float = option(0.5, "horizontal flip probability", min=0, max=1)
+    vflip: float = option(0.0, "vertical flip probability", min=0, max=1)
+    train_interpolation: str = option("bicubic", "interpolation of the training crop", choices=TRAIN_INTERPOLATIONS)
 
     def __post_init__(self) -> None:
         if self.remode not in ERASE_MODES:

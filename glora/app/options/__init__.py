@@ -1,14 +1,18 @@
 """Options for the three commands: YAML files set defaults, the command line overrides, all checked.
 
-As in timm's train.py: ``-c/--config`` YAML keys are option names (``batch-size`` or ``batch_size``); several
-files may be given and later ones win; unknown keys and wrongly typed values are errors; the resolved options are
-written next to the outputs. A ``--config`` that is not a file names a shipped preset (``-c vtab/cifar``, the
-same as ``-c configs/vtab/cifar.yaml``, the name the docs use); ``--list-presets`` lists them.
+Every option is declared once, as a dataclass field (:mod:`glora.app.declared`): the objects a command builds
+(:class:`~glora.app.trainer.Recipe`, :class:`~glora.app.sampling.Sampling`, :class:`search.SearchSettings`, a data
+source's options) or small groups of the command's own. As in timm's train.py: ``-c/--config`` YAML keys are option
+names (``batch-size`` or ``batch_size``); several files may be given and later ones win; unknown keys and wrongly
+typed values are errors; the resolved options are written next to the outputs. A ``--config`` that is not a file
+names a shipped preset (``-c vtab/cifar``, the same as ``-c configs/vtab/cifar.yaml``, the name the docs use);
+``--list-presets`` lists them.
 
-The package is in parts, one job each: :mod:`.parsing` (YAML defaults, checked values, explicit options),
-:mod:`.presets` (the shipped ``-c`` files), :mod:`.resume` (fresh start or resume), :mod:`.runtime` (options of how a
-command runs), :mod:`.saving` (the resolved options written beside the outputs); :mod:`.train`, :mod:`.search` and
-:mod:`.export` hold each command's options and what they build.
+The package is in parts, one job each: :mod:`.parsing` (a command's options parsed in one pass, defaults under
+``-c`` files under the command line, where each value came from), :mod:`.presets` (the shipped ``-c`` files),
+:mod:`.resume` (fresh start or resume), :mod:`.runtime` (how a command computes, shared by training and the
+search), :mod:`.saving` (the resolved options written beside the outputs); :mod:`.train`, :mod:`.search` and
+:mod:`.export` hold each command's own options and what they build.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from ..values import (
 )
 from .errors import ConfigError
 from .parsing import (
-    config_options,
-    explicit_options,
-    make_parser,
+    Command,
+    Group,
+    Parsed,
     parse_args,
     parse_choices,
     program_name,
@@ -37,21 +41,20 @@ from .parsing import (
 )
 from .presets import PRESETS, preset_names, resolve_config
 from .resume import merge_for_resume, start_or_resume
-from .runtime import COMPILE_MODES, add_progress_option, add_runtime_options
+from .runtime import COMPILE_MODES, Runtime
 from .saving import args_to_dict, save_config
 
 __all__ = [
     "ConfigError",
-    "make_parser",
+    "Command",
+    "Group",
+    "Parsed",
     "parse_args",
-    "explicit_options",
-    "config_options",
     "program_name",
     "INT_MAX",
     "merge_for_resume",
     "start_or_resume",
-    "add_progress_option",
-    "add_runtime_options",
+    "Runtime",
     "COMPILE_MODES",
     "read_yaml",
     "PRESETS",

@@ -1,65 +1,60 @@
-"""The options of ``glora-export`` / ``reparam.py``."""
+"""The options of ``glora-export`` / ``reparam.py``: its own, and the ones it shares with the search (the data root
+and the extra evaluation sets, data-loading workers, progress bars)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from ..evalsets import add_eval_set_option
-from . import (
-    add_progress_option,
-    make_parser,
-    nonneg_float,
-    nonneg_int,
-    positive_int,
-    program_name,
-)
+from ..declared import Group, declared, option
+from . import Command, Runtime, program_name
+from .search import Evaluation
 
-__all__ = [
-    "build_parser",
-    "DEFAULT_SUBNET",
-]
+__all__ = ["build_parser", "ExportOptions", "DEFAULT_SUBNET"]
 
 DEFAULT_SUBNET = "runs/default/search/subnet.yaml"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(
+@dataclass
+class ExportOptions:
+    """What is folded, where it goes, and how it is checked."""
+
+    supernet: str = option("runs/default/supernet/last.pt", "checkpoint from train_supernet.py")
+    subnet: str | None = option(
+        None,
+        "subnet YAML from search.py (default: the subnet the checkpoint was trained as, when glora-train retrained "
+        f"one with --subnet; else {DEFAULT_SUBNET})",
+    )
+    out: str = option("runs/default/export", "export folder (timm local-dir or save_pretrained)")
+    force: bool = option(False, "replace --out if it already exists", action="store_true")
+    verify_examples: int = option(
+        64, "real validation examples (images or sequences) the folded model is compared with the supernet on", min=1
+    )
+    verify_images: int | None = option(None, argparse.SUPPRESS, min=1)  # the old name of --verify-examples
+    tolerance: float = option(1e-4, "largest allowed |folded - supernet| relative to the largest logit", min=0)
+    latency_rounds: int = option(
+        5,
+        "timed forwards of the folded model, the unfolded supernet and the base model on the verification batch, "
+        "interleaved, recorded in glora_export.json (0: skip)",
+        min=0,
+    )
+    batch_size: int = option(256, "batch size of the --eval-set evaluations", min=1)
+    device: str = option("cpu", "device for the checks (the export is always saved from CPU)")
+
+
+def build_parser() -> Command:
+    """``glora-export``'s options."""
+    return Command(
         program_name("reparam.py", "glora-export"),
         "Fold a searched subnet into plain weights and export a vanilla timm (or transformers) model.",
+        [
+            Group.of("", ExportOptions),
+            Group(
+                "evaluation",
+                [
+                    *declared(Evaluation, only=("data_root", "eval_set")),
+                    *declared(Runtime, only=("workers", "progress")),
+                ],
+            ),
+        ],
     )
-    p.add_argument("--supernet", default="runs/default/supernet/last.pt", help="checkpoint from train_supernet.py")
-    p.add_argument(
-        "--subnet",
-        default=None,
-        help="subnet YAML from search.py (default: the subnet the checkpoint was trained as, when glora-train "
-        f"retrained one with --subnet; else {DEFAULT_SUBNET})",
-    )
-    p.add_argument("--out", default="runs/default/export", help="export folder (timm local-dir or save_pretrained)")
-    p.add_argument("--force", action="store_true", help="replace --out if it already exists")
-    p.add_argument(
-        "--verify-examples",
-        type=positive_int,
-        default=64,
-        help="real validation examples (images or sequences) the folded model is compared with the supernet on",
-    )
-    p.add_argument("--verify-images", type=positive_int, default=None, help=argparse.SUPPRESS)  # the old name
-    p.add_argument(
-        "--tolerance",
-        type=nonneg_float,
-        default=1e-4,
-        help="largest allowed |folded - supernet| relative to the largest logit",
-    )
-    p.add_argument(
-        "--latency-rounds",
-        type=nonneg_int,
-        default=5,
-        help="timed forwards of the folded model, the unfolded supernet and the base model on the verification "
-        "batch, interleaved, recorded in glora_export.json (0: skip)",
-    )
-    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size of the --eval-set evaluations")
-    p.add_argument("--workers", type=nonneg_int, default=2, help="data-loading workers of the --eval-set evaluations")
-    add_eval_set_option(p)
-    p.add_argument("--data-root", default=None, help="override the data root stored in the supernet checkpoint")
-    p.add_argument("--device", default="cpu", help="device for the checks (the export is always saved from CPU)")
-    add_progress_option(p)
-    return p

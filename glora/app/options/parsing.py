@@ -1,12 +1,17 @@
-"""Parsing a command's options: ``-c`` YAML files set defaults, the command line overrides, every value checked
-the way argparse checks it; which options a command line (or its files) set explicitly; the ``--choices`` form."""
+"""Parsing a command's options in one pass: the declared defaults, then (for a command that has them) defaults taken
+from an earlier run, then the ``-c`` YAML files left to right, then the command line; every value checked the way
+argparse checks it, and where each came from remembered (what the command line typed, which file set what), so a
+resumed run, an option that cannot apply and an error message can all say so. The ``--choices`` form lives here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +19,17 @@ import yaml
 
 from glora.space import SUPPORTS
 
+from ..declared import Declared, Group
 from ..values import yaml_mapping
 from .errors import ConfigError
 from .presets import ListPresets, resolve_config
 
 __all__ = [
-    "make_parser",
+    "Parser",
+    "Command",
+    "Group",
+    "Parsed",
     "parse_args",
-    "explicit_options",
-    "config_options",
     "program_name",
     "read_yaml",
     "support_choices",
@@ -81,47 +88,138 @@ def parse_choices(items: Sequence[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, once: an option whose help already says its default is left as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "default" in text.lower():
-            return text
-        return super()._get_help_string(action)
-
-
 def program_name(script: str, command: str) -> str:
     """The name a user typed: ``glora-train`` from the console command, ``train_supernet.py`` from the script."""
     typed = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return command if typed == command else script
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (``error: ...``), like every other user error."""
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
-    parser.add_argument(
-        "-c",
-        "--config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="YAML file whose keys are option names, or a shipped preset's name (e.g. vtab/cifar; see "
-        "--list-presets); repeat to stack files (later ones win); the command line overrides them",
-    )
-    parser.add_argument("--list-presets", action=ListPresets, help="list the shipped -c presets and exit")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    return parser
+class Command:
+    """One command's options, declared once (:mod:`glora.app.declared`): its ``--help``, its parse and its resume rules.
+
+    Every command also takes ``-c/--config`` (YAML files of option names, or a shipped preset's name, stacked left to
+    right), ``--list-presets`` and ``--debug``.
+    """
+
+    def __init__(self, prog: str, description: str, groups: Sequence[Group]) -> None:
+        self.prog, self.description, self.groups = prog, description, list(groups)
+        self.options: dict[str, Declared] = {}
+        for group in self.groups:
+            for d in group.options:
+                if d.dest in self.options:
+                    raise ValueError(f"{prog}: option {d.flag} is declared twice")
+                self.options[d.dest] = d
+
+    @functools.cached_property
+    def parser(self) -> argparse.ArgumentParser:
+        """The argparse parser (its defaults left out: :class:`Parsed` layers them)."""
+        p = Parser(prog=self.prog, description=self.description)
+        p.add_argument(
+            "-c",
+            "--config",
+            action="append",
+            default=argparse.SUPPRESS,
+            metavar="YAML",
+            help="YAML file whose keys are option names, or a shipped preset's name (e.g. vtab/cifar; see "
+            "--list-presets); repeat to stack files (later ones win); the command line overrides them",
+        )
+        p.add_argument("--list-presets", action=ListPresets, help="list the shipped -c presets and exit")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+        for group in self.groups:
+            target = p.add_argument_group(group.title) if group.title else p
+            for d in group.options:
+                d.add_to(target)
+        return p
+
+    def format_help(self) -> str:
+        return self.parser.format_help()
+
+    def defaults(self) -> dict[str, Any]:
+        """Every option's declared default (a fresh copy of list defaults)."""
+        return {k: list(d.default) if isinstance(d.default, list) else d.default for k, d in self.options.items()}
+
+    def with_kind(self, kind: str) -> set[str]:
+        """The options whose resume rule is ``kind`` (:data:`~glora.app.declared.RESUME_KINDS`)."""
+        return {k for k, d in self.options.items() if d.resume == kind}
+
+    def parse(self, argv: Sequence[str] | None = None) -> Parsed:
+        """Parse ``argv`` (default: ``sys.argv[1:]``) and read its ``-c`` files, each once."""
+        given = vars(self.parser.parse_args(argv))
+        configs = [str(c) for c in given.pop("config", [])]
+        debug = bool(given.pop("debug", False))
+        files = [(c, self._read(c)) for c in configs]
+        return Parsed(self, typed=given, files=files, debug=debug)
+
+    def _read(self, path: str) -> dict[str, Any]:
+        """A ``-c`` file's options, each checked as the command line would check it."""
+        out = {}
+        for key, value in read_yaml(path).items():
+            dest = str(key).replace("-", "_")
+            declared = self.options.get(dest)
+            if declared is None or declared.positional:
+                allowed = ", ".join(sorted(d.flag[2:] for d in self.options.values() if not d.positional))
+                raise ConfigError(f"{path}: unknown key {key!r}; allowed keys: {allowed}")
+            out[dest] = coerce(declared, value, f"{path}: {key}")
+        return out
 
 
-def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)}
+@dataclass
+class Parsed:
+    """A parsed command line: the values it gives, layered over its ``-c`` files, over ``under`` (defaults from an
+    earlier run: ``--init-from``), over the declared defaults; and where each value came from."""
+
+    command: Command
+    typed: dict[str, Any]  # what the command line itself gave
+    files: list[tuple[str, dict[str, Any]]]  # each -c file and what it set, in order
+    debug: bool = False
+    under: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def configs(self) -> list[str]:
+        return [name for name, _ in self.files]
+
+    def values(self) -> dict[str, Any]:
+        out = self.command.defaults() | self.under
+        for _, values in self.files:
+            out |= values
+        return out | self.typed
+
+    @property
+    def args(self) -> argparse.Namespace:
+        """Every option's value (and ``config``, the -c files; ``debug``)."""
+        return argparse.Namespace(**self.values(), config=self.configs, debug=self.debug)
+
+    def get(self, dest: str) -> Any:
+        return self.values()[dest]
+
+    def explicit(self) -> set[str]:
+        """The options the command line or its ``-c`` files set (a default, or one taken from an earlier run, is
+        not)."""
+        return set(self.typed) | {d for _, values in self.files for d in values}
+
+    def layered_under(self, defaults: Mapping[str, Any]) -> Parsed:
+        """The same command line with ``defaults`` (names it does not declare left out) under its ``-c`` files."""
+        known = {k: v for k, v in defaults.items() if k in self.command.options}
+        return Parsed(self.command, self.typed, self.files, self.debug, known)
+
+    def set_by(self, dests: Iterable[str]) -> str:
+        """Where options came from when a ``-c`` file set them and the command line did not (`` (set by -c
+        protocols/recommended)``), else ``""``: an error about them says which file to look at."""
+        dests = [d for d in dests if d not in self.typed]
+        names = [name for name, values in self.files if any(d in values for d in dests)]
+        return f" (set by {', '.join('-c ' + n for n in dict.fromkeys(names))})" if names else ""
+
+
+def parse_args(command: Command, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The values of ``argv`` for ``command`` (defaults, ``-c`` files, command line), as a namespace."""
+    return command.parse(argv).args
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -144,37 +242,43 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return dict(data)
 
 
-def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
-    """Check a YAML value the way argparse would check it on the command line."""
-    if action.nargs == 0:  # store_true / store_false
+def coerce(option: Declared, value: Any, where: str) -> Any:
+    """Check a YAML value the way argparse checks it on the command line."""
+    kwargs = option.kwargs
+    if option.is_switch:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
-    from_yaml = getattr(action.type, "from_yaml", None)
+    convert = kwargs.get("type")
+    from_yaml = getattr(convert, "from_yaml", None)
     if from_yaml is not None and value is not None:
         return from_yaml(value, where)
+    nargs = kwargs.get("nargs")
     if value is None:
-        if action.default is None or action.nargs in ("*", "?"):
+        if option.default is None or nargs in ("*", "?"):
             return None
         raise ConfigError(f"{where}: a value is required")
-    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+    if nargs in ("+", "*") or isinstance(nargs, int):
         items = value if isinstance(value, list) else [value]
-        if action.nargs == "+" and not items:
+        if nargs == "+" and not items:
             raise ConfigError(f"{where}: expected at least one value")
-        return [_coerce_one(action, v, where) for v in items]
-    if isinstance(value, list) or (isinstance(value, dict) and action.type is not yaml_mapping):
+        if isinstance(nargs, int) and len(items) != nargs:
+            raise ConfigError(f"{where}: expected {nargs} values, got {value!r}")
+        return [_coerce_one(option, v, where) for v in items]
+    if isinstance(value, list) or (isinstance(value, dict) and convert is not yaml_mapping):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
-    return _coerce_one(action, value, where)
+    return _coerce_one(option, value, where)
 
 
-def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
-    if action.type is yaml_mapping and isinstance(value, dict):
+def _coerce_one(option: Declared, value: Any, where: str) -> Any:
+    convert, choices = option.kwargs.get("type"), option.kwargs.get("choices")
+    if convert is yaml_mapping and isinstance(value, dict):
         return yaml_mapping(yaml.safe_dump(value))
     if isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
-    if action.type is None:
+    if convert is None:
         word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
-        if word is not None and action.choices is not None and word in action.choices:
+        if word is not None and choices is not None and word in choices:
             value = word  # YAML 1.1 reads an unquoted off / on as a boolean: `amp: off` means the choice "off"
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -182,57 +286,10 @@ def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
     else:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         try:
-            out = action.type(text)
+            out = convert(text)
         except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
             raise ConfigError(f"{where}: {e}") from None
-    if action.choices is not None and out not in action.choices:
-        allowed = ", ".join(map(str, action.choices))
+    if choices is not None and out not in choices:
+        allowed = ", ".join(map(str, choices))
         raise ConfigError(f"{where}: {value!r} is not allowed; choose from {allowed}")
     return out
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` after applying the ``--config`` files as defaults."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    actions = _actions(parser)
-    defaults: dict[str, Any] = {}
-    for path in known.config:
-        for key, value in read_yaml(path).items():
-            dest = str(key).replace("-", "_")
-            if dest not in actions or dest == "debug":
-                allowed = ", ".join(sorted(a.replace("_", "-") for a in actions if a != "debug"))
-                raise ConfigError(f"{path}: unknown key {key!r}; allowed keys: {allowed}")
-            defaults[dest] = _coerce(actions[dest], value, f"{path}: {key}")
-    parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
-
-
-def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations the command line itself sets (config files and defaults excluded)."""
-    probe = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:
-        if action.dest in ("help", argparse.SUPPRESS):
-            continue
-        kwargs: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
-        if action.nargs == 0:
-            kwargs["action"] = "store_const"
-            kwargs["const"] = action.const
-        else:
-            kwargs["nargs"] = action.nargs
-            if isinstance(action, argparse._AppendAction):
-                kwargs["action"] = "append"
-        probe.add_argument(*action.option_strings, **kwargs)
-    seen, _ = probe.parse_known_args(argv)
-    return set(vars(seen))
-
-
-def config_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations the ``-c`` files of this command line set (a resumed run compares them as it compares options
-    typed on the command line)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    actions = _actions(parser)
-    return {d for path in known.config for d in (str(k).replace("-", "_") for k in read_yaml(path)) if d in actions}

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ...declared import Group, declared, option
 from ...values import nonneg_int, optional, positive_int, probability
 from ..transforms import CROP_MODES
 
@@ -28,18 +29,10 @@ __all__ = [
     "TextFileOptions",
     "option_names",
     "declaring_class",
-    "add_option_groups",
+    "source_groups",
+    "option_owners",
     "options_from",
 ]
-
-
-def option(default: Any = None, help: str = "", **argparse_kwargs: Any) -> Any:
-    """A dataclass field that is also a command-line option (``help``, ``type``, ``choices``, ``nargs`` ... as
-    argparse takes them). A list default is copied per instance."""
-    meta = {"help": help, **argparse_kwargs}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -135,29 +128,32 @@ def options_from(options: type, values: Mapping[str, Any], *, what: str) -> Any:
     return options(**values)
 
 
-def add_option_groups(
-    parser: argparse.ArgumentParser, sources: Iterable[tuple[str, type]]
-) -> dict[str, tuple[str, ...]]:
-    """One argparse group per options class that declares fields (a shared part or a source's own), each option
-    added once. ``sources``: (dataset name, options class) in listing order. Returns each option's owners (the
-    datasets that use it)."""
+def source_groups(sources: Iterable[tuple[str, type]]) -> list[Group]:
+    """One option group per options class that declares fields (a shared part or a source's own), each option once,
+    titled with the datasets that use it. ``sources``: (dataset name, options class) in listing order."""
     sources = list(sources)
     order = [name for name, _ in sources]
-    owners: dict[str, list[str]] = {}
-    declared: dict[type, list[dataclasses.Field]] = {}
-    for name, options in sources:
+    owners = option_owners(sources)
+    declared_by: dict[type, list[str]] = {}
+    for _, options in sources:
         for f in dataclasses.fields(options):
-            owners.setdefault(f.name, []).append(name)
-            fields = declared.setdefault(declaring_class(options, f.name), [])
-            if all(g.name != f.name for g in fields):
-                fields.append(f)
-    for cls, fields in declared.items():
-        users = sorted({u for f in fields for u in owners[f.name]}, key=order.index)
+            names = declared_by.setdefault(declaring_class(options, f.name), [])
+            if f.name not in names:
+                names.append(f.name)
+    groups = []
+    for cls, names in declared_by.items():
+        users = sorted({u for n in names for u in owners[n]}, key=order.index)
         first = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
         word = first.split()[0]
         title = first if any(c.isupper() for c in word[1:]) else first[0].lower() + first[1:]  # ImageFolder stays
-        group = parser.add_argument_group(f"{title} (--dataset {', '.join(users)})")
-        for f in fields:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            group.add_argument("--" + f.name.replace("_", "-"), default=default, **dict(f.metadata))
+        groups.append(Group(f"{title} (--dataset {', '.join(users)})", declared(cls, only=names)))
+    return groups
+
+
+def option_owners(sources: Iterable[tuple[str, type]]) -> dict[str, tuple[str, ...]]:
+    """Each option's owners: the datasets whose options class has it."""
+    owners: dict[str, list[str]] = {}
+    for name, options in sources:
+        for f in dataclasses.fields(options):
+            owners.setdefault(f.name, []).append(name)
     return {k: tuple(v) for k, v in owners.items()}
