@@ -16,20 +16,12 @@ from torch import nn
 from .formula import uni_bias, uni_weight
 from .gift import GiftBank
 from .inject import glora_layers
-from .layer import GLoRALinear, code_layout, encode_choice, masked_terms, set_codes
+from .layer import GLoRALinear
+from .paths.static import code_layout, encode_choice, masked_terms
 from .space import Kind, LayerChoice
 from .subnet import parse_subnet
 
-__all__ = ["fold", "fold_layer", "folded", "merged_layers"]
-
-
-def fold_layer(layer: GLoRALinear, choice: LayerChoice | None = None) -> nn.Linear:
-    """A plain linear layer (of the wrapped layer's class) computing ``layer`` under ``choice``.
-
-    A bias is created when the wrapped layer had none but C or E produce one.
-    """
-    with torch.no_grad():
-        return _plain(layer, *layer.merged(choice))
+__all__ = ["fold", "folded", "merged_layers"]
 
 
 def _plain(layer: GLoRALinear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -141,7 +133,7 @@ def folded(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Iterato
     parsed = parse_subnet(model, subnet)
     layers = glora_layers(model)
     previous = [layer.choice for layer in layers.values()]
-    set_codes(list(layers.values()), [parsed[name] for name in layers])
+    GLoRALinear.set_choices(list(layers.values()), [parsed[name] for name in layers])
     for layer in layers.values():
         layer.merge()
     try:
@@ -150,4 +142,4 @@ def folded(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Iterato
         for layer in layers.values():
             layer.unmerge()
         if all(c is not None for c in previous):
-            set_codes(list(layers.values()), previous)
+            GLoRALinear.set_choices(list(layers.values()), previous)

@@ -239,7 +239,7 @@ def _freeze_backbone(model: nn.Module, bank: GiftBank | None, heads: list[str]) 
 def set_execution(
     model: nn.Module, *, path: str | None = None, forms: str | None = None, scale_guard: float | None = None
 ) -> Execution:
-    """Change how ``model``'s GLoRA layers run (see :class:`glora.layer.Execution`); returns the new setting.
+    """Change how ``model``'s GLoRA layers run (see :class:`glora.paths.Execution`); returns the new setting.
 
     Example:
         >>> glora.set_execution(model, path="static")  # eager, but the graph torch.compile traces

@@ -9,8 +9,9 @@ small choice also trains the matching part of the large ones (weight entanglemen
 follow the paper's reference code (``Ad, Au, Bd, Bu, Cd, Cu, D, E``) so its checkpoints load as they are.
 
 The current choice is held twice: as a :class:`LayerChoice` (what the eager paths branch on) and as a small
-``code`` buffer of rank masks and kind gates (what the static path multiplies by). ``set_choice`` writes both, in
-place, so a compiled model computes every subnet with one graph and switching subnets never recompiles.
+``code`` buffer of rank masks and kind gates (what the static path, :mod:`glora.paths.static`, multiplies by).
+``set_choice`` writes both, in place, so a compiled model computes every subnet with one graph and switching
+subnets never recompiles.
 
 How the layer runs is a per-model setting (:class:`glora.paths.Execution`, changed with :func:`glora.set_execution`)
 naming a path from :mod:`glora.paths` (``auto``, ``manual``, ``static``, ``autograd``); a compiled model always runs the
@@ -21,7 +22,7 @@ static path. :meth:`GLoRALinear.merge` / :meth:`~GLoRALinear.unmerge` put a laye
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,18 +30,12 @@ from torch import nn
 from . import paths
 from .formula import Terms, choice_terms, uni_bias, uni_weight
 from .gift import GiftGenerator, gift_group
-from .paths import FORMS, Execution
-from .paths.static import static_forward
+from .paths import Execution
+from .paths.static import code_layout, encode_choice, encoded_values, static_forward
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
 __all__ = [
     "GLoRALinear",
-    "Execution",
-    "FORMS",
-    "masked_terms",
-    "set_codes",
-    "encode_choice",
-    "code_layout",
     "storage_shapes",
     "adaptable",
     "io_features",
@@ -81,40 +76,6 @@ def _linear_of_conv1d(conv: nn.Module) -> nn.Linear:
     return linear
 
 
-class _Code:
-    """Where each part of a choice sits in a layer's code vector: rank masks for lora A, gift A, lora B, lora C,
-    then one gate per vector/scalar kind. A mask is all zeros when its support is not of that kind."""
-
-    GATES = ("a_vector", "a_scalar", "b_vector", "b_scalar", "c_vector", "d_vector", "d_scalar", "e_vector", "e_scalar")
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.ranks = {
-            "a": space.max_rank("A"),
-            "gift": space.max_rank("A", Kind.GIFT),
-            "b": space.max_rank("B"),
-            "c": space.max_rank("C"),
-        }
-        self.slices: dict[str, slice] = {}
-        at = 0
-        for name, r in self.ranks.items():
-            self.slices[name] = slice(at, at + r)
-            at += r
-        self.gate = {g: at + i for i, g in enumerate(self.GATES)}
-        self.size = at + len(self.GATES)
-        # Whether A / B have a row term (a vector or scalar choice) at all.
-        self.rows = {s: space.offers(s, Kind.VECTOR, Kind.SCALAR) for s in ("A", "B")}
-
-    def encode(self, choice: LayerChoice) -> list[float]:
-        code = [0.0] * self.size
-        for support, c in zip(SUPPORTS, choice):
-            if c.kind.ranked:
-                mask = self.slices["gift" if c.kind is Kind.GIFT else support.lower()]
-                code[mask.start : mask.start + c.rank] = [1.0] * c.rank
-            elif c.kind is not Kind.NONE:
-                code[self.gate[f"{support.lower()}_{c.kind.value}"]] = 1.0
-        return code
-
-
 _SUPPORT_TENSORS = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
 
 
@@ -148,23 +109,6 @@ def _unused_names(choice: LayerChoice, has_bias: bool, present: tuple[bool, ...]
             continue
         used |= {s} if s in "DE" else ({f"{s}d", f"{s}u"} if c.kind is Kind.LORA else {f"{s}d"})
     return tuple(n for n, here in zip(_SUPPORT_TENSORS, present) if here and n not in used)
-
-
-@functools.lru_cache(maxsize=64)
-def code_layout(space: SearchSpace) -> _Code:
-    """Where each part of a choice sits in the code vectors of ``space``'s layers."""
-    return _Code(space)
-
-
-def encode_choice(space: SearchSpace, choice: LayerChoice) -> torch.Tensor:
-    """The code vector of ``choice`` (rank masks and kind gates) that the static path multiplies by (CPU float64)."""
-    return torch.tensor(_encoded_values(space, choice), dtype=torch.float64)
-
-
-@functools.lru_cache(maxsize=4096)
-def _encoded_values(space: SearchSpace, choice: LayerChoice) -> tuple[float, ...]:
-    """The code of ``choice`` as plain numbers (cached: supernet training draws from a finite set every step)."""
-    return tuple(code_layout(space).encode(choice))
 
 
 class GLoRALinear(nn.Module):
@@ -321,7 +265,7 @@ class GLoRALinear(nn.Module):
             groups.setdefault((codes[i].device, codes[i].dtype, codes[i].numel()), []).append(i)
         with torch.no_grad():
             for (device, dtype, _), idx in groups.items():
-                values = [v for i in idx for v in _encoded_values(layers[i].space, choices[i])]
+                values = [v for i in idx for v in encoded_values(layers[i].space, choices[i])]
                 staged = torch.tensor(values, dtype=dtype).view(len(idx), -1).to(device, non_blocking=True)
                 torch._foreach_copy_([codes[i] for i in idx], list(staged.unbind(0)))
 
@@ -342,14 +286,9 @@ class GLoRALinear(nn.Module):
         """The supports ``choice`` uses: slices of the entangled storages, ``None`` for the rest."""
         return choice_terms(self.storages(), choice)
 
-    def static_terms(self, code: torch.Tensor | None = None) -> Terms:
-        """Every support the space offers, masked by ``code`` (default: the layer's own, i.e. the current choice):
-        the choice's terms, with zeros (not slices) where it uses less, so the same operations run for every
-        choice."""
-        return masked_terms(self.storages(), self.code if code is None else code, self._layout)
-
     def storages(self) -> dict[str, torch.Tensor | None]:
-        """The support tensors by name (GIFT's ``phi`` / ``psi`` included), as :func:`masked_terms` takes them."""
+        """The support tensors by name (GIFT's ``phi`` / ``psi`` included), as the static path's
+        :func:`~glora.paths.static.masked_terms` takes them."""
         gift = self.gift
         return {
             "Ad": self.Ad,
@@ -429,51 +368,6 @@ class GLoRALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, choice: {choice}"
         )
-
-
-def masked_terms(p: Mapping[str, torch.Tensor | None], code: torch.Tensor, lay: _Code) -> Terms:
-    """The static path's terms: every support the space offers, each masked by the choice ``code`` encodes
-    (``lay``: the space's code layout, ``code_layout(space)``).
-
-    ``p`` holds a layer's support tensors by name (``Ad``, ``Au``, ..., ``phi``, ``psi``), or same-shape layers'
-    tensors stacked along a leading dimension with ``code`` stacked the same way (how folding batches layers).
-    """
-    r, s = lay.ranks, lay.slices
-
-    def mask(name: str) -> torch.Tensor:  # a rank mask, broadcast over a factor's rows
-        return code[..., s[name]].unsqueeze(-2)
-
-    def gate(name: str, trailing: int) -> torch.Tensor:  # a kind gate, broadcast over ``trailing`` dimensions
-        g = code[..., lay.gate[name]]
-        return g.reshape(g.shape + (1,) * trailing)
-
-    t: dict[str, torch.Tensor] = {}
-    Ad, Bd, Cd = p["Ad"], p["Bd"], p["Cd"]
-    if r["a"]:
-        t["a_down"], t["a_up"] = Ad[..., : r["a"]] * mask("a"), p["Au"]
-    if lay.rows["A"]:
-        t["a_row"] = Ad[..., :1] * gate("a_vector", 2) + Ad[..., :1, :1] * gate("a_scalar", 2)
-    if r["gift"]:
-        t["gift_phi"], t["gift_psi"] = p["phi"] * mask("gift"), p["psi"]
-    if r["b"]:
-        t["b_down"], t["b_up"] = Bd[..., : r["b"]] * mask("b"), p["Bu"]
-    if lay.rows["B"]:
-        t["b_row"] = Bd[..., :1] * gate("b_vector", 2) + Bd[..., :1, :1] * gate("b_scalar", 2)
-    if Cd is not None:
-        c = Cd[..., 0] * gate("c_vector", 1)
-        if r["c"]:
-            c = c + ((Cd[..., : r["c"]] * mask("c")) @ p["Cu"]).squeeze(-1)
-        t["c"] = c
-    for name in ("D", "E"):
-        if p[name] is not None:
-            v = p[name]
-            t[name.lower()] = v * gate(f"{name.lower()}_vector", 1) + v[..., :1] * gate(f"{name.lower()}_scalar", 1)
-    return Terms(**t)
-
-
-def set_codes(layers: Sequence[GLoRALinear], choices: Sequence[LayerChoice]) -> None:
-    """Write many layers' choices at once (:meth:`GLoRALinear.set_choices`)."""
-    GLoRALinear.set_choices(layers, choices)
 
 
 _FOLDED = paths.path_class("folded")(Execution())

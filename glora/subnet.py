@@ -19,7 +19,7 @@ from ._io import atomic_write_text
 from ._text import first_of
 from .gift import generators_params, gift_params, layer_type
 from .inject import require_layers
-from .layer import GLoRALinear, set_codes
+from .layer import GLoRALinear
 from .space import SUPPORTS, Kind, LayerChoice, SearchSpace
 
 __all__ = [
@@ -97,7 +97,7 @@ def set_subnet(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> Non
     """Make every GLoRA layer of ``model`` compute its choice in ``subnet`` (validated first)."""
     layers = require_layers(model)
     parsed = _parse(layers, subnet)
-    set_codes(list(layers.values()), [parsed[name] for name in layers])
+    GLoRALinear.set_choices(list(layers.values()), [parsed[name] for name in layers])
 
 
 def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:

@@ -14,7 +14,7 @@ from torch import nn
 import glora
 import glora.paths.autograd
 import glora.paths.manual
-from glora.layer import Execution
+from glora.paths import Execution
 from glora.space import LayerChoice
 
 OUT, IN = LAYER_OUT, LAYER_IN

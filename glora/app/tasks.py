@@ -30,12 +30,24 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TASK_KINDS", "METRICS", "Metric", "Task", "IGNORE_INDEX", "result_key", "lm_targets", "Targets"]
+__all__ = [
+    "TASK_KINDS",
+    "METRICS",
+    "Metric",
+    "Task",
+    "Classification",
+    "Regression",
+    "CausalLM",
+    "IGNORE_INDEX",
+    "result_key",
+    "lm_targets",
+    "Targets",
+]
 
 TASK_KINDS = ("classification", "regression", "causal-lm")
 IGNORE_INDEX = -100  # a label the causal-LM loss skips (prompt and padding tokens), as transformers marks them
@@ -89,42 +101,53 @@ def result_key(metric: str) -> str:
     return "acc" if metric == "accuracy" else metric
 
 
-_DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "causal-lm": "loss"}
-
-
 @dataclass(frozen=True)
 class Task:
-    """The task of a run (stored in its checkpoints): kind, number of classes and the selection metric."""
+    """The task of a run (stored in its checkpoints): kind, selection metric and number of classes.
+
+    ``Task(kind, metric, num_classes)`` gives the kind's own class (:class:`Classification`, :class:`Regression`,
+    :class:`CausalLM`), which owns its loss, per-row statistics, metrics and defaults; nothing outside this module
+    branches on the kind's name.
+    """
 
     kind: str = "classification"
     metric: str | None = None  # None: the kind's default (accuracy, pearson, loss)
     num_classes: int | None = None
 
+    KIND: ClassVar[str] = ""  # the kind a subclass is
+    default_metric: ClassVar[str] = ""
+    # Whether a student can learn this task from a teacher's outputs (in-place distillation, --teacher-weight).
+    distills: ClassVar[bool] = True
+    # Rows per evaluation batch when the command is not told (a causal LM's logits span the vocabulary per token).
+    eval_batch_size: ClassVar[int] = 256
+
+    def __new__(cls, kind: str = "classification", *args: Any, **kwargs: Any) -> Task:
+        if cls is Task:
+            if kind not in _KINDS:
+                raise ValueError(f"task kind must be one of {', '.join(TASK_KINDS)}; got {kind!r}")
+            cls = _KINDS[kind]
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"task kind must be one of {', '.join(TASK_KINDS)}; got {self.kind!r}")
+        if _KINDS.get(self.kind) is not type(self):
+            raise ValueError(f"a {type(self).__name__} task has kind {type(self).KIND!r}, not {self.kind!r}")
         if self.metric is not None and self.metric not in self.metric_names:
             raise ValueError(
                 f"metric {self.metric!r} does not apply to {self._what()}; use one of {', '.join(self.metric_names)}"
             )
 
     def _what(self) -> str:
-        if self.kind == "classification" and self.num_classes:
-            return f"{self.kind} with {self.num_classes} classes"
         return self.kind
 
     @property
     def selection(self) -> str:
         """The metric that ranks runs and subnets."""
-        return self.metric or _DEFAULT_METRIC[self.kind]
+        return self.metric or self.default_metric
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """Every metric an evaluation of this task reports (f1 only for two classes)."""
-        names = [m.name for m in METRICS.values() if self.kind in m.kinds]
-        if self.kind == "classification" and self.num_classes != 2:
-            names.remove("f1")
-        return tuple(names)
+        """Every metric an evaluation of this task reports."""
+        return tuple(m.name for m in METRICS.values() if self.kind in m.kinds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,101 +155,44 @@ class Task:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Task:
         """The stored task; checkpoints written before tasks existed are classification by accuracy."""
-        return cls(**dict(data)) if data else cls()
+        return Task(**dict(data)) if data else Task()
 
     def check_split(self, targets: Targets, what: str) -> None:
         """Refuse, before any work, a split (its targets) the selection metric cannot be computed on."""
-        group = _fields(targets).get("choice_group")
-        if self.selection == "mc_accuracy" and (group is None or not bool((group >= 0).any())):
-            raise ValueError(
-                f"metric mc_accuracy needs multiple-choice rows (options and an answer) in the split; the {what} "
-                "split has none (use --metric loss, or give rows with options)"
-            )
+
+    def validation_batch_size(self, train_batch_size: int) -> int:
+        """Rows per batch when training validates: at least :attr:`eval_batch_size` (inference holds no gradients)."""
+        return max(train_batch_size, self.eval_batch_size)
 
     # ------------------------------------------------------------------ training
     def loss(self, out: torch.Tensor, targets: Targets, smoothing: float = 0.0) -> torch.Tensor:
         """The loss summed over the batch's rows (the trainer divides by the global batch size)."""
-        out, y = out.float(), _fields(targets)["labels"]
-        if self.kind == "classification":
-            return F.cross_entropy(out, y, label_smoothing=smoothing, reduction="sum")
-        if self.kind == "regression":
-            return F.mse_loss(out.reshape(-1), y.float(), reduction="sum")
-        nll, count, _ = self._token_stats(out, y, need_hits=False)
-        return (nll / count.clamp(min=1)).sum()
+        raise NotImplementedError
 
     def distill_loss(self, out: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """In-place distillation, summed over the batch's rows: cross-entropy to the teacher's class probabilities
-        (classification) or squared distance to its outputs (regression). The teacher's outputs are constants."""
-        out, teacher = out.float(), teacher.detach().float()
-        if self.kind == "classification":
-            return -(teacher.softmax(-1) * out.log_softmax(-1)).sum()
-        if self.kind == "regression":
-            return F.mse_loss(out.reshape(-1), teacher.reshape(-1), reduction="sum")
-        raise ValueError("in-place distillation (--distill) is for classification and regression, not a causal LM")
+        """Learning a teacher's outputs (in-place distillation), summed over the batch's rows; the teacher's outputs
+        are constants."""
+        raise ValueError(f"in-place distillation (--distill) is for classification and regression, not {self.kind}")
 
     # ------------------------------------------------------------------ evaluation
     def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
-        """Per-row statistics of one batch, enough for every metric: (prediction, label) for classification and
-        regression (classification adds each row's cross-entropy); (summed NLL, response tokens, hits, group,
-        correct) per sequence for a causal LM."""
-        fields = _fields(targets)
-        out, y = out.float(), fields["labels"]
-        if self.kind == "classification":
-            return out.argmax(-1), y, F.cross_entropy(out, y, reduction="none")
-        if self.kind == "regression":
-            return out.reshape(-1), y.float()
-        n = len(y)
-        group = fields.get("choice_group", torch.full((n,), -1, dtype=torch.long, device=y.device))
-        correct = fields.get("choice_correct", torch.ones(n, dtype=torch.long, device=y.device))
-        return (*self._token_stats(out, y, need_hits=True), group, correct)
+        """Per-row statistics of one batch, enough for every metric (:meth:`compute` turns a split's into metrics)."""
+        raise NotImplementedError
 
-    @staticmethod
-    def _token_stats(
-        logits: torch.Tensor, labels: torch.Tensor, need_hits: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Next-token NLL summed per row, the number of scored tokens per row, and greedy hits per row. Logits may
-        be shorter than the labels: the labels are cut to match."""
-        n = logits.shape[1]
-        target = labels[:, 1:n]
-        pred = logits[:, : n - 1]
-        keep = target != IGNORE_INDEX
-        nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
-        hits = (pred.argmax(-1) == target) & keep if need_hits else keep[:, :0]
-        return nll.sum(1), keep.sum(1), hits.sum(1)
+    def empty_stats(self) -> tuple[torch.Tensor, ...]:
+        """:meth:`stats` of no row: the same columns, of the same types (a data-parallel rank with no validation
+        rows gathers these with the others' rows)."""
+        raise NotImplementedError
 
     def compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
         """Every metric of the task from a split's concatenated :meth:`stats` (empty split: NaN)."""
         stats = [s.detach().to("cpu") for s in stats]
         if len(stats[0]) == 0:
             return {name: math.nan for name in self.metric_names}
-        if self.kind == "classification":
-            pred, label = stats[0].long(), stats[1].long()
-            out = {"accuracy": (pred == label).double().mean().item(), "matthews": _matthews(pred, label)}
-            if "f1" in self.metric_names:
-                out["f1"] = _f1(pred, label)
-            out["loss"] = stats[2].double().mean().item()
-            return out
-        if self.kind == "regression":
-            pred, label = stats[0].double(), stats[1].double()
-            out = {
-                "pearson": _pearson(pred, label),
-                "spearman": _pearson(_ranks(pred), _ranks(label)),
-                "mse": ((pred - label) ** 2).mean().item(),
-            }
-            out["loss"] = out["mse"]
-            return out
-        nll, count, hits, group, correct = stats
-        right = correct == 1  # plain sequences, and the correct option of a multiple-choice row
-        total, tokens = nll[right].double().sum().item(), count[right].sum().item()
-        loss = total / tokens if tokens else math.nan
-        out = {
-            "loss": loss,
-            "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
-            "token_accuracy": hits[right].sum().item() / tokens if tokens else math.nan,
-        }
-        if (group >= 0).any():
-            out["mc_accuracy"] = _choice_accuracy(nll.double(), group, correct)
-        return out
+        return self._compute(stats)
+
+    def _compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
 
     def score(self, metrics: Mapping[str, float]) -> float:
         """The selection metric as a number to maximise."""
@@ -243,6 +209,149 @@ class Task:
         names = [self.selection] * (self.selection in metrics)
         names += [n for n in self.metric_names if n != self.selection and n in metrics]
         return ", ".join(f"{n} {metrics[n]:.4f}" for n in names)
+
+
+@dataclass(frozen=True)
+class Classification(Task):
+    """Classes (images, text): cross-entropy (label smoothing optional); accuracy, Matthews, F1 (two classes) and
+    the mean cross-entropy. Statistics per row: (prediction, label, cross-entropy)."""
+
+    kind: str = "classification"
+    KIND: ClassVar[str] = "classification"
+    default_metric: ClassVar[str] = "accuracy"
+
+    def _what(self) -> str:
+        return f"{self.kind} with {self.num_classes} classes" if self.num_classes else self.kind
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """f1 only for two classes."""
+        return tuple(n for n in super().metric_names if n != "f1" or self.num_classes == 2)
+
+    def loss(self, out: torch.Tensor, targets: Targets, smoothing: float = 0.0) -> torch.Tensor:
+        return F.cross_entropy(out.float(), _fields(targets)["labels"], label_smoothing=smoothing, reduction="sum")
+
+    def distill_loss(self, out: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy to the teacher's class probabilities."""
+        return -(teacher.detach().float().softmax(-1) * out.float().log_softmax(-1)).sum()
+
+    def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
+        out, y = out.float(), _fields(targets)["labels"]
+        return out.argmax(-1), y, F.cross_entropy(out, y, reduction="none")
+
+    def empty_stats(self) -> tuple[torch.Tensor, ...]:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+
+    def _compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
+        pred, label = stats[0].long(), stats[1].long()
+        out = {"accuracy": (pred == label).double().mean().item(), "matthews": _matthews(pred, label)}
+        if "f1" in self.metric_names:
+            out["f1"] = _f1(pred, label)
+        out["loss"] = stats[2].double().mean().item()
+        return out
+
+
+@dataclass(frozen=True)
+class Regression(Task):
+    """One output per row (STS-B): mean squared error; Pearson, Spearman, MSE (and ``loss``, the same number).
+    Statistics per row: (prediction, label)."""
+
+    kind: str = "regression"
+    KIND: ClassVar[str] = "regression"
+    default_metric: ClassVar[str] = "pearson"
+
+    def loss(self, out: torch.Tensor, targets: Targets, smoothing: float = 0.0) -> torch.Tensor:
+        return F.mse_loss(out.float().reshape(-1), _fields(targets)["labels"].float(), reduction="sum")
+
+    def distill_loss(self, out: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Squared distance to the teacher's outputs."""
+        return F.mse_loss(out.float().reshape(-1), teacher.detach().float().reshape(-1), reduction="sum")
+
+    def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
+        return out.float().reshape(-1), _fields(targets)["labels"].float()
+
+    def empty_stats(self) -> tuple[torch.Tensor, ...]:
+        return torch.zeros(0), torch.zeros(0)
+
+    def _compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
+        pred, label = stats[0].double(), stats[1].double()
+        out = {
+            "pearson": _pearson(pred, label),
+            "spearman": _pearson(_ranks(pred), _ranks(label)),
+            "mse": ((pred - label) ** 2).mean().item(),
+        }
+        out["loss"] = out["mse"]
+        return out
+
+
+@dataclass(frozen=True)
+class CausalLM(Task):
+    """Next-token cross-entropy on the tokens whose label is not ``-100`` (the response), averaged per sequence;
+    loss, perplexity, token accuracy and, with multiple-choice rows, mc_accuracy. Statistics per sequence: (summed
+    NLL, response tokens, greedy hits, choice group, correct)."""
+
+    kind: str = "causal-lm"
+    KIND: ClassVar[str] = "causal-lm"
+    default_metric: ClassVar[str] = "loss"
+    distills: ClassVar[bool] = False
+    eval_batch_size: ClassVar[int] = 8
+
+    def validation_batch_size(self, train_batch_size: int) -> int:
+        return train_batch_size  # logits over the vocabulary per token: no larger than a training batch
+
+    def check_split(self, targets: Targets, what: str) -> None:
+        group = _fields(targets).get("choice_group")
+        if self.selection == "mc_accuracy" and (group is None or not bool((group >= 0).any())):
+            raise ValueError(
+                f"metric mc_accuracy needs multiple-choice rows (options and an answer) in the split; the {what} "
+                "split has none (use --metric loss, or give rows with options)"
+            )
+
+    def loss(self, out: torch.Tensor, targets: Targets, smoothing: float = 0.0) -> torch.Tensor:
+        nll, count, _ = _token_stats(out.float(), _fields(targets)["labels"], need_hits=False)
+        return (nll / count.clamp(min=1)).sum()
+
+    def stats(self, out: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, ...]:
+        fields = _fields(targets)
+        y = fields["labels"]
+        n = len(y)
+        group = fields.get("choice_group", torch.full((n,), -1, dtype=torch.long, device=y.device))
+        correct = fields.get("choice_correct", torch.ones(n, dtype=torch.long, device=y.device))
+        return (*_token_stats(out.float(), y, need_hits=True), group, correct)
+
+    def empty_stats(self) -> tuple[torch.Tensor, ...]:
+        return torch.zeros(0), *(torch.zeros(0, dtype=torch.long) for _ in range(4))
+
+    def _compute(self, stats: Sequence[torch.Tensor]) -> dict[str, float]:
+        nll, count, hits, group, correct = stats
+        right = correct == 1  # plain sequences, and the correct option of a multiple-choice row
+        total, tokens = nll[right].double().sum().item(), count[right].sum().item()
+        loss = total / tokens if tokens else math.nan
+        out = {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
+            "token_accuracy": hits[right].sum().item() / tokens if tokens else math.nan,
+        }
+        if (group >= 0).any():
+            out["mc_accuracy"] = _choice_accuracy(nll.double(), group, correct)
+        return out
+
+
+_KINDS: dict[str, type[Task]] = {cls.KIND: cls for cls in (Classification, Regression, CausalLM)}
+
+
+def _token_stats(
+    logits: torch.Tensor, labels: torch.Tensor, need_hits: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token NLL summed per row, the number of scored tokens per row, and greedy hits per row. Logits may be
+    shorter than the labels: the labels are cut to match."""
+    n = logits.shape[1]
+    target = labels[:, 1:n]
+    pred = logits[:, : n - 1]
+    keep = target != IGNORE_INDEX
+    nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+    hits = (pred.argmax(-1) == target) & keep if need_hits else keep[:, :0]
+    return nll.sum(1), keep.sum(1), hits.sum(1)
 
 
 def _choice_accuracy(nll: torch.Tensor, group: torch.Tensor, correct: torch.Tensor) -> float:

@@ -200,12 +200,12 @@ class Trainer:
         self.sharded = is_sharded(model)  # FSDP2: gradients reduce-scattered by the model, state gathered to save
         self.supernet = self.adapted and subnet is None
         self.sampling = sampling or Sampling()
-        if self.sampling.distill and self.supernet and self.task.kind == "causal-lm":
+        if self.sampling.distill and self.supernet and not self.task.distills:
             raise ValueError(
                 "--distill is for classification and regression; a causal LM trains on its labels: add --no-distill"
             )
         self.sampler = SubnetSampler(model, self.sampling) if self.supernet else None
-        if teacher is not None and (self.supernet or self.task.kind == "causal-lm"):
+        if teacher is not None and (self.supernet or not self.task.distills):
             raise ValueError("a teacher trains one fixed subnet of a classification or regression task")
         if not 0 <= teacher_weight <= 1:
             raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
@@ -232,7 +232,8 @@ class Trainer:
         self.batch = 0  # batches done in the current epoch (non-zero only after an interruption)
         self.partial = {"loss": 0.0, "count": 0, "seconds": 0.0}  # the current epoch's running totals
         self.log: list[dict[str, Any]] = []
-        self._stop = False
+        self._stop = False  # this process was asked to stop (Ctrl-C, SIGTERM)
+        self._stop_agreed = False  # some rank was: read with a step's loss (torchrun), so every rank stops together
         self._first_step = True
         self._set_lr()
 
@@ -343,6 +344,10 @@ class Trainer:
                     "" if metrics is None else f"  val{' (random subnet)' * self.supernet} {task.describe(metrics)}",
                     record["seconds"],
                 )
+                if self._stop_agreed and self.epoch < stop_at:  # asked during the epoch's last step (torchrun)
+                    if on_interrupt:
+                        on_interrupt()
+                    raise KeyboardInterrupt
 
     def _signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C / SIGTERM request a stop at the next step boundary; a second one aborts at once."""
@@ -375,17 +380,24 @@ class Trainer:
         )
         # A step's loss is read on the host one step later, once the device has moved on: reading it at once would
         # make the host wait for every step to finish before it can queue the next (a GPU would idle meanwhile).
+        # Under torchrun the stop flag travels with the loss in the same all-reduce, read as late, so no step
+        # waits for the others to agree: every rank sees the same flag at the same step and stops there.
         pending: tuple[torch.Tensor, int, int] | None = None
+
+        def interrupt() -> None:
+            nonlocal total
+            if pending is not None:
+                total += self._read_loss(*pending, bar)
+            self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
+            if on_interrupt:
+                on_interrupt()
+            raise KeyboardInterrupt
+
         for batch, (global_n, weight) in bar:
             started = time.time()
             loss = self._step(batch, global_n, weight)
             if loss is None:  # a stop request ended the step between its subnets: nothing of it was applied
-                if pending is not None:
-                    total += self._read_loss(*pending, bar)
-                self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
-                if on_interrupt:
-                    on_interrupt()
-                raise KeyboardInterrupt
+                interrupt()
             if self._first_step and self.forward is not self.model:
                 _logger.info("first step with the compiled model (compilation included): %.1fs", time.time() - started)
             self._first_step = False
@@ -394,19 +406,17 @@ class Trainer:
             pending = (loss, global_n, self.step)
             count += global_n
             self.batch += 1
-            if self._stop_requested():
-                total += self._read_loss(*pending, bar)
-                self.partial = {"loss": total, "count": count, "seconds": time.time() - start}
-                if on_interrupt:
-                    on_interrupt()
-                raise KeyboardInterrupt
+            if self._stop_agreed if self.dist.enabled else self._stop:
+                interrupt()
         if pending is not None:
             total += self._read_loss(*pending, bar)
         return total / max(count, 1)
 
-    def _read_loss(self, loss: torch.Tensor, global_n: int, step: int, bar) -> float:
-        """A step's summed loss on the host; a non-finite one stops training (before anything is saved)."""
-        value = float(loss)
+    def _read_loss(self, packed: torch.Tensor, global_n: int, step: int, bar) -> float:
+        """A step's summed loss on the host (and, under torchrun, whether any rank had been asked to stop: noted in
+        ``_stop_agreed``); a non-finite loss stops training (before anything is saved)."""
+        value, stop = packed.tolist()
+        self._stop_agreed = self._stop_agreed or stop > 0
         if not math.isfinite(value):
             at = f"epoch {self.epoch + 1}, step {step}"
             raise DivergenceError(f"loss became {value / global_n} at {at}; try a lower --lr or --clip-grad")
@@ -465,14 +475,15 @@ class Trainer:
             self._settle_unused(list(unused.values()))
         if not self.sharded:
             self.dist.all_reduce_grads(self.params)
-        loss = self.dist.sum_((total / len(subnets)).double())
+        stop = torch.tensor(float(self._stop), dtype=torch.float64).to(self.device, non_blocking=True)
+        packed = self.dist.sum_(torch.stack([(total / len(subnets)).double(), stop]))  # [loss, ranks asked to stop]
         if r.clip_grad:
             nn.utils.clip_grad_norm_(self.params, r.clip_grad)
         self.optimizer.step()
         self.step += 1
         if r.sched_on_updates:
             self.scheduler.step_update(self.step)
-        return loss
+        return packed
 
     def _settle_unused(self, unused: list[nn.Parameter]) -> None:
         """Give the supports this step's subnets did not use the gradient the recipe's semantics asks for."""
@@ -484,19 +495,13 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
-        if not self.dist.enabled:
-            return self._stop
-        return self.dist.sum([1.0 if self._stop else 0.0], self.device)[0] > 0
-
     def validate(self) -> dict[str, float]:
         """The task's validation metrics: a supernet's of one random subnet (drawn from the trainer's RNG), else the
         model's. Each rank evaluates its share; the per-row statistics are gathered, so metrics are the split's."""
         if self.supernet:
             set_subnet(self.model, self.sampler.random(self.rng))
         r = self.recipe
-        size = max(r.batch_size, 256) if self.task.kind != "causal-lm" else r.batch_size
+        size = self.task.validation_batch_size(r.batch_size)
         if self.sharded:  # every rank runs every batch (each forward is collective): its share of each
             loader, meta = make_loader(self.val_set, size, shuffle=False, workers=r.workers, shard=self.dist.shard)
             keep = [weight > 0 for _, weight in meta]

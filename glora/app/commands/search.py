@@ -125,7 +125,7 @@ class _SearchRun:
         stored = Task.from_dict(ckpt.get("task"))
         self.task = dataclasses.replace(stored, metric=args.metric) if args.metric else stored
         if args.batch_size is None:
-            args.batch_size = 8 if self.task.kind == "causal-lm" else 256
+            args.batch_size = self.task.eval_batch_size
         self.val = place(self.data.load_for("val", self.modality, args.progress), device, args.data_on_device)
         self.task.check_split(self.val.targets, "validation")
         self.val_loader = self._loader(self.val)

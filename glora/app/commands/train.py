@@ -248,8 +248,10 @@ class _SupernetRun:
         args = self.args
         if self.sharded:
             raise ValueError("--teacher-weight needs the whole model on each process; run it without --fsdp")
-        if self.task.kind == "causal-lm":
-            raise ValueError("--teacher-weight is for classification and regression; a causal LM trains on its labels")
+        if not self.task.distills:
+            raise ValueError(
+                f"--teacher-weight is for classification and regression; a {self.task.kind} task trains on its labels"
+            )
         if ckpt is not None:  # resuming: the student moved on; the teacher is the checkpoint it started from
             self._inherit(args.init_from)
         shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
