@@ -44,7 +44,7 @@ def toy_source(monkeypatch):
         def num_classes(self, spec):
             return 2
 
-        def load(self, spec, split, size, progress, crop_pct):
+        def load(self, spec, split, progress, *, size, crop_pct):
             start = {"train": 0, "val": 1, "test": 2}.get(split, 3)
             labels = torch.tensor([start % 2, 1, 0, 1])
             return ImageSet(labels=labels, num_classes=2, images=torch.zeros(4, *size, dtype=torch.uint8), size=size)

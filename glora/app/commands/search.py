@@ -101,7 +101,7 @@ class _SearchRun:
             raise ValueError(f"{args.supernet!r} is not the supernet this search started with")
         self.data = DataSpec.from_checkpoint(ckpt["data"], args.data_root)
         self.modality = modality_from_record(ckpt["input"])
-        if self.modality.name != "images" and args.eval_set:
+        if not self.modality.image_inputs and args.eval_set:
             raise ValueError(f"--eval-set takes image folders or lists; this supernet takes {self.modality.name}")
         self.data.preflight(("val",))  # the validation (and a given test) files, read before the supernet is rebuilt
         # Sharded, rank 0 rebuilds it on the host and each rank keeps its shards of it, on the device.

@@ -27,8 +27,6 @@ from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_su
 from ..backbone import (
     bias_free_rule,
     build_backbone,
-    check_sequence_length,
-    check_tokenizer,
     enable_checkpointing,
     fingerprint,
     resolve_bias_free,
@@ -36,7 +34,6 @@ from ..backbone import (
 from ..checkpoint import load_trainable, read_checkpoint, trainable_state, write_checkpoint
 from ..cli import run
 from ..data import DataSpec, modality_from_record
-from ..data.sources.text import load_tokenizer
 from ..data.spec import PATH_OPTIONS
 from ..distributed import Distributed, setup_distributed
 from ..evaluate import compile_model, resolve_device
@@ -127,16 +124,13 @@ class _SupernetRun:
         self.files = SupernetFolder(self.out)
         self.sharded = fsdp_wanted(args, dist)
         self.data = DataSpec.from_options(args)
-        if self.data.modality == "text":  # the model's own tokenizer by default (paths made absolute in main())
-            self.data = self.data.replace(tokenizer=self.data.tokenizer or str(args.model))
+        self.data = self.data.modality.with_model(self.data, str(args.model))  # text: the model's own tokenizer
         self.data.preflight()  # the train and val files (and a given test file), read before a model is built
         num_classes = self.data.num_classes()
         self.task = Task(self.data.task_kind(), args.metric, num_classes)
         self.spec = backbone_from_args(args, num_classes)
         self._build_model(device)
-        if self.data.modality == "text":
-            check_sequence_length(self.model, self.data.max_seq_length)
-            check_tokenizer(self.model, load_tokenizer(self.data.tokenizer))
+        self.modality.check_model(self.model, self.data)  # text: sequence length and tokenizer
         train, val = self._load_splits()
         compiled = None  # a sharded model runs eagerly
         if not self.sharded:

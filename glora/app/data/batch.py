@@ -63,6 +63,35 @@ class Modality:
 
     name: ClassVar[str] = ""
     unit: ClassVar[str] = "rows"  # plural; the singular is unit without its last letter
+    # The library whose models take these inputs: "timm" (images) or "transformers" (token sequences).
+    family: ClassVar[str] = ""
+    # Whether the image options apply (--mean, --std, augmentation, --eval-set folders of images).
+    image_inputs: ClassVar[bool] = False
+
+    @classmethod
+    def for_run(cls, spec: Any, model: Any = None, **overrides: Any) -> Modality:
+        """This modality for a run on ``spec``'s data with ``model`` (image statistics may be overridden)."""
+        raise NotImplementedError
+
+    @classmethod
+    def source_inputs(cls, spec: Any, input_size: Any = None) -> dict[str, Any]:
+        """What a source's ``load`` needs from the modality besides the split (images: size and evaluation crop)."""
+        return {}
+
+    @classmethod
+    def with_model(cls, spec: Any, model: str) -> Any:
+        """``spec`` completed with what its data take from the model named ``model`` (text: its tokenizer, unless
+        another was given)."""
+        return spec
+
+    def load(self, spec: Any, split: str, progress: bool | None = None, augment: Any = None) -> Any:
+        """Split ``split`` of ``spec``'s data as this modality takes it (``augment``: a training augmentation)."""
+        if augment is not None:
+            raise ValueError(f"--augment needs image files; dataset {spec.dataset} holds {self.name}")
+        return spec.load(split, progress=progress)
+
+    def check_model(self, model: Any, spec: Any) -> None:
+        """Refuse, before any row is read, a model that cannot take these inputs as ``spec`` gives them."""
 
     @property
     def unit_singular(self) -> str:
@@ -98,6 +127,24 @@ class ImageModality(Modality):
 
     name = "images"
     unit = "images"
+    family = "timm"
+    image_inputs = True
+
+    @classmethod
+    def for_run(cls, spec: Any, model: Any = None, **overrides: Any) -> ImageModality:
+        """The model's input configuration (size, mean, std), ``mean`` / ``std`` overriding it."""
+        from .transforms import input_config
+
+        return cls(input_config(model, overrides.get("mean"), overrides.get("std")))
+
+    @classmethod
+    def source_inputs(cls, spec: Any, input_size: Any = None) -> dict[str, Any]:
+        if input_size is None:
+            raise ValueError(f"dataset {spec.dataset}: loading images needs the model's input size")
+        return {"size": tuple(input_size), "crop_pct": spec.eval_crop_pct}
+
+    def load(self, spec: Any, split: str, progress: bool | None = None, augment: Any = None) -> Any:
+        return spec.load(split, self.input_size, progress, augment=augment, mean=self.mean, std=self.std)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         from .transforms import Normalizer
@@ -127,9 +174,26 @@ class TextModality(Modality):
 
     name = "text"
     unit = "sequences"
+    family = "transformers"
 
     def __init__(self, max_seq_length: int) -> None:
         self.max_seq_length = int(max_seq_length)
+
+    @classmethod
+    def for_run(cls, spec: Any, model: Any = None, **overrides: Any) -> TextModality:
+        return cls(spec.max_seq_length)
+
+    @classmethod
+    def with_model(cls, spec: Any, model: str) -> Any:
+        return spec.replace(tokenizer=spec.tokenizer or model)
+
+    def check_model(self, model: Any, spec: Any) -> None:
+        """The sequence length against the model's positions, the tokenizer against its embedding table."""
+        from ..backbone import check_sequence_length, check_tokenizer
+        from .sources.text import load_tokenizer
+
+        check_sequence_length(model, spec.max_seq_length)
+        check_tokenizer(model, load_tokenizer(spec.tokenizer))
 
     def record(self) -> dict[str, Any]:
         return {"modality": self.name, "max_seq_length": self.max_seq_length}

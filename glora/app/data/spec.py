@@ -11,12 +11,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .batch import ImageModality, Modality, TextModality
+from .batch import Modality
 from .images import ImageSet
 from .sequences import TextSet
 from .sources import Source, get_source, source_names
 from .sources.options import option_names, options_from
-from .transforms import EvalCrop, TrainAugment, input_config
+from .transforms import EvalCrop, TrainAugment
 
 __all__ = ["DataSpec", "PATH_OPTIONS"]
 
@@ -72,7 +72,7 @@ class DataSpec:
         return get_source(self.dataset)
 
     @property
-    def modality(self) -> str:
+    def modality(self) -> type[Modality]:
         """What the splits hold, ``images`` or ``text``: the source's, decided once."""
         return self.source.modality
 
@@ -81,9 +81,7 @@ class DataSpec:
     ) -> Modality:
         """The run's :class:`~glora.app.data.batch.Modality`: for images the ``model``'s input configuration (size,
         mean, std; ``mean`` / ``std`` override it), for text the sequence length."""
-        if self.modality == "text":
-            return TextModality(self.max_seq_length)
-        return ImageModality(input_config(model, mean, std))
+        return self.modality.for_run(self, model, mean=mean, std=std)
 
     @property
     def selects_on_test(self) -> bool:
@@ -180,11 +178,7 @@ class DataSpec:
     ) -> ImageSet | TextSet:
         """Load ``split`` as the run's :class:`Modality` takes it (images at its input size; ``augment``: image
         files transformed afresh every epoch, normalised with its mean / std)."""
-        if isinstance(inputs, ImageModality):
-            return self.load(split, inputs.input_size, progress, augment=augment, mean=inputs.mean, std=inputs.std)
-        if augment is not None:
-            raise ValueError(f"--augment needs image files; dataset {self.dataset} holds {inputs.name}")
-        return self.load(split, progress=progress)
+        return inputs.load(self, split, progress, augment)
 
     def load(
         self,
@@ -200,8 +194,7 @@ class DataSpec:
         None: on a terminal only). ``augment``: the split's image files are transformed afresh every epoch
         (normalised with ``mean`` / ``std`` there), never cached."""
         source = self.source
-        if source.modality == "images" and input_size is None:
-            raise ValueError(f"dataset {self.dataset}: loading images needs the model's input size")
+        inputs = source.modality.source_inputs(self, input_size)  # images: their size and evaluation crop
         if augment is not None:
             if not source.files:
                 readers = [n for n in source_names() if get_source(n).files]
@@ -209,5 +202,4 @@ class DataSpec:
                 raise ValueError(f"--augment needs image files ({allowed}); {self.dataset} images are not files")
             plain = self.replace(cache_images=False).load(split, input_size, progress)
             return dataclasses.replace(plain, augment=augment, mean=tuple(mean), std=tuple(std))
-        size = None if input_size is None else tuple(input_size)
-        return source.load(self, source.split_name(self, split), size, progress, self.eval_crop_pct)
+        return source.load(self, source.split_name(self, split), progress, **inputs)

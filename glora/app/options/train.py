@@ -382,13 +382,13 @@ def check_applicable(parsed: Parsed) -> None:
     source = get_source(args.dataset)
     own = set(option_names(source.Options))
     hf = is_transformers_model(str(args.model))
-    text = source.modality == "text"
-    if hf or text:
+    family = "transformers" if hf else "timm"
+    if hf or source.modality.family == "transformers":
         try:
             require_text_packages()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if hf != text:
+    if family != source.modality.family:
         raise ConfigError(
             f"--model {args.model!r} is a transformers model; it trains on --dataset text or instructions"
             if hf
@@ -408,8 +408,10 @@ def check_applicable(parsed: Parsed) -> None:
         kind, model_kind = ("timm", "a transformers") if hf else ("transformers", "a timm")
         raise ConfigError(f"{_flags(other)}: for {kind} models only; --model {args.model} is {model_kind} model")
     images = sorted(d for d in explicit if d in IMAGE_ONLY)
-    if images and source.modality != "images":
-        raise ConfigError(f"{_flags(images)}: for image data only; --dataset {args.dataset} holds {source.modality}")
+    if images and not source.modality.image_inputs:
+        raise ConfigError(
+            f"{_flags(images)}: for image data only; --dataset {args.dataset} holds {source.modality.name}"
+        )
     if "task_type" in explicit:
         wanted = source.task_type
         if args.task_type != wanted:
@@ -449,7 +451,7 @@ def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> Bac
     type the dataset trains (a sequence classifier or regressor for --dataset text, a causal LM for --dataset
     instructions)."""
     source = get_source(args.dataset)
-    if source.modality == "text":
+    if source.modality.family == "transformers":
         model = Path(args.model).expanduser()
         return BackboneSpec(  # a local folder as an absolute path: search and export may run from another folder
             model=str(model.resolve()) if model.is_dir() else args.model,

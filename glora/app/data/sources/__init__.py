@@ -9,18 +9,17 @@ the registry and change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from glora._registry import Registry
 
+from ..batch import ImageModality, Modality
 from .options import SplitOptions
 
 if TYPE_CHECKING:
     from ..images import ImageSet
     from ..sequences import TextSet
     from ..spec import DataSpec
-    from ..transforms import EvalCrop
 
 __all__ = ["Source", "register_source", "source_names", "get_source", "SplitOptions"]
 
@@ -41,9 +40,9 @@ class Source:
     order: ClassVar[int] = 100  # position in listings (help text, error messages); ties by name
     needs_root: ClassVar[bool] = True  # --data-root is required
     files: ClassVar[bool] = True  # splits are image files (so a training augmentation can read them afresh)
-    # What its splits hold (a glora.app.data.batch.MODALITIES name): "images" (ImageSet: uint8 pixel_values) or
-    # "text" (TextSet: the tokenizer's fields). Decided here, once; the run's Modality object follows from it.
-    modality: ClassVar[str] = "images"
+    # What its splits hold: ImageModality (ImageSet: uint8 pixel_values) or TextModality (TextSet: the tokenizer's
+    # fields). Decided here, once; the run's Modality object is this class's, and is asked, never named.
+    modality: ClassVar[type[Modality]] = ImageModality
     # The transformers task type its data train (text-classification, causal-lm); None: image data (timm).
     task_type: ClassVar[str | None] = None
     # Evaluation crop when --crop-pct is not given: None = squash-resize to the input size (VTAB-1k's pipeline),
@@ -73,15 +72,10 @@ class Source:
         """The file or part a split name refers to (two names with one key are the same images)."""
         return split
 
-    def load(
-        self,
-        spec: DataSpec,
-        split: str,
-        size: Sequence[int] | None,
-        progress: bool | None,
-        crop_pct: float | EvalCrop | None,
-    ) -> ImageSet | TextSet:
-        """The rows of split ``split`` (:meth:`split_name` of a role); images at input size ``size``."""
+    def load(self, spec: DataSpec, split: str, progress: bool | None, **inputs: Any) -> ImageSet | TextSet:
+        """The rows of split ``split`` (:meth:`split_name` of a role). ``inputs`` are what the modality gives
+        (:meth:`~glora.app.data.batch.Modality.source_inputs`): an image source takes ``size`` (the model's input
+        size) and ``crop_pct`` (the evaluation crop); a text source takes nothing more."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

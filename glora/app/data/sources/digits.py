@@ -66,7 +66,7 @@ class DigitsSource(Source):
     def num_classes(self, spec) -> int:
         return len(DIGITS_TRANSFER_CLASSES)
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, progress, *, size, crop_pct) -> ImageSet:
         if tuple(size) != (1, 8, 8):
             raise ValueError(f"the digits task has 1x8x8 images, but the model expects {'x'.join(map(str, size))}")
         return load_digits("transfer", split)

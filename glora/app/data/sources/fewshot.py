@@ -196,7 +196,7 @@ class FewshotSource(Source):
         base = task_folder(spec.data_root, spec.task)
         split_files(base, spec.task, split, spec.shot, spec.split_seed, self.num_classes(spec))
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, progress, *, size, crop_pct) -> ImageSet:
         return load_fewshot(
             spec.data_root, spec.task, split, size, shot=spec.shot, seed=spec.split_seed,
             num_classes=self.num_classes(spec), crop_pct=crop_pct, cache=spec.cache_images, progress=progress,

@@ -123,7 +123,7 @@ class FolderSource(Source):
         root = Path(spec.data_root).expanduser()
         return len(scan_folder(root / "train" if (root / "train").is_dir() else root)[0])
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, progress, *, size, crop_pct) -> ImageSet:
         return load_folder(
             spec.data_root, split, size, val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
             split_seed=spec.split_seed, cache=spec.cache_images, progress=progress, crop_pct=crop_pct,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ...tasks import IGNORE_INDEX
+from ..batch import TextModality
 from ..sequences import TextSet
 from . import Source, register_source
 from .options import TextFileOptions, option
@@ -201,7 +202,7 @@ class InstructionSource(Source):
     order = 5
     needs_root = False
     files = False
-    modality = "text"
+    modality = TextModality
     task_type = "causal-lm"
     Options = InstructionOptions
 
@@ -231,7 +232,7 @@ class InstructionSource(Source):
         tok = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
         render_rows(table, path, tok)
 
-    def load(self, spec, split, size, progress, crop_pct) -> TextSet:
+    def load(self, spec, split, progress) -> TextSet:
         path = self.split_key(spec, split)
         table = read_table(path)
         if len(table) == 0:

@@ -22,6 +22,7 @@ import torch
 from glora._text import first_line
 
 from ...hf_backbone import require_text_packages
+from ..batch import TextModality
 from ..sequences import TextSet
 from . import Source, register_source
 from .options import TextFileOptions, option
@@ -339,7 +340,7 @@ class TextSource(Source):
     order = 4
     needs_root = False
     files = False  # tokenized once, cached; no image augmentation
-    modality = "text"
+    modality = TextModality
     task_type = "text-classification"
     Options = TextOptions
 
@@ -380,7 +381,7 @@ class TextSource(Source):
         columns, labels, names = split_labels(path, vocab, spec.text_column, spec.label_column)
         return path, columns, labels, names, vocab is None
 
-    def load(self, spec, split, size, progress, crop_pct) -> TextSet:
+    def load(self, spec, split, progress) -> TextSet:
         path, columns, labels, names, regression = self._labels(spec, split)
         if not spec.tokenizer:
             raise ValueError("dataset text needs the model's tokenizer (--tokenizer, default: the --model)")

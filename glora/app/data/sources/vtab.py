@@ -122,7 +122,7 @@ class VtabSource(Source):
             raise FileNotFoundError(f"VTAB-1k task folder {str(base)!r} does not exist")
         read_list_file(_vtab_list(base, split), base, VTAB_TASKS[spec.task], spec.task)
 
-    def load(self, spec, split, size, progress, crop_pct) -> ImageSet:
+    def load(self, spec, split, progress, *, size, crop_pct) -> ImageSet:
         return load_vtab(
             spec.data_root, spec.task, split, size, cache=spec.cache_images, progress=progress, crop_pct=crop_pct
         )
