@@ -166,9 +166,9 @@ class GLoRALinear(nn.Module):
             else:
                 data = torch.zeros(shape, **like)
             self._param(n, data)
-        self._layout = code_layout(space)
+        self.layout = code_layout(space)  # where the code buffer holds each part of the choice
         self._present = tuple(self._parameters[n] is not None for n in _SUPPORT_TENSORS)
-        self.register_buffer("code", torch.zeros(self._layout.size, **like), persistent=False)
+        self.register_buffer("code", torch.zeros(self.layout.size, **like), persistent=False)
         self._choice: LayerChoice | None = None
         self._execution = execution or Execution()
         # The path object; a model's layers share one (glora.inject, glora.set_execution), a lone layer makes its own.

@@ -53,6 +53,25 @@ def pipeline(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def folder_pipeline(tmp_path_factory):
+    """A random-init backbone on an ImageFolder tree through train, search and export (the --no-pretrained path)."""
+    from helpers import TINY_SEARCH, commands, folder_train_args, image_folder
+
+    from glora.app.cli import run
+
+    main = commands()
+    root = tmp_path_factory.mktemp("rand")
+    data = image_folder(root / "imgs")
+    assert run(main["train"], folder_train_args(data, root / "supernet", "--epochs", "2")) == 0
+    sup = root / "supernet" / "last.pt"
+    assert run(main["search"], ["--supernet", str(sup), "--out", str(root / "search"), "--no-progress",
+                                *TINY_SEARCH]) == 0  # fmt: skip
+    sub = root / "search" / "subnet.yaml"
+    assert run(main["export"], ["--supernet", str(sup), "--subnet", str(sub), "--out", str(root / "export")]) == 0
+    return root
+
+
 # One shared run per modality beside the image one: tests that need finished text results read these (and write
 # into their own tmp_path); each is built the first time a test asks for it.
 @pytest.fixture(scope="session")

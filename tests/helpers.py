@@ -34,6 +34,40 @@ PRESETS = ROOT / "configs"  # the -c presets (a built wheel ships a copy as pack
 # Small searches for pipeline tests: (population, parents, mutations, crossovers, generations).
 SMALL_SEARCH = ["--population", "8", "--parents", "3", "--mutations", "3", "--crossovers", "3", "--generations", "3"]
 TINY_SEARCH = ["--population", "6", "--parents", "2", "--mutations", "2", "--crossovers", "2", "--generations", "2"]
+# --model-kwargs of a one-block ViT on 16x16 images (vit_tiny_patch16_224 shrunk): the commands' smallest timm model.
+TINY_VIT = "{img_size: 16, patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}"
+
+
+def tiny_vit_kwargs(**overrides) -> dict:
+    """:data:`TINY_VIT` as ``timm.create_model`` keywords."""
+    return dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2) | overrides
+
+
+# The fixed-method presets (configs/methods) as the one choice every adapted layer takes.
+METHOD_CHOICES = {
+    "lora": {"A": "none", "B": "lora_8", "C": "none", "D": "none", "E": "none"},
+    "ssf": {"A": "vector", "B": "none", "C": "none", "D": "vector", "E": "vector"},
+    "gift": {"A": "gift_16", "B": "none", "C": "none", "D": "none", "E": "none"},
+    "peft-glora": {"A": "lora_8", "B": "lora_8", "C": "lora_8", "D": "scalar", "E": "scalar"},
+}
+
+
+def independent_count(model, choice: dict[str, str]) -> int:
+    """The paper's count written out per kind (DESIGN.md), for a subnet using ``choice`` on every layer."""
+    total, gift_widths = 0, {}
+    for name, layer in glora.glora_layers(model).items():
+        n_in, n_out = layer.in_features, layer.out_features
+        for s, c in choice.items():
+            if c.startswith("lora_"):
+                r = int(c[5:])
+                total += r * (n_in + 1) if s == "C" else r * (n_out + n_in)
+            elif c == "vector":
+                total += n_in if s == "C" else n_out
+            elif c == "scalar":
+                total += 1
+            elif c.startswith("gift_"):
+                gift_widths[name.split(".")[-2:].__str__() + str(n_in)] = (n_in, int(c[5:]))
+    return total + sum(2 * r * n_in for n_in, r in gift_widths.values())
 
 
 class ToyMLP(nn.Module):
@@ -307,15 +341,17 @@ def commands() -> dict[str, Callable]:
             "report": report_main}  # fmt: skip
 
 
-def cli(command: str, argv: list, capsys) -> tuple[int, str]:
-    """Run a command as its console script would (one error line, exit code); (code, stderr)."""
+def cli(command: str, argv: list, capsys, stdout: bool = False) -> tuple[int, str]:
+    """Run a command as its console script would (one error line, exit code); (code, stderr), or with ``stdout``
+    (code, stderr + stdout)."""
     from glora.app.cli import run
 
     try:
         code = run(commands()[command], [str(a) for a in argv])
     except SystemExit as e:  # argparse's own errors
         code = e.code
-    return code, capsys.readouterr().err
+    out = capsys.readouterr()
+    return code, out.err + out.out if stdout else out.err
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -335,6 +371,42 @@ def image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 8) 
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             Image.new("RGB", (12, 12), (i * 25, 80 * k, 40)).save(root / c / f"{i}.png")
+    return root
+
+
+def solid_image(path: Path, color: tuple[int, int, int], size: int = 12) -> None:
+    """One PNG of a single color (its folders made)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+
+
+def folder_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """``glora-train`` of a random-init tiny ViT (:data:`TINY_VIT`) on an ImageFolder tree."""
+    return [
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY_VIT, "--dataset", "folder",
+        "--data-root", str(data), "--out", str(out), "--no-progress", "--batch-size", "8", *extra,
+    ]  # fmt: skip
+
+
+def fewshot_tree(root: Path, task: str = "toy_birds", classes: int = 3, shots=(1, 2), seeds=(0, 1)) -> Path:
+    """The reference's layout: images/ and annotations/ (train_meta.list.num_shot_N.seed_S, val / test_meta.list)."""
+    base = root / task
+    rows = []
+    for c in range(classes):
+        for i in range(6):
+            rel = f"class_{c}/img_{i}.png"
+            solid_image(base / "images" / rel, (40 * c + 20, 30 * i, 200 - 50 * c), size=20)
+            rows.append((rel, c))
+    ann = base / "annotations"
+    ann.mkdir(parents=True)
+    for shot in shots:
+        for seed in seeds:
+            picked = [r for c in range(classes) for r in [x for x in rows if x[1] == c][seed : seed + shot]]
+            (ann / f"train_meta.list.num_shot_{shot}.seed_{seed}").write_text("".join(f"{p} {c}\n" for p, c in picked))
+    (ann / "val_meta.list").write_text("".join(f"{p} {c}\n" for p, c in rows if p.endswith(("_4.png", "_5.png"))))
+    (ann / "test_meta.list").write_text("".join(f"{p} {c}\n" for p, c in rows if p.endswith("_3.png")))
     return root
 
 

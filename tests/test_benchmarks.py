@@ -72,10 +72,10 @@ PEAK_METHODS = ["--memory-samples", "1", "--methods", "bias-only", "glora-supern
 )
 def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
     out = tmp_path / f"{name}.json"
-    done = python("-m", f"benchmarks.{name}", *args, "--json", str(out))
+    done = python("-m", f"benchmarks.perf.{name}", *args, "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert record["benchmark"] == name and f"benchmarks.{name}" in record["command"]
+    assert record["benchmark"] == name and f"benchmarks.perf.{name}" in record["command"]
     assert {"date", "machine", "args", "results"} <= set(record)
     assert set(rows) <= set(record["results"])
     if name in ("train_step", "lm_step"):
@@ -93,7 +93,7 @@ def test_fsdp_benchmark_shards_what_each_rank_holds(tmp_path):
         pytest.skip(available())
     args = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "48", "--vocab", "64", "--seq", "16",
             "--batch-size", "3", "--rounds", "1", "--warmup", "0"]  # fmt: skip
-    done = torchrun("-m", "benchmarks.fsdp_step", *args, "--json", str(tmp_path / "f.json"))
+    done = torchrun("-m", "benchmarks.perf.fsdp_step", *args, "--json", str(tmp_path / "f.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "f.json").read_text())["results"]
     whole, shard = rows["data parallel"], rows["fsdp"]
@@ -105,7 +105,8 @@ def test_fsdp_benchmark_shards_what_each_rank_holds(tmp_path):
 def test_vtab_e2e_runs_the_three_commands_on_synthetic_data(tmp_path):
     args = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--train", "20", "--val", "10", "--test", "10"]
     args += ["--epochs", "1", "--batch-size", "8", "--population", "4", "--generations", "1", "--device", "cpu"]
-    done = python("-m", "benchmarks.vtab_e2e", *args, "--work", str(tmp_path / "w"), "--json", str(tmp_path / "e.json"))
+    work, out = str(tmp_path / "w"), str(tmp_path / "e.json")
+    done = python("-m", "benchmarks.perf.vtab_e2e", *args, "--work", work, "--json", out)
     assert done.returncode == 0, done.stderr[-3000:]
     seconds = json.loads((tmp_path / "e.json").read_text())["results"]["seconds"]
     assert set(seconds) == {"data", "train", "search", "export"}
@@ -114,7 +115,7 @@ def test_vtab_e2e_runs_the_three_commands_on_synthetic_data(tmp_path):
 
 def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):
     args = ["--seeds", "0", "--epochs", "1", "--tau-subnets", "2", "--generations", "1", "--out", str(tmp_path)]
-    done = python("-m", "benchmarks.accuracy", *args, "--json", str(tmp_path / "a.json"))
+    done = python("-m", "benchmarks.studies.accuracy", *args, "--json", str(tmp_path / "a.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
     assert set(result["methods"]) >= {"linear probe", "full fine-tuning"}
@@ -125,7 +126,7 @@ def test_accuracy_benchmark_runs_through_the_trainer(tmp_path):
 def test_rank_faithfulness_benchmark_scores_every_strategy_on_the_same_candidates(tmp_path):
     args = ["--epochs", "1", "--alone-epochs", "1", "--candidates", "2", "--generations", "1", "--seeds", "0",
             "--strategies", "uniform (paper)", "recommended preset", "--search-metric", "loss"]  # fmt: skip
-    done = python("-m", "benchmarks.rank_faithfulness", *args, "--json", str(tmp_path / "r.json"))
+    done = python("-m", "benchmarks.studies.rank_faithfulness", *args, "--json", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "r.json").read_text())["results"]
     result = record["seeds"]["0"]
@@ -151,7 +152,7 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
     tiny = "--population 4 --parents 2 --mutations 2 --crossovers 2 --generations 1"
     args = ["--task", "embedded", "--epochs", "2", "--seeds", "0", "--methods", "lora", "ssf", "glora", "--work",
             str(work), "--search", tiny, "--retrain-warmup", "0"]  # fmt: skip
-    done = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "b.json"))
+    done = python("-m", "benchmarks.studies.budget_fair", *args, "--json", str(tmp_path / "b.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads((tmp_path / "b.json").read_text())["results"]["runs"]["2"]
     lora, glora = runs["lora"]["0"], runs["glora"]["0"]
@@ -171,13 +172,13 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
     assert supernet_config["choices"] == ["C=vector,none"]
     assert float(supernet_config["param-limit"]) * 1e6 == pytest.approx(lora["params"], abs=1)
     assert "C: lora" not in (root / "search" / "subnet.yaml").read_text()
-    again = python("-m", "benchmarks.budget_fair", *args, "--json", str(tmp_path / "c.json"))
+    again = python("-m", "benchmarks.studies.budget_fair", *args, "--json", str(tmp_path / "c.json"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "c.json").read_text())["results"]["runs"]["2"] == runs  # read back, not rerun
     # another evolution in the same --work is refused, not read back as its result
     other = [*args[: args.index("--search") + 1], tiny.replace("--generations 1", "--generations 2"),
              *args[args.index("--search") + 2 :]]  # fmt: skip
-    refused = python("-m", "benchmarks.budget_fair", *other)
+    refused = python("-m", "benchmarks.studies.budget_fair", *other)
     assert refused.returncode != 0 and "give another --work" in refused.stderr, refused.stderr[-3000:]
 
 
@@ -190,7 +191,7 @@ def test_budget_fair_benchmark_counts_every_stage_and_resumes(tmp_path):
 def test_budget_fair_space_options_reach_the_searched_methods_only(tmp_path, monkeypatch, options, folder, extra):
     """--search-targets and --lora-ranks widen the searched methods' space (the supernet's glora-train), never a
     fixed method's; each space runs in its own work folder, and the budget stays LoRA's on the task's layers."""
-    from benchmarks import budget_fair
+    from benchmarks.studies import budget_fair
 
     trained: list[list[str]] = []
     record = {"params": 100, "val_metrics": {"accuracy": 0.5}, "test_metrics": {"accuracy": 0.5}}
@@ -212,7 +213,7 @@ def test_budget_fair_space_options_reach_the_searched_methods_only(tmp_path, mon
 
 
 def test_budget_fair_refuses_search_targets_on_the_embedded_task(capsys):
-    from benchmarks import budget_fair
+    from benchmarks.studies import budget_fair
 
     with pytest.raises(SystemExit):
         budget_fair.parse(["--task", "embedded", "--search-targets", "qkv"])

@@ -1,20 +1,48 @@
-"""The data package: sources in a registry (a new format is one module, nothing else changes), DataSpec built from
-options and from checkpoints, and the per-source rules (crops, split names) read from the sources."""
+"""The data package (glora.app.data): sources in a registry (a new format is one module, nothing else changes),
+DataSpec built from options and from checkpoints, the per-source rules (crops, split names); the embedded task,
+VTAB-1k, few-shot and ImageFolder layouts, training augmentation, data errors; glora-data's checks."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
+import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+from helpers import (
+    PRESETS,
+    TINY_SEARCH,
+    TINY_VIT,
+    cli,
+    fewshot_tree,
+    image_folder,
+)
 
-from glora.app import data
-from glora.app.data import DataSpec, ImageSet, Source, register_source
+import glora
+from glora.app import data, load_supernet, read_checkpoint
+from glora.app.cli import run
+from glora.app.commands.train import main as train_main
+from glora.app.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataSpec,
+    ImageSet,
+    Normalizer,
+    Source,
+    load_digits,
+    load_folder,
+    register_source,
+)
 from glora.app.data.sources import _REGISTRY
 from glora.app.data.sources.options import SplitOptions, option
+from glora.app.embedded import BACKBONE_DIR
 from glora.app.options import parse_args
 from glora.app.options.train import build_parser
 
@@ -213,7 +241,6 @@ def test_data_check_reports_each_task_present_missing_or_broken(tmp_path, capsys
     assert out.splitlines()[-1] == "1 ok, 5 missing, 0 broken"
 
     # the wrong --kind, or a root of neither kind, is an error (never "every task missing" with exit 0)
-    from glora.app.cli import run
 
     assert run(main, ["check", str(vtab), "--kind", "fewshot"]) == 2
     assert "holds VTAB-1k task folders, not few-shot ones; --kind vtab" in capsys.readouterr().err
@@ -296,3 +323,269 @@ def test_data_check_text_refuses_what_training_refuses_and_warns_as_it_warns(tmp
     assert capsys.readouterr().out.splitlines()[1] == f"{texts}  ok  2 rows; 2 classes: 0 1, 1 1"
     spec = DataSpec(dataset="text", train_file=str(ints), validation_file=str(texts))
     assert spec.source._labels(spec, "val")[2] == [1, 0]  # training reads them as the same classes
+
+
+# ---------------------------------------------------------------------- few-shot FGVC lists and training augmentation
+
+
+def test_fewshot_lists_pick_shot_and_seed(tmp_path):
+    root = fewshot_tree(tmp_path / "fs")
+    spec = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=2, split_seed=1)
+    assert spec.num_classes() == 3  # not a known dataset: counted from its val and test lists
+    train = spec.load("train", (3, 16, 16))
+    assert len(train) == 6 and train.labels.tolist() == [0, 0, 1, 1, 2, 2] and train.images.dtype == torch.uint8
+    assert len(spec.load("val", (3, 16, 16))) == 6 and len(spec.load("test", (3, 16, 16))) == 3
+    missing = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=8, split_seed=0)
+    with pytest.raises(
+        FileNotFoundError, match=r"num_shot_8.seed_0' does not exist; shots and seeds there: num_shot_1"
+    ):
+        missing.load("train", (3, 16, 16))
+    with pytest.raises(ValueError, match="needs --shot"):
+        DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds")
+    assert DataSpec(dataset="fewshot", data_root="x", task="oxford_pets", shot=1).num_classes() == 37
+
+
+def test_fewshot_evaluation_center_crops():
+    """crop-pct 0.5 at 16 px: resize the shorter side to 32, keep the middle 16 (the border is cut away)."""
+
+    from PIL import Image, ImageDraw
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "framed.png"
+        img = Image.new("RGB", (64, 64), (255, 0, 0))
+        ImageDraw.Draw(img).rectangle([16, 16, 47, 47], fill=(0, 255, 0))
+        img.save(path)
+        from glora.app.data.transforms import load_image as _load_image
+
+        cropped = _load_image(path, (3, 16, 16), 0.5)
+        squashed = _load_image(path, (3, 16, 16), None)
+    assert cropped[1].min() > 200 and cropped[0].max() < 50  # all green
+    assert squashed[0, 0, 0] > 200  # the red frame is still there
+
+
+def test_augmented_items_depend_on_the_seed_only(tmp_path):
+    from glora.app.data import TrainAugment, make_loader
+
+    root = fewshot_tree(tmp_path / "fs")
+    spec = DataSpec(dataset="fewshot", data_root=str(root), task="toy_birds", shot=2, split_seed=0)
+    train = spec.load("train", (3, 16, 16), augment=TrainAugment(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert train.images is None and train.augment is not None
+
+    def epoch(seed: int, workers: int) -> torch.Tensor:
+        loader, _ = make_loader(train, 4, shuffle=True, seed=seed, workers=workers)
+        return torch.cat([inputs["pixel_values"] for inputs, _ in loader])
+
+    state = torch.random.get_rng_state()
+    a = epoch(7, 0)
+    assert torch.equal(state, torch.random.get_rng_state())  # the run's own generator is untouched
+    assert a.dtype == torch.float32 and a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, epoch(7, 0)) and torch.equal(a, epoch(7, 2))  # same seed, any number of workers
+    assert not torch.equal(a, epoch(8, 0))
+    plain = spec.load("train", (3, 16, 16))
+    assert not torch.equal(a, plain.images.float())  # really augmented (and normalised by the transform)
+
+
+def test_bad_augmentation_options_are_one_line(tmp_path, capsys):
+    root = fewshot_tree(tmp_path / "fs")
+    base = [
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY_VIT, "--dataset", "fewshot",
+        "--data-root", root, "--task", "toy_birds", "--shot", "2", "--epochs", "1", "--no-progress",
+    ]  # fmt: skip
+    code, err = cli("train", [*base, "--augment", "--aa", "bogus", "--out", tmp_path / "a"], capsys, stdout=True)
+    assert code != 0 and "--aa 'bogus'" in err and "Traceback" not in err
+    code, err = cli(
+        "train", [*base, "--augment", "--scale", "0.9", "0.1", "--out", tmp_path / "b"], capsys, stdout=True
+    )
+    assert code != 0 and "--scale must be two positive numbers, low first" in err
+    no_task = [a for a in base if a not in ("--task", "toy_birds")]
+    code, err = cli("train", [*no_task, "--out", tmp_path / "c"], capsys, stdout=True)
+    assert code != 0 and "needs --task" in err
+
+
+def test_fewshot_preset_end_to_end_on_tiny_data(tmp_path, capsys):
+    """A few-shot preset with augmentation, on a tiny random-init ViT: train, search, export."""
+    root = fewshot_tree(tmp_path / "fs")
+    preset = str(PRESETS / "fewshot/oxford_pets.yaml")
+    train = [
+        "-c", preset, "--task", "toy_birds", "--data-root", root, "--shot", "2", "--split-seed", "1",
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY_VIT, "--epochs", "2",
+        "--batch-size", "4", "--workers", "0", "--lora-ranks", "2", "--out", tmp_path / "sup", "--no-progress",
+    ]  # fmt: skip
+    code, err = cli("train", train, capsys, stdout=True)
+    assert code == 0, err
+    ckpt = glora.app.read_checkpoint(tmp_path / "sup" / "last.pt")
+    assert ckpt["data"]["shot"] == 2 and ckpt["data"]["crop_pct"] == 0.875 and ckpt["config"]["augment"] is True
+    search = ["--supernet", tmp_path / "sup" / "last.pt", "--out", tmp_path / "s", "--no-progress", *TINY_SEARCH]
+    code, err = cli("search", search, capsys, stdout=True)
+    assert code == 0, err
+    export = ["--supernet", tmp_path / "sup" / "last.pt", "--subnet", tmp_path / "s" / "subnet.yaml", "--out",
+              tmp_path / "e", "--latency-rounds", "0"]  # fmt: skip
+    code, err = cli("export", export, capsys, stdout=True)
+    assert code == 0, err
+    assert "latency" not in json.loads((tmp_path / "e" / "glora_export.json").read_text())
+
+
+# ---------------------------------------------------------------------- data sanity
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+    data = image_folder(tmp_path / "imgs")
+    (data / "zebra").mkdir()
+    with pytest.raises(ValueError, match="class folder\\(s\\) 'zebra' hold no images"):
+        DataSpec(dataset="folder", data_root=str(data)).num_classes()
+
+
+def test_single_class_tree_is_refused(tmp_path):
+    data = image_folder(tmp_path / "imgs", classes=("cat",))
+    with pytest.raises(ValueError, match="one class \\('cat'\\); a classifier needs at least 2"):
+        load_folder(data, "train", (3, 8, 8))
+
+
+def test_vtab_labels_using_fewer_classes_warn(tmp_path, caplog):
+    from PIL import Image
+
+    base = tmp_path / "vtab" / "eurosat"
+    (base / "img").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(base / "img" / f"{i}.png")
+    (base / "train800.txt").write_text("".join(f"img/{i}.png {i % 2}\n" for i in range(4)))
+    with caplog.at_level(logging.WARNING):
+        DataSpec(dataset="vtab", data_root=str(tmp_path / "vtab"), task="eurosat").load("train", (3, 8, 8))
+    assert "uses 2 of eurosat's 10 classes" in caplog.text
+
+
+def test_misspelled_task_is_named_with_a_suggestion():
+    with pytest.raises(ValueError, match="unknown VTAB-1k task 'cifr'; did you mean 'cifar'"):
+        DataSpec(dataset="vtab", data_root="x", task="cifr")
+    with pytest.raises(ValueError, match="needs --task"):
+        DataSpec(dataset="vtab", data_root="x")
+
+
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    data = image_folder(tmp_path / "imgs")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 12x12 images are now > 2x the limit
+    with pytest.raises(ValueError, match=r"cannot read image '.*cat/0.png': .*decompression bomb"):
+        load_folder(data, "train", (3, 8, 8))
+
+
+def test_caching_bars_follow_the_progress_option(tmp_path, capsys):
+    data = image_folder(tmp_path / "imgs")
+    load_folder(data, "train", (3, 8, 8), progress=False)
+    assert capsys.readouterr().err == ""
+    load_folder(data, "train", (3, 8, 8), progress=True)
+    assert "imgs/train" in capsys.readouterr().err
+    load_folder(data, "train", (3, 8, 8))  # default: a terminal only (pytest's capture is none)
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------- the embedded task, VTAB-1k and ImageFolder data
+
+
+@pytest.mark.slow
+def test_embedded_backbone_is_really_pretrained():
+    model = timm.create_model(f"local-dir:{BACKBONE_DIR}", pretrained=True).eval()
+    val = load_digits("pretrain", "val")
+    with torch.no_grad():
+        acc = (model(Normalizer((0.5,), (0.5,))(val.images)).argmax(-1) == val.labels).float().mean().item()
+    assert acc > 0.9  # trained on digits 0-4; a random init would be near 0.2
+
+
+@pytest.mark.slow
+def test_digits_splits_are_disjoint_and_fixed():
+    seen = set()
+    for split in ("train", "val", "test"):
+        s = load_digits("transfer", split)
+        keys = {bytes(img.numpy().tobytes()) + bytes([lab]) for img, lab in zip(s.images, s.labels.tolist())}
+        assert not keys & seen
+        seen |= keys
+        assert torch.equal(s.labels, load_digits("transfer", split).labels)
+    assert len(load_digits("transfer", "val")) == 200 and len(load_digits("transfer", "test")) == 300
+
+
+def _fake_vtab(root: Path, task: str = "eurosat", n_classes: int = 10) -> Path:
+    from PIL import Image
+
+    rng = random.Random(0)
+    (root / task / "images").mkdir(parents=True)
+    lines = {"train800": [], "val200": [], "test": []}
+    for i in range(60):
+        name = f"images/{i}.png"
+        Image.new("RGB", (20 + i % 7, 24), tuple(rng.randrange(256) for _ in range(3))).save(root / task / name)
+        split = "train800" if i < 36 else ("val200" if i < 48 else "test")
+        lines[split].append(f"{name} {i % n_classes}")
+    for split, ls in lines.items():
+        (root / task / f"{split}.txt").write_text("\n".join(ls) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_vtab_layout_with_a_local_pretrained_file(tmp_path):
+    """The VTAB-1k list-file layout, and a timm model name whose pretrained weights come from a local file."""
+    root = _fake_vtab(tmp_path / "vtab")
+    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, **kw)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    out = tmp_path / "supernet"
+    argv = [
+        "--pretrained-file",
+        str(tmp_path / "weights.pth"),
+        "--model-kwargs",
+        json.dumps(kw),
+        "--data-root",
+        str(root),
+    ]
+    argv += (
+        "--model vit_tiny_patch16_224 --dataset vtab --task eurosat --train-split train800 --val-split val200".split()
+    )
+    code = run(train_main, [*argv, "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["data"]["task"] == "eurosat" and ckpt["input"]["input_size"] == [3, 32, 32]
+    with pytest.raises(ValueError, match="backbone"):
+        load_supernet(ckpt | {"backbone": ckpt["backbone"] | {"pretrained_file": None, "pretrained": False}})
+    model = load_supernet(ckpt)
+    backbone = {k: v for k, v in model.state_dict().items() if k.endswith((".weight", ".bias")) and "head" not in k}
+    for k, v in backbone.items():
+        assert torch.equal(v, source.state_dict()[k]), k
+    data = DataSpec.from_dict(ckpt["data"])
+    assert len(data.load("train", (3, 32, 32))) == 36 and len(data.load("test", (3, 32, 32))) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda r: (r / "eurosat" / "val200.txt").unlink(), "val200.txt does not exist"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png 12\n"), "label 12 out of range"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png\n"), "expected 'relative/path.jpg label'"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("\n"), "lists no images"),
+        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/nope.png 1\n"), "does not exist"),
+    ],
+)
+def test_bad_vtab_data(tmp_path, capsys, change, match):
+    root = _fake_vtab(tmp_path / "vtab")
+    change(root)
+    kw = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}"
+    argv = ["--model-kwargs", kw, "--data-root", str(root), "--out", str(tmp_path / "out")]
+    argv += "--model vit_tiny_patch16_224 --no-pretrained --dataset vtab --task eurosat --epochs 1".split()
+    code = run(train_main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_image_folder_stratified_split(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog", "emu"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / "imgs" / c / f"{i}.jpg")
+    spec = DataSpec(dataset="folder", data_root=str(tmp_path / "imgs"), val_fraction=0.2, test_fraction=0.1)
+    splits = {s: spec.load(s, (3, 8, 8)) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 6, 3]
+    for s in splits.values():
+        assert sorted(s.labels.tolist()) == sorted([0, 1, 2] * (len(s) // 3))
+    assert spec.num_classes() == 3

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from helpers import TINY_SEARCH, cli, snapshot
 
@@ -556,3 +557,24 @@ def test_a_text_run_without_the_text_extra_names_the_install(tiny_bert, tmp_path
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and missing in lines[0] and TEXT_EXTRA in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------- errors of backbones
+
+
+def test_offline_hub_model_names_the_ways_out(monkeypatch, tmp_path, capsys):
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise FileNotFoundError("An error happened while trying to locate the file on the Hub")
+        raise AssertionError("only the pretrained build is expected")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    code, err = cli("train", ["--model", "vit_tiny_patch16_224.augreg_in21k", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "--pretrained-file" in err and "--no-pretrained" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_kwargs_that_break_the_model_are_one_line(tmp_path, capsys):
+    argv = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", "{depth: -2}", "--out", tmp_path]
+    code, err = cli("train", argv, capsys)
+    assert code == 2 and "cannot build 'vit_tiny_patch16_224' with depth=-2" in err and "Traceback" not in err

@@ -1,14 +1,18 @@
-"""Options and YAML configs of the three commands: defaults, shipped presets, stacking, and every bad value."""
+"""Options (glora.app.options, glora.app.declared): each declared once, YAML configs and presets by name, stacking,
+the help, options of another dataset or model kind refused."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
 import pytest
-from helpers import PRESETS
+from helpers import PRESETS, cli
 
 from glora.app import data
 from glora.app import options as cfg
+from glora.app.commands.export import build_parser as export_parser
 from glora.app.commands.search import build_parser as search_parser
 from glora.app.commands.train import build_parser as train_parser
 
@@ -152,7 +156,6 @@ def test_help_states_each_default_once_under_the_name_typed(command, monkeypatch
 
 def test_an_empty_rank_list_is_a_note_not_silence(caplog):
     """``--lora-ranks`` with no values is allowed (GIFT-only spaces) but never silent."""
-    import logging
 
     from glora.app.commands.train import build_parser
     from glora.app.options import parse_args
@@ -191,7 +194,6 @@ def _hf_folder(root: Path) -> Path:
     ],
 )  # fmt: skip
 def test_an_option_of_another_dataset_or_model_kind_is_refused(argv, message, tmp_path, capsys):
-    from helpers import cli
 
     bert = _hf_folder(tmp_path / "bert")
     code, err = cli("train", ["--model", str(bert), "--train-file", "none.csv", *argv, "--out", str(tmp_path / "o")],
@@ -213,7 +215,6 @@ def test_an_option_of_another_dataset_or_model_kind_is_refused(argv, message, tm
     ],
 )  # fmt: skip
 def test_image_runs_refuse_text_and_transformers_options(argv, message, tmp_path, capsys):
-    from helpers import cli
 
     code, err = cli("train", [*argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
@@ -249,3 +250,19 @@ def test_help_groups_the_options_by_the_datasets_that_use_them():
     assert "text files, read with the datasets library" in text and "(--dataset text, instructions):" in text
     assert "text classification or regression columns (--dataset text):" in text
     assert "timm models:" in text and "transformers models:" in text
+
+
+# ---------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("parser", [train_parser, search_parser, export_parser], ids=["train", "search", "export"])
+def test_every_option_has_help_and_shows_its_default(parser):
+    command = parser()
+    text = " ".join(command.format_help().split())
+    for option in command.options.values():
+        assert option.help, f"{option.flag} has no help"
+        if option.help == argparse.SUPPRESS or option.kwargs.get("action") == "store_true":
+            continue  # a hidden old name; a switch that is off unless given
+        assert "default" in option.help_text(), f"{option.flag} shows no default"
+        if isinstance(option.default, int) and not isinstance(option.default, bool):
+            assert f"(default: {option.default})" in text, option.flag  # --epochs, --population, ...

@@ -1,10 +1,10 @@
-"""The three commands end to end on the embedded default (reduced sizes), configs, resume, budgets, export."""
+"""The image commands end to end: the embedded default (reduced sizes), a fixed adapter (LoRA) and a random-init
+backbone on an ImageFolder tree through train, search, export and retraining the pick; budgets, latency, plots."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -12,16 +12,28 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT, SMALL_SEARCH, TINY_SEARCH, python, same_training, search_state
+from helpers import (
+    METHOD_CHOICES,
+    PRESETS,
+    ROOT,
+    SMALL_SEARCH,
+    TINY_SEARCH,
+    cli,
+    independent_count,
+    python,
+    same_training,
+    search_state,
+    tiny_vit_kwargs,
+)
 
 import glora
 from glora.app import load_supernet, read_checkpoint
 from glora.app.cli import run
+from glora.app.commands.export import main as export_main
 from glora.app.commands.export import main as reparam_main
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
-from glora.app.data import DataSpec, Normalizer, load_digits
-from glora.app.embedded import BACKBONE_DIR
+from glora.app.data import Normalizer, load_digits
 from search.genome import Genome
 
 pytestmark = pytest.mark.slow  # trains, searches and exports, in this process and in others
@@ -209,107 +221,6 @@ def test_export_rejects_a_subnet_that_does_not_fit(pipeline, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- data and backbones
-def test_embedded_backbone_is_really_pretrained():
-    model = timm.create_model(f"local-dir:{BACKBONE_DIR}", pretrained=True).eval()
-    val = load_digits("pretrain", "val")
-    with torch.no_grad():
-        acc = (model(Normalizer((0.5,), (0.5,))(val.images)).argmax(-1) == val.labels).float().mean().item()
-    assert acc > 0.9  # trained on digits 0-4; a random init would be near 0.2
-
-
-def test_digits_splits_are_disjoint_and_fixed():
-    seen = set()
-    for split in ("train", "val", "test"):
-        s = load_digits("transfer", split)
-        keys = {bytes(img.numpy().tobytes()) + bytes([lab]) for img, lab in zip(s.images, s.labels.tolist())}
-        assert not keys & seen
-        seen |= keys
-        assert torch.equal(s.labels, load_digits("transfer", split).labels)
-    assert len(load_digits("transfer", "val")) == 200 and len(load_digits("transfer", "test")) == 300
-
-
-def _fake_vtab(root: Path, task: str = "eurosat", n_classes: int = 10) -> Path:
-    from PIL import Image
-
-    rng = random.Random(0)
-    (root / task / "images").mkdir(parents=True)
-    lines = {"train800": [], "val200": [], "test": []}
-    for i in range(60):
-        name = f"images/{i}.png"
-        Image.new("RGB", (20 + i % 7, 24), tuple(rng.randrange(256) for _ in range(3))).save(root / task / name)
-        split = "train800" if i < 36 else ("val200" if i < 48 else "test")
-        lines[split].append(f"{name} {i % n_classes}")
-    for split, ls in lines.items():
-        (root / task / f"{split}.txt").write_text("\n".join(ls) + "\n")
-    return root
-
-
-def test_vtab_layout_with_a_local_pretrained_file(tmp_path):
-    """The VTAB-1k list-file layout, and a timm model name whose pretrained weights come from a local file."""
-    root = _fake_vtab(tmp_path / "vtab")
-    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, **kw)
-    torch.save(source.state_dict(), tmp_path / "weights.pth")
-    out = tmp_path / "supernet"
-    argv = [
-        "--pretrained-file",
-        str(tmp_path / "weights.pth"),
-        "--model-kwargs",
-        json.dumps(kw),
-        "--data-root",
-        str(root),
-    ]
-    argv += (
-        "--model vit_tiny_patch16_224 --dataset vtab --task eurosat --train-split train800 --val-split val200".split()
-    )
-    code = run(train_main, [*argv, "--epochs", "1", "--out", str(out)])
-    assert code == 0
-    ckpt = read_checkpoint(out / "last.pt")
-    assert ckpt["data"]["task"] == "eurosat" and ckpt["input"]["input_size"] == [3, 32, 32]
-    with pytest.raises(ValueError, match="backbone"):
-        load_supernet(ckpt | {"backbone": ckpt["backbone"] | {"pretrained_file": None, "pretrained": False}})
-    model = load_supernet(ckpt)
-    backbone = {k: v for k, v in model.state_dict().items() if k.endswith((".weight", ".bias")) and "head" not in k}
-    for k, v in backbone.items():
-        assert torch.equal(v, source.state_dict()[k]), k
-    data = DataSpec.from_dict(ckpt["data"])
-    assert len(data.load("train", (3, 32, 32))) == 36 and len(data.load("test", (3, 32, 32))) == 12
-
-
-@pytest.mark.parametrize(
-    "change, match",
-    [
-        (lambda r: (r / "eurosat" / "val200.txt").unlink(), "val200.txt does not exist"),
-        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png 12\n"), "label 12 out of range"),
-        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/0.png\n"), "expected 'relative/path.jpg label'"),
-        (lambda r: (r / "eurosat" / "train800.txt").write_text("\n"), "lists no images"),
-        (lambda r: (r / "eurosat" / "train800.txt").write_text("images/nope.png 1\n"), "does not exist"),
-    ],
-)
-def test_bad_vtab_data(tmp_path, capsys, change, match):
-    root = _fake_vtab(tmp_path / "vtab")
-    change(root)
-    kw = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}"
-    argv = ["--model-kwargs", kw, "--data-root", str(root), "--out", str(tmp_path / "out")]
-    argv += "--model vit_tiny_patch16_224 --no-pretrained --dataset vtab --task eurosat --epochs 1".split()
-    code = run(train_main, argv)
-    err = capsys.readouterr().err
-    assert code == 2 and match in err and "Traceback" not in err
-
-
-def test_image_folder_stratified_split(tmp_path):
-    from PIL import Image
-
-    for c in ("cat", "dog", "emu"):
-        (tmp_path / "imgs" / c).mkdir(parents=True)
-        for i in range(10):
-            Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / "imgs" / c / f"{i}.jpg")
-    spec = DataSpec(dataset="folder", data_root=str(tmp_path / "imgs"), val_fraction=0.2, test_fraction=0.1)
-    splits = {s: spec.load(s, (3, 8, 8)) for s in ("train", "val", "test")}
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 6, 3]
-    for s in splits.values():
-        assert sorted(s.labels.tolist()) == sorted([0, 1, 2] * (len(s) // 3))
-    assert spec.num_classes() == 3
 
 
 # ---------------------------------------------------------------------- the commands as users run them
@@ -456,3 +367,114 @@ def test_a_subnet_that_does_not_fit_is_refused_before_training(pipeline, tmp_pat
     code, err = cli("train", argv, capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: ") and "lora_64" in err, err
     assert not (tmp_path / "o" / "last.pt").exists()
+
+
+# a fixed adapter through the same commands; latency and the per-type plot
+
+
+@pytest.fixture(scope="module")
+def lora_pipeline(tmp_path_factory):
+    """The embedded task through train -> search -> export with the LoRA preset (a fixed adapter)."""
+    import contextlib
+    import io
+
+    work = tmp_path_factory.mktemp("lora")
+    sup = work / "supernet"
+    lora = str(PRESETS / "methods/lora.yaml")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert run(train_main, ["-c", lora, "--epochs", "3", "--out", str(sup), "--no-progress"]) == 0
+        assert (
+            run(search_main, ["--supernet", str(sup / "last.pt"), "--out", str(work / "search"), "--no-progress"]) == 0
+        )
+        assert run(
+            export_main,
+            ["--supernet", str(sup / "last.pt"), "--subnet", str(work / "search" / "subnet.yaml"), "--out",
+             str(work / "export"), "--latency-rounds", "2"],
+        ) == 0  # fmt: skip
+    return work, out.getvalue()
+
+
+def test_a_fixed_adapter_trains_searches_and_exports(lora_pipeline):
+    work, printed = lora_pipeline
+    subnet = glora.load_subnet(work / "search" / "subnet.yaml")
+    assert all(choices == METHOD_CHOICES["lora"] for choices in subnet.values())
+    log = [json.loads(line) for line in (work / "search" / "search_log.jsonl").read_text().splitlines()]
+    assert log[-1]["evaluated"] == 1  # nothing to search: the one subnet, evaluated once, whatever the budget
+    stats = json.loads((work / "export" / "glora_export.json").read_text())
+    model = glora.app.load_supernet(glora.app.read_checkpoint(work / "supernet" / "last.pt"))
+    assert stats["glora_params"] == independent_count(model, METHOD_CHOICES["lora"]) > 30_000  # above the 0.03M budget
+    assert "params" in printed
+
+
+def test_search_narrows_a_full_supernet(tmp_path, capsys):
+    from glora.app.commands.search import _search_space
+    from search import Genome
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **tiny_vit_kwargs())
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2)))
+    space = _search_space(glora.get_space(model), ["C=none", "D=vector,none"])
+    genome = Genome(model, space)
+    options = {s: set() for s in "ABCDE"}
+    for (_, s), names in zip(genome.genes, genome.options):
+        options[s] |= set(names)
+    assert options["C"] == {"none"} and options["D"] == {"vector", "none"} and "lora_4" in options["B"]
+    with pytest.raises(ValueError, match="'lora_8' is not allowed for support B"):
+        _search_space(glora.get_space(model), ["B=lora_8"])
+    narrow = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **tiny_vit_kwargs())
+    glora.inject(narrow, glora.SearchSpace(lora_ranks=(4, 2), choices={"B": ["lora_4"]}))
+    with pytest.raises(ValueError, match="'lora_2' for support B is not in the supernet's space; it offers: lora_4"):
+        Genome(narrow, _search_space(glora.get_space(narrow), ["B=lora_2"]))
+
+
+def test_export_records_interleaved_latency(lora_pipeline):
+    work, printed = lora_pipeline
+    lat = json.loads((work / "export" / "glora_export.json").read_text())["latency"]
+    assert lat["rounds"] == 2 and lat["interleaved"] and lat["batch"] > 0
+    for name in ("folded", "supernet", "base"):
+        assert lat[name]["ms_per_batch"] > 0 and lat[name]["images_per_s"] > 0
+    assert lat["folded_vs_base"] == pytest.approx(lat["folded"]["ms_per_batch"] / lat["base"]["ms_per_batch"], 1e-3)
+    assert "latency on" in printed
+
+
+def test_measure_latency_rotates_the_order_and_times_every_model():
+    from glora.app.timm_folder import measure_latency
+
+    calls = []
+    models = {n: (lambda x, n=n: calls.append(n)) for n in ("a", "b", "c")}
+    out = measure_latency(models, torch.zeros(4, 1), rounds=3, warmup=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(out) >= {"a", "b", "c"} and out["batch"] == 4
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        measure_latency(models, torch.zeros(1), rounds=0)
+
+
+def test_search_writes_the_params_by_type_plot(lora_pipeline):
+    work, _ = lora_pipeline
+    png = work / "search" / "plots" / "params_by_type.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+# a random-init backbone on an ImageFolder tree; class names
+
+
+def test_random_init_backbone_goes_through_every_command(folder_pipeline):
+    ckpt = read_checkpoint(folder_pipeline / "supernet/last.pt")
+    assert ckpt["backbone"]["pretrained"] is False and ckpt["backbone"]["init_seed"] == 0
+    model = timm.create_model(f"local-dir:{folder_pipeline / 'export'}", pretrained=True)
+    assert model.num_classes == 3
+
+
+def test_class_names_reach_the_export(folder_pipeline):
+    assert read_checkpoint(folder_pipeline / "supernet/last.pt")["class_names"] == ["cat", "dog", "emu"]
+    config = json.loads((folder_pipeline / "export/config.json").read_text())
+    assert config["label_names"] == ["cat", "dog", "emu"]
+
+
+def test_unseeded_random_init_is_explained(folder_pipeline, tmp_path, capsys):
+    ckpt = torch.load(folder_pipeline / "supernet/last.pt", weights_only=True)
+    ckpt["backbone"]["init_seed"] = None  # as an older version saved it
+    ckpt["fingerprint"] = "0" * 16
+    torch.save(ckpt, tmp_path / "old.pt")
+    code, err = cli("search", ["--supernet", tmp_path / "old.pt", "--out", tmp_path / "s"], capsys)
+    assert code == 2 and "random-init backbone saved without its init seed" in err
+    assert not (tmp_path / "s").exists()

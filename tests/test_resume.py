@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_SEARCH, TINY_SEARCH, cli, image_folder, same_training, search_state, start, wait_for
+from helpers import SMALL_SEARCH, TINY_SEARCH, TINY_VIT, cli, image_folder, same_training, search_state, start, wait_for
 
 from glora.app import read_checkpoint
 from glora.app.cli import run
@@ -20,7 +20,6 @@ from glora.app.outputs import lock_path
 
 pytestmark = pytest.mark.slow  # trains and searches, in this process and in others
 
-TINY = "{img_size: 16, patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}"
 # The embedded default with drop-path on (its random draws must be restored too), 5 epochs.
 DROP = ["--drop-path", "0.1", "--epochs", "5", "--no-progress"]
 
@@ -72,7 +71,7 @@ def test_resume_is_exact_reading_files_with_workers_and_drop_path(tmp_path):
     """Uncached images through a DataLoader with workers: its seed must not come from the global RNG."""
     data = image_folder(tmp_path / "imgs", per_class=12)
     argv = [
-        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--dataset", "folder",
+        "--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY_VIT, "--dataset", "folder",
         "--data-root", str(data), "--no-progress", "--epochs", "3", "--drop-path", "0.2", "--no-cache-images",
         "--workers", "1", "--batch-size", "4",
     ]  # fmt: skip
@@ -131,7 +130,7 @@ def test_a_resumed_run_still_refuses_another_file(tmp_path, monkeypatch, capsys)
     """Paths are compared as the files they name: another file under the same relative name is a change."""
     monkeypatch.chdir(tmp_path)
     data = image_folder(tmp_path / "imgs", per_class=4)
-    argv = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY, "--dataset", "folder",
+    argv = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--model-kwargs", TINY_VIT, "--dataset", "folder",
             "--data-root", "imgs", "--epochs", "2", "--stop-after", "1", "--no-progress", "--out", "sup"]  # fmt: skip
     assert run(train_main, argv) == 0
     assert run(train_main, [*argv, "--resume", "--data-root", str(data)]) == 0  # the same folder, written absolute

@@ -1,5 +1,6 @@
-"""The real-data benchmark's splits (benchmarks/sentiment.py), built from a stand-in of the vaderSentiment sdist:
-VADER's corpora by name, disjoint seeded splits, and a folder holding other splits refused instead of reused."""
+"""The real-data study's splits (benchmarks/studies/sentiment.py), built from a stand-in of the vaderSentiment
+sdist: VADER's corpora by name, disjoint seeded splits, and a folder holding other splits refused instead of
+reused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sentiment import _INNER, CORPORA, SDIST, write_splits
+from benchmarks.studies.sentiment import _INNER, CORPORA, SDIST, write_splits
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

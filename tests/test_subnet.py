@@ -1,4 +1,4 @@
-"""Search spaces, subnet validation, sampling and YAML round trips."""
+"""Search spaces, subnet validation, sampling, parameter counts (also per layer type) and YAML round trips."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import random
 from collections import Counter
 
 import pytest
+import timm
 import yaml
-from helpers import ToyMLP
+from helpers import ToyMLP, tiny_vit_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -225,3 +226,23 @@ def test_every_sampled_or_drawn_subnet_validates_and_round_trips(tmp_path_factor
     path = tmp_path_factory.mktemp("rt") / "s.yaml"
     glora.save_subnet(subnet, path)
     assert glora.parse_subnet(model, glora.load_subnet(path)) == parsed
+
+
+# ---------------------------------------------------------------------- parameters per layer type
+
+
+@pytest.mark.parametrize("sharing", ["type", "width", "layer"])
+def test_params_by_type_sums_to_the_count_and_groups_numbered_layers(sharing):
+    import random
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **tiny_vit_kwargs(depth=3))
+    glora.inject(model, glora.SearchSpace(lora_ranks=(4, 2), gift_ranks=(3, 2), gift_sharing=sharing))
+    for seed in range(5):
+        subnet = glora.sample_subnet(model, random.Random(seed))
+        by_type = glora.params_by_type(model, subnet)
+        assert set(by_type) == {"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"}
+        assert sum(sum(row.values()) for row in by_type.values()) == glora.count_params(model, subnet)
+    qkv_lora = {n: {"A": "none", "B": "lora_4" if "qkv" in n else "none", "C": "none", "D": "none", "E": "none"}
+                for n in glora.glora_layers(model)}  # fmt: skip
+    by_type = glora.params_by_type(model, qkv_lora)
+    assert by_type["blocks.*.attn.qkv"]["B"] == 3 * 4 * (16 + 48) and by_type["blocks.*.mlp.fc1"]["B"] == 0

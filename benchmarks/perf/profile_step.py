@@ -1,6 +1,6 @@
 """Where a training step's time goes: host (Python, dispatch) vs device kernels, syncs, and the costliest ops.
 
-    python -m benchmarks.profile_step [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
+    python -m benchmarks.perf.profile_step [--model vit_base_patch16_224] [--batch-size 64] [--methods ...] [--out DIR]
 
 On a GPU a step is fast enough that the host can become the bottleneck: when the wall time per step is well above
 the kernel time, extra launches and host-device syncs (not FLOPs) are what a method costs. "aten ops" counts the
@@ -21,7 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from glora.app.evaluate import resolve_device
 
-from ._common import add_workload_args, machine, sync, write_json
+from ..common import machine, write_json
+from .timing import add_workload_args, sync
 from .train_step import ALL, method_name, setup
 
 __all__ = ["main"]

@@ -1,19 +1,16 @@
-"""Shared pieces of the benchmark scripts: options, machine description, method builders, interleaved timing, and
-the one ``--json`` output layout.
+"""What the performance benchmarks share: the workload options, the methods they time (GLoRA supernets, fixed
+subnets, bias-only, PEFT's LoRA and GLoRA), interleaved timing, memory peaks and the step table.
 
-Benchmarks print ratios measured side by side in one process (methods interleaved round by round, medians), so
-background noise hits every method alike. PEFT baselines need ``pip install peft`` (benchmarks/requirements.txt).
+They print ratios measured side by side in one process (methods interleaved round by round, medians), so background
+noise hits every method alike. PEFT baselines need ``pip install peft`` (benchmarks/requirements.txt).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
-import shlex
 import statistics
 import subprocess
 import sys
@@ -23,17 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 import glora
 
+from ..common import add_json_arg
+
 __all__ = [
     "add_workload_args",
-    "add_json_arg",
-    "write_json",
-    "machine",
     "sync",
     "Method",
     "build_method",
@@ -44,46 +39,7 @@ __all__ = [
     "peak_above_base",
     "peak_in_own_process",
     "step_table",
-    "preset_choices",
-    "pick_accuracy",
 ]
-
-
-def pick_accuracy(final: dict[str, Any]) -> tuple[float, float | None]:
-    """A search's final record: its pick's validation and test accuracy, whatever metric the search ranked by."""
-    test = final.get("test_metrics") or {}
-    return final["val_metrics"]["accuracy"], test.get("accuracy")
-
-
-def preset_choices(name: str) -> list[str]:
-    """A shipped ``-c`` preset's ``choices`` as ``SUPPORT=NAMES`` strings, checked as ``--choices`` checks them."""
-    import yaml
-
-    from glora.app.options.parsing import support_choices
-    from glora.app.options.presets import resolve_config
-
-    preset = yaml.safe_load(resolve_config(name).read_text(encoding="utf-8")) or {}
-    return support_choices.from_yaml(preset.get("choices") or [], name)
-
-
-def add_json_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here (shared JSON layout)")
-
-
-def write_json(path: str | Path | None, benchmark: str, args: argparse.Namespace, results: Any) -> None:
-    """One layout for every benchmark: what ran, where, when, with which options, and its results."""
-    if not path:
-        return
-    record = {
-        "benchmark": benchmark,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "command": shlex.join([Path(sys.executable).name, "-m", f"benchmarks.{benchmark}", *sys.argv[1:]]),
-        "args": {k: v for k, v in vars(args).items() if k != "json"},
-        "results": results,
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 
 def add_workload_args(p: argparse.ArgumentParser, model: str, batch_size: int, classes: bool = True) -> None:
@@ -97,19 +53,6 @@ def add_workload_args(p: argparse.ArgumentParser, model: str, batch_size: int, c
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA")
     add_json_arg(p)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu} ({torch.get_num_threads()} threads){gpu}; torch {torch.__version__}, timm {timm.__version__}"
 
 
 def sync(device: torch.device) -> None:
@@ -242,11 +185,11 @@ def peak_above_base(step: Callable[[], None], device: torch.device, steps: int =
 
 
 def peak_in_own_process(benchmark: str, method: str, workload: list[str]) -> float | None:
-    """``python -m benchmarks.<benchmark> --one <method> <workload>`` in a fresh process: its printed peak MiB
+    """``python -m benchmarks.perf.<benchmark> --one <method> <workload>`` in a fresh process: its printed peak MiB
     (None when that process failed), so no method inherits another's allocator high-water mark."""
-    cmd = [sys.executable, "-m", f"benchmarks.{benchmark}", "--one", method, *workload]
+    cmd = [sys.executable, "-m", f"benchmarks.perf.{benchmark}", "--one", method, *workload]
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"] if out.returncode == 0 else None
 
 

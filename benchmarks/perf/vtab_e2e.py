@@ -1,7 +1,7 @@
 """One VTAB-1k-shaped task end to end through the three commands, with wall time per stage (target on one GPU:
 under 10 minutes for ViT-B/16 at the paper's recipe).
 
-    python -m benchmarks.vtab_e2e [--model vit_base_patch16_224] [--epochs 500] [--generations 20] [--work DIR]
+    python -m benchmarks.perf.vtab_e2e [--model vit_base_patch16_224] [--epochs 500] [--generations 20] [--work DIR]
 
 Synthetic data in the shape of a VTAB-1k task: 800 train + 200 val images (plus 200 test) at 224², 10 classes, as an
 ImageFolder tree; a random-init backbone saved to a local weights file (so nothing is downloaded). Stages: writing
@@ -31,7 +31,7 @@ from glora.app.commands.export import main as export_main
 from glora.app.commands.search import main as search_main
 from glora.app.commands.train import main as train_main
 
-from ._common import add_json_arg, machine, write_json
+from ..common import add_json_arg, machine, write_json
 
 __all__ = ["main", "write_task"]
 

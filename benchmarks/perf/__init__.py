@@ -1,0 +1,1 @@
+"""Performance micro-benchmarks: ratios measured side by side in one process (see :mod:`benchmarks`)."""

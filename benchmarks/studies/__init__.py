@@ -1,0 +1,2 @@
+"""Research studies: accuracy against parameters and training budget, with their result files (see
+:mod:`benchmarks`)."""
