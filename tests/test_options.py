@@ -266,3 +266,35 @@ def test_every_option_has_help_and_shows_its_default(parser):
         assert "default" in option.help_text(), f"{option.flag} shows no default"
         if isinstance(option.default, int) and not isinstance(option.default, bool):
             assert f"(default: {option.default})" in text, option.flag  # --epochs, --population, ...
+
+
+# ---------------------------------------------------------------------- the warm-up, in epochs or as a share
+def test_the_warmup_follows_the_runs_length_and_the_higher_layer_wins(tmp_path):
+    """--warmup-ratio is a share of this run's epochs (transformers' warmup_ratio); --warmup-epochs and it say one
+    thing two ways: the command line beats a -c file beats the --init-from run's options; one layer giving both is
+    refused."""
+    from glora.app.options import ConfigError
+    from glora.app.options.train import resolve_warmup
+    from glora.app.trainer import Recipe
+
+    assert Recipe(epochs=10, warmup_ratio=0.25).warmup == 2.5 and Recipe(epochs=10, warmup_epochs=3).warmup == 3
+    ratio = tmp_path / "ratio.yaml"
+    ratio.write_text("warmup-ratio: 0.1\n")
+
+    def resolved(argv, inherited=None):
+        parsed = train_parser().parse(argv)
+        parsed = parsed.layered_under(inherited) if inherited else parsed
+        args = parsed.args
+        resolve_warmup(parsed, args)
+        return Recipe.from_options(args).warmup if args.epochs else None
+
+    assert resolved(["-c", str(ratio), "--epochs", "30"]) == 3.0  # the preset's share of 30 epochs
+    assert resolved(["-c", str(ratio), "--epochs", "30", "--warmup-epochs", "0"]) == 0  # the command line wins
+    assert resolved(["--epochs", "8"], {"warmup_ratio": 0.25, "warmup_epochs": 2.0}) == 2.0  # inherited: its ratio
+    assert resolved(["--epochs", "8", "--warmup-epochs", "0"], {"warmup_ratio": 0.25, "warmup_epochs": 2.0}) == 0
+    with pytest.raises(ConfigError, match="--warmup-epochs and --warmup-ratio both given by the command line"):
+        resolved(["--warmup-ratio", "0.1", "--warmup-epochs", "1"])
+    both = tmp_path / "both.yaml"
+    both.write_text("warmup-ratio: 0.1\nwarmup-epochs: 1\n")
+    with pytest.raises(ConfigError, match="both given by one -c file"):
+        resolved(["-c", str(both)])

@@ -478,3 +478,33 @@ def test_unseeded_random_init_is_explained(folder_pipeline, tmp_path, capsys):
     code, err = cli("search", ["--supernet", tmp_path / "old.pt", "--out", tmp_path / "s"], capsys)
     assert code == 2 and "random-init backbone saved without its init seed" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_every_line_describes_this_run(lora_pipeline, pipeline, tmp_path, capsys):
+    """The figures and bounds a command prints are this run's: a fixed adapter's search has no budget (the default
+    --param-limit is not one), a given --param-limit that cannot apply says so, and a retrained pick is counted as
+    the paper counts it (not the supernet's allocated tensors)."""
+    from helpers import cli
+
+    work, _ = lora_pipeline
+    search = ["--supernet", work / "supernet" / "last.pt", "--no-progress"]
+    code, out = cli("search", [*search, "--out", tmp_path / "s"], capsys, stdout=True)
+    assert code == 0, out
+    assert "the space holds one subnet (" in out and "evaluated once, with no search and no budget" in out
+    assert "budget 0-" not in out and "outside" not in out and "kept anyway" not in out
+    assert "the one subnet: " in out and "(evaluated once, no search)" in out and "(1 point)" in out
+    pareto = json.loads((tmp_path / "s" / "pareto.json").read_text())
+    assert pareto["param_limit"] is None and pareto["min_param_limit"] is None
+    code, out = cli("search", [*search, "--out", tmp_path / "s2", "--param-limit", "0.01"], capsys, stdout=True)
+    assert code == 0 and "--param-limit does not apply: the one subnet (" in out, out
+    code, out = cli("train", ["-c", PRESETS / "methods/lora.yaml", "--epochs", "1", "--no-progress", "--out",
+                              tmp_path / "fixed"], capsys)  # fmt: skip
+    assert code == 0 and "fixed adapter: " in out and "supernet:" not in out, out
+
+    sup, pick = pipeline / "supernet" / "last.pt", pipeline / "search" / "subnet.yaml"
+    code, err = cli("train", ["--init-from", sup, "--subnet", pick, "--epochs", "1", "--no-progress", "--out",
+                              tmp_path / "re"], capsys)  # fmt: skip
+    assert code == 0, err
+    model = load_supernet(read_checkpoint(sup))
+    count, layers = glora.count_params(model, glora.load_subnet(pick)), len(glora.glora_layers(model))
+    assert f"one subnet: {layers} adapted layers, {count:,} params trained (the paper's count)" in err, err

@@ -470,15 +470,9 @@ _FAMILIES = {  # encoder families whose layers, inputs or weight sharing differ 
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", list(_FAMILIES))
-def test_other_encoder_families_train_search_and_export(family, bert, tmp_path):
-    """The text pipeline is not BERT's alone: another encoder family (BERT's tokenizer, a random-init classifier)
-    trains, is searched and exports, and plain transformers scores the export as the search reported."""
-    import inspect
+def _family_folder(family: str, bert: Path, tmp_path: Path) -> tuple[Path, object]:
+    """A random-init classifier of ``family`` with BERT's tokenizer, in one save_pretrained folder."""
     import shutil
-
-    from helpers import run_pipeline, sentiment_files, sentiment_rows, text_train_args
 
     name, kw = _FAMILIES[family]
     model = tmp_path / family
@@ -489,6 +483,53 @@ def test_other_encoder_families_train_search_and_export(family, bert, tmp_path):
                                          max_position_embeddings=64, num_labels=2, **kw)  # fmt: skip
     torch.manual_seed(0)
     transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(model)
+    return model, config
+
+
+def _plain_inputs(model, texts: list[str], tokenizer) -> dict:
+    """The tokenizer's fields a plain transformers model takes (DistilBERT takes no token_type_ids)."""
+    import inspect
+
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    accepted = inspect.signature(model.forward).parameters
+    return {k: v for k, v in enc.items() if k in accepted}
+
+
+@pytest.mark.parametrize("family", list(_FAMILIES))
+def test_other_encoder_families_are_adapted_and_export_as_the_commands_do(family, bert, tmp_path):
+    """Another encoder family (other layer names, no segment ids, a layer shared across depth, relative attention)
+    through the commands' own pieces, without a whole pipeline: the backbone as glora-train builds it, a sampled
+    subnet over non-zero supports, the export as glora-export writes it; plain transformers loads it and computes the
+    supernet's logits."""
+    import random
+
+    from helpers import randomize_supports, sentiment_rows
+
+    from glora.app.backbone import BackboneSpec, build_backbone
+    from glora.app.hf_backbone import export_transformers_folder
+
+    model_dir, config = _family_folder(family, bert, tmp_path)
+    supernet = build_backbone(BackboneSpec(str(model_dir), num_classes=2, task_type="text-classification")).eval()
+    glora.inject(supernet, glora.SearchSpace(lora_ranks=(4, 2)))
+    randomize_supports(supernet, seed=1)
+    subnet = glora.sample_subnet(supernet, random.Random(2))
+    glora.set_subnet(supernet, subnet)
+    export_transformers_folder(glora.fold(supernet, subnet), tmp_path / "export", str(model_dir), ["neg", "pos"])
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    assert plain.config.model_type == config.model_type and plain.config.id2label == {0: "neg", 1: "pos"}
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    inputs = _plain_inputs(plain, [r["text"] for r in sentiment_rows(8, 1)], tok)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**inputs).logits, supernet(**inputs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_encoder_with_relative_attention_trains_searches_and_exports(bert, tmp_path):
+    """One other family end to end (DeBERTa-v2: query_proj, relative attention, no pooler of BERT's): it trains, is
+    searched and exports, and plain transformers scores the export as the search reported."""
+    from helpers import run_pipeline, sentiment_files, sentiment_rows, text_train_args
+
+    model, config = _family_folder("deberta-v2", bert, tmp_path)
     files = sentiment_files(tmp_path)
     root = run_pipeline(tmp_path / "run", text_train_args(model, files, tmp_path / "unused"))
     final = [json.loads(line) for line in (root / "search" / "search_log.jsonl").read_text().splitlines()][-1]
@@ -496,9 +537,7 @@ def test_other_encoder_families_train_search_and_export(family, bert, tmp_path):
     assert plain.config.model_type == config.model_type
     tok = transformers.AutoTokenizer.from_pretrained(root / "export")
     rows = sentiment_rows(16, 1)  # the validation rows sentiment_files wrote
-    enc = tok([r["text"] for r in rows], padding=True, return_tensors="pt")
-    accepted = inspect.signature(plain.forward).parameters
-    inputs = {k: v for k, v in enc.items() if k in accepted}  # DistilBERT takes no token_type_ids
+    inputs = _plain_inputs(plain, [r["text"] for r in rows], tok)
     with torch.no_grad():
         logits = plain(**inputs).logits
     labels = torch.tensor([plain.config.label2id[r["label"]] for r in rows])

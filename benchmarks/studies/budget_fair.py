@@ -68,6 +68,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrain-warmup", type=float, default=None, metavar="EPOCHS",
                    help="glora: warm-up epochs of the retraining (default: the recipe's, as every run; 0: the pick "
                    "retrains from the peak lr, the supernet having warmed up)")  # fmt: skip
+    p.add_argument("--warmup-ratio", type=float, default=None, metavar="R",
+                   help="glora: the supernet stage warms up for this share of its epochs (glora-train "
+                   "--warmup-ratio) instead of the recipe's 2 epochs; the retraining inherits it unless "
+                   "--retrain-warmup is given")  # fmt: skip
     p.add_argument("--choices", nargs="+", default=None, metavar="SUPPORT=NAMES",
                    help="the searched methods' space (glora-train --choices; default: glora the recommended preset's, "
                    "C=vector,none; glora-paper the paper's whole space), e.g. C=lora_8,lora_4,vector,none; each space "
@@ -97,6 +101,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--retrain-fraction must be in [0, 1), got {args.retrain_fraction}")
     if args.search_targets is not None and args.task != "sentiment":
         p.error("--search-targets is for --task sentiment (the embedded task adapts every linear layer)")
+    if args.warmup_ratio is not None and not 0 <= args.warmup_ratio <= 1:
+        p.error(f"--warmup-ratio must be in [0, 1], got {args.warmup_ratio}")
     if args.retrain_warmup is not None and args.retrain_warmup < 0:
         p.error(f"--retrain-warmup must be >= 0 epochs, got {args.retrain_warmup}")
     return args
@@ -181,6 +187,7 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
     if method == "glora":
         variant += f"-rf{args.retrain_fraction:g}" if args.retrain_fraction != RETRAIN_FRACTION else ""
         variant += f"-rw{args.retrain_warmup:g}" if args.retrain_warmup is not None else ""
+        variant += f"-wr{args.warmup_ratio:g}" if args.warmup_ratio is not None else ""
     choices = space_choices(method, args.choices)
     if choices:
         variant += "-" + "-".join(c.replace("=", "").replace(",", "").replace("_", "") for c in choices)
@@ -205,6 +212,8 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
         limit = _budget_text(budget)
         retrain = round(epochs * args.retrain_fraction) if method == "glora" else 0
         sampling = ["-c", RECOMMENDED, "--param-limit", limit] if method == "glora" else []
+        if method == "glora" and args.warmup_ratio is not None:  # the ratio instead of the recipe's warm-up epochs
+            common = [*_without(common, "--warmup-epochs"), "--warmup-ratio", f"{args.warmup_ratio:g}"]
         sampling += ["--choices", *choices] if choices else []
         _stage(root, "supernet", lambda: _train([*common, *sampling, "--epochs", str(epochs - retrain), "--out",
                                                  str(sup)]), stages)  # fmt: skip
@@ -228,6 +237,14 @@ def run_method(method: str, epochs: int, seed: int, task: list[str], budget: int
         "seconds": {k: round(v, 1) for k, v in stages.items()},
     }
     return result
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its one value."""
+    if flag not in argv:
+        return list(argv)
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2 :]
 
 
 def _retarget(task: list[str]) -> list[str]:

@@ -92,7 +92,14 @@ class Recipe:
     drop_last: bool = option(
         False, "drop each epoch's last incomplete batch (the reference code does: 12 steps on 800 images at 64)"
     )
-    warmup_epochs: float = option(2.0, "linear warmup before the schedule", min=0)
+    warmup_epochs: float = option(2.0, "linear warmup before the schedule, in epochs", min=0)
+    warmup_ratio: float | None = option(
+        None,
+        "linear warmup as a share of this run's epochs (transformers' warmup_ratio): it follows the stage's length; "
+        "when set it replaces --warmup-epochs",
+        min=0,
+        max=1,
+    )
     warmup_lr: float = option(1e-6, "learning rate the warmup starts from", min=0)
     min_lr: float = option(1e-6, "learning rate the schedule ends at", min=0)
     smoothing: float = option(0.0, "label smoothing", min=0, max=1)
@@ -107,7 +114,14 @@ class Recipe:
     amp: str = Runtime.amp  # auto: bf16 autocast on CUDA only; bf16; off
     workers: int = Runtime.workers  # data-loading workers when images are not cached in memory
 
+    @property
+    def warmup(self) -> float:
+        """The warm-up in epochs: ``warmup_ratio`` of the epochs when it is set, else ``warmup_epochs``."""
+        return self.warmup_epochs if self.warmup_ratio is None else self.warmup_ratio * self.epochs
+
     def __post_init__(self) -> None:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -252,7 +266,7 @@ class Trainer:
         r = self.recipe
         per = self.steps_per_epoch if r.sched_on_updates else 1  # time unit: updates, or epochs
         total = r.epochs * per
-        warmup = min(round(r.warmup_epochs * per), max(total - 1, 0))
+        warmup = min(round(r.warmup * per), max(total - 1, 0))
         common = dict(lr_min=r.min_lr, warmup_t=warmup, warmup_lr_init=r.warmup_lr, warmup_prefix=True)
         units = dict(t_in_epochs=not r.sched_on_updates)
         if r.sched == "linear":

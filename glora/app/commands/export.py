@@ -254,8 +254,9 @@ def _latency(
     unit = modality.unit
     for name in ("folded", "supernet"):
         lat[f"{name}_vs_base"] = round(lat[name]["ms_per_batch"] / lat["base"]["ms_per_batch"], 4)
+    plural = "s" * (rounds != 1)
     print(
-        f"latency on {lat['batch']} {unit} ({lat['device']}, median of {rounds} interleaved rounds): folded "
+        f"latency on {lat['batch']} {unit} ({lat['device']}, median of {rounds} interleaved round{plural}): folded "
         f"{lat['folded']['ms_per_batch']:.1f} ms ({lat['folded_vs_base']:.2f}x base), unfolded supernet "
         f"{lat['supernet']['ms_per_batch']:.1f} ms ({lat['supernet_vs_base']:.2f}x), base "
         f"{lat['base']['ms_per_batch']:.1f} ms"

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         try:
             with terminate_as_interrupt():
-                _SearchRun(args, job, device, state).run()
+                _SearchRun(args, job, device, state, frozenset(parsed.explicit())).run()
         finally:
             job.close()
     return 0
@@ -90,7 +90,15 @@ class _SearchRun:
     generation's new candidates (``job.map``); rank 0 writes. With ``--fsdp`` the supernet is sharded instead: the
     ranks evaluate every candidate together, each on its share of every validation batch."""
 
-    def __init__(self, args: argparse.Namespace, job: Distributed, device: torch.device, state: dict | None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        job: Distributed,
+        device: torch.device,
+        state: dict | None,
+        explicit: frozenset[str] = frozenset(),
+    ) -> None:
+        """``explicit``: the options this command line (or its -c files) gave, as opposed to their defaults."""
         self.args, self.job, self.device, self.out = args, job, device, Path(args.out)
         self.files = SearchFolder(self.out)
         self.sharded = fsdp_wanted(args, job)
@@ -140,9 +148,11 @@ class _SearchRun:
         if self.fixed:
             cost = self.genome.cost([0] * len(self.genome))
             what = "the checkpoint trained one subnet" if self.retrained else "the space holds one subnet"
-            _logger.info("%s (%s params): evaluating it, no search", what, f"{cost:,}")
-            if not settings.min_params <= cost <= settings.max_params:
-                _logger.warning("the one subnet has %s params, outside --param-limit; kept anyway", f"{cost:,}")
+            _logger.info("%s (%s params): it is evaluated once, with no search and no budget", what, f"{cost:,}")
+            given = [n for n in ("param_limit", "min_param_limit") if n in explicit]
+            if given and not settings.min_params <= cost <= settings.max_params:
+                flags = " / ".join("--" + n.replace("_", "-") for n in given)
+                _logger.warning("%s does not apply: the one subnet (%s params) lies outside it", flags, f"{cost:,}")
             settings = dataclasses.replace(
                 settings, population=1, parents=1, mutations=0, crossovers=0, generations=1, min_params=0,
                 max_params=10**12,
@@ -187,16 +197,19 @@ class _SearchRun:
         if self.job.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(args, self.files.config)
-        limit = "none" if args.param_limit is None else f"{s.max_params:,}"
-        _logger.info(
-            "searching %d genes (%d layers), budget %s-%s params, %d val %s",
-            len(self.genome),
-            len(self.genome.layer_names),
-            f"{s.min_params:,}",
-            limit,
-            len(self.val),
-            self.modality.unit,
-        )
+        if self.fixed:
+            _logger.info("evaluating it on %d val %s", len(self.val), self.modality.unit)
+        else:
+            limit = "none" if args.param_limit is None else f"{s.max_params:,}"
+            _logger.info(
+                "searching %d genes (%d layers), budget %s-%s params, %d val %s",
+                len(self.genome),
+                len(self.genome.layer_names),
+                f"{s.min_params:,}",
+                limit,
+                len(self.val),
+                self.modality.unit,
+            )
         bar = tqdm(
             total=args.generations,
             initial=self.evo.generation,
@@ -309,8 +322,8 @@ class _SearchRun:
         pareto = {
             "objective": args.objective,
             "metric": name,
-            "param_limit": args.param_limit,
-            "min_param_limit": args.min_param_limit,
+            "param_limit": None if self.fixed else args.param_limit,  # a one-subnet evaluation has no budget
+            "min_param_limit": None if self.fixed else args.min_param_limit,
             "front": [
                 {"params": p, f"val_{key}": round(self.fitness.value(a), 6), "subnet": self.genome.decode(g)}
                 for p, a, g in front
@@ -336,15 +349,17 @@ class _SearchRun:
         short = result_key(name)
         test_txt = "n/a" if test is None or name not in test else f"{test[name]:.4f}"
         test_txt += "".join(f", {n} {r['acc']:.4f}{' (masked)' * r['masked']}" for n, r in extra.items())
+        which = "the one subnet" if self.fixed else "best subnet"
+        searched = "evaluated once, no search" if self.fixed else f"{len(evo.cache)} candidates evaluated"
         print(
-            f"best subnet: {params:,} params ({params / 1e6:.4f}M), val {short} {self.fitness.value(score):.4f}, test "
-            f"{short} {test_txt} ({len(evo.cache)} candidates evaluated)"
+            f"{which}: {params:,} params ({params / 1e6:.4f}M), val {short} {self.fitness.value(score):.4f}, test "
+            f"{short} {test_txt} ({searched})"
         )
         others = [n for n in task.metric_names if n != name]
         if others:
             print(f"val: {task.describe(val)}" + ("" if test is None else f"; test: {task.describe(test)}"))
         f = self.files
-        print(f"wrote {f.subnet}, {f.LOG}, {f.PARETO} ({len(front)} points), {f.PLOTS}/")
+        print(f"wrote {f.subnet}, {f.LOG}, {f.PARETO} ({len(front)} point{'s' * (len(front) != 1)}), {f.PLOTS}/")
         print(f"next: glora-export --supernet {args.supernet} --subnet {f.subnet} (or python reparam.py ...)")
 
 

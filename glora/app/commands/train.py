@@ -20,9 +20,11 @@ from torch import nn
 
 from glora._io import atomic_write_text
 from glora.config import SUPPORT_DTYPES
+from glora.gift import GiftBank
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
 from glora.space import SearchSpace
 from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
+from search.genome import Genome
 
 from ..backbone import (
     bias_free_rule,
@@ -53,6 +55,7 @@ from ..options.train import (
     check_init_from,
     inputs_of,
     parse_train_args,
+    resolve_warmup,
     sampling_from_args,
 )
 from ..outputs import absolute, check_no_overlap, output_lock, writes_files
@@ -90,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             existing=[last],
             what="a supernet checkpoint",
         )
+        if not args.resume:
+            resolve_warmup(parsed, args)
         check_no_overlap(args.out, inputs_of(args, configs=False))  # a resumed run reads its saved inputs
         for name in _RECORDED_PATHS:  # the saved options name inputs absolute: commands run from any folder
             if isinstance(getattr(args, name, None), str):
@@ -325,18 +330,35 @@ class _SupernetRun:
             self.files.checkpoint,
         )
 
+    def _what_trains(self) -> str:
+        """What this run trains, in the paper's count (the supports a subnet uses; the head apart), and the tensors
+        it allocates for it."""
+        layers = glora_layers(self.model)
+        supports = {id(p) for layer in layers.values() for p in layer.support_params()}
+        supports |= {id(p) for m in self.model.modules() if isinstance(m, GiftBank) for p in m.parameters()}
+        params = self.trainer.params
+        head = sum(p.numel() for p in params if id(p) not in supports)
+        allocated = sum(p.numel() for p in params)
+        genome = Genome(self.model) if self.subnet is None else None
+        if genome is not None and any(genome.up):
+            largest = genome.max_cost()
+            what = f"supernet: {len(layers)} adapted layers, subnets of up to {largest:,} params (the paper's count)"
+            held = "the supports at their largest ranks"
+        elif genome is not None:  # a space of one subnet: a fixed adapter
+            what = f"fixed adapter: {len(layers)} adapted layers, {genome.max_cost():,} params (the paper's count)"
+            held = "its supports"
+        else:
+            params = count_params(self.model, self.subnet)
+            what = f"one subnet: {len(layers)} adapted layers, {params:,} params trained (the paper's count)"
+            held = "whole supports, of which the subnet trains its slices"
+        return f"{what} and a head of {head:,}; {allocated:,} trainable elements allocated ({held})"
+
     def fit(self) -> None:
         t, args = self.trainer, self.args
         if self.dist.main:
             self._prepare_out()
         _logger.info(
-            "%s: %d adapted layers, %d trainable tensors' elements, %d train / %d val %s",
-            "supernet" if self.subnet is None else "one subnet",
-            len(glora_layers(self.model)),
-            sum(p.numel() for p in t.params),
-            len(t.train_set),
-            len(t.val_set),
-            self.modality.unit,
+            "%s; %d train / %d val %s", self._what_trains(), len(t.train_set), len(t.val_set), self.modality.unit
         )
         try:
             t.fit(

@@ -209,6 +209,17 @@ class Parsed:
         known = {k: v for k, v in defaults.items() if k in self.command.options}
         return Parsed(self.command, self.typed, self.files, self.debug, known)
 
+    def layer(self, dest: str) -> int:
+        """Which layer gave ``dest`` its value: 0 its declared default, 1 the earlier run's (``under``), 2 + i the
+        i-th ``-c`` file, 2 + the number of files the command line. Of two options that say the same thing in
+        two ways (``--warmup-epochs``, ``--warmup-ratio``) the one given at the higher layer wins."""
+        if dest in self.typed:
+            return 2 + len(self.files)
+        for i in reversed(range(len(self.files))):
+            if dest in self.files[i][1]:
+                return 2 + i
+        return 1 if dest in self.under else 0
+
     def set_by(self, dests: Iterable[str]) -> str:
         """Where options came from when a ``-c`` file set them and the command line did not (`` (set by -c
         protocols/recommended)``), else ``""``: an error about them says which file to look at."""

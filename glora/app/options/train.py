@@ -48,6 +48,7 @@ __all__ = [
     "backbone_from_args",
     "check_applicable",
     "check_init_from",
+    "resolve_warmup",
     "SAMPLING_OPTIONS",
     "parse_train_args",
     "sampling_from_args",
@@ -323,6 +324,22 @@ def check_init_from(init_from: str | None, subnet_file: str | None) -> None:
         raise ConfigError(
             f"--subnet {subnet_file} is not the subnet --init-from {init_from} retrained ({origin}; {differ}): "
             "training it from there would start from tensors of two trainings; --init-from the supernet instead"
+        )
+
+
+def resolve_warmup(parsed: Parsed, args: argparse.Namespace) -> None:
+    """``--warmup-epochs`` and ``--warmup-ratio`` say one thing in two ways: the one given at the higher layer wins
+    (the command line over a ``-c`` preset over the ``--init-from`` run's options), so a retraining that inherits a
+    ratio and is given ``--warmup-epochs 0`` warms up for 0 epochs; both given at one layer is refused."""
+    ratio, epochs = parsed.layer("warmup_ratio"), parsed.layer("warmup_epochs")
+    if args.warmup_ratio is None:
+        return
+    if epochs > ratio:
+        args.warmup_ratio = None
+    elif epochs == ratio >= 2:  # (an --init-from run records both; there the ratio had won)
+        where = "the command line" if epochs == 2 + len(parsed.files) else "one -c file"
+        raise ConfigError(
+            f"--warmup-epochs and --warmup-ratio both given by {where}: give one (the ratio follows --epochs)"
         )
 
 
