@@ -84,9 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileExistsError(f"{str(out)!r} already exists; pass --force to replace it")
         _check_replaceable(out)
         ckpt = early or read_checkpoint(args.supernet)
-        hf = BackboneSpec.from_dict(ckpt["backbone"]).is_transformers
-        if hf and args.eval_set:
-            raise ValueError("--eval-set takes image folders or lists; this supernet is a transformers text model")
+        hf = BackboneSpec.from_dict(ckpt["backbone"]).is_transformers  # which library's folder the export writes
+        inputs = modality_from_record(ckpt["input"])
+        if args.eval_set and not inputs.image_inputs:
+            raise ValueError(f"--eval-set takes image folders or lists; this supernet takes {inputs.name}")
         check_no_overlap(out, supernet_inputs(ckpt, args.data_root))
         subnet = own or load_subnet(args.subnet)  # read, and the data checked, before the model is rebuilt
         _check_not_mixed(args, ckpt, subnet)
