@@ -13,10 +13,12 @@ the ``search`` package.
     plain = glora.fold(model, subnet)                                   # plain model, zero overhead
 """
 
+from .adapter import adapter_names, load_adapter, read_adapter, save_adapter, set_adapter
 from .config import AdapterConfig
 from .fold import fold, folded
 from .inject import (
     find_in_place_edits,
+    get_adapter_config,
     get_space,
     glora_layers,
     head_names,
@@ -58,6 +60,7 @@ __all__ = [
     "target_names",
     "glora_layers",
     "get_space",
+    "get_adapter_config",
     "head_names",
     "set_execution",
     "find_in_place_edits",
@@ -75,6 +78,12 @@ __all__ = [
     # re-parameterisation
     "fold",
     "folded",
+    # adapter folders
+    "save_adapter",
+    "load_adapter",
+    "read_adapter",
+    "set_adapter",
+    "adapter_names",
     # the paper's reference code
     "load_reference_state_dict",
     "convert_reference_subnet",

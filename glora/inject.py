@@ -33,6 +33,7 @@ __all__ = [
     "glora_layers",
     "require_layers",
     "get_space",
+    "get_adapter_config",
     "head_names",
     "set_execution",
     "find_in_place_edits",
@@ -43,6 +44,7 @@ _logger = logging.getLogger(__name__)
 
 GIFT_ATTR = "glora_gift"  # where the shared GIFT generators live on the model root
 _LAYERS_ATTR = "_glora_layers"  # the injected model's layers, in order (a plain attribute: never saved or moved)
+_CONFIG_ATTR = "_glora_config"  # the AdapterConfig it was injected with, heads resolved
 
 
 class _LayerIndex(dict):
@@ -102,6 +104,7 @@ def inject(
     _freeze_backbone(model, bank, heads)
     # Listed at the root for glora_layers (walking every module costs about a millisecond on a ViT, each time).
     model.__dict__[_LAYERS_ATTR] = _LayerIndex((m.name, m) for m in model.modules() if isinstance(m, GLoRALinear))
+    model.__dict__[_CONFIG_ATTR] = AdapterConfig(config.space, config.targets, tuple(heads), config.support_dtype)
     _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
     return model
 
@@ -314,6 +317,17 @@ def require_layers(model: nn.Module) -> dict[str, GLoRALinear]:
     if not layers:
         raise ValueError("model has no GLoRA layers: call glora.inject(model, space) first")
     return layers
+
+
+def get_adapter_config(model: nn.Module) -> AdapterConfig:
+    """The adapter configuration ``model`` was injected with (its heads as found), for saving the adapter."""
+    found = model.__dict__.get(_CONFIG_ATTR)
+    if found is not None:
+        return found
+    layers = require_layers(model)  # a model injected elsewhere (a wrapper around it): what its layers say
+    first = next(iter(layers.values()))
+    dtype = next((k for k, v in SUPPORT_DTYPES.items() if v == first.code.dtype), None)
+    return AdapterConfig(first.space, tuple(layers), tuple(_resolve_heads(model, None)), dtype)
 
 
 def get_space(model: nn.Module) -> SearchSpace:

@@ -508,3 +508,30 @@ def test_every_line_describes_this_run(lora_pipeline, pipeline, tmp_path, capsys
     model = load_supernet(read_checkpoint(sup))
     count, layers = glora.count_params(model, glora.load_subnet(pick)), len(glora.glora_layers(model))
     assert f"one subnet: {layers} adapted layers, {count:,} params trained (the paper's count)" in err, err
+
+
+def test_the_adapter_only_export_rebuilds_the_pick_on_a_fresh_base(pipeline, tmp_path, capsys):
+    """glora-export --adapter-only on the embedded default: the folder's backbone record rebuilds the base, the
+    adapter loads onto it, and the result computes the pick exactly (folded: the folded export's outputs)."""
+    from helpers import cli
+
+    from glora.app import BackboneSpec, build_backbone
+
+    sup, pick = pipeline / "supernet" / "last.pt", pipeline / "search" / "subnet.yaml"
+    code, out = cli("export", ["--supernet", sup, "--subnet", pick, "--out", tmp_path / "a", "--adapter-only"], capsys,
+                    stdout=True)  # fmt: skip
+    assert code == 0, out
+    record = json.loads((tmp_path / "a" / "glora_adapter.json").read_text())
+    base = build_backbone(BackboneSpec.from_dict(record["extra"]["backbone"])).eval()
+    subnet = glora.load_adapter(base, tmp_path / "a")
+    supernet = load_supernet(read_checkpoint(sup)).eval()
+    glora.set_subnet(supernet, subnet)
+    x = torch.randn(4, *base.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    plain = timm.create_model(f"local-dir:{pipeline / 'export'}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(base(x), supernet(x))
+        torch.testing.assert_close(glora.fold(base, subnet)(x), plain(x), rtol=1e-5, atol=1e-5)
+    stats = json.loads((tmp_path / "a" / "glora_export.json").read_text())
+    assert stats["adapter_bytes"] < stats["folded_bytes"] and stats["glora_params"] == glora.count_params(
+        supernet, subnet
+    )

@@ -548,3 +548,32 @@ def test_an_encoder_with_relative_attention_trains_searches_and_exports(bert, tm
     with torch.no_grad():
         torch.testing.assert_close(logits, supernet(**inputs), rtol=1e-5, atol=1e-5)  # the pick, folded exactly
         assert not torch.allclose(untrained(**inputs).logits, logits, atol=1e-3)  # and it was trained
+
+
+def test_the_adapter_only_export_loads_onto_the_plain_transformers_base(text_pipeline, tmp_path, capsys):
+    """glora-export --adapter-only: a small folder that glora.load_adapter puts onto the plain base
+    (AutoModelForSequenceClassification.from_pretrained with the labels the folder records), which then computes
+    what the folded export computes."""
+    root = text_pipeline.root
+    argv = ["--supernet", root / "supernet/last.pt", "--subnet", root / "search/subnet.yaml", "--out", tmp_path / "a",
+            "--adapter-only", "--no-progress"]  # fmt: skip
+    code, out = cli("export", argv, capsys, stdout=True)
+    assert code == 0, out
+    assert "computes the supernet's outputs exactly" in out and "the folded export would take" in out
+    record = json.loads((tmp_path / "a" / "glora_adapter.json").read_text())
+    head = record["extra"]["transformers"]
+    assert head["num_labels"] == 2 and head["id2label"] == {"0": "first", "1": "second"}
+    stats = json.loads((tmp_path / "a" / "glora_export.json").read_text())
+    assert stats["adapter_only"] and stats["adapter_bytes"] < stats["folded_bytes"]
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(head["model"], num_labels=2).eval()
+    subnet = glora.load_adapter(base, tmp_path / "a")
+    picked = glora.load_subnet(root / "search/subnet.yaml")  # named as the commands' wrapper names its layers
+    assert subnet == {name.removeprefix("model."): choices for name, choices in picked.items()}  # the base's names
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(root / "export").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(root / "export")
+    rows = text_pipeline.rows["val"]
+    enc = tok([r["s1"] for r in rows], [r["s2"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(base(**enc).logits, plain(**enc).logits, rtol=1e-5, atol=1e-5)
+        folded = glora.fold(base, subnet)
+        torch.testing.assert_close(folded(**enc).logits, plain(**enc).logits, rtol=1e-5, atol=1e-5)

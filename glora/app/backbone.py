@@ -18,6 +18,7 @@ from torch import nn
 
 from glora._io import weights_format
 from glora._text import first_line
+from glora.adapter import frozen_fingerprint
 from glora.config import AdapterConfig
 from glora.inject import get_space, glora_layers, target_names
 
@@ -197,10 +198,10 @@ def _build_error(spec: BackboneSpec, name: str, kwargs: dict[str, Any], pretrain
 
 def fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of the given (default: all frozen) parameters."""
+    if names is None:
+        return frozen_fingerprint(model)  # the adapter folders' own: a checkpoint and an adapter agree
     h = hashlib.sha256()
     params = dict(model.named_parameters())
-    if names is None:
-        names = [n for n, p in params.items() if not p.requires_grad]
     for n in sorted(names):
         t = params[n].detach().to("cpu").contiguous()
         h.update(f"{n}|{tuple(t.shape)}|{t.dtype}|".encode())

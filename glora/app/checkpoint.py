@@ -18,11 +18,12 @@ from torch import nn
 
 from glora._io import atomic_save, weights_format
 from glora._text import first_line
+from glora.adapter import adapter_state_dict, load_adapter_state_dict
 from glora.config import AdapterConfig
 from glora.inject import inject
 
 from .backbone import BackboneSpec, build_backbone, fingerprint
-from .sharding import assign_, full, weightless
+from .sharding import weightless
 from .values import not_found
 
 __all__ = [
@@ -44,8 +45,9 @@ _REQUIRED = ("format", "version", "backbone", "fingerprint", "adapter", "trainab
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors training changes (supports, GIFT generators, head), detached on the CPU; whole when the model is
-    sharded (FSDP: a collective, so every rank calls it)."""
-    return {n: full(p.detach()).to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    sharded (FSDP: a collective, so every rank calls it). The adapter folders' own function
+    (:func:`glora.adapter.adapter_state_dict`), so a checkpoint and an adapter hold the same tensors."""
+    return adapter_state_dict(model)
 
 
 def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
@@ -160,8 +162,7 @@ def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where:
         t = tensors[n]
         if tuple(t.shape) != tuple(p.shape):
             raise ValueError(f"{where}: tensor {n!r} has shape {tuple(t.shape)}, this model expects {tuple(p.shape)}")
-    for n, p in own.items():
-        assign_(p, tensors[n])  # this rank's shard of it when the model is sharded (FSDP)
+    load_adapter_state_dict(model, tensors, where=where)  # this rank's shard of each when the model is sharded
 
 
 def supernet_inputs(ckpt: Mapping[str, Any], data_root: str | None = None) -> list[tuple[str, str | None]]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from glora._io import atomic_write_text
+from glora.adapter import load_adapter, save_adapter
 from glora.fold import fold
 from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, save_subnet, set_subnet, subnet_difference
 
@@ -94,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataSpec.from_checkpoint(ckpt["data"], args.data_root).preflight(("val",), given_test=False)
         model = load_supernet(ckpt, device=resolve_device(args.device))
         parse_subnet(model, subnet)  # names the layer and choice if the subnet does not fit this supernet
+        if args.adapter_only:
+            _write_adapter(args, out, ckpt, model, subnet)
+            return 0
         checked = _fold_and_check(args, ckpt, model, subnet)
         _write_export(args, out, ckpt, checked, hf, subnet)
     if hf:
@@ -274,6 +278,91 @@ def _verification_inputs(
     part = data.load_for("val", modality, args.progress).subset(args.verify_examples)
     loader, _ = make_loader(part, len(part), shuffle=False, workers=0)
     return modality.place(next(iter(loader)).inputs, device)
+
+
+def _base_recipe(ckpt: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """What rebuilds the adapter's base: the checkpoint's backbone record (``glora.app.build_backbone``), and for a
+    transformers model what ``from_pretrained`` of the base needs for the head (its class, labels, problem type)."""
+    spec = BackboneSpec.from_dict(ckpt["backbone"])
+    recipe: dict[str, Any] = {"backbone": spec.to_dict(), "class_names": ckpt.get("class_names")}
+    if isinstance(model, TokenModel):
+        config = model.model.config
+        auto = "AutoModelForCausalLM" if isinstance(model, CausalLM) else "AutoModelForSequenceClassification"
+        recipe["transformers"] = {"auto_class": auto, "model": spec.model}
+        if auto == "AutoModelForSequenceClassification":
+            names = ckpt.get("class_names")
+            recipe["transformers"] |= {
+                "num_labels": config.num_labels,
+                "problem_type": config.problem_type,
+                "id2label": {str(i): n for i, n in enumerate(names)} if names else None,
+            }
+    else:
+        recipe["timm"] = {"model": spec.model, "num_classes": spec.num_classes, "model_kwargs": spec.model_kwargs}
+    return recipe
+
+
+def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], model: nn.Module, subnet: Subnet) -> None:
+    """``--adapter-only``: the pick's adapter folder, checked before it is put in place: a fresh base (rebuilt as
+    the checkpoint says) that loads it computes the supernet's outputs exactly, and folded it computes the folded
+    export's; its size is recorded beside the folded model's."""
+    prefix = "model." if isinstance(model, TokenModel) else ""  # the base's own names: plain transformers loads it
+    device = next(model.parameters()).device
+    modality = modality_from_record(ckpt["input"])
+    x = _verification_inputs(args, ckpt, modality, device)
+    set_subnet(model, subnet)
+    with torch.no_grad():
+        expected = modality(model, x)
+    with staged_folder(out) as tmp:
+        save_adapter(model, tmp, subnet, prefix=prefix, extra=_base_recipe(ckpt, model))
+        fresh = build_backbone(BackboneSpec.from_dict(ckpt["backbone"]), device=device).eval()
+        load_adapter(fresh, tmp, prefix=prefix)
+        with torch.no_grad():
+            got = modality(fresh, x)
+            if not torch.equal(got, expected):
+                diff, _ = max_difference(got, expected)
+                raise ValueError(f"a fresh base with the adapter differs from the supernet by {diff:.3e}")
+            folded = fold(fresh, subnet).eval()
+            diff, rel = max_difference(modality(folded, x), expected)
+        if rel > args.tolerance:
+            raise ValueError(
+                f"the folded adapter differs from the supernet by {rel:.3e} > --tolerance {args.tolerance}"
+            )
+        adapter_bytes = sum(f.stat().st_size for f in tmp.iterdir())
+        folded_bytes = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
+        glora_params = count_params(model, subnet)
+        stats = {
+            "adapter_only": True,
+            "supernet": str(args.supernet),
+            "subnet": str(args.subnet) if args.subnet else f"{args.supernet} (the subnet it was trained as)",
+            "glora_params": glora_params,
+            "adapter_bytes": adapter_bytes,
+            "folded_bytes": folded_bytes,
+            "verify_examples": batch_rows(x),
+            "max_rel_diff_folded": rel,
+        }
+        save_subnet(subnet, ExportFolder(tmp).subnet)
+        atomic_write_text(ExportFolder(tmp).record, json.dumps(stats, indent=1))
+    print(
+        f"a fresh base with the adapter computes the supernet's outputs exactly on {batch_rows(x)} {modality.unit}; "
+        f"folded, within {rel:.1e} (relative)"
+    )
+    print(
+        f"adapter: {glora_params:,} params, {_mb(adapter_bytes)} in {out}/ (glora_adapter.json, adapter.safetensors); "
+        f"the folded export would take {_mb(folded_bytes)} ({folded_bytes / max(adapter_bytes, 1):.0f}x)"
+    )
+    base = _base_recipe(ckpt, model)
+    if "transformers" in base:
+        t = base["transformers"]
+        labels = f", num_labels={t['num_labels']}" if t.get("num_labels") else ""
+        print(f'load it with: base = transformers.{t["auto_class"]}.from_pretrained("{t["model"]}"{labels}); '
+              f'glora.load_adapter(base, "{out}")')  # fmt: skip
+    else:
+        print(f'load it with: base = glora.app.build_backbone(glora.app.BackboneSpec.from_dict(json.load(open("{out}/'
+              f'glora_adapter.json"))["extra"]["backbone"])); glora.load_adapter(base, "{out}")')  # fmt: skip
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
 
 
 def _write_export(

@@ -27,6 +27,12 @@ class ExportOptions:
     )
     out: str = option("runs/default/export", "export folder (timm local-dir or save_pretrained)")
     force: bool = option(False, "replace --out if it already exists", action="store_true")
+    adapter_only: bool = option(
+        False,
+        "write the pick's adapter folder (glora_adapter.json + adapter.safetensors: the supports the subnet reads and "
+        "the head) instead of the folded model: glora.load_adapter(base, folder) on the base model rebuilds it",
+        action="store_true",
+    )
     verify_examples: int = option(
         64, "real validation examples (images or sequences) the folded model is compared with the supernet on", min=1
     )
