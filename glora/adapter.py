@@ -160,10 +160,15 @@ def load_adapter_state_dict(
     with torch.no_grad():
         for name, t in tensors.items():
             p = params[name]
+            corner = tuple(slice(0, n) for n in t.shape)
             if tuple(t.shape) == tuple(p.shape):
                 _assign(p, t)
+            elif getattr(p, "device_mesh", None) is not None:  # sharded: the whole tensor, its corner, back
+                whole = _whole(p)
+                whole[corner] = t.to(whole.dtype)
+                _assign(p, whole)
             else:
-                p.data[tuple(slice(0, n) for n in t.shape)] = t.to(p.device, p.dtype)
+                p.data[corner] = t.to(p.device, p.dtype)
 
 
 def _assign(param: torch.Tensor, value: torch.Tensor) -> None:

@@ -189,6 +189,55 @@ def test_only_rank0_reads_the_weights_and_every_rank_gets_them(tmp_path):
     assert [json.loads((tmp_path / f"ok.{r}").read_text()) for r in (0, 1)] == [True, True]
 
 
+def _adapter_main(rank: int, port: int, root: str) -> None:
+    """An adapter saved from a sharded model equals the one saved before sharding (rank 0 writes), and loads onto a
+    sharded fresh base, which then computes the saved model's outputs."""
+    import random
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    from helpers import randomize_supports
+
+    import glora
+    from glora.app.distributed import setup_distributed
+    from glora.app.sharding import shard_model
+
+    job, device = setup_distributed(torch.device("cpu"))
+    space = glora.SearchSpace(lora_ranks=(2,))
+    model = glora.inject(_tied_llama(), space, ["q_proj", "v_proj"])
+    randomize_supports(model, seed=3)
+    subnet = glora.sample_subnet(model, random.Random(1))
+    glora.set_subnet(model, subnet)
+    ids = torch.arange(10).reshape(1, 10)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    if rank == 0:
+        glora.save_adapter(model, Path(root) / "whole", subnet)
+    job.barrier()
+    shard_model(model, device, 2)
+    glora.save_adapter(model, Path(root) / "sharded", subnet)  # every rank gathers, rank 0 writes
+    fresh = glora.inject(_tied_llama(), space, ["q_proj", "v_proj"])
+    shard_model(fresh, device, 2)
+    glora.set_execution(fresh, path="static")  # a sharded model runs the static path (as the commands run it)
+    glora.load_adapter(fresh, Path(root) / "whole")
+    with torch.no_grad():
+        ok = bool(torch.allclose(fresh(input_ids=ids).logits, expected, atol=1e-6))
+    job.barrier()
+    if rank == 0:
+        a, b = glora.read_adapter(Path(root) / "whole")[1], glora.read_adapter(Path(root) / "sharded")[1]
+        ok &= a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    Path(f"{root}/ok.{rank}").write_text(json.dumps(ok))
+    job.close()
+
+
+@pytest.mark.slow
+@needs_fsdp
+def test_an_adapter_saves_from_and_loads_into_a_sharded_model(tmp_path):
+    mp.spawn(_adapter_main, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"ok.{r}").read_text()) for r in (0, 1)] == [True, True]
+
+
 # ---------------------------------------------------------------------- two processes
 @pytest.mark.slow
 @needs_fsdp
