@@ -36,6 +36,7 @@ from .config import AdapterConfig
 from .gift import GiftBank
 from .inject import get_adapter_config, inject
 from .layer import GLoRALinear, adaptable, io_features
+from .peft_glora import is_peft_glora, read_peft_glora, write_peft_glora
 from .space import SUPPORTS, Kind, LayerChoice
 from .subnet import Subnet, parse_subnet, set_subnet
 
@@ -216,13 +217,17 @@ def save_adapter(
     *,
     prefix: str = "",
     extra: Mapping[str, Any] | None = None,
+    format: str = "glora",
 ) -> Path:
     """Write ``model``'s adapter (an injected model) into folder ``path``: ``glora_adapter.json`` and
     ``adapter.safetensors``. With ``subnet``, only what it reads is kept and the subnet is recorded, so
     :func:`load_adapter` gives a model that computes it. ``prefix``: a wrapper's leading name part to leave out
     (``model.``), so the folder names the base model's own layers. ``extra``: more plain data for the JSON (what a
-    base needs beyond its class: label names, a problem type). Files are written atomically; under FSDP call it on
-    every rank (tensors are gathered) and rank 0 writes. Returns the folder.
+    base needs beyond its class: label names, a problem type). ``format="peft"`` writes HF PEFT's GLoRA format instead
+    (``adapter_config.json``, ``adapter_model.safetensors``: ``PeftModel.from_pretrained`` loads it), which holds one
+    choice for every layer: refused, naming two layers that differ, when the subnet's layers do not all take the same
+    choices (:mod:`glora.peft_glora`). Files are written atomically; under FSDP call it on every rank (tensors are
+    gathered) and rank 0 writes. Returns the folder.
 
     Example:
         >>> glora.save_adapter(model, "my-adapter", subnet)            # a few MB instead of the whole model
@@ -231,12 +236,23 @@ def save_adapter(
     """
     from safetensors.torch import save
 
+    if format not in ("glora", "peft"):
+        raise ValueError(f"format must be glora or peft; got {format!r}")
     config = get_adapter_config(model)
     layers = _layers(model, prefix)
     if subnet is not None:
         subnet = {name.removeprefix(prefix): dict(c) for name, c in subnet.items()}
         parse_subnet(model, {prefix + n if prefix and not n.startswith(prefix) else n: c for n, c in subnet.items()})
     tensors = adapter_state_dict(model, None if subnet is None else _with_prefix(subnet, model, prefix), prefix=prefix)
+    if format == "peft":
+        if subnet is None:
+            raise ValueError("a PEFT GLoRA adapter holds one subnet: give the subnet to save")
+        extra = dict(extra or {})
+        base = (extra.get("transformers") or {}).get("model")
+        if _rank() == 0:
+            write_peft_glora(model, path, subnet, tensors, prefix=prefix, heads=_strip(config.heads or (), prefix),
+                             base_model=base, task_type=extra.get("task_type"))  # fmt: skip
+        return Path(path)
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -322,8 +338,10 @@ def load_adapter(
     name, to switch between several with :func:`set_adapter`. ``prefix``: the wrapper's leading name part, as given
     to :func:`save_adapter`.
     """
-    record, tensors = read_adapter(path)
     where = f"adapter {str(path)!r}"
+    if is_peft_glora(path) and not (Path(path) / ADAPTER_CONFIG).is_file():
+        return _load_peft(model, path, name, prefix, where)
+    record, tensors = read_adapter(path)
     adapter = AdapterConfig.from_dict(record["adapter"])
     saved_layers = {n: tuple(v) for n, v in record["base"]["layers"].items()}
     if not _layers(model):
@@ -334,7 +352,7 @@ def load_adapter(
         inject(model, AdapterConfig(adapter.space, f"(?:{exact})", tuple(heads), adapter.support_dtype))
     else:
         own = get_adapter_config(model)
-        if own.space != adapter.space:
+        if own.space != adapter.space and not record.get("subnet"):
             raise ValueError(f"{where}: its space ({adapter.space}) is not this model's ({own.space})")
     _check_layers(model, saved_layers, where, prefix)
     found = frozen_fingerprint(model, prefix=prefix)
@@ -352,6 +370,47 @@ def load_adapter(
         _loaded(model)[name] = (dict(tensors), subnet, prefix)
         model.__dict__["_glora_active_adapter"] = name
     return subnet
+
+
+def _load_peft(model: nn.Module, path: str | os.PathLike, name: str | None, prefix: str, where: str) -> Subnet:
+    """A PEFT GLoRA adapter: its configuration as a fixed subnet; a fresh base is injected with a space that holds
+    it, a model already injected (a larger supernet: a search's starting point) takes it where its space offers it."""
+    adapter, subnet, tensors, heads = read_peft_glora(path)
+    if not _layers(model):
+        modules = dict(model.named_modules())
+        missing = next((n for n in subnet if prefix + n not in modules), None)
+        if missing is not None:
+            raise ValueError(f"{where}: this base has no layer {missing!r} (the adapter adapts {len(subnet)} layers)")
+        names = "|".join(_escape(prefix + n) for n in subnet)
+        inject(model, AdapterConfig(adapter.space, f"(?:{names})", tuple(prefix + h for h in heads) or None))
+    layers = _layers(model, prefix)
+    for layer_name, layer in layers.items():
+        if layer_name not in subnet:
+            raise ValueError(f"{where}: this model adapts {layer_name!r}, which the adapter does not")
+        _check_peft_shapes(layer_name, layer, tensors, where)
+    full = _with_prefix(subnet, model, prefix)
+    parse_subnet(model, full)  # names the layer and choice this model's space does not offer
+    load_adapter_state_dict(model, tensors, prefix=prefix, where=where)
+    set_subnet(model, full)
+    if name is not None:
+        _loaded(model)[name] = (dict(tensors), subnet, prefix)
+        model.__dict__["_glora_active_adapter"] = name
+    return subnet
+
+
+def _check_peft_shapes(name: str, layer: GLoRALinear, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """A factor's rows and columns are the layer's own widths (a smaller base's adapter would fit a corner)."""
+    n_in, n_out = layer.in_features, layer.out_features
+    want = {"Ad": (0, n_out), "Bd": (0, n_out), "Au": (1, n_in), "Bu": (1, n_in), "Cd": (0, n_in)}
+    for storage, (dim, size) in want.items():
+        t = tensors.get(f"{name}.{storage}")
+        if t is not None and t.shape[dim] != size and not (storage in ("Ad", "Bd") and t.numel() == 1):
+            raise ValueError(f"{where}: layer {name!r} is {n_in} -> {n_out} here; its {storage} has shape "
+                             f"{tuple(t.shape)}")  # fmt: skip
+    for storage in ("D", "E"):
+        t = tensors.get(f"{name}.{storage}")
+        if t is not None and t.numel() not in (1, n_out):
+            raise ValueError(f"{where}: layer {name!r} has {n_out} outputs here; its {storage} has {t.numel()}")
 
 
 def _escape(name: str) -> str:

@@ -209,6 +209,19 @@ def build(case: Case, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     return base, supernet
 
 
+def trained_adapter(make, space: glora.SearchSpace, seed: int = 1, **inject) -> torch.nn.Module:
+    """An injected model whose supports and head are not at their initial values (as after training)."""
+    model = glora.inject(make(), space, **inject)
+    randomize_supports(model, seed)  # supports and GIFT generators
+    supports = {id(p) for layer in glora.glora_layers(model).values() for p in layer.support_params()}
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and id(p) not in supports and "gift" not in name:  # the head
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def extreme_subnets(model: nn.Module) -> dict[str, glora.Subnet]:
     """Every support at its first (largest) choice, at its last (none), and, if offered, all-gift A."""
     space = glora.get_space(model)

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import timm
 import torch
-from helpers import ToyMLP, perturb, randomize_supports
+from helpers import ToyMLP, perturb, trained_adapter
 
 import glora
 from glora.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -25,26 +25,13 @@ def _vit(width: int = 32) -> torch.nn.Module:
     return model.eval()
 
 
-def _trained(make, space: glora.SearchSpace, seed: int = 1, **inject) -> torch.nn.Module:
-    """An injected model whose supports and head are not at their initial values (as after training)."""
-    model = glora.inject(make(), space, **inject)
-    randomize_supports(model, seed)  # supports and GIFT generators
-    supports = {id(p) for layer in glora.glora_layers(model).values() for p in layer.support_params()}
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.requires_grad and id(p) not in supports and "gift" not in name:  # the head
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
 SPACE = glora.SearchSpace(lora_ranks=(8, 4), gift_ranks=(4,))
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
 
 @pytest.mark.parametrize("with_subnet", [True, False], ids=["subnet", "supernet"])
 def test_a_fresh_base_loads_the_adapter_and_computes_the_same(tmp_path, with_subnet):
-    model = _trained(_vit, SPACE)
+    model = trained_adapter(_vit, SPACE)
     subnet = glora.sample_subnet(model, random.Random(3))
     glora.set_subnet(model, subnet)
     with torch.no_grad():
@@ -66,7 +53,7 @@ def test_a_fresh_base_loads_the_adapter_and_computes_the_same(tmp_path, with_sub
 
 
 def test_a_subnet_keeps_only_the_slices_it_reads(tmp_path):
-    model = _trained(_vit, SPACE)
+    model = trained_adapter(_vit, SPACE)
     small = glora.make_subnet(model, A="lora_4", B="vector", C="none", D="scalar", E="none")
     glora.save_adapter(model, tmp_path / "small", small)
     glora.save_adapter(model, tmp_path / "whole")
@@ -90,7 +77,7 @@ def test_transformers_and_plain_modules_round_trip(tmp_path):
         torch.manual_seed(0)
         return transformers.LlamaForCausalLM(config).eval()
 
-    model = _trained(llama, glora.SearchSpace(lora_ranks=(4,)), targets=["q_proj", "v_proj"])
+    model = trained_adapter(llama, glora.SearchSpace(lora_ranks=(4,)), targets=["q_proj", "v_proj"])
     subnet = glora.sample_subnet(model, random.Random(2))
     glora.set_subnet(model, subnet)
     ids = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(1))
@@ -107,7 +94,7 @@ def test_transformers_and_plain_modules_round_trip(tmp_path):
         torch.manual_seed(0)
         return ToyMLP().eval()
 
-    mlp = _trained(toy, glora.SearchSpace(lora_ranks=(2,)))
+    mlp = trained_adapter(toy, glora.SearchSpace(lora_ranks=(2,)))
     glora.save_adapter(mlp, tmp_path / "mlp")
     fresh = toy()
     glora.load_adapter(fresh, tmp_path / "mlp")
@@ -120,7 +107,7 @@ def test_transformers_and_plain_modules_round_trip(tmp_path):
 
 
 def test_another_base_is_refused_and_other_weights_are_a_warning(tmp_path):
-    model = _trained(_vit, SPACE)
+    model = trained_adapter(_vit, SPACE)
     glora.save_adapter(model, tmp_path / "a")
     with pytest.raises(ValueError, match=r"layer 'blocks.0.attn.qkv' is \(in 48, out 144, bias True\) in this base, "
                                          r"\(in 32, out 96, bias True\) in the adapter"):  # fmt: skip
@@ -143,7 +130,7 @@ def test_two_adapters_share_one_base_and_switch(tmp_path):
     never touched (its frozen tensors are the same objects throughout)."""
     outputs, subnets = {}, {}
     for name, seed in (("cats", 1), ("dogs", 2)):
-        model = _trained(_vit, SPACE, seed=seed)
+        model = trained_adapter(_vit, SPACE, seed=seed)
         subnets[name] = glora.sample_subnet(model, random.Random(seed))
         glora.set_subnet(model, subnets[name])
         with torch.no_grad():
@@ -168,7 +155,7 @@ def test_two_adapters_share_one_base_and_switch(tmp_path):
 
 
 def test_an_injected_model_takes_an_adapter_of_its_configuration(tmp_path):
-    model = _trained(_vit, SPACE)
+    model = trained_adapter(_vit, SPACE)
     glora.save_adapter(model, tmp_path / "a")
     injected = glora.inject(_vit(), SPACE)
     with warnings.catch_warnings():

@@ -577,3 +577,32 @@ def test_the_adapter_only_export_loads_onto_the_plain_transformers_base(text_pip
         torch.testing.assert_close(base(**enc).logits, plain(**enc).logits, rtol=1e-5, atol=1e-5)
         folded = glora.fold(base, subnet)
         torch.testing.assert_close(folded(**enc).logits, plain(**enc).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_peft_glora_preset_exports_a_folder_peft_loads(bert, texts, tmp_path, capsys):
+    """-c methods/peft-glora (PEFT's GLoRA defaults, one subnet) through train and search, then glora-export
+    --adapter-only --format peft: PeftModel.from_pretrained on the plain base computes the supernet's logits."""
+    peft = pytest.importorskip("peft")
+    from helpers import text_train_args
+
+    sup = tmp_path / "sup"
+    train = text_train_args(bert, texts, sup, "-c", "methods/peft-glora")
+    train[train.index("--epochs") + 1] = "1"
+    code, err = cli("train", train, capsys)
+    assert code == 0, err
+    code, err = cli("search", ["--supernet", sup / "last.pt", "--out", tmp_path / "s", "--no-progress"], capsys)
+    assert code == 0, err
+    argv = ["--supernet", sup / "last.pt", "--subnet", tmp_path / "s/subnet.yaml", "--out", tmp_path / "p",
+            "--adapter-only", "--format", "peft", "--no-progress"]  # fmt: skip
+    code, out = cli("export", argv, capsys, stdout=True)
+    assert code == 0, out
+    assert json.loads((tmp_path / "p" / "adapter_config.json").read_text())["peft_type"] == "GLORA"
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(bert, num_labels=2)
+    plain = peft.PeftModel.from_pretrained(base, tmp_path / "p").eval()
+    supernet = load_supernet(sup / "last.pt").eval()
+    glora.set_subnet(supernet, glora.load_subnet(tmp_path / "s/subnet.yaml"))
+    tok = transformers.AutoTokenizer.from_pretrained(bert)
+    enc = tok(["the movie was good good", "bad bad plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**enc).logits, supernet(**enc), rtol=1e-5, atol=1e-5)

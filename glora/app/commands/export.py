@@ -61,7 +61,11 @@ class _Checked:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse(argv).args
+    parsed = build_parser().parse(argv)
+    args = parsed.args
+    if "format" in parsed.explicit() and not args.adapter_only:
+        raise ValueError(f"--format {args.format}{parsed.set_by(['format'])}: the format of an adapter folder; give it "
+                         "with --adapter-only (a folded export is the model library's own folder)")  # fmt: skip
     if args.verify_images is not None:
         _logger.warning("--verify-images is now --verify-examples (it counts images or sequences); read as such")
         args.verify_examples = args.verify_images
@@ -289,6 +293,7 @@ def _base_recipe(ckpt: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         config = model.model.config
         auto = "AutoModelForCausalLM" if isinstance(model, CausalLM) else "AutoModelForSequenceClassification"
         recipe["transformers"] = {"auto_class": auto, "model": spec.model}
+        recipe["task_type"] = "CAUSAL_LM" if isinstance(model, CausalLM) else "SEQ_CLS"  # PEFT's names
         if auto == "AutoModelForSequenceClassification":
             names = ckpt.get("class_names")
             recipe["transformers"] |= {
@@ -313,7 +318,7 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
     with torch.no_grad():
         expected = modality(model, x)
     with staged_folder(out) as tmp:
-        save_adapter(model, tmp, subnet, prefix=prefix, extra=_base_recipe(ckpt, model))
+        save_adapter(model, tmp, subnet, prefix=prefix, extra=_base_recipe(ckpt, model), format=args.format)
         fresh = build_backbone(BackboneSpec.from_dict(ckpt["backbone"]), device=device).eval()
         load_adapter(fresh, tmp, prefix=prefix)
         with torch.no_grad():
@@ -328,6 +333,8 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
                 f"the folded adapter differs from the supernet by {rel:.3e} > --tolerance {args.tolerance}"
             )
         adapter_bytes = sum(f.stat().st_size for f in tmp.iterdir())
+        if args.format == "peft":  # PEFT's folder says nothing of the base: the record beside it does
+            atomic_write_text(tmp / "glora_base.json", json.dumps(_base_recipe(ckpt, model), indent=1))
         folded_bytes = sum(t.numel() * t.element_size() for t in folded.state_dict().values())
         glora_params = count_params(model, subnet)
         stats = {
@@ -347,11 +354,13 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
         f"folded, within {rel:.1e} (relative)"
     )
     print(
-        f"adapter: {glora_params:,} params, {_mb(adapter_bytes)} in {out}/ (glora_adapter.json, adapter.safetensors); "
+        f"adapter: {glora_params:,} params, {_mb(adapter_bytes)} in {out}/ ({_files(args.format)}); "
         f"the folded export would take {_mb(folded_bytes)} ({folded_bytes / max(adapter_bytes, 1):.0f}x)"
     )
     base = _base_recipe(ckpt, model)
-    if "transformers" in base:
+    if args.format == "peft" and "transformers" in base:
+        print(f'load it with PEFT: peft.PeftModel.from_pretrained(base, "{out}"), or glora.load_adapter(base, "{out}")')
+    elif "transformers" in base:
         t = base["transformers"]
         labels = f", num_labels={t['num_labels']}" if t.get("num_labels") else ""
         print(f'load it with: base = transformers.{t["auto_class"]}.from_pretrained("{t["model"]}"{labels}); '
@@ -359,6 +368,14 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
     else:
         print(f'load it with: base = glora.app.build_backbone(glora.app.BackboneSpec.from_dict(json.load(open("{out}/'
               f'glora_adapter.json"))["extra"]["backbone"])); glora.load_adapter(base, "{out}")')  # fmt: skip
+
+
+def _files(fmt: str) -> str:
+    return (
+        "adapter_config.json, adapter_model.safetensors: PEFT's GLoRA"
+        if fmt == "peft"
+        else ("glora_adapter.json, adapter.safetensors")
+    )
 
 
 def _mb(n: int) -> str:

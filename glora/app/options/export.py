@@ -33,6 +33,12 @@ class ExportOptions:
         "the head) instead of the folded model: glora.load_adapter(base, folder) on the base model rebuilds it",
         action="store_true",
     )
+    format: str = option(
+        "glora",
+        "with --adapter-only: glora (this toolkit's folder) or peft (HF PEFT's GLoRA format, which PeftModel loads; "
+        "every adapted layer must take the same choices)",
+        choices=("glora", "peft"),
+    )
     verify_examples: int = option(
         64, "real validation examples (images or sequences) the folded model is compared with the supernet on", min=1
     )
