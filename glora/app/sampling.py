@@ -15,11 +15,13 @@ Every draw comes from the trainer's seeded RNG, so a run is the same run on resu
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from glora.subnet import Subnet, sample_subnet
+from glora.subnet import Subnet, sample_subnet, set_subnet
 from search.genome import BudgetError, Genome
 
 from .declared import option
@@ -130,3 +132,42 @@ class SubnetSampler:
         if self.sampling.sampling == "uniform":
             return [self.random(rng)]
         return [self.largest, self.smallest, *(self.random(rng) for _ in range(self.sampling.sandwich_random))]
+
+    def train_step(
+        self,
+        forward: Callable[[], torch.Tensor],
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        rng: random.Random,
+        distill_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> float:
+        """One supernet step's forwards and backwards, in a training loop of your own: each drawn subnet is set,
+        ``forward()`` computes the batch's outputs, ``loss(outputs)`` its loss, and the gradients of the step's
+        subnets are averaged into the parameters' ``.grad`` (call the optimizer after). With in-place distillation
+        the subnets after the first (the largest) learn its outputs through ``distill_loss(outputs, teacher)``
+        (default: cross-entropy to the teacher's class probabilities). Returns the mean loss.
+
+        Example:
+            >>> sampler = SubnetSampler(model, Sampling("sandwich", sandwich_random=1, distill=True))
+            >>> for x, y in loader:
+            ...     sampler.train_step(lambda: model(x), lambda out: F.cross_entropy(out, y), rng)
+            ...     opt.step(); opt.zero_grad()
+        """
+        subnets = self.draw(rng)
+        distill = distill_loss or _soft_cross_entropy
+        teacher, total = None, 0.0
+        for subnet in subnets:
+            set_subnet(self.model, subnet)
+            out = forward()
+            value = loss(out) if teacher is None else distill(out, teacher)
+            if self.sampling.distill and teacher is None:
+                teacher = out.detach()
+            (value / len(subnets)).backward()
+            total += float(value.detach())
+        return total / len(subnets)
+
+
+def _soft_cross_entropy(out: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to a teacher's class probabilities, averaged over the rows (in-place distillation)."""
+    rows = out.reshape(-1, out.shape[-1]).float()
+    soft = teacher.reshape(-1, teacher.shape[-1]).float().softmax(-1)
+    return -(soft * rows.log_softmax(-1)).sum(-1).mean()
