@@ -294,6 +294,11 @@ def test_the_warmup_follows_the_runs_length_and_the_higher_layer_wins(tmp_path):
     assert resolved(["--epochs", "8", "--warmup-epochs", "0"], {"warmup_ratio": 0.25, "warmup_epochs": 2.0}) == 0
     with pytest.raises(ConfigError, match="--warmup-epochs and --warmup-ratio both given by the command line"):
         resolved(["--warmup-ratio", "0.1", "--warmup-epochs", "1"])
+    # The recommended preset stacked after a task config (VTAB's 10 warm-up epochs): a quarter of the stage, so the
+    # README's 3-epoch supernet stage warms up for 0.75 of an epoch, not two of its three.
+    task, recommended = str(PRESETS / "vtab" / "cifar.yaml"), str(PRESETS / "protocols" / "recommended.yaml")
+    assert resolved(["-c", task, "-c", recommended, "--epochs", "3"]) == 0.75
+    assert resolved(["-c", task, "--epochs", "3"]) == 10  # (the task config alone keeps its epochs)
     both = tmp_path / "both.yaml"
     both.write_text("warmup-ratio: 0.1\nwarmup-epochs: 1\n")
     with pytest.raises(ConfigError, match="both given by one -c file"):
