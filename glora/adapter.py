@@ -37,6 +37,7 @@ from .gift import GiftBank
 from .inject import get_adapter_config, inject
 from .layer import GLoRALinear, adaptable, io_features
 from .peft_glora import is_peft_glora, read_peft_glora, write_peft_glora
+from .quantized import quantization_of
 from .space import SUPPORTS, Kind, LayerChoice
 from .subnet import Subnet, parse_subnet, set_subnet
 
@@ -242,7 +243,7 @@ def save_adapter(
     layers = _layers(model, prefix)
     if subnet is not None:
         subnet = {name.removeprefix(prefix): dict(c) for name, c in subnet.items()}
-        parse_subnet(model, {prefix + n if prefix and not n.startswith(prefix) else n: c for n, c in subnet.items()})
+        parse_subnet(model, _with_prefix(subnet, model, prefix))  # (a Llama's own names start with "model." too)
     tensors = adapter_state_dict(model, None if subnet is None else _with_prefix(subnet, model, prefix), prefix=prefix)
     if format == "peft":
         if subnet is None:
@@ -263,6 +264,7 @@ def save_adapter(
             "class": type(_inner(model, prefix)).__name__,
             "layers": {n: [m.in_features, m.out_features, m.bias is not None] for n, m in layers.items()},
             "fingerprint": frozen_fingerprint(model, prefix=prefix),
+            "quantization": quantization_of(model),
         },
         "tensors": {n: list(t.shape) for n, t in tensors.items()},
     }
@@ -356,7 +358,14 @@ def load_adapter(
             raise ValueError(f"{where}: its space ({adapter.space}) is not this model's ({own.space})")
     _check_layers(model, saved_layers, where, prefix)
     found = frozen_fingerprint(model, prefix=prefix)
-    if found != record["base"].get("fingerprint"):
+    saved_q, own_q = record["base"].get("quantization"), quantization_of(model)
+    if _scheme(saved_q) != _scheme(own_q):  # QLoRA's usual move (train over 4-bit, serve over bf16): said as it is
+        warnings.warn(
+            f"{where} was trained over a {_scheme(saved_q)} base and this base is {_scheme(own_q)}: it loads, and "
+            "computes what it did up to the quantization error",
+            stacklevel=2,
+        )
+    elif found != record["base"].get("fingerprint"):
         warnings.warn(
             f"{where} was trained on other frozen weights (fingerprint {record['base'].get('fingerprint')}, this "
             f"base {found}): it loads, but may not compute what it did",
@@ -370,6 +379,10 @@ def load_adapter(
         _loaded(model)[name] = (dict(tensors), subnet, prefix)
         model.__dict__["_glora_active_adapter"] = name
     return subnet
+
+
+def _scheme(q: Mapping[str, Any] | None) -> str:
+    return "floating-point (not quantized)" if not q else f"{q.get('scheme')}-quantized"
 
 
 def _load_peft(model: nn.Module, path: str | os.PathLike, name: str | None, prefix: str, where: str) -> Subnet:

@@ -18,6 +18,7 @@ from .gift import GiftBank
 from .inject import glora_layers
 from .layer import GLoRALinear
 from .paths.static import code_layout, encode_choice, masked_terms
+from .quantized import dequantize_model
 from .space import Kind, LayerChoice
 from .subnet import parse_subnet
 
@@ -57,7 +58,7 @@ def merged_layers(
         key = (
             layer.out_features,
             layer.in_features,
-            w.dtype,
+            layer.weight_dtype,
             layer.code.dtype,
             w.device,
             layer.bias is None,
@@ -77,10 +78,10 @@ def merged_layers(
             # In the supports' dtype (fp32 supports over a bf16 backbone), back to the weights' at the end.
             code = torch.stack([encode_choice(first.space, choices[n]) for n in names]).to(first.code)
             terms = masked_terms(stacked, code, code_layout(first.space))
-            w0 = torch.stack([m.weight for m in members]).to(code.dtype)
+            w0 = torch.stack([m.w0(code.dtype) for m in members])
             b0 = None if first.bias is None else torch.stack([m.bias for m in members]).to(code.dtype)
             weights, biases = uni_weight(w0, terms), uni_bias(b0, w0, terms)
-            dtype = first.weight.dtype
+            dtype = first.weight_dtype
             for i, name in enumerate(names):
                 c = choices[name]
                 makes_bias = b0 is not None or c.C.kind is not Kind.NONE or c.E.kind is not Kind.NONE
@@ -93,7 +94,9 @@ def fold(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> nn.Module
 
     The copy is built around the support tensors and GIFT generators (they are never copied), so peak memory
     is one extra backbone, not one extra supernet. Like a freshly created model, every parameter of the copy
-    requires grad. Same-shape layers are folded together (:func:`merged_layers`).
+    requires grad. Same-shape layers are folded together (:func:`merged_layers`). Over a quantized base
+    (:mod:`glora.quantized`) the copy is a plain floating-point model: the adapted layers hold ``W_uni`` computed
+    from the dequantized weights and every other quantized layer is dequantized (QLoRA's merge).
 
     Example:
         >>> plain = glora.fold(supernet, glora.load_subnet("subnet.yaml"))
@@ -114,6 +117,7 @@ def fold(model: nn.Module, subnet: Mapping[str, Mapping[str, str]]) -> nn.Module
     folded = copy.deepcopy(model, memo)  # (the layer index at the root is not copied: the copy has no GLoRA layers)
     for parent_name, key in holders:
         del folded.get_submodule(parent_name)._modules[key]
+    dequantize_model(folded)  # a quantized base's other layers, dequantized: a plain floating-point model
     folded.requires_grad_(True)
     return folded
 

@@ -24,6 +24,7 @@ from .families import Switch, calls_layers_itself, forward_source, same_math_lin
 from .gift import GiftBank, gift_group
 from .layer import GLoRALinear, adaptable, io_features, storage_shapes
 from .paths import Execution, make_path
+from .quantized import dense_dtype, keep_trainable_layout, quantized_weight, unsupported_reason
 from .space import Kind, SearchSpace
 
 __all__ = [
@@ -98,6 +99,8 @@ def inject(
     plan = _plan(model, config.targets, heads)
     names = plan.names
     _check_ranks(model, names, config.space)
+    _check_heads_trainable(model, heads)
+    keep_trainable_layout(model)  # (bitsandbytes' CPU repacking would zero every gradient through a 4-bit layer)
     dtype = None if config.support_dtype is None else SUPPORT_DTYPES[config.support_dtype]
     plan.apply(model)
     bank = _wrap(model, config.space, names, plan.edited_in_place, dtype)
@@ -107,6 +110,18 @@ def inject(
     model.__dict__[_CONFIG_ATTR] = AdapterConfig(config.space, config.targets, tuple(heads), config.support_dtype)
     _logger.debug("GLoRA: adapted %d linear layers; heads kept trainable: %s", len(names), ", ".join(heads) or "none")
     return model
+
+
+def _check_heads_trainable(model: nn.Module, heads: Sequence[str]) -> None:
+    """A head trains in full: one stored quantized cannot (its weight is packed integers)."""
+    for h in heads:
+        for n, p in model.get_submodule(h).named_parameters():
+            if not p.is_floating_point():
+                raise ValueError(
+                    f"head {h!r} is quantized ({h}.{n} holds {str(p.dtype).removeprefix('torch.')}) but a head trains "
+                    "in full: load the model with the head left out of quantization (transformers: "
+                    f"BitsAndBytesConfig(llm_int8_skip_modules=[{h.rsplit('.', 1)[-1]!r}]))"
+                )
 
 
 def _as_config(
@@ -211,15 +226,21 @@ def _wrap(
         bank = GiftBank()
         model.add_module(GIFT_ATTR, bank)
     gift_rank = space.max_rank("A", Kind.GIFT)
+    model_dtype = None
     for name in names:
         parent, child = _parent_of(model, name)
         base = getattr(parent, child)
+        if model_dtype is None and not base.weight.is_floating_point():  # a quantized base: its dense dtype
+            model_dtype = dense_dtype(model)
         gift = None
         if bank is not None:
             n_in = io_features(base)[0]
             group = gift_group(name, n_in, space.gift_sharing)
-            gift = bank.get_or_create(group, n_in, gift_rank, base.weight, dtype=dtype)
-        layer = GLoRALinear(base, space.for_layer(base.bias is not None), gift=gift, name=name, dtype=dtype)
+            q = quantized_weight(base, model_dtype)
+            gift = bank.get_or_create(group, n_in, gift_rank, base.weight, dtype=dtype or (q.dtype if q else None))
+        layer = GLoRALinear(
+            base, space.for_layer(base.bias is not None), gift=gift, name=name, dtype=dtype, model_dtype=model_dtype
+        )
         layer.output_edited_in_place = name in edited_in_place
         setattr(parent, child, layer)
     return bank
@@ -441,15 +462,18 @@ def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str
                 warnings.warn(f"GLoRA: not adapting {n!r}: it is the model's output layer, kept frozen", stacklevel=3)
     picked = [n for n in picked if not in_head(n) and n not in outputs]
 
+    _refuse_unsupported_quantized(model, targets, heads)
     shared = {n for n, c in Counter(_module_ids(model)).items() if c > 1}
     out, switches = [], []
+    by_class: Counter[str] = Counter()  # layers skipped because of their class
     for n in picked:
         module = model.get_submodule(n)
         reason = None
         if id(module) in shared:
             reason = "the same module is registered under several names, so one wrapper cannot replace it everywhere"
-        elif isinstance(module, nn.Linear) and not _plain_forward(module):
+        elif isinstance(module, nn.Linear) and quantized_weight(module) is None and not _plain_forward(module):
             reason = f"{type(module).__name__} overrides nn.Linear.forward"
+            by_class[type(module).__name__] += 1
         else:
             reason = _direct_read(model, n, switches)
         if reason:
@@ -459,11 +483,30 @@ def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str
     if not out:
         sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
         shown = "all-linear" if targets is None else targets if isinstance(targets, str) else list(targets)
+        skipped = "; ".join(f"{k} x{v}" for k, v in sorted(by_class.items()))
+        because = f"; skipped because of their class ({skipped}: a forward GLoRA cannot reproduce)" if skipped else ""
         raise ValueError(
-            f"targets {shown!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}); "
+            f"targets {shown!r} matched no adaptable nn.Linear layer (heads excluded: {heads or 'none'}){because}; "
             f"linear layers here: {sample or 'none'}"
         )
     return _Plan(out, switches)
+
+
+def _refuse_unsupported_quantized(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> None:
+    """A target that is a quantized linear of a class GLoRA does not support (GPTQ, AWQ, HQQ, ...) is refused naming
+    its class: adapting the rest in silence would leave the user wondering where the layers went."""
+    for n, m in model.named_modules():
+        if not n or any(n == h or n.startswith(h + ".") for h in heads):
+            continue
+        if targets is None:
+            hit = True
+        elif isinstance(targets, str):
+            hit = re.fullmatch(targets, n) is not None
+        else:
+            hit = any(n == t or n.endswith("." + t) for t in targets)
+        reason = unsupported_reason(m) if hit else None
+        if reason:
+            raise ValueError(f"cannot adapt {n!r}: {reason}")
 
 
 def _module_ids(model: nn.Module) -> list[int]:

@@ -31,7 +31,9 @@ from . import paths
 from .formula import Terms, choice_terms, uni_bias, uni_weight
 from .gift import GiftGenerator, gift_group
 from .paths import Execution
+from .paths.quantized import quantized_forward
 from .paths.static import code_layout, encode_choice, encoded_values, static_forward
+from .quantized import QuantizedWeight, quantized_weight
 from .space import SUPPORTS, Choice, Kind, LayerChoice, SearchSpace
 
 __all__ = [
@@ -55,7 +57,8 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def adaptable(module: nn.Module) -> bool:
-    """Whether GLoRA can wrap ``module``: an ``nn.Linear`` (or subclass) or a transformers ``Conv1D``."""
+    """Whether GLoRA can wrap ``module``: an ``nn.Linear`` (or subclass, bitsandbytes' quantized ones included) or a
+    transformers ``Conv1D``."""
     return isinstance(module, nn.Linear) or _is_conv1d(module)
 
 
@@ -124,6 +127,11 @@ class GLoRALinear(nn.Module):
         dtype: the supports' dtype (default: the weight's). When it differs (fp32 supports over a bf16 backbone),
             ``W_uni`` / ``b_uni`` are computed in the supports' dtype and cast to the weight's for the matmul, so
             the layer runs at the backbone's precision and the trained tensors keep theirs.
+        model_dtype: the dense dtype of a quantized base that does not record it (an 8-bit layer without a bias).
+
+    A quantized ``base`` (bitsandbytes 4-bit or 8-bit, :mod:`glora.quantized`) keeps its weight quantized: ``weight``
+    is the quantized tensor, :meth:`w0` dequantizes it when a term needs it, and the layer runs on the quantized path
+    (:mod:`glora.paths.quantized`) whatever the model's setting.
     """
 
     def __init__(
@@ -135,12 +143,16 @@ class GLoRALinear(nn.Module):
         name: str = "",
         execution: Execution | None = None,
         dtype: torch.dtype | None = None,
+        model_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = io_features(base)
         self.space = space
         self.name = name
-        self.base_class: type[nn.Module] = type(base)
+        # A quantized base: its module is kept (an 8-bit layer's matmul state holds the scales), not registered, so
+        # the parameter names stay <name>.weight / <name>.bias; folding writes a plain nn.Linear.
+        self.quant: QuantizedWeight | None = quantized_weight(base, model_dtype)
+        self.base_class: type[nn.Module] = nn.Linear if self.quant is not None else type(base)
         # GPT-2 style Conv1D (transformers): weight stored (in, out), y = x W + b. Adapted as the linear map it is
         # (weight transposed once here); folding writes a layer of the original class back.
         self.transposed = _is_conv1d(base)
@@ -156,7 +168,7 @@ class GLoRALinear(nn.Module):
         if space.offers("A", Kind.GIFT) and gift is None:
             raise ValueError(f"layer {name!r}: the space offers gift choices for A but no GIFT generator was given")
 
-        like = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
+        like = {"device": base.weight.device, "dtype": dtype or self.weight_dtype}
         # Down factors start at zero (every subnet starts at W0); up factors get Xavier's init, as in the reference.
         for n, shape in storage_shapes(space, self.in_features, self.out_features).items():
             if shape is None:
@@ -309,13 +321,25 @@ class GLoRALinear(nn.Module):
         return self.uni(self.terms(choice if choice is not None else self.require_choice()))
 
     @property
+    def weight_dtype(self) -> torch.dtype:
+        """The frozen weight's dtype as the formula sees it: a quantized weight's dense dtype (the model's)."""
+        return self.quant.dtype if self.quant is not None else self.weight.dtype
+
+    def w0(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The frozen weight as a dense tensor (in ``dtype``, default :attr:`weight_dtype`): the weight itself, or a
+        quantized one dequantized now (nothing kept)."""
+        if self.quant is not None:
+            return self.quant.dequantize(dtype)
+        return self.weight if dtype is None else self.weight.to(dtype)
+
+    @property
     def mixed_precision(self) -> bool:
         """Whether the supports' dtype differs from the frozen weight's."""
-        return self.code.dtype != self.weight.dtype
+        return self.code.dtype != self.weight_dtype
 
     def uni(self, t: Terms) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_uni, b_uni)`` of the terms ``t``: computed in the supports' dtype, returned in the weight's."""
-        w0, b0 = self.weight, self.bias
+        w0, b0 = self.w0(), self.bias
         if not self.mixed_precision:
             return uni_weight(w0, t), uni_bias(b0, w0, t)
         dtype = self.code.dtype
@@ -353,6 +377,8 @@ class GLoRALinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:  # a quantized base: W0 dequantized for the call, whatever the path
+            return quantized_forward(self, x)
         # Under torch.compile the static path is traced whatever the setting: it reads the choice from ``code`` (a
         # buffer written in place), so one graph serves every subnet and nothing here is guarded on the choice.
         if torch.compiler.is_compiling():
@@ -364,9 +390,10 @@ class GLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         choice = "unset" if self._choice is None else " ".join(f"{s}={c.name}" for s, c in zip(SUPPORTS, self._choice))
+        quant = "" if self.quant is None else f", quantized={self.quant.scheme}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, choice: {choice}"
+            f"bias={self.bias is not None}{quant}, choice: {choice}"
         )
 
 

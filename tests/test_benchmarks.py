@@ -60,8 +60,9 @@ PEAK_METHODS = ["--memory-samples", "1", "--methods", "bias-only", "glora-supern
                 "--methods",
                 "norms-only",
                 "glora-supernet",
+                "glora-supernet-nf4",
             ],
-            ["norms-only", "glora-supernet"],
+            ["norms-only", "glora-supernet", "glora-supernet-nf4"],
         ),
         (
             "profile_step",
@@ -80,8 +81,21 @@ def test_benchmark_runs_and_writes_json(tmp_path, name, args, rows):
     assert set(rows) <= set(record["results"])
     if name in ("train_step", "lm_step"):
         assert all(r["step_ms"] > 0 for r in record["results"].values())
+    if name == "lm_step":  # a 4-bit base holds fewer frozen bytes than the bf16 one
+        assert record["results"]["glora-supernet-nf4"]["frozen_mib"] < record["results"]["glora-supernet"]["frozen_mib"]
     if "--peak" in args:
         assert all(r["peak_mib"] is not None for r in record["results"].values())
+
+
+def test_the_7b_memory_count_checks_its_formula_against_real_quantized_layers(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    done = python("-m", "benchmarks.perf.lm_memory", "--models", "llama2-7b", "--json", str(tmp_path / "m.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert results["formula_checked"] == 12 and results["formula_mismatches"] == 0
+    llama = results["models"]["llama2-7b"]
+    assert llama["linear_bytes"]["nf4+dq"] <= 0.3 * llama["linear_bytes"]["bf16"]
+    assert llama["trainable"] == 11_010_560  # the Q/V supernet counted in RESULTS.md
 
 
 def test_fsdp_benchmark_shards_what_each_rank_holds(tmp_path):

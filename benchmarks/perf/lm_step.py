@@ -27,6 +27,7 @@ import torch
 import glora
 from glora.app.evaluate import resolve_device
 from glora.app.trainer import make_adamw
+from glora.quantized import frozen_bytes
 
 from ..common import add_json_arg, machine, write_json
 from .timing import (
@@ -42,6 +43,9 @@ from .timing import (
 __all__ = ["ALL", "build", "main"]
 
 ALL = ["norms-only", "glora-supernet", "glora-lora8", "peft-lora", "peft-glora"]
+# Over a base quantized by bitsandbytes (the frozen projections in 4-bit NF4, double quantization, or 8-bit): QLoRA's
+# setting; "peft-lora-nf4" is QLoRA itself.
+QUANTIZED = ["glora-supernet-nf4", "glora-supernet-int8", "peft-lora-nf4"]
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -56,7 +60,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"], help="layer suffixes, or all-linear")
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 4])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
+    p.add_argument("--methods", nargs="+", default=ALL, choices=ALL + QUANTIZED)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the frozen weights")
@@ -95,11 +99,34 @@ def _targets(model, args) -> list[str]:
     return out if suffixes is None else [n for n in out if n.rsplit(".", 1)[-1] in suffixes]
 
 
+def _quantize(model, scheme: str, device: torch.device) -> None:
+    """Every projection (not ``lm_head``, as transformers leaves it) replaced in place by bitsandbytes' layer holding
+    its weight quantized where it runs, as ``from_pretrained(quantization_config=...)`` would load it."""
+    import bitsandbytes as bnb
+
+    dtype = next(model.parameters()).dtype
+    for name, lin in [(n, m) for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "lm_head"]:
+        w = lin.weight.detach()
+        if scheme == "int8":
+            q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=False, has_fp16_weights=False)
+            q.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+        else:
+            q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=dtype,
+                                  quant_type=scheme, compress_statistics=True)  # fmt: skip
+            q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=scheme, compress_statistics=True)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, q.to(device))
+
+
 def build(name: str, args) -> Method:
     """One method's model on the benchmark's targets (the same layers for GLoRA and PEFT)."""
     torch.manual_seed(0)
     model = _model(args)
     targets = _targets(model, args)
+    scheme = next((s for s in ("nf4", "int8") if name.endswith("-" + s)), None)
+    if scheme is not None:
+        _quantize(model, scheme, resolve_device(args.device))
+        name = name.removesuffix("-" + scheme)
     if name == "norms-only":
         for n, p in model.named_parameters():
             p.requires_grad_(n.endswith("norm.weight"))
@@ -123,7 +150,10 @@ def build(name: str, args) -> Method:
 
 def setup(name: str, args, device: torch.device):
     method = build(name, args)
-    method.model.to(device).train()
+    method.name = name
+    if not any(name.endswith(s) for s in ("-nf4", "-int8")):  # (a quantized model is built where it runs)
+        method.model.to(device)
+    method.model.train()
     opt = make_adamw([p for p in method.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.batch_size, args.seq), generator=g).to(device)
@@ -176,8 +206,18 @@ def main(argv=None) -> None:
         f"{set(args.ranks)}; frozen weights {args.dtype}, supports {args.support_dtype or args.dtype}"
         f"{', gradient checkpointing' * args.gradient_checkpointing}; {args.rounds} interleaved rounds (median)"
     )
+    frozen = {m: frozen_bytes(r[0].model) for m, r in runs.items()}
+    print("frozen weights: " + ", ".join(f"{m} {b / 2**20:.1f} MiB" for m, b in frozen.items()))
+    for m in runs:
+        plain = m.removesuffix("-nf4").removesuffix("-int8")
+        if plain != m and plain in times:
+            print(
+                f"{m} / {plain}: step {times[m] / times[plain]:.2f}x, frozen weights {frozen[m] / frozen[plain]:.2f}x"
+            )
     trainable = {m: r[0].trainable for m, r in runs.items()}
     rows = step_table(trainable, times, saved, peaks, floor="norms-only", unit="tokens", per_step=tokens)
+    for m, row in rows.items():
+        row["frozen_mib"] = frozen[m] / 2**20
     for a, b in (("glora-supernet", "peft-glora"), ("glora-supernet", "peft-lora")):
         if a in times and b in times:
             print(f"{a} step / {b} step: {times[a] / times[b]:.2f}x")

@@ -76,6 +76,9 @@ class BackboneSpec:
             random-init backbone is rebuilt bit for bit by search and export; ``None`` (old checkpoints): unseeded.
         task_type: transformers models: ``text-classification`` or ``causal-lm`` (None: from the config).
         dtype: transformers models: the frozen weights' dtype (``auto``, ``fp32``, ``bf16``, ``fp16``).
+        quantize: transformers models: the frozen weights stored quantized by bitsandbytes (``nf4``, ``fp4``,
+            ``int8``; None: not quantized), so search and export rebuild the base the supernet trained over.
+        double_quant: 4-bit: the block scales quantized too (QLoRA's double quantization).
     """
 
     model: str
@@ -86,6 +89,8 @@ class BackboneSpec:
     init_seed: int | None = None
     task_type: str | None = None
     dtype: str = "auto"
+    quantize: str | None = None
+    double_quant: bool = True
 
     @property
     def is_transformers(self) -> bool:
@@ -137,11 +142,14 @@ def build_backbone(spec: BackboneSpec, *, device: torch.device | str = "cpu") ->
             pretrained=spec.pretrained,
             dtype=spec.dtype,
             init_seed=spec.init_seed,
+            quantize=spec.quantize,
+            double_quant=spec.double_quant,
+            device=device,
         )
         # The commands' form: token batches in, logits out.
         classifier = type(model).__name__.endswith("ForSequenceClassification")
         model = SequenceClassifier(model) if classifier else CausalLM(model)
-        return model.to(device)
+        return model if spec.quantize else model.to(device)  # (a quantized model loads onto its device)
     name = resolve_model_name(spec.model)
     kwargs: dict[str, Any] = dict(spec.model_kwargs)
     pretrained = spec.pretrained

@@ -118,7 +118,7 @@ def load_supernet(
         adapter = AdapterConfig.from_dict(ckpt["adapter"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: invalid backbone or adapter record: {e}") from None
-    model = build_backbone(spec, device="cpu")
+    model = build_backbone(spec, device=device if spec.quantize else "cpu")  # (a quantized base loads where it runs)
     inject(model, adapter)
     found = fingerprint(model)
     if found != ckpt["fingerprint"]:

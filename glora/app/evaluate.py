@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from glora.quantized import is_quantized_model
+
 from .data.batch import Batch, Modality
 from .tasks import Task
 
@@ -43,6 +45,10 @@ def compile_model(
     evaluating search candidates under ``glora.folded``, never recompiles. With CUDA the default mode is
     ``reduce-overhead`` (CUDA graphs: a step replays without the host dispatching each kernel).
     """
+    if is_quantized_model(model):  # bitsandbytes' matmuls break the graph: a quantized base runs eagerly
+        if enabled:
+            raise ValueError("--compile: a quantized base (--quantize) runs eagerly; leave out --compile")
+        return None
     if not (device.type == "cuda" if enabled is None else enabled):
         return None
     kwargs: dict = {"backend": backend}

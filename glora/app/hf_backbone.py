@@ -15,7 +15,7 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ __all__ = [
     "TEXT_EXTRA",
     "require_text_packages",
     "TASK_TYPES",
+    "QUANTIZE_OPTIONS",
+    "QUANTIZED_EXTRA",
+    "quantization_config",
     "DTYPES",
     "is_transformers_model",
     "infer_task_type",
@@ -52,6 +55,9 @@ _logger = logging.getLogger(__name__)
 TASK_TYPES = ("text-classification", "causal-lm")
 # --dtype of the frozen weights ("auto": the checkpoint's own, as transformers' torch_dtype="auto").
 DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --quantize: bitsandbytes' 4-bit schemes and its 8-bit one (glora.quantized adapts their layers).
+QUANTIZE_OPTIONS = ("nf4", "fp4", "int8")
+QUANTIZED_EXTRA = "pip install 'glora-toolkit[quantized]'"
 
 # Architecture-name endings (config.json "architectures") that say the task type.
 _ENDINGS = {
@@ -100,6 +106,30 @@ def require_text_packages(what: str = "language models") -> None:
         raise ValueError(f"{what} need {' and '.join(missing)} (the text extra), not installed: {TEXT_EXTRA}")
 
 
+def quantization_config(quantize: str, *, double_quant: bool, compute_dtype: torch.dtype, skip: Sequence[str] = ()):
+    """transformers' ``BitsAndBytesConfig`` for ``--quantize`` (``skip``: module names kept in floating point: the
+    task's new head trains in full); one line naming the extra to install when bitsandbytes is missing."""
+    if quantize not in QUANTIZE_OPTIONS:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_OPTIONS)}; got {quantize!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"--quantize {quantize} needs bitsandbytes (the quantized extra), not installed: "
+                         f"{QUANTIZED_EXTRA}")  # fmt: skip
+    from transformers import BitsAndBytesConfig
+
+    from glora.quantized import quiet_optional_kernel_warning
+
+    quiet_optional_kernel_warning()
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip) or None)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=list(skip) or None,  # (transformers reads this list for 4-bit too)
+    )
+
+
 def infer_task_type(architectures: list[str] | None) -> str | None:
     """The task type the config's ``architectures`` name, or None when they name none (or more than one)."""
     found = {task for arch in architectures or () for end, task in _ENDINGS.items() if arch.endswith(end)}
@@ -128,8 +158,13 @@ def build_transformers(
     pretrained: bool = True,
     dtype: str = "auto",
     init_seed: int | None = None,
+    quantize: str | None = None,
+    double_quant: bool = True,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """The ``AutoModelFor...`` of ``task_type`` (inferred from the config when None and unambiguous)."""
+    """The ``AutoModelFor...`` of ``task_type`` (inferred from the config when None and unambiguous). ``quantize``:
+    the frozen weights loaded quantized by bitsandbytes, straight onto ``device`` (a quantized model is not moved
+    after loading); the task's new head stays in floating point, as it trains in full."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     config = _config(name)
@@ -159,6 +194,16 @@ def build_transformers(
     else:
         auto = transformers.AutoModelForCausalLM
     torch_dtype = DTYPES[dtype]
+    if quantize is not None:
+        if not pretrained:
+            raise ValueError(f"--quantize {quantize} quantizes pretrained weights as they load; with --no-pretrained "
+                             "there are none: leave out --quantize")  # fmt: skip
+        compute = torch_dtype if torch_dtype != "auto" else _config_dtype(config)
+        heads = _NEW_HEADS if task == "text-classification" else ()
+        kwargs["quantization_config"] = quantization_config(
+            quantize, double_quant=double_quant, compute_dtype=compute, skip=heads
+        )
+        kwargs["device_map"] = {"": str(torch.device(device))}
     with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
         if init_seed is not None:
             torch.manual_seed(init_seed)  # the new classifier's init (everything, without pretrained weights)
@@ -172,9 +217,22 @@ def build_transformers(
         except (OSError, ValueError) as e:
             first = first_line(e)
             raise ValueError(f"cannot load the transformers model {name!r} for {task}: {first}") from None
+    if quantize is not None:
+        from glora.quantized import keep_trainable_layout
+
+        keep_trainable_layout(model)  # before any eval pass: bitsandbytes' CPU repacking would stop the gradients
     if task == "causal-lm":
         check_causal(model, name)
     return model
+
+
+def _config_dtype(config) -> torch.dtype:
+    """The dtype a config's checkpoint stores (transformers' ``dtype``, formerly ``torch_dtype``), float32 when it
+    says none: the compute dtype of a 4-bit model loaded with --dtype auto."""
+    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(found, str):
+        found = getattr(torch, found, None)
+    return found if isinstance(found, torch.dtype) and found.is_floating_point else torch.float32
 
 
 def check_causal(model: nn.Module, name: str) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from glora._io import atomic_write_text
 from glora.adapter import load_adapter, save_adapter
 from glora.fold import fold
+from glora.quantized import quantization_of
 from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, save_subnet, set_subnet, subnet_difference
 
 from ..backbone import BackboneSpec, build_backbone
@@ -44,7 +45,7 @@ from ..options.export import DEFAULT_SUBNET, build_parser
 from ..outputs import absolute, check_no_overlap, output_lock, run_folder
 from ..timm_folder import check_finite, count_flops, export_timm_folder, max_difference, measure_latency, staged_folder
 
-__all__ = ["build_parser", "main", "cli"]
+__all__ = ["build_parser", "main", "cli", "prediction_agreement"]
 
 _logger = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     folded = fold(model, subnet).eval()
     check_finite(folded)
     device = next(model.parameters()).device
-    spec = BackboneSpec.from_dict(dict(ckpt["backbone"]) | {"pretrained": False, "pretrained_file": None})
+    plain = {"pretrained": False, "pretrained_file": None, "quantize": None}  # the architecture, dense
+    spec = BackboneSpec.from_dict(dict(ckpt["backbone"]) | plain)
     base = build_backbone(spec, device=device).eval()
     extra = sorted(set(folded.state_dict()) - set(base.state_dict()))
     declared: list[str] = []
@@ -190,11 +192,8 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     with torch.no_grad():
         expected, got = modality(model, x), modality(folded, x)
     diff, rel = max_difference(got, expected)
-    print(f"folded vs supernet on {rows} real {modality.unit}: max |diff| {diff:.3e} (relative {rel:.3e})")
-    if rel > args.tolerance:
-        raise ValueError(
-            f"folded outputs differ from the supernet by {rel:.3e} (relative) > --tolerance {args.tolerance}"
-        )
+    quant = quantization_of(model)
+    agreement = _check_close(args, got, expected, x, quant, what="folded outputs", rows=rows, unit=modality.unit)
     n_base, n_fold = (sum(p.numel() for p in m.parameters()) for m in (base, folded))
     one = modality.first(x, 1)
     f_base, f_fold = count_flops(base, one, modality), count_flops(folded, one, modality)
@@ -217,11 +216,65 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
         "max_abs_diff": diff,
         "max_rel_diff": rel,
     }
+    if quant:
+        stats |= {"quantization": quant, "dequantized": True} | agreement
     if args.latency_rounds:
         stats["latency"] = _latency(args.latency_rounds, folded, model, base, x, modality)
     if args.eval_set:
         stats["eval_sets"] = _eval_sets(args, ckpt, folded, device, modality)
     return _Checked(folded.to("cpu"), {k: v.cpu() for k, v in x.items()}, got.cpu(), modality, stats)
+
+
+def prediction_agreement(
+    got: torch.Tensor, expected: torch.Tensor, x: dict[str, torch.Tensor]
+) -> tuple[float | None, int, str]:
+    """(share of predictions that agree, how many, of what): the arg-max class per row, or the next token at every
+    position the attention mask keeps (a causal LM); (None, 0, "") for a single output (regression)."""
+    if got.shape[-1] == 1:
+        return None, 0, ""
+    same = got.argmax(-1) == expected.argmax(-1)
+    what = "rows"
+    if same.dim() == 2:  # (batch, positions): a causal LM's next-token predictions
+        mask = x.get("attention_mask")
+        same = same[mask.to(torch.bool).to(same.device)] if mask is not None and mask.shape == same.shape else same
+        what = "tokens"
+    return float(same.float().mean()), int(same.numel()), what
+
+
+def _check_close(
+    args: argparse.Namespace,
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    x: dict[str, torch.Tensor],
+    quant: dict[str, Any] | None,
+    *,
+    what: str,
+    rows: int,
+    unit: str,
+    show: bool = True,
+) -> dict[str, Any]:
+    """Print how close ``got`` (a folded model) is to ``expected`` (the supernet) and refuse an export that is not:
+    within --tolerance of the largest logit, or over a quantized base (folded into the dequantized weights, so not
+    equal by construction) predicting as the supernet does on at least --min-agreement of the rows or tokens."""
+    diff, rel = max_difference(got, expected)
+    if not quant:
+        if show:
+            print(f"folded vs supernet on {rows} real {unit}: max |diff| {diff:.3e} (relative {rel:.3e})")
+        if rel > args.tolerance:
+            raise ValueError(f"{what} differ from the supernet by {rel:.3e} (relative) > --tolerance {args.tolerance}")
+        return {}
+    share, n, over = prediction_agreement(got, expected, x)
+    agrees = "" if share is None else f"; predictions agree on {share:.2%} of {n:,} {over}"
+    print(
+        f"folded into the dequantized weights vs the {quant['scheme']} supernet on {rows} real {unit}: max |diff| "
+        f"{diff:.3e} (relative {rel:.3e}){agrees}"
+    )
+    if share is not None and share < args.min_agreement:
+        raise ValueError(
+            f"{what} agree with the {quant['scheme']} supernet's predictions on {share:.2%} of {n:,} {over} < "
+            f"--min-agreement {args.min_agreement:.2%}: the dequantized model does not predict as the quantized one"
+        )
+    return {"prediction_agreement": share, "agreement_over": f"{n} {over}" if share is not None else None}
 
 
 def _eval_sets(
@@ -327,11 +380,11 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
                 diff, _ = max_difference(got, expected)
                 raise ValueError(f"a fresh base with the adapter differs from the supernet by {diff:.3e}")
             folded = fold(fresh, subnet).eval()
-            diff, rel = max_difference(modality(folded, x), expected)
-        if rel > args.tolerance:
-            raise ValueError(
-                f"the folded adapter differs from the supernet by {rel:.3e} > --tolerance {args.tolerance}"
-            )
+            got = modality(folded, x)
+        diff, rel = max_difference(got, expected)
+        quant = quantization_of(model)
+        agreement = _check_close(args, got, expected, x, quant, what="the folded adapter's outputs",
+                                 rows=batch_rows(x), unit=modality.unit, show=False)  # fmt: skip
         adapter_bytes = sum(f.stat().st_size for f in tmp.iterdir())
         if args.format == "peft":  # PEFT's folder says nothing of the base: the record beside it does
             atomic_write_text(tmp / "glora_base.json", json.dumps(_base_recipe(ckpt, model), indent=1))
@@ -347,11 +400,14 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
             "verify_examples": batch_rows(x),
             "max_rel_diff_folded": rel,
         }
+        if quant:
+            stats |= {"quantization": quant} | agreement
         save_subnet(subnet, ExportFolder(tmp).subnet)
         atomic_write_text(ExportFolder(tmp).record, json.dumps(stats, indent=1))
+    folded_note = "folded, as above" if quant else f"folded, within {rel:.1e} (relative)"
     print(
         f"a fresh base with the adapter computes the supernet's outputs exactly on {batch_rows(x)} {modality.unit}; "
-        f"folded, within {rel:.1e} (relative)"
+        f"{folded_note}"
     )
     print(
         f"adapter: {glora_params:,} params, {_mb(adapter_bytes)} in {out}/ ({_files(args.format)}); "
@@ -363,11 +419,26 @@ def _write_adapter(args: argparse.Namespace, out: Path, ckpt: dict[str, Any], mo
     elif "transformers" in base:
         t = base["transformers"]
         labels = f", num_labels={t['num_labels']}" if t.get("num_labels") else ""
-        print(f'load it with: base = transformers.{t["auto_class"]}.from_pretrained("{t["model"]}"{labels}); '
-              f'glora.load_adapter(base, "{out}")')  # fmt: skip
+        spec = BackboneSpec.from_dict(base["backbone"])
+        quantized = f", quantization_config={_bnb_config_text(spec)}" if spec.quantize else ""
+        call = f'transformers.{t["auto_class"]}.from_pretrained("{t["model"]}"{labels}{quantized})'
+        print(f'load it with: base = {call}; glora.load_adapter(base, "{out}")')
+        if spec.quantize:
+            print("(or over the base in floating point, as QLoRA adapters are served: it then computes what it did "
+                  "up to the quantization error)")  # fmt: skip
     else:
         print(f'load it with: base = glora.app.build_backbone(glora.app.BackboneSpec.from_dict(json.load(open("{out}/'
               f'glora_adapter.json"))["extra"]["backbone"])); glora.load_adapter(base, "{out}")')  # fmt: skip
+
+
+def _bnb_config_text(spec: BackboneSpec) -> str:
+    """The ``BitsAndBytesConfig(...)`` a user passes to rebuild the quantized base the adapter trained over."""
+    if spec.quantize == "int8":
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(spec.dtype)
+    compute = f", bnb_4bit_compute_dtype=torch.{dtype}" if dtype else ""
+    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{spec.quantize}", '
+            f"bnb_4bit_use_double_quant={spec.double_quant}{compute})")  # fmt: skip
 
 
 def _files(fmt: str) -> str:

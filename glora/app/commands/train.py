@@ -22,6 +22,7 @@ from glora._io import atomic_write_text
 from glora.config import SUPPORT_DTYPES
 from glora.gift import GiftBank
 from glora.inject import glora_layers, head_names, inject, set_execution, supernet_size
+from glora.quantized import describe_quantized, weight_bytes
 from glora.space import SearchSpace
 from glora.subnet import Subnet, count_params, load_subnet, parse_subnet, set_subnet
 from search.genome import Genome
@@ -171,7 +172,7 @@ class _SupernetRun:
         # and receive their shards from rank 0 once the model is split.
         whole = not self.sharded or self.dist.main
         model = build_on_ranks(
-            lambda: build_backbone(self.spec),
+            lambda: build_backbone(self.spec, device=device if self.spec.quantize else "cpu"),
             lambda where: build_backbone(weightless(self.spec), device=where),
             self.dist,
             self.sharded,
@@ -187,8 +188,10 @@ class _SupernetRun:
             self.out,
             enabled=self.args.memory_check,
             element_size=support.itemsize if support is not None else next(model.parameters()).element_size(),
-            frozen_bytes=sum(p.numel() * p.element_size() for p in model.parameters()) // share,
+            frozen_bytes=weight_bytes(model) // share,  # a quantized base at its quantized size
         )
+        if self.spec.quantize:
+            _logger.info("%s", describe_quantized(model))
         inject(model, self.adapter)
         if self.args.gradient_checkpointing:
             enable_checkpointing(model)

@@ -44,6 +44,14 @@ class ExportOptions:
     )
     verify_images: int | None = option(None, argparse.SUPPRESS, min=1)  # the old name of --verify-examples
     tolerance: float = option(1e-4, "largest allowed |folded - supernet| relative to the largest logit", min=0)
+    min_agreement: float = option(
+        0.99,
+        "a quantized base (--quantize): the least share of verification predictions (classes, or next tokens) the "
+        "folded model must make as the quantized supernet does (the outputs cannot be equal once the base is "
+        "dequantized)",
+        min=0,
+        max=1,
+    )
     latency_rounds: int = option(
         5,
         "timed forwards of the folded model, the unfolded supernet and the base model on the verification batch, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from ..data import DATASETS, TrainAugment
 from ..data.sources import get_source
 from ..data.sources.options import option_names, option_owners, source_groups
 from ..declared import Group, declared, option
-from ..hf_backbone import DTYPES, TASK_TYPES, is_transformers_model, require_text_packages
+from ..hf_backbone import (
+    DTYPES,
+    QUANTIZE_OPTIONS,
+    QUANTIZED_EXTRA,
+    TASK_TYPES,
+    is_transformers_model,
+    require_text_packages,
+)
 from ..sampling import Sampling
 from ..tasks import METRICS
 from ..trainer import Recipe
@@ -109,6 +117,13 @@ class TransformersOptions:
     """Options of transformers models only."""
 
     dtype: str = option("auto", "the frozen weights' dtype (auto: the checkpoint's)", choices=tuple(DTYPES))
+    quantize: str | None = option(
+        None,
+        "store the frozen weights quantized with bitsandbytes (QLoRA-style; nf4, fp4: 4-bit, int8: 8-bit): the "
+        "supports train in --support-dtype over them and the export folds into the dequantized weights",
+        choices=QUANTIZE_OPTIONS,
+    )
+    double_quant: bool = option(True, "4-bit: quantize the block scales too (QLoRA's double quantization)")
     task_type: str | None = option(
         None, "deprecated: the --dataset decides it (text: text-classification, instructions: causal-lm)",
         choices=TASK_TYPES,
@@ -429,6 +444,8 @@ def check_applicable(parsed: Parsed) -> None:
         raise ConfigError(
             f"{_flags(images)}: for image data only; --dataset {args.dataset} holds {source.modality.name}"
         )
+    if args.quantize:
+        _check_quantized(parsed, args)
     if "task_type" in explicit:
         wanted = source.task_type
         if args.task_type != wanted:
@@ -436,6 +453,22 @@ def check_applicable(parsed: Parsed) -> None:
                 f"--task-type {args.task_type} does not fit --dataset {args.dataset}: it trains a {wanted} model"
             )
         _logger.warning("--task-type is deprecated: --dataset %s decides it (%s)", args.dataset, wanted)
+
+
+def _check_quantized(parsed: Parsed, args: argparse.Namespace) -> None:
+    """What a quantized base cannot do, refused before the model loads: shard (bitsandbytes' packed weights are not
+    split by FSDP here), compile (its matmuls break the graph), start without pretrained weights (nothing to
+    quantize); and bitsandbytes must be installed."""
+    flag = f"--quantize {args.quantize}{parsed.set_by(['quantize'])}"
+    if getattr(args, "fsdp", False):
+        raise ConfigError(f"{flag}: a quantized base is not sharded here; leave out --fsdp (a 4-bit base of a 7B model "
+                          "fits one 24 GB GPU) or --quantize")  # fmt: skip
+    if getattr(args, "compile", False):
+        raise ConfigError(f"{flag}: a quantized base runs eagerly; leave out --compile")
+    if not args.pretrained:
+        raise ConfigError(f"{flag}: quantizes pretrained weights as they load; with --no-pretrained there are none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{flag} needs bitsandbytes (the quantized extra), not installed: {QUANTIZED_EXTRA}")
 
 
 def _check_training_kind(parsed: Parsed, args: argparse.Namespace, explicit: set[str]) -> None:
@@ -477,6 +510,8 @@ def backbone_from_args(args: argparse.Namespace, num_classes: int | None) -> Bac
             init_seed=args.seed,
             task_type=source.task_type,
             dtype=getattr(args, "dtype", "auto"),
+            quantize=getattr(args, "quantize", None),
+            double_quant=getattr(args, "double_quant", True),
         )
     kwargs: dict[str, Any] = dict(args.model_kwargs)
     if args.img_size:
