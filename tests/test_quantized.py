@@ -309,17 +309,18 @@ def test_a_causal_lm_trains_searches_and_exports_from_a_4bit_base(tiny_llama, tm
     assert 'bnb_4bit_quant_type="nf4"' in out and "computes the supernet's outputs exactly" in out
 
 
-def test_an_int8_text_classifier_keeps_its_head_in_floating_point(tiny_bert, tmp_path, capsys):
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_a_text_classifier_over_a_quantized_base_keeps_its_head_in_floating_point(tiny_bert, tmp_path, capsys, scheme):
     pytest.importorskip("datasets")
     from helpers import which_sentence_rows, write_csv
 
     files = {s: write_csv(tmp_path / f"{s}.csv", which_sentence_rows(n, i))
              for i, (s, n) in enumerate([("train", 16), ("val", 8), ("test", 8)])}  # fmt: skip
     sup = tmp_path / "sup"
-    args = text_train_args(tiny_bert, files, sup, "--text-column", "s1", "s2", "--quantize", "int8", "--epochs", "1")
+    args = text_train_args(tiny_bert, files, sup, "--text-column", "s1", "s2", "--quantize", scheme, "--epochs", "1")
     code, err = cli("train", args, capsys)
     assert code == 0, err
-    assert "base quantized by bitsandbytes: int8" in err
+    assert f"base quantized by bitsandbytes: {scheme}" in err
     code, err = cli("search", ["--supernet", sup / "last.pt", "--out", tmp_path / "search", "--param-limit", "none",
                                "--no-progress", *TINY_SEARCH], capsys)  # fmt: skip
     assert code == 0, err
@@ -327,7 +328,8 @@ def test_an_int8_text_classifier_keeps_its_head_in_floating_point(tiny_bert, tmp
                                "--out", tmp_path / "exp", "--latency-rounds", "0"], capsys, stdout=True)  # fmt: skip
     assert code == 0, out
     record = json.loads((tmp_path / "exp" / "glora_export.json").read_text())
-    assert record["quantization"]["scheme"] == "int8" and record["agreement_over"] == "8 rows"
+    assert record["quantization"]["scheme"] == scheme and record["agreement_over"] == "8 rows"
+    assert record["prediction_agreement"] >= 0.99
 
 
 def test_a_run_over_a_4bit_base_resumes_exactly(tiny_llama, tmp_path, capsys):
