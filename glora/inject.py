@@ -442,14 +442,8 @@ class _Plan:
 def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> _Plan:
     linears = [n for n, m in model.named_modules() if adaptable(m)]
     outputs = set(_output_layers(model))
-    # (targets were checked by AdapterConfig: None, a regex that compiles, or name suffixes)
-    if targets is None:
-        picked = linears
-    elif isinstance(targets, str):
-        rx = re.compile(targets)
-        picked = [n for n in linears if rx.fullmatch(n)]
-    else:
-        picked = [n for n in linears if any(n == t or n.endswith("." + t) for t in targets)]
+    targeted = _targeted(targets)
+    picked = [n for n in linears if targeted(n)]
 
     def in_head(n: str) -> bool:
         return any(n == h or n.startswith(h + ".") for h in heads)
@@ -462,7 +456,10 @@ def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str
                 warnings.warn(f"GLoRA: not adapting {n!r}: it is the model's output layer, kept frozen", stacklevel=3)
     picked = [n for n in picked if not in_head(n) and n not in outputs]
 
-    _refuse_unsupported_quantized(model, targets, heads)
+    for n, m in model.named_modules():  # a quantized class GLoRA does not support: refused, not skipped in silence
+        reason = unsupported_reason(m) if n and targeted(n) and not in_head(n) else None
+        if reason:
+            raise ValueError(f"cannot adapt {n!r}: {reason}")
     shared = {n for n, c in Counter(_module_ids(model)).items() if c > 1}
     out, switches = [], []
     by_class: Counter[str] = Counter()  # layers skipped because of their class
@@ -492,21 +489,15 @@ def _plan(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str
     return _Plan(out, switches)
 
 
-def _refuse_unsupported_quantized(model: nn.Module, targets: str | Sequence[str] | None, heads: list[str]) -> None:
-    """A target that is a quantized linear of a class GLoRA does not support (GPTQ, AWQ, HQQ, ...) is refused naming
-    its class: adapting the rest in silence would leave the user wondering where the layers went."""
-    for n, m in model.named_modules():
-        if not n or any(n == h or n.startswith(h + ".") for h in heads):
-            continue
-        if targets is None:
-            hit = True
-        elif isinstance(targets, str):
-            hit = re.fullmatch(targets, n) is not None
-        else:
-            hit = any(n == t or n.endswith("." + t) for t in targets)
-        reason = unsupported_reason(m) if hit else None
-        if reason:
-            raise ValueError(f"cannot adapt {n!r}: {reason}")
+def _targeted(targets: str | Sequence[str] | None) -> Callable[[str], bool]:
+    """Whether a module name is one of ``targets`` (None: every name; a regex matching the whole name; name
+    suffixes). Targets were checked by AdapterConfig."""
+    if targets is None:
+        return lambda n: True
+    if isinstance(targets, str):
+        rx = re.compile(targets)
+        return lambda n: rx.fullmatch(n) is not None
+    return lambda n: any(n == t or n.endswith("." + t) for t in targets)
 
 
 def _module_ids(model: nn.Module) -> list[int]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._io import human_size
+
 __all__ = [
     "SUPPORTED",
     "QuantizedWeight",
@@ -301,16 +303,10 @@ def describe_quantized(model: nn.Module) -> str:
     dtype = str(first.dtype).removeprefix("torch.")
     return (
         f"base quantized by bitsandbytes: {info.get('scheme')}{double}, {len(quantized)} linear layers; the weights "
-        f"take {_human(packed + rest)} ({_human(dense_layers + rest)} in {dtype}: "
-        f"{(packed + rest) / max(dense_layers + rest, 1):.2f}x), the quantized layers {_human(packed)} "
+        f"take {human_size(packed + rest)} ({human_size(dense_layers + rest)} in {dtype}: "
+        f"{(packed + rest) / max(dense_layers + rest, 1):.2f}x), the quantized layers {human_size(packed)} "
         f"({packed / max(dense_layers, 1):.2f}x)"
     )
-
-
-def _human(n: int) -> str:
-    from ._io import human_size
-
-    return human_size(n)
 
 
 def dequantize_model(model: nn.Module) -> list[str]:

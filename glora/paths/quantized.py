@@ -7,8 +7,8 @@ the supports. Backward dequantizes again, forms ``(W_uni, b_uni)`` under autogra
 too), the rest get none, as autograd would leave them. The price is the dequantization twice a step and a
 weight-sized gradient per layer (the autograd path's), for memory that stays at the quantized bytes.
 
-Not a per-model choice: a quantized layer always runs here (a folded evaluation too: caching ``W_uni`` would hold a
-full-precision copy of every adapted weight).
+Not a per-model choice (no registered path): a quantized layer always runs here, whatever the model's setting, and a
+folded evaluation too (caching ``W_uni`` would hold a full-precision copy of every adapted weight).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..formula import choice_terms, uni_bias, uni_weight
-from . import LayerPath, register_path
 
-__all__ = ["QuantizedPath", "quantized_forward"]
+__all__ = ["quantized_forward"]
 
 _STORAGES = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E", "phi", "psi")
 
@@ -39,15 +38,21 @@ def _as(t, dtype):
     return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
 
 
+def _linear(layer, choice, storages, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output, without autograd through the weights: the matmul in the input's dtype (autocast's when
+    it is on, with W_uni formed outside it, in the supports' dtype)."""
+    dev = x.device.type
+    amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    with torch.no_grad(), torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
+        w, b = _uni(layer, choice, storages)
+        run = amp or x.dtype
+        return F.linear(_as(x, run), w.to(run), _as(b, run))
+
+
 class _DequantizedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer, choice, *tensors):
-        dev = x.device.type
-        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        with torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
-            w, b = _uni(layer, choice, dict(zip(_STORAGES, tensors)))
-            run = amp or x.dtype  # the matmul in the input's dtype (autocast's when on)
-            y = F.linear(_as(x, run), w.to(run), _as(b, run))
+        y = _linear(layer, choice, dict(zip(_STORAGES, tensors)), x)
         ctx.layer, ctx.choice = layer, choice
         ctx.save_for_backward(x, *tensors)
         return y.clone() if layer.output_edited_in_place else y
@@ -87,21 +92,5 @@ def quantized_forward(layer, x: torch.Tensor) -> torch.Tensor:
     stores = layer.storages()
     tensors = [stores[n] for n in _STORAGES]
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, *tensors)):
-        dev = x.device.type
-        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        with torch.no_grad(), torch.autocast(dev, enabled=False) if amp is not None else contextlib.nullcontext():
-            w, b = _uni(layer, choice, stores)
-            run = amp or x.dtype
-            return F.linear(_as(x, run), w.to(run), _as(b, run))
+        return _linear(layer, choice, stores, x)
     return _DequantizedLinear.apply(x, layer, choice, *tensors)
-
-
-@register_path
-class QuantizedPath(LayerPath):
-    name = "quantized"
-    selectable = False
-    folds = False  # a merged quantized layer computes W_uni per call instead of caching it
-    shardable = False
-
-    def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
-        return quantized_forward(layer, x)
