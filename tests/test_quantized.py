@@ -309,6 +309,36 @@ def test_a_causal_lm_trains_searches_and_exports_from_a_4bit_base(tiny_llama, tm
     assert 'bnb_4bit_quant_type="nf4"' in out and "computes the supernet's outputs exactly" in out
 
 
+def test_a_gpt2_over_a_4bit_base_exports_its_conv1d_layers_as_gpt2_holds_them(tmp_path, capsys):
+    """bitsandbytes loads GPT-2's Conv1D layers (weights stored in x out) as linear ones; the export gives the
+    architecture's layout back, so plain transformers loads it (the export's own reload check)."""
+    pytest.importorskip("datasets")
+    transformers = pytest.importorskip("transformers")
+    from helpers import make_llama
+
+    folder = make_llama(tmp_path / "gpt2")  # (its tokenizer; the model replaced below)
+    vocab = len(transformers.AutoTokenizer.from_pretrained(folder))
+    config = transformers.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                     bos_token_id=2, eos_token_id=3, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    files, sup = alpaca_files(tmp_path), tmp_path / "sup"
+    args = text_train_args(folder, files, sup, "--quantize", "nf4", "--targets", "c_attn", "--epochs", "1",
+                           dataset="instructions", max_seq_length=96)  # fmt: skip
+    code, err = cli("train", args, capsys)
+    assert code == 0, err
+    code, err = cli("search", ["--supernet", sup / "last.pt", "--out", tmp_path / "search", "--param-limit", "none",
+                               "--no-progress", *TINY_SEARCH], capsys)  # fmt: skip
+    assert code == 0, err
+    code, out = cli("export", ["--supernet", sup / "last.pt", "--subnet", tmp_path / "search" / "subnet.yaml",
+                               "--out", tmp_path / "exp", "--latency-rounds", "0"], capsys, stdout=True)  # fmt: skip
+    assert code == 0 and "plain transformers reload matches exactly" in out, out
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
+    assert type(plain.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+
+
 @pytest.mark.parametrize("scheme", ["nf4", "int8"])
 def test_a_text_classifier_over_a_quantized_base_keeps_its_head_in_floating_point(tiny_bert, tmp_path, capsys, scheme):
     pytest.importorskip("datasets")

@@ -31,6 +31,7 @@ __all__ = [
     "QUANTIZE_OPTIONS",
     "QUANTIZED_EXTRA",
     "quantization_config",
+    "restore_layer_classes",
     "DTYPES",
     "is_transformers_model",
     "infer_task_type",
@@ -522,6 +523,29 @@ def export_transformers_folder(
         if tok.pad_token is None and tok.eos_token is not None:
             tok.pad_token = tok.eos_token  # as training padded: batched pipelines need a pad token (GPT-2 has none)
         tok.save_pretrained(folder)
+
+
+def restore_layer_classes(model: nn.Module, architecture: nn.Module) -> list[str]:
+    """Give back transformers' ``Conv1D`` (GPT-2's linear layers, weights stored in x out) where a quantized load
+    replaced it by a linear layer that folding or dequantizing then left as ``nn.Linear``: the weight transposed into
+    the layout ``architecture`` (the same model built plain) holds, so the export loads as that architecture. Returns
+    the names changed; a model without such layers is left as it is."""
+    wanted = dict(architecture.named_modules())
+    changed = []
+    for name, module in list(model.named_modules()):
+        target = wanted.get(name)
+        if type(module) is not nn.Linear or target is None or type(target).__name__ != "Conv1D":
+            continue
+        with torch.device("meta"):
+            conv = type(target)(module.out_features, module.in_features)  # Conv1D(nf=out, nx=in)
+        conv.weight = nn.Parameter(module.weight.detach().t().contiguous(), requires_grad=module.weight.requires_grad)
+        bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_features)
+        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=module.weight.requires_grad)
+        conv.train(module.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, conv)
+        changed.append(name)
+    return changed
 
 
 def _keep_label_count(path: Path, num_labels: int) -> None:

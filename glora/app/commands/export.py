@@ -38,6 +38,7 @@ from ..hf_backbone import (
     declare_biases,
     export_transformers_folder,
     reload_transformers_folder,
+    restore_layer_classes,
     transformers_bars,
 )
 from ..layout import ExportFolder, SearchFolder, SupernetFolder
@@ -171,6 +172,8 @@ def _fold_and_check(args: argparse.Namespace, ckpt: dict[str, Any], model: nn.Mo
     plain = {"pretrained": False, "pretrained_file": None, "quantize": None}  # the architecture, dense
     spec = BackboneSpec.from_dict(dict(ckpt["backbone"]) | plain)
     base = build_backbone(spec, device=device).eval()
+    if isinstance(folded, TokenModel):  # (GPT-2's Conv1D layers, loaded quantized as linear ones)
+        restore_layer_classes(folded, base)
     extra = sorted(set(folded.state_dict()) - set(base.state_dict()))
     declared: list[str] = []
     if extra and isinstance(folded, TokenModel):  # turn on the architecture's bias flags, or refuse
