@@ -231,23 +231,13 @@ def _quantized_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def is_quantized_model(model: nn.Module) -> bool:
     """Whether ``model`` holds any supported quantized linear (GLoRA-wrapped or not)."""
-    from .layer import GLoRALinear
-
-    return any(True for _ in _quantized_modules(model)) or any(
-        isinstance(m, GLoRALinear) and m.quant is not None for m in model.modules()
-    )
+    return bool(_quantized_weights(model))
 
 
 def quantization_of(model: nn.Module) -> dict[str, object] | None:
     """What a model's quantized linears are (``{"scheme": "nf4", "double_quant": True, "layers": 14}``; the first
     layer's settings when several exist), or None for a model without any: recorded beside adapters and exports."""
-    from .layer import GLoRALinear
-
-    found: list[QuantizedWeight] = []
-    for m in model.modules():
-        q = m.quant if isinstance(m, GLoRALinear) else quantized_weight(m)
-        if q is not None:
-            found.append(q)
+    found = list(_quantized_weights(model).values())
     if not found:
         return None
     schemes = sorted({q.scheme for q in found})
@@ -260,7 +250,8 @@ def quantization_of(model: nn.Module) -> dict[str, object] | None:
 
 
 def _quantized_weights(model: nn.Module) -> dict[int, QuantizedWeight]:
-    """Every quantized weight of ``model`` (GLoRA-wrapped or not), by the id of its tensor."""
+    """Every quantized weight of ``model`` (GLoRA-wrapped or not), by the id of its tensor: what the functions
+    above and below read."""
     from .layer import GLoRALinear
 
     found = {}
